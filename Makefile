@@ -1,0 +1,91 @@
+# feature-serving: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+PY          := $(VENV)/bin/python
+# Cargo's build output lives outside the clone so a fresh clone on the same machine reuses it;
+# nothing depends on it being there (a cold build takes a few minutes, see docs/building.md).
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/feature-serving/target
+export VIRTUAL_ENV := $(abspath $(VENV))
+PROFILE     ?= release
+HTTP_PORT   ?= 6566
+GRPC_PORT   ?= 6565
+DATA_DIR    ?= .data/store
+SAMPLE_DIR  ?= .data/sample
+N_ENTITIES  ?= 20000
+# Debian packages the build and the tests need: librocksdb-dev + libclang-dev for the RocksDB
+# bindings, protobuf-compiler for prost, wrk / nghttp2-client for benchmarks, prometheus for promtool.
+DEB_PACKAGES := librocksdb-dev libclang-dev pkg-config wrk nghttp2-client prometheus
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+.PHONY: sysdeps
+sysdeps: ## install the Debian packages the build and tests need (idempotent)
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.deps: requirements-dev.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV)/.deps ## create .venv with every Python dependency
+
+.PHONY: proto
+proto: $(VENV)/.deps ## generate Python gRPC code and stubs from proto/
+	@$(PY) -m serving._codegen
+
+.PHONY: build
+build: sysdeps venv proto ## build the Rust extension into the source tree (PROFILE=release|dist-release|profiling)
+	$(VENV)/bin/maturin develop --profile $(PROFILE) --skip-install -q
+
+.PHONY: sample
+sample: build ## generate the sample offline data (N_ENTITIES=20000)
+	$(PY) -m serving.sample --out $(SAMPLE_DIR) --entities $(N_ENTITIES)
+
+.PHONY: run
+run: sample ## build, load the sample into the store, serve on 127.0.0.1 and show real answers
+	$(PY) -m serving demo --sample-dir $(SAMPLE_DIR) --data-dir $(DATA_DIR) \
+	  --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
+
+.PHONY: fmt
+fmt: venv ## format Rust and Python
+	cargo fmt --all
+	$(VENV)/bin/ruff format serving tests loadtest
+	$(VENV)/bin/ruff check --fix -q serving tests loadtest
+
+.PHONY: lint
+lint: build ## cargo fmt --check, clippy -D warnings, ruff, mypy, stubtest
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -q -- -D warnings
+	$(VENV)/bin/ruff format --check -q serving tests loadtest
+	$(VENV)/bin/ruff check -q serving tests loadtest
+	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m mypy.stubtest serving._rust_core
+
+.PHONY: test-rust
+test-rust: sysdeps ## cargo test of the Rust core
+	cargo test -q --all-targets
+
+.PHONY: test
+test: lint test-rust ## lint, then every Rust and Python test
+	$(PY) -m pytest -q
+
+.PHONY: bench
+bench: build ## pytest-benchmark suites (figures go in docs/benchmarks.md)
+	$(PY) -m pytest -q -m benchmark --benchmark-enable -p no:randomly tests/benchmarks \
+	  --benchmark-columns=min,median,mean,max,rounds --benchmark-sort=name \
+	  --benchmark-autosave --benchmark-storage=.benchmarks
+
+.PHONY: clean
+clean: ## remove build output inside the clone (keeps the shared cargo cache)
+	rm -rf .data serving/_rust_core*.so serving/_proto/feature_serving serving/_proto/feast

@@ -1,1 +1,15 @@
+//! feature-serving's core: row codec, entity keys, hot tier, RocksDB store, batched lookups and
+//! response encoders. Plain Rust; only `py` touches PyO3.
+
+pub mod arrow_io;
+pub mod catalog;
+pub mod error;
+pub mod hot;
+pub mod key;
 pub mod proto;
+pub mod query;
+pub mod row;
+pub mod store;
+pub mod types;
+
+mod py;

@@ -1,0 +1,360 @@
+//! Arrow in and out: write batches and entity columns arrive as Arrow record batches (through
+//! the C data interface, see `py.rs`); answers leave as Arrow arrays.
+
+use crate::catalog::ViewDef;
+use crate::error::{CoreError, Result};
+use crate::invalid;
+use crate::key::KeyColumn;
+use crate::query::{Answer, Entities, Plan};
+use crate::row::{tombstone, BatchRowWriter, ValueRef};
+use crate::types::{DType, KeyType};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryBuilder, BooleanBuilder, FixedSizeListBuilder, Float32Builder,
+    Float64Builder, Int32Builder, Int64Builder, StringBuilder, StructArray,
+    TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+};
+use std::sync::Arc;
+
+pub const EVENT_TS: &str = "event_timestamp";
+
+fn column<'a>(batch: &'a StructArray, name: &str, what: &str) -> Result<&'a ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| invalid!("missing column '{name}' ({what})"))
+}
+
+fn expect_type(col: &ArrayRef, name: &str, want: &DataType) -> Result<()> {
+    let ok = match (col.data_type(), want) {
+        (
+            DataType::Timestamp(TimeUnit::Microsecond, _),
+            DataType::Timestamp(TimeUnit::Microsecond, _),
+        ) => true,
+        (a, b) => a == b,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid!(
+            "column '{name}' has type {} but {want} is expected",
+            col.data_type()
+        ))
+    }
+}
+
+fn first_null(col: &dyn Array) -> Option<usize> {
+    (col.null_count() > 0).then(|| (0..col.len()).find(|&i| col.is_null(i)).unwrap_or(0))
+}
+
+/// A join-key column as a `KeyColumn` (copies; keys are small).
+pub fn key_column(col: &ArrayRef, name: &str) -> Result<KeyColumn> {
+    if let Some(i) = first_null(col.as_ref()) {
+        return Err(invalid!("join key '{name}' is null at row {i}"));
+    }
+    Ok(match col.data_type() {
+        DataType::Int64 => KeyColumn::Int64(col.as_primitive::<Int64Type>().values().to_vec()),
+        DataType::Int32 => KeyColumn::Int32(col.as_primitive::<Int32Type>().values().to_vec()),
+        DataType::Utf8 => KeyColumn::Str(
+            col.as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap_or_default().to_string())
+                .collect(),
+        ),
+        DataType::LargeUtf8 => KeyColumn::Str(
+            col.as_string::<i64>()
+                .iter()
+                .map(|s| s.unwrap_or_default().to_string())
+                .collect(),
+        ),
+        DataType::Binary => KeyColumn::Bytes(
+            col.as_binary::<i32>()
+                .iter()
+                .map(|s| s.unwrap_or_default().to_vec())
+                .collect(),
+        ),
+        DataType::LargeBinary => KeyColumn::Bytes(
+            col.as_binary::<i64>()
+                .iter()
+                .map(|s| s.unwrap_or_default().to_vec())
+                .collect(),
+        ),
+        other => {
+            return Err(invalid!(
+                "join key '{name}' has unsupported type {other} (int32, int64, string or binary)"
+            ))
+        }
+    })
+}
+
+/// Every column of an entity batch, as request entities.
+pub fn entities_from_batch(batch: &StructArray) -> Result<Entities> {
+    let DataType::Struct(fields) = batch.data_type() else {
+        return Err(invalid!("entities must be a record batch"));
+    };
+    let mut columns = Vec::with_capacity(fields.len());
+    for (f, col) in fields.iter().zip(batch.columns()) {
+        columns.push((f.name().clone(), key_column(col, f.name())?));
+    }
+    Ok(Entities { columns })
+}
+
+fn arrow_type(dtype: DType, dim: u32) -> DataType {
+    match dtype {
+        DType::Bool => DataType::Boolean,
+        DType::Int32 => DataType::Int32,
+        DType::Int64 => DataType::Int64,
+        DType::Float32 => DataType::Float32,
+        DType::Float64 => DataType::Float64,
+        DType::String => DataType::Utf8,
+        DType::Bytes => DataType::Binary,
+        DType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        DType::Float32Array => DataType::FixedSizeList(
+            Arc::new(arrow::datatypes::Field::new(
+                "item",
+                DataType::Float32,
+                true,
+            )),
+            dim as i32,
+        ),
+    }
+}
+
+/// Hot-tier keys of every row of a batch carrying the view's join-key columns.
+pub fn keys_from_batch(view: &ViewDef, batch: &StructArray) -> Result<Vec<Vec<u8>>> {
+    let n = batch.len();
+    let mut cols = Vec::with_capacity(view.join_keys.len());
+    for (name, ty) in &view.join_keys {
+        let col = column(batch, name, "join key")?;
+        let want = match ty {
+            KeyType::Int32 => DataType::Int32,
+            KeyType::Int64 => DataType::Int64,
+            KeyType::String => DataType::Utf8,
+            KeyType::Bytes => DataType::Binary,
+        };
+        expect_type(col, name, &want)?;
+        cols.push(key_column(col, name)?);
+    }
+    let mut keys = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut k = Vec::with_capacity(4 + 8 * cols.len());
+        k.extend_from_slice(&view.hot_prefix());
+        for (c, (name, ty)) in cols.iter().zip(&view.join_keys) {
+            c.encode_into(i, *ty, name, &mut k)?;
+        }
+        keys.push(k);
+    }
+    Ok(keys)
+}
+
+fn event_timestamps(batch: &StructArray) -> Result<Vec<i64>> {
+    let col = column(batch, EVENT_TS, "event time of each row")?;
+    expect_type(
+        col,
+        EVENT_TS,
+        &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+    )?;
+    if let Some(i) = first_null(col.as_ref()) {
+        return Err(invalid!("column '{EVENT_TS}' is null at row {i}"));
+    }
+    Ok(col
+        .as_primitive::<TimestampMicrosecondType>()
+        .values()
+        .to_vec())
+}
+
+/// Encodes a write batch: join keys, `event_timestamp`, and every live feature of the view.
+pub fn rows_from_batch(
+    view: &ViewDef,
+    batch: &StructArray,
+) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+    let keys = keys_from_batch(view, batch)?;
+    let ts = event_timestamps(batch)?;
+    let mut w = BatchRowWriter::new(&view.layout, &ts);
+    let mut live: Vec<Option<&str>> = vec![None; view.layout.len()];
+    for (name, slot) in &view.features {
+        live[*slot] = Some(name);
+    }
+    for (slot, spec) in view.layout.slots().iter().enumerate() {
+        let Some(name) = live[slot] else {
+            // A dropped slot: zero-filled, but var slots still need their end offset.
+            if spec.dtype.is_var() {
+                for i in 0..ts.len() {
+                    w.set_var(i, slot, None);
+                }
+            }
+            continue;
+        };
+        let col = column(batch, name, "feature")?;
+        expect_type(col, name, &arrow_type(spec.dtype, spec.dim))?;
+        write_column(&mut w, slot, spec.dtype, spec.dim, col.as_ref());
+    }
+    Ok((keys, w.finish()))
+}
+
+fn write_column(w: &mut BatchRowWriter<'_>, slot: usize, dtype: DType, dim: u32, col: &dyn Array) {
+    macro_rules! prim {
+        ($t:ty) => {{
+            let a = col.as_primitive::<$t>();
+            for (i, v) in a.values().iter().enumerate() {
+                if a.is_valid(i) {
+                    w.set_fixed(i, slot, &v.to_le_bytes());
+                }
+            }
+        }};
+    }
+    match dtype {
+        DType::Bool => {
+            let a = col.as_boolean();
+            for i in 0..a.len() {
+                if a.is_valid(i) {
+                    w.set_fixed(i, slot, &[u8::from(a.value(i))]);
+                }
+            }
+        }
+        DType::Int32 => prim!(Int32Type),
+        DType::Int64 => prim!(Int64Type),
+        DType::Float32 => prim!(Float32Type),
+        DType::Float64 => prim!(Float64Type),
+        DType::Timestamp => prim!(TimestampMicrosecondType),
+        DType::String => {
+            let a = col.as_string::<i32>();
+            for i in 0..a.len() {
+                w.set_var(i, slot, a.is_valid(i).then(|| a.value(i).as_bytes()));
+            }
+        }
+        DType::Bytes => {
+            let a = col.as_binary::<i32>();
+            for i in 0..a.len() {
+                w.set_var(i, slot, a.is_valid(i).then(|| a.value(i)));
+            }
+        }
+        DType::Float32Array => {
+            let a = col.as_fixed_size_list();
+            let child = a.values().as_primitive::<Float32Type>();
+            let d = dim as usize;
+            let mut buf = Vec::with_capacity(4 * d);
+            for i in 0..a.len() {
+                if a.is_valid(i) {
+                    buf.clear();
+                    let start = a.value_offset(i) as usize;
+                    for x in &child.values()[start..start + d] {
+                        buf.extend_from_slice(&x.to_le_bytes());
+                    }
+                    w.set_fixed(i, slot, &buf);
+                }
+            }
+        }
+    }
+}
+
+/// Tombstones for every row of a batch of join keys and event timestamps.
+pub fn tombstones_from_batch(
+    view: &ViewDef,
+    batch: &StructArray,
+) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+    let keys = keys_from_batch(view, batch)?;
+    let ts = event_timestamps(batch)?;
+    Ok((keys, ts.into_iter().map(tombstone).collect()))
+}
+
+/// One Arrow array per requested feature, entities in request order; nulls where not PRESENT.
+pub fn answer_to_arrow(answer: &Answer, plan: &Plan) -> Result<Vec<ArrayRef>> {
+    let n = answer.num_entities;
+    let mut out: Vec<ArrayRef> = Vec::with_capacity(plan.columns.len());
+    for (ci, c) in plan.columns.iter().enumerate() {
+        macro_rules! build {
+            ($builder:expr, $pat:pat => $val:expr) => {{
+                let mut b = $builder;
+                for e in 0..n {
+                    match answer.cell(plan, ci, e).value {
+                        $pat => b.append_value($val),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish()) as ArrayRef
+            }};
+        }
+        let arr = match c.dtype {
+            DType::Bool => build!(BooleanBuilder::with_capacity(n), ValueRef::Bool(x) => x),
+            DType::Int32 => build!(Int32Builder::with_capacity(n), ValueRef::Int32(x) => x),
+            DType::Int64 => build!(Int64Builder::with_capacity(n), ValueRef::Int64(x) => x),
+            DType::Float32 => build!(Float32Builder::with_capacity(n), ValueRef::Float32(x) => x),
+            DType::Float64 => build!(Float64Builder::with_capacity(n), ValueRef::Float64(x) => x),
+            DType::Timestamp => build!(
+                TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC"),
+                ValueRef::Timestamp(x) => x
+            ),
+            DType::String => build!(
+                StringBuilder::with_capacity(n, 16 * n),
+                ValueRef::Str(x) => String::from_utf8_lossy(x)
+            ),
+            DType::Bytes => {
+                build!(BinaryBuilder::with_capacity(n, 16 * n), ValueRef::Bytes(x) => x)
+            }
+            DType::Float32Array => {
+                let d = c.dim as usize;
+                let mut b = FixedSizeListBuilder::with_capacity(
+                    Float32Builder::with_capacity(n * d),
+                    c.dim as i32,
+                    n,
+                );
+                for e in 0..n {
+                    if let ValueRef::Float32Array(bytes) = answer.cell(plan, ci, e).value {
+                        for ch in bytes.chunks_exact(4) {
+                            b.values()
+                                .append_value(f32::from_le_bytes(ch.try_into().unwrap()));
+                        }
+                        b.append(true);
+                    } else {
+                        for _ in 0..d {
+                            b.values().append_null();
+                        }
+                        b.append(false);
+                    }
+                }
+                Arc::new(b.finish()) as ArrayRef
+            }
+        };
+        out.push(arr);
+    }
+    Ok(out)
+}
+
+/// Statuses (u8, Feast's numbers) and event timestamps (i64 us), row-major `[entity][feature]`.
+pub fn status_and_ts(answer: &Answer, plan: &Plan) -> (Vec<u8>, Vec<i64>) {
+    let (n, f) = (answer.num_entities, plan.columns.len());
+    let mut st = vec![0u8; n * f];
+    let mut ts = vec![0i64; n * f];
+    for e in 0..n {
+        for c in 0..f {
+            let cell = answer.cell(plan, c, e);
+            st[e * f + c] = cell.status as u8;
+            ts[e * f + c] = cell.event_ts;
+        }
+    }
+    (st, ts)
+}
+
+/// Dense float32 matrix `[entity][feature]`, NaN where not PRESENT.
+pub fn dense_f32(answer: &Answer, plan: &Plan) -> Result<(Vec<f32>, Vec<u8>)> {
+    if let Some(c) = plan.columns.iter().find(|c| !c.dtype.is_dense_compatible()) {
+        return Err(CoreError::InvalidArgument(format!(
+            "feature '{}' has type {} and cannot be served in the dense float32 layout",
+            c.reference,
+            c.dtype.name()
+        )));
+    }
+    let (n, f) = (answer.num_entities, plan.columns.len());
+    let mut vals = vec![0f32; n * f];
+    let mut st = vec![0u8; n * f];
+    for e in 0..n {
+        for c in 0..f {
+            let (v, s, _) = answer.cell_f32(plan, c, e);
+            vals[e * f + c] = v;
+            st[e * f + c] = s as u8;
+        }
+    }
+    Ok((vals, st))
+}

@@ -1,0 +1,42 @@
+//! The core's one error type. `py.rs` maps each kind to a class of `serving.errors`.
+
+use thiserror::Error;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CoreError {
+    /// Malformed request or input data.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A named view, feature or feature service does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A registry change conflicts with the stored schema.
+    #[error("{0}")]
+    Schema(String),
+    /// RocksDB failed (I/O, lock held, corruption).
+    #[error("{0}")]
+    Storage(String),
+    /// A limit was exceeded (entities per request, ...).
+    #[error("{0}")]
+    ResourceExhausted(String),
+}
+
+impl From<rocksdb::Error> for CoreError {
+    fn from(e: rocksdb::Error) -> Self {
+        CoreError::Storage(format!("rocksdb: {e}"))
+    }
+}
+
+impl From<arrow::error::ArrowError> for CoreError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        CoreError::InvalidArgument(format!("arrow: {e}"))
+    }
+}
+
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+/// Shorthand for `Err(CoreError::InvalidArgument(format!(...)))`.
+#[macro_export]
+macro_rules! invalid {
+    ($($arg:tt)*) => { $crate::error::CoreError::InvalidArgument(format!($($arg)*)) };
+}

@@ -1,0 +1,359 @@
+//! The PyO3 binding: the only module that touches Python. Every call that does real work
+//! releases the GIL; every error goes through `to_py_err`, the one mapping to `serving.errors`.
+
+use crate::arrow_io;
+use crate::error::CoreError;
+use crate::query::{self, Entities, Limits, Selector};
+use crate::store::{Store, StoreOptions, WriteStats};
+use arrow::array::{Array, ArrayRef, StructArray};
+use arrow::datatypes::{Field, Fields};
+use arrow::ffi::{from_ffi, to_ffi, FFI_ArrowArray, FFI_ArrowSchema};
+use parking_lot::RwLock;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyCapsule, PyDict};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Maps a core error to the matching class of `serving.errors`.
+pub fn to_py_err(e: CoreError) -> PyErr {
+    let (class, msg) = match e {
+        CoreError::InvalidArgument(m) => ("InvalidArgumentError", m),
+        CoreError::NotFound(m) => ("NotFoundError", m),
+        CoreError::Schema(m) => ("SchemaError", m),
+        CoreError::Storage(m) => ("StorageError", m),
+        CoreError::ResourceExhausted(m) => ("ResourceExhaustedError", m),
+    };
+    Python::with_gil(|py| {
+        match py
+            .import("serving.errors")
+            .and_then(|m| m.getattr(class))
+            .and_then(|c| c.call1((msg,)))
+        {
+            Ok(v) => PyErr::from_value(v),
+            Err(e) => e,
+        }
+    })
+}
+
+/// Imports an object exporting `__arrow_c_array__` (a pyarrow RecordBatch) without copying.
+fn import_batch(obj: &Bound<'_, PyAny>) -> PyResult<StructArray> {
+    let pair = obj.call_method0("__arrow_c_array__").map_err(|_| {
+        to_py_err(CoreError::InvalidArgument(
+            "expected a pyarrow RecordBatch (an object with __arrow_c_array__)".into(),
+        ))
+    })?;
+    let (schema_cap, array_cap): (Bound<'_, PyCapsule>, Bound<'_, PyCapsule>) = pair.extract()?;
+    // SAFETY: the capsules come from the Arrow PyCapsule interface, which guarantees these
+    // pointer types; `from_raw` moves the array out, leaving the capsule's copy released, and
+    // the schema is only borrowed for the duration of `from_ffi`.
+    let data = unsafe {
+        let array = FFI_ArrowArray::from_raw(array_cap.pointer().cast::<FFI_ArrowArray>());
+        let schema = &*(schema_cap.pointer() as *const FFI_ArrowSchema);
+        from_ffi(array, schema)
+    }
+    .map_err(|e| to_py_err(e.into()))?;
+    if !matches!(data.data_type(), arrow::datatypes::DataType::Struct(_)) {
+        return Err(to_py_err(CoreError::InvalidArgument(
+            "expected a record batch (struct array)".into(),
+        )));
+    }
+    Ok(StructArray::from(data))
+}
+
+/// Hands named Arrow arrays to pyarrow as one RecordBatch.
+fn export_batch(py: Python<'_>, names: &[String], arrays: Vec<ArrayRef>) -> PyResult<PyObject> {
+    let fields: Fields = names
+        .iter()
+        .zip(&arrays)
+        .map(|(n, a)| Field::new(n, a.data_type().clone(), true))
+        .collect();
+    let st = StructArray::try_new(fields, arrays, None).map_err(|e| to_py_err(e.into()))?;
+    let (array, schema) = to_ffi(&st.into_data()).map_err(|e| to_py_err(e.into()))?;
+    let array = Box::new(array);
+    let schema = Box::new(schema);
+    let pa = py.import("pyarrow")?;
+    // pyarrow moves both structs out (their release callbacks become null), so dropping the
+    // boxes afterwards frees nothing twice.
+    let rb = pa.getattr("RecordBatch")?.call_method1(
+        "_import_from_c",
+        (
+            std::ptr::addr_of!(*array) as usize,
+            std::ptr::addr_of!(*schema) as usize,
+        ),
+    )?;
+    Ok(rb.unbind())
+}
+
+fn stats_tuple(s: WriteStats) -> (u64, u64, u64) {
+    (s.rows, s.written, s.skipped_older)
+}
+
+/// The feature store: a hot tier in RAM over an embedded RocksDB.
+#[pyclass(frozen, module = "serving._rust_core", name = "Store")]
+pub struct PyStore {
+    inner: RwLock<Option<Arc<Store>>>,
+}
+
+impl PyStore {
+    fn store(&self) -> PyResult<Arc<Store>> {
+        self.inner
+            .read()
+            .clone()
+            .ok_or_else(|| to_py_err(CoreError::Storage("the store is closed".into())))
+    }
+}
+
+#[pymethods]
+impl PyStore {
+    #[new]
+    #[pyo3(signature = (path, registry_json, *, hot_tier_bytes = 268_435_456, block_cache_bytes = 268_435_456, sync_writes = false, force = false))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        registry_json: String,
+        hot_tier_bytes: u64,
+        block_cache_bytes: u64,
+        sync_writes: bool,
+        force: bool,
+    ) -> PyResult<Self> {
+        let opts = StoreOptions {
+            hot_tier_bytes,
+            block_cache_bytes,
+            sync_writes,
+        };
+        let store = py
+            .allow_threads(|| Store::open(&path, &registry_json, opts, force))
+            .map_err(to_py_err)?;
+        Ok(Self {
+            inner: RwLock::new(Some(Arc::new(store))),
+        })
+    }
+
+    /// Closes the store; RocksDB is closed once calls in flight have finished.
+    fn close(&self, py: Python<'_>) {
+        let taken = self.inner.write().take();
+        py.allow_threads(move || drop(taken));
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.read().is_none()
+    }
+
+    /// Applies a new registry to the open store; returns a line per change.
+    #[pyo3(signature = (registry_json, *, force = false))]
+    fn apply_registry(
+        &self,
+        py: Python<'_>,
+        registry_json: String,
+        force: bool,
+    ) -> PyResult<Vec<String>> {
+        let store = self.store()?;
+        py.allow_threads(|| store.apply_registry(&registry_json, force))
+            .map_err(to_py_err)
+    }
+
+    /// Writes a record batch (join keys, `event_timestamp`, every feature of the view) under the
+    /// merge rule; `meta` entries are stored in the same atomic batch.
+    /// Returns (rows, written, skipped_older).
+    #[pyo3(signature = (view, batch, meta = None))]
+    fn write(
+        &self,
+        py: Python<'_>,
+        view: &str,
+        batch: &Bound<'_, PyAny>,
+        meta: Option<Vec<(String, Vec<u8>)>>,
+    ) -> PyResult<(u64, u64, u64)> {
+        let store = self.store()?;
+        let data = import_batch(batch)?;
+        let meta = meta.unwrap_or_default();
+        py.allow_threads(|| {
+            let cat = store.catalog();
+            let def = cat.view(view)?;
+            let (keys, rows) = arrow_io::rows_from_batch(def, &data)?;
+            store.write(def, &keys, rows, &meta)
+        })
+        .map(stats_tuple)
+        .map_err(to_py_err)
+    }
+
+    /// Deletes the entities of a record batch (join keys and `event_timestamp`) with tombstones
+    /// that follow the merge rule. Returns (rows, written, skipped_older).
+    #[pyo3(signature = (view, batch, meta = None))]
+    fn delete(
+        &self,
+        py: Python<'_>,
+        view: &str,
+        batch: &Bound<'_, PyAny>,
+        meta: Option<Vec<(String, Vec<u8>)>>,
+    ) -> PyResult<(u64, u64, u64)> {
+        let store = self.store()?;
+        let data = import_batch(batch)?;
+        let meta = meta.unwrap_or_default();
+        py.allow_threads(|| {
+            let cat = store.catalog();
+            let def = cat.view(view)?;
+            let (keys, rows) = arrow_io::tombstones_from_batch(def, &data)?;
+            store.write(def, &keys, rows, &meta)
+        })
+        .map(stats_tuple)
+        .map_err(to_py_err)
+    }
+
+    /// Batched lookup. Returns (feature names, pyarrow RecordBatch of values, statuses as bytes
+    /// (u8 per cell, row-major [entity][feature]), event timestamps as bytes (i64 LE us)).
+    #[pyo3(signature = (entities, *, features = None, feature_service = None, max_entities = 1_000_000))]
+    fn get(
+        &self,
+        py: Python<'_>,
+        entities: &Bound<'_, PyAny>,
+        features: Option<Vec<String>>,
+        feature_service: Option<String>,
+        max_entities: usize,
+    ) -> PyResult<(Vec<String>, PyObject, PyObject, PyObject)> {
+        let store = self.store()?;
+        let sel = selector(features, feature_service)?;
+        let ents = arrow_io::entities_from_batch(&import_batch(entities)?).map_err(to_py_err)?;
+        let (names, arrays, st, ts) = py
+            .allow_threads(|| {
+                let (plan, answer) = run(&store, &sel, &ents, max_entities)?;
+                let arrays = arrow_io::answer_to_arrow(&answer, &plan)?;
+                let (st, ts) = arrow_io::status_and_ts(&answer, &plan);
+                let names: Vec<String> = plan.columns.iter().map(|c| c.reference.clone()).collect();
+                Ok::<_, CoreError>((names, arrays, st, ts))
+            })
+            .map_err(to_py_err)?;
+        let rb = export_batch(py, &names, arrays)?;
+        let ts_bytes: Vec<u8> = ts.iter().flat_map(|t| t.to_le_bytes()).collect();
+        Ok((
+            names,
+            rb,
+            PyBytes::new(py, &st).into_any().unbind(),
+            PyBytes::new(py, &ts_bytes).into_any().unbind(),
+        ))
+    }
+
+    /// Dense lookup: (feature names, float32 LE bytes [entity][feature] with NaN where not
+    /// PRESENT, statuses as bytes).
+    #[pyo3(signature = (entities, *, features = None, feature_service = None, max_entities = 1_000_000))]
+    fn get_dense(
+        &self,
+        py: Python<'_>,
+        entities: &Bound<'_, PyAny>,
+        features: Option<Vec<String>>,
+        feature_service: Option<String>,
+        max_entities: usize,
+    ) -> PyResult<(Vec<String>, PyObject, PyObject)> {
+        let store = self.store()?;
+        let sel = selector(features, feature_service)?;
+        let ents = arrow_io::entities_from_batch(&import_batch(entities)?).map_err(to_py_err)?;
+        let (names, vals, st) = py
+            .allow_threads(|| {
+                let (plan, answer) = run(&store, &sel, &ents, max_entities)?;
+                let (vals, st) = arrow_io::dense_f32(&answer, &plan)?;
+                let names: Vec<String> = plan.columns.iter().map(|c| c.reference.clone()).collect();
+                let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+                Ok::<_, CoreError>((names, bytes, st))
+            })
+            .map_err(to_py_err)?;
+        Ok((
+            names,
+            PyBytes::new(py, &vals).into_any().unbind(),
+            PyBytes::new(py, &st).into_any().unbind(),
+        ))
+    }
+
+    /// A value stored by a loader under `key` (in the same batch as the rows it covers).
+    fn get_meta(&self, py: Python<'_>, key: &str) -> PyResult<Option<PyObject>> {
+        let store = self.store()?;
+        let v = py
+            .allow_threads(|| store.get_meta(key))
+            .map_err(to_py_err)?;
+        Ok(v.map(|b| PyBytes::new(py, &b).into_any().unbind()))
+    }
+
+    /// The registry JSON the store was last opened or updated with.
+    fn registry_json(&self) -> PyResult<String> {
+        Ok(self.store()?.catalog().spec_json.clone())
+    }
+
+    /// The stored (append-only) physical schema of a view, as JSON.
+    fn physical_schema_json(&self, view: &str) -> PyResult<Option<String>> {
+        let s = self.store()?.physical_schema(view).map_err(to_py_err)?;
+        Ok(s.map(|s| serde_json::to_string(&s).expect("schema serializes")))
+    }
+
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        let store = self.store()?;
+        py.allow_threads(|| store.flush()).map_err(to_py_err)
+    }
+
+    /// Flushes and compacts every view.
+    fn compact(&self, py: Python<'_>) -> PyResult<()> {
+        let store = self.store()?;
+        py.allow_threads(|| store.compact()).map_err(to_py_err)
+    }
+
+    /// Hot-tier and RocksDB figures.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let store = self.store()?;
+        let d = PyDict::new(py);
+        if let Some(h) = store.hot_stats() {
+            let hot = PyDict::new(py);
+            hot.set_item("hits", h.hits)?;
+            hot.set_item("misses", h.misses)?;
+            hot.set_item("evictions", h.evictions)?;
+            hot.set_item("entries", h.entries)?;
+            hot.set_item("bytes", h.bytes)?;
+            hot.set_item("budget_bytes", h.budget)?;
+            d.set_item("hot_tier", hot)?;
+        }
+        let rocks = PyDict::new(py);
+        for (view, prop, v) in store.rocksdb_stats() {
+            let key = if view.is_empty() {
+                prop.to_string()
+            } else {
+                format!("{view}/{}", prop.trim_start_matches("rocksdb."))
+            };
+            rocks.set_item(key, v)?;
+        }
+        d.set_item("rocksdb", rocks)?;
+        Ok(d)
+    }
+}
+
+fn selector(features: Option<Vec<String>>, service: Option<String>) -> PyResult<Selector> {
+    match (features, service) {
+        (Some(f), None) => Ok(Selector::Refs(f)),
+        (None, Some(s)) => Ok(Selector::Service(s)),
+        _ => Err(to_py_err(CoreError::InvalidArgument(
+            "give either features or feature_service".into(),
+        ))),
+    }
+}
+
+fn run(
+    store: &Store,
+    sel: &Selector,
+    ents: &Entities,
+    max_entities: usize,
+) -> Result<(query::Plan, query::Answer), CoreError> {
+    let limits = Limits {
+        max_entities,
+        max_features: 100_000,
+    };
+    let cat = store.catalog();
+    let names: Vec<&str> = ents.columns.iter().map(|c| c.0.as_str()).collect();
+    let plan = query::plan(&cat, sel, &names, limits)?;
+    let answer = query::execute(store, &plan, ents, limits, query::now_micros())?;
+    Ok((plan, answer))
+}
+
+#[pymodule]
+#[pyo3(name = "_rust_core")]
+fn rust_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyStore>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("ROCKSDB_BINDING", "rust-rocksdb 0.21 (system librocksdb)")?;
+    Ok(())
+}

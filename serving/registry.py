@@ -1,0 +1,842 @@
+"""The declarative registry: ``features.yaml`` parsed into frozen dataclasses and validated.
+
+Everything downstream (the Rust core, the loaders, both frontends) trusts a :class:`Registry`
+blindly, so every check happens here, once, and the first bad entry is reported with its path
+(``feature_views[2].features[5].dtype``), its file and line, and a did-you-mean when a near name
+exists. See the repository's ``features.yaml`` for a commented example of the format.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, NoReturn
+
+import pyarrow as pa
+import yaml
+
+from serving.errors import InvalidArgumentError, NotFoundError, RegistryError
+
+__all__ = [
+    "EVENT_TIMESTAMP",
+    "FEATURE_DTYPES",
+    "JOIN_KEY_DTYPES",
+    "BatchSource",
+    "Entity",
+    "Feature",
+    "FeatureRef",
+    "FeatureService",
+    "FeatureView",
+    "JoinKey",
+    "Registry",
+    "StreamSource",
+    "parse_ttl",
+]
+
+FEATURE_DTYPES: tuple[str, ...] = (
+    "bool",
+    "int32",
+    "int64",
+    "float32",
+    "float64",
+    "string",
+    "bytes",
+    "timestamp",
+    "float32_array",
+)
+JOIN_KEY_DTYPES: tuple[str, ...] = ("int32", "int64", "string", "bytes")
+BATCH_SOURCE_TYPES: tuple[str, ...] = ("parquet", "delta")
+STREAM_SOURCE_TYPES: tuple[str, ...] = ("kafka",)
+STREAM_FORMATS: tuple[str, ...] = ("json", "protobuf")
+#: column every write carries next to the join keys; features must not shadow it
+EVENT_TIMESTAMP = "event_timestamp"
+MAX_DIM = 65535
+# A typo like f{0..99999999} would otherwise build a registry the core cannot hold.
+MAX_BRACE_EXPANSION = 100_000
+# The core keeps timestamps as i64 microseconds; a larger TTL would overflow its arithmetic.
+MAX_TTL_SECONDS = (2**63 - 1) // 1_000_000
+
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BRACE_RE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+_TTL_PART_RE = re.compile(r"(\d+)([smhdw])")
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# Kafka's own rule for topic names.
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_UTC_US = pa.timestamp("us", tz="UTC")
+
+
+# --------------------------------------------------------------------------------------------
+# public model
+
+
+@dataclass(frozen=True)
+class JoinKey:
+    name: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Entity:
+    name: str
+    join_keys: tuple[JoinKey, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    dtype: str
+    dim: int | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BatchSource:
+    type: str
+    path: str
+    timestamp_field: str = EVENT_TIMESTAMP
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    type: str
+    topic: str
+    bootstrap_servers: str
+    group_id: str = "feature-serving"
+    format: str = "json"
+    # excluded from the hash: a mapping is unhashable, and views are handy as dict keys
+    options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    view: str
+    feature: str
+
+    def __str__(self) -> str:
+        return f"{self.view}:{self.feature}"
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    name: str
+    entities: tuple[str, ...]
+    join_keys: tuple[JoinKey, ...]
+    features: tuple[Feature, ...]
+    ttl_seconds: int = 0
+    batch_source: BatchSource | None = None
+    stream_source: StreamSource | None = None
+    online: bool = True
+    description: str = ""
+    _by_name: Mapping[str, Feature] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {f.name: f for f in self.features})
+
+    def feature(self, name: str) -> Feature:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise NotFoundError(
+                f"feature '{name}' not found in view '{self.name}'{_hint(name, self._by_name)}"
+            ) from None
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+
+@dataclass(frozen=True)
+class FeatureService:
+    name: str
+    features: tuple[FeatureRef, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Registry:
+    project: str
+    entities: Mapping[str, Entity]
+    feature_views: Mapping[str, FeatureView]
+    feature_services: Mapping[str, FeatureService] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    source_path: str | None = None
+
+    # -- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Registry:
+        shown = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise RegistryError(f"{shown}: cannot read registry file: {e.strerror or e}") from e
+        absolute = os.path.abspath(shown)
+        data, lines = _load_yaml(text, shown)
+        return _Parser(os.path.dirname(absolute), shown, lines).registry(data, absolute)
+
+    @classmethod
+    def from_yaml_text(cls, text: str, base_dir: str | None = None) -> Registry:
+        data, lines = _load_yaml(text, None)
+        return _Parser(_base(base_dir), None, lines).registry(data, None)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base_dir: str | None = None) -> Registry:
+        return _Parser(_base(base_dir), None, {}).registry(data, None)
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def view(self, name: str) -> FeatureView:
+        try:
+            return self.feature_views[name]
+        except KeyError:
+            raise NotFoundError(
+                f"feature view '{name}' not found{_hint(name, self.feature_views)}"
+            ) from None
+
+    def service(self, name: str) -> FeatureService:
+        try:
+            return self.feature_services[name]
+        except KeyError:
+            raise NotFoundError(
+                f"feature service '{name}' not found{_hint(name, self.feature_services)}"
+            ) from None
+
+    def resolve_refs(self, refs: Sequence[str]) -> tuple[FeatureRef, ...]:
+        """Parse ``view:feature`` / ``view:*`` strings, in order (duplicates are kept)."""
+        if isinstance(refs, str):
+            # A bare string is a Sequence[str] too and would silently resolve its characters.
+            raise InvalidArgumentError(f"expected a list of feature references, got '{refs}'")
+        out: list[FeatureRef] = []
+        for ref in refs:
+            if not isinstance(ref, str):
+                raise InvalidArgumentError(
+                    f"feature reference must be a string, got {_kind(ref)} {ref!r}"
+                )
+            view_name, sep, feature_name = ref.partition(":")
+            if not sep or not view_name or not feature_name:
+                raise InvalidArgumentError(
+                    f"invalid feature reference '{ref}' (expected 'view:feature' or 'view:*')"
+                )
+            view = self.feature_views.get(view_name)
+            if view is None:
+                raise NotFoundError(
+                    f"feature reference '{ref}': feature view '{view_name}' not found"
+                    f"{_hint(view_name, self.feature_views)}"
+                )
+            if feature_name == "*":
+                out.extend(FeatureRef(view_name, f.name) for f in view.features)
+            elif feature_name in view._by_name:
+                out.append(FeatureRef(view_name, feature_name))
+            else:
+                raise NotFoundError(
+                    f"feature reference '{ref}': feature '{feature_name}' not found in view "
+                    f"'{view_name}'{_hint(feature_name, view._by_name)}"
+                )
+        return tuple(out)
+
+    # -- exports ---------------------------------------------------------------------------
+
+    def arrow_schema(self, view: str) -> pa.Schema:
+        """The schema the store's write path expects: join keys, event_timestamp, features."""
+        v = self.view(view)
+        fields = [pa.field(k.name, _JOIN_KEY_ARROW[k.dtype]) for k in v.join_keys]
+        fields.append(pa.field(EVENT_TIMESTAMP, _UTC_US))
+        fields.extend(pa.field(f.name, _feature_arrow_type(f)) for f in v.features)
+        return pa.schema(fields)
+
+    def to_core_json(self) -> str:
+        """The registry as the Rust core consumes it (sources and descriptions left out)."""
+        doc = {
+            "project": self.project,
+            "feature_views": [
+                {
+                    "name": v.name,
+                    "join_keys": [{"name": k.name, "dtype": k.dtype} for k in v.join_keys],
+                    "ttl_seconds": v.ttl_seconds,
+                    "features": [
+                        {"name": f.name, "dtype": f.dtype, "dim": f.dim} for f in v.features
+                    ],
+                }
+                for v in self.feature_views.values()
+            ],
+            "feature_services": [
+                {
+                    "name": s.name,
+                    "features": [{"view": r.view, "feature": r.feature} for r in s.features],
+                }
+                for s in self.feature_services.values()
+            ],
+        }
+        return json.dumps(doc, separators=(",", ":"))
+
+
+_JOIN_KEY_ARROW: Mapping[str, pa.DataType] = {
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "string": pa.string(),
+    "bytes": pa.binary(),
+}
+_FEATURE_ARROW: Mapping[str, pa.DataType] = {
+    "bool": pa.bool_(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "string": pa.string(),
+    "bytes": pa.binary(),
+    "timestamp": _UTC_US,
+}
+
+
+def _feature_arrow_type(f: Feature) -> pa.DataType:
+    if f.dtype == "float32_array":
+        assert f.dim is not None  # guaranteed by validation
+        return pa.list_(pa.float32(), f.dim)
+    return _FEATURE_ARROW[f.dtype]
+
+
+def parse_ttl(value: object) -> int:
+    """TTL in seconds from ``None``, an int, or a string such as ``"90s"``, ``"2h"``, ``"1h30m"``.
+
+    Raises ``ValueError`` with a human message; the parser adds the entry's path.
+    """
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(
+            f"expected seconds (int) or a duration string like '90s', '15m', '2h', '30d', "
+            f"got {_kind(value)} {value!r}"
+        )
+    if isinstance(value, int):
+        seconds = value
+    elif value.strip().isdigit():
+        seconds = int(value.strip())
+    else:
+        text = value.strip()
+        parts = list(_TTL_PART_RE.finditer(text))
+        if not parts or "".join(p.group(0) for p in parts) != text:
+            raise ValueError(
+                f"invalid duration '{value}' (expected e.g. '90s', '15m', '2h', '30d', '1h30m'; "
+                f"units s, m, h, d, w)"
+            )
+        seconds = sum(int(p.group(1)) * _TTL_UNITS[p.group(2)] for p in parts)
+    if seconds < 0:
+        raise ValueError(f"must not be negative, got {seconds}")
+    if seconds > MAX_TTL_SECONDS:
+        raise ValueError(f"too large ({seconds} s; at most {MAX_TTL_SECONDS})")
+    return seconds
+
+
+# --------------------------------------------------------------------------------------------
+# helpers shared by lookups and validation
+
+
+def _hint(name: str, choices: Iterator[str] | Mapping[str, Any] | Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _semi_hint(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _kind(value: object) -> str:
+    """The YAML-level name of a value's type, for messages read by people who wrote YAML."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "mapping"
+    if isinstance(value, list | tuple):
+        return "list"
+    return type(value).__name__
+
+
+def _base(base_dir: str | None) -> str:
+    return os.path.abspath(base_dir if base_dir is not None else os.getcwd())
+
+
+def _malformed(pattern: str) -> str:
+    return f"malformed brace range in '{pattern}' (expected {{START..END}}, e.g. f{{000..199}})"
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand ``{START..END}`` ranges (left to right, cartesian), bash style.
+
+    A bound written with a leading zero pads every number to the wider bound's width, so
+    ``f{000..199}`` gives ``f000`` .. ``f199``. Raises ``ValueError`` for malformed ranges.
+    """
+    m = _BRACE_RE.search(pattern)
+    if m is None:
+        if "{" in pattern or "}" in pattern:
+            raise ValueError(_malformed(pattern))
+        return [pattern]
+    lo_text, hi_text = m.group(1), m.group(2)
+    lo, hi = int(lo_text), int(hi_text)
+    if lo > hi:
+        raise ValueError(f"brace range start {lo} is greater than end {hi} in '{pattern}'")
+    padded = any(len(t) > 1 and t.startswith("0") for t in (lo_text, hi_text))
+    width = max(len(lo_text), len(hi_text)) if padded else 0
+    head, rest = pattern[: m.start()], pattern[m.end() :]
+    if "{" in head or "}" in head:
+        raise ValueError(_malformed(pattern))
+    tails = expand_braces(rest)
+    if (hi - lo + 1) * len(tails) > MAX_BRACE_EXPANSION:
+        raise ValueError(
+            f"'{pattern}' expands to {(hi - lo + 1) * len(tails)} names "
+            f"(at most {MAX_BRACE_EXPANSION})"
+        )
+    return [f"{head}{n:0{width}d}{t}" for n, t in itertools.product(range(lo, hi + 1), tails)]
+
+
+# --------------------------------------------------------------------------------------------
+# YAML loading with line numbers
+
+# (id(container), key or index) -> 1-based line. Containers stay alive for the whole parse, so
+# their ids are stable; scalars are located through their parent because they may be interned.
+_Lines = Mapping[tuple[int, object], int]
+
+
+class _LineLoader(yaml.SafeLoader):
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.lines: dict[tuple[int, object], int] = {}
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    out: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"mapping keys must be strings, got {_kind(key)}", key_node.start_mark
+            )
+        if key in out:
+            # PyYAML keeps the last duplicate silently, which hides typos like two `ttl:` lines.
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}'", key_node.start_mark
+            )
+        out[key] = loader.construct_object(value_node, deep=True)
+        loader.lines[(id(out), key)] = key_node.start_mark.line + 1
+    loader.lines[(id(out), None)] = node.start_mark.line + 1
+    return out
+
+
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> list[Any]:
+    out: list[Any] = []
+    for i, child in enumerate(node.value):
+        out.append(loader.construct_object(child, deep=True))
+        loader.lines[(id(out), i)] = child.start_mark.line + 1
+    loader.lines[(id(out), None)] = node.start_mark.line + 1
+    return out
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def _load_yaml(text: str, source: str | None) -> tuple[Any, _Lines]:
+    loader = _LineLoader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = _where(source, mark.line + 1 if mark is not None else None)
+        problem = getattr(e, "problem", None) or str(e)
+        raise RegistryError(f"{where}invalid YAML: {problem}") from e
+    finally:
+        loader.dispose()
+    return data, loader.lines
+
+
+def _where(source: str | None, line: int | None) -> str:
+    if source is not None:
+        return f"{source}:{line}: " if line is not None else f"{source}: "
+    return f"line {line}: " if line is not None else ""
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+@dataclass(frozen=True)
+class _Loc:
+    path: str
+    line: int | None
+
+
+class _Parser:
+    def __init__(self, base_dir: str, source: str | None, lines: _Lines) -> None:
+        self.base_dir = base_dir
+        self.source = source
+        self.lines = lines
+
+    # -- primitives ------------------------------------------------------------------------
+
+    def fail(self, loc: _Loc, message: str) -> NoReturn:
+        prefix = f"{loc.path}: " if loc.path else ""
+        raise RegistryError(f"{_where(self.source, loc.line)}{prefix}{message}")
+
+    def child(self, loc: _Loc, container: object, key: str | int) -> _Loc:
+        path = f"{loc.path}[{key}]" if isinstance(key, int) else _join(loc.path, key)
+        return _Loc(path, self.lines.get((id(container), key), loc.line))
+
+    def mapping(
+        self, loc: _Loc, value: object, required: Sequence[str], optional: Sequence[str]
+    ) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            self.fail(loc, f"expected a mapping, got {_kind(value)}")
+        allowed = (*required, *optional)
+        for key in value:
+            if not isinstance(key, str):
+                self.fail(loc, f"keys must be strings, got {_kind(key)} {key!r}")
+            if key not in allowed:
+                hint = _semi_hint(key, allowed)
+                self.fail(
+                    self.child(loc, value, key),
+                    f"unknown key '{key}' (allowed: {', '.join(allowed)}{hint})",
+                )
+        for key in required:
+            if key not in value:
+                self.fail(loc, f"missing required key '{key}'")
+        return value
+
+    def sequence(self, loc: _Loc, value: object, *, allow_empty: bool = False) -> Sequence[Any]:
+        if not isinstance(value, list | tuple):
+            self.fail(loc, f"expected a list, got {_kind(value)}")
+        if not value and not allow_empty:
+            self.fail(loc, "must not be empty")
+        return value
+
+    def string(self, loc: _Loc, value: object, *, allow_empty: bool = False) -> str:
+        if not isinstance(value, str):
+            extra = ""
+            if isinstance(value, bool):
+                extra = " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote it)"
+            self.fail(loc, f"expected a string, got {_kind(value)} {value!r}{extra}")
+        if not value.strip() and not allow_empty:
+            self.fail(loc, "must not be empty")
+        return value
+
+    def name(self, loc: _Loc, value: object, what: str) -> str:
+        text = self.string(loc, value)
+        if not _NAME_RE.fullmatch(text):
+            self.fail(loc, f"invalid {what} name '{text}' (must match [A-Za-z_][A-Za-z0-9_]*)")
+        return text
+
+    def choice(self, loc: _Loc, value: object, choices: Sequence[str], what: str) -> str:
+        text = self.string(loc, value)
+        if text not in choices:
+            self.fail(
+                loc,
+                f"unknown {what} '{text}' "
+                f"(expected one of {', '.join(choices)}{_semi_hint(text, choices)})",
+            )
+        return text
+
+    def boolean(self, loc: _Loc, value: object) -> bool:
+        if not isinstance(value, bool):
+            self.fail(loc, f"expected true or false, got {_kind(value)} {value!r}")
+        return value
+
+    def opt_str(self, loc: _Loc, m: Mapping[str, Any], key: str, default: str = "") -> str:
+        if m.get(key) is None:
+            return default
+        return self.string(self.child(loc, m, key), m[key], allow_empty=True)
+
+    def unique(self, seen: dict[str, str], name: str, loc: _Loc, what: str) -> None:
+        if name in seen:
+            self.fail(loc, f"duplicate {what} '{name}' (first defined at {seen[name]})")
+        seen[name] = loc.path
+
+    # -- document --------------------------------------------------------------------------
+
+    def registry(self, data: object, source_path: str | None) -> Registry:
+        root = _Loc("", self.lines.get((id(data), None)))
+        if data is None:
+            self.fail(
+                root,
+                "the registry is empty (expected a mapping with project, entities, feature_views)",
+            )
+        top = self.mapping(
+            root, data, ("project", "entities", "feature_views"), ("feature_services",)
+        )
+        project = self.name(self.child(root, top, "project"), top["project"], "project")
+
+        entities: dict[str, Entity] = {}
+        loc = self.child(root, top, "entities")
+        seen: dict[str, str] = {}
+        for i, raw in enumerate(self.sequence(loc, top["entities"])):
+            entity = self.entity(self.child(loc, top["entities"], i), raw, seen)
+            entities[entity.name] = entity
+
+        views: dict[str, FeatureView] = {}
+        loc = self.child(root, top, "feature_views")
+        seen = {}
+        for i, raw in enumerate(self.sequence(loc, top["feature_views"])):
+            view = self.view(self.child(loc, top["feature_views"], i), raw, entities, seen)
+            views[view.name] = view
+
+        services: dict[str, FeatureService] = {}
+        raw_services = top.get("feature_services")
+        if raw_services is not None:
+            loc = self.child(root, top, "feature_services")
+            seen = {}
+            for i, raw in enumerate(self.sequence(loc, raw_services, allow_empty=True)):
+                svc = self.service(self.child(loc, raw_services, i), raw, views, seen)
+                services[svc.name] = svc
+
+        return Registry(
+            project=project,
+            entities=MappingProxyType(entities),
+            feature_views=MappingProxyType(views),
+            feature_services=MappingProxyType(services),
+            source_path=source_path,
+        )
+
+    def entity(self, loc: _Loc, raw: object, seen: dict[str, str]) -> Entity:
+        m = self.mapping(loc, raw, ("name", "join_keys"), ("description",))
+        name_loc = self.child(loc, m, "name")
+        name = self.name(name_loc, m["name"], "entity")
+        self.unique(seen, name, name_loc, "entity name")
+        keys_loc = self.child(loc, m, "join_keys")
+        keys: list[JoinKey] = []
+        key_seen: dict[str, str] = {}
+        for i, raw_key in enumerate(self.sequence(keys_loc, m["join_keys"])):
+            kloc = self.child(keys_loc, m["join_keys"], i)
+            km = self.mapping(kloc, raw_key, ("name", "dtype"), ())
+            kname_loc = self.child(kloc, km, "name")
+            kname = self.name(kname_loc, km["name"], "join key")
+            if kname == EVENT_TIMESTAMP:
+                self.fail(kname_loc, f"'{EVENT_TIMESTAMP}' is reserved for the event time column")
+            self.unique(key_seen, kname, kname_loc, "join key name")
+            dtype = self.choice(self.child(kloc, km, "dtype"), km["dtype"], JOIN_KEY_DTYPES, "type")
+            keys.append(JoinKey(kname, dtype))
+        return Entity(name, tuple(keys), self.opt_str(loc, m, "description"))
+
+    def view(
+        self, loc: _Loc, raw: object, entities: Mapping[str, Entity], seen: dict[str, str]
+    ) -> FeatureView:
+        m = self.mapping(
+            loc,
+            raw,
+            ("name", "entities", "features"),
+            ("ttl", "batch_source", "stream_source", "online", "description"),
+        )
+        name_loc = self.child(loc, m, "name")
+        name = self.name(name_loc, m["name"], "feature view")
+        self.unique(seen, name, name_loc, "feature view name")
+
+        ents_loc = self.child(loc, m, "entities")
+        entity_names: list[str] = []
+        join_keys: list[JoinKey] = []
+        key_owner: dict[str, str] = {}
+        for i, raw_ent in enumerate(self.sequence(ents_loc, m["entities"])):
+            eloc = self.child(ents_loc, m["entities"], i)
+            ename = self.string(eloc, raw_ent)
+            if ename not in entities:
+                self.fail(eloc, f"unknown entity '{ename}'{_hint(ename, entities)}")
+            if ename in entity_names:
+                self.fail(eloc, f"entity '{ename}' is listed twice")
+            entity_names.append(ename)
+            for key in entities[ename].join_keys:
+                if key.name in key_owner:
+                    self.fail(
+                        eloc,
+                        f"join key '{key.name}' of entity '{ename}' is also a join key of "
+                        f"entity '{key_owner[key.name]}' (a view's join key names must be unique)",
+                    )
+                key_owner[key.name] = ename
+                join_keys.append(key)
+
+        feats_loc = self.child(loc, m, "features")
+        features: list[Feature] = []
+        feat_seen: dict[str, str] = {}
+        for i, raw_feat in enumerate(self.sequence(feats_loc, m["features"])):
+            floc = self.child(feats_loc, m["features"], i)
+            for feature in self.features(floc, raw_feat):
+                name_at = self.child(floc, raw_feat, "name")
+                if feature.name in key_owner:
+                    self.fail(
+                        name_at,
+                        f"feature name '{feature.name}' collides with the join key of entity "
+                        f"'{key_owner[feature.name]}'",
+                    )
+                if feature.name == EVENT_TIMESTAMP:
+                    self.fail(name_at, f"'{EVENT_TIMESTAMP}' is reserved for the event time column")
+                self.unique(feat_seen, feature.name, name_at, "feature name")
+                features.append(feature)
+
+        ttl_loc = self.child(loc, m, "ttl")
+        try:
+            ttl = parse_ttl(m.get("ttl"))
+        except ValueError as e:
+            self.fail(ttl_loc, str(e))
+
+        batch = None
+        if m.get("batch_source") is not None:
+            batch = self.batch_source(self.child(loc, m, "batch_source"), m["batch_source"])
+        stream = None
+        if m.get("stream_source") is not None:
+            stream = self.stream_source(self.child(loc, m, "stream_source"), m["stream_source"])
+        online = True
+        if m.get("online") is not None:
+            online = self.boolean(self.child(loc, m, "online"), m["online"])
+
+        return FeatureView(
+            name=name,
+            entities=tuple(entity_names),
+            join_keys=tuple(join_keys),
+            features=tuple(features),
+            ttl_seconds=ttl,
+            batch_source=batch,
+            stream_source=stream,
+            online=online,
+            description=self.opt_str(loc, m, "description"),
+        )
+
+    def features(self, loc: _Loc, raw: object) -> list[Feature]:
+        m = self.mapping(loc, raw, ("name", "dtype"), ("dim", "description"))
+        name_loc = self.child(loc, m, "name")
+        pattern = self.string(name_loc, m["name"])
+        try:
+            names = expand_braces(pattern)
+        except ValueError as e:
+            self.fail(name_loc, str(e))
+        for n in names:
+            if not _NAME_RE.fullmatch(n):
+                self.fail(
+                    name_loc, f"invalid feature name '{n}' (must match [A-Za-z_][A-Za-z0-9_]*)"
+                )
+        dtype = self.choice(self.child(loc, m, "dtype"), m["dtype"], FEATURE_DTYPES, "type")
+        dim_loc = self.child(loc, m, "dim")
+        dim: int | None = None
+        if dtype == "float32_array":
+            if m.get("dim") is None:
+                self.fail(loc, "missing required key 'dim' (the array length) for float32_array")
+            raw_dim = m["dim"]
+            if isinstance(raw_dim, bool) or not isinstance(raw_dim, int):
+                self.fail(dim_loc, f"expected an int, got {_kind(raw_dim)} {raw_dim!r}")
+            if not 1 <= raw_dim <= MAX_DIM:
+                self.fail(dim_loc, f"must be between 1 and {MAX_DIM}, got {raw_dim}")
+            dim = raw_dim
+        elif "dim" in m:
+            self.fail(dim_loc, f"'dim' is only allowed for float32_array, not {dtype}")
+        description = self.opt_str(loc, m, "description")
+        return [Feature(n, dtype, dim, description) for n in names]
+
+    def batch_source(self, loc: _Loc, raw: object) -> BatchSource:
+        m = self.mapping(loc, raw, ("type", "path"), ("timestamp_field",))
+        kind = self.choice(self.child(loc, m, "type"), m["type"], BATCH_SOURCE_TYPES, "source type")
+        path = os.path.expanduser(self.string(self.child(loc, m, "path"), m["path"]))
+        if "://" not in path:  # object-store URLs (s3://, gs://) are passed through as written
+            path = os.path.normpath(os.path.join(self.base_dir, path))
+        ts_field = EVENT_TIMESTAMP
+        if m.get("timestamp_field") is not None:
+            ts_field = self.string(self.child(loc, m, "timestamp_field"), m["timestamp_field"])
+        return BatchSource(kind, path, ts_field)
+
+    def stream_source(self, loc: _Loc, raw: object) -> StreamSource:
+        m = self.mapping(
+            loc,
+            raw,
+            ("type", "topic", "bootstrap_servers"),
+            ("group_id", "format", "options"),
+        )
+        kind = self.choice(
+            self.child(loc, m, "type"), m["type"], STREAM_SOURCE_TYPES, "source type"
+        )
+        topic_loc = self.child(loc, m, "topic")
+        topic = self.string(topic_loc, m["topic"])
+        if not _TOPIC_RE.fullmatch(topic):
+            self.fail(topic_loc, f"invalid Kafka topic '{topic}' (allowed: A-Z a-z 0-9 . _ -)")
+        servers = self.string(self.child(loc, m, "bootstrap_servers"), m["bootstrap_servers"])
+        group_id = "feature-serving"
+        if m.get("group_id") is not None:
+            group_id = self.string(self.child(loc, m, "group_id"), m["group_id"])
+        fmt = "json"
+        if m.get("format") is not None:
+            fmt = self.choice(self.child(loc, m, "format"), m["format"], STREAM_FORMATS, "format")
+        options: dict[str, str] = {}
+        raw_opts = m.get("options")
+        if raw_opts is not None:
+            oloc = self.child(loc, m, "options")
+            if not isinstance(raw_opts, Mapping):
+                self.fail(oloc, f"expected a mapping, got {_kind(raw_opts)}")
+            for key, value in raw_opts.items():
+                if not isinstance(key, str):
+                    self.fail(oloc, f"keys must be strings, got {_kind(key)} {key!r}")
+                vloc = self.child(oloc, raw_opts, key)
+                # librdkafka takes every setting as a string; YAML turns `false` / `5000` into
+                # bool / int, which are accepted and spelled the way librdkafka expects.
+                if isinstance(value, bool):
+                    options[key] = "true" if value else "false"
+                elif isinstance(value, int | float | str):
+                    options[key] = str(value)
+                else:
+                    self.fail(vloc, f"expected a string or number, got {_kind(value)}")
+        return StreamSource(kind, topic, servers, group_id, fmt, MappingProxyType(options))
+
+    def service(
+        self, loc: _Loc, raw: object, views: Mapping[str, FeatureView], seen: dict[str, str]
+    ) -> FeatureService:
+        m = self.mapping(loc, raw, ("name", "features"), ("description",))
+        name_loc = self.child(loc, m, "name")
+        name = self.name(name_loc, m["name"], "feature service")
+        self.unique(seen, name, name_loc, "feature service name")
+        feats_loc = self.child(loc, m, "features")
+        refs: list[FeatureRef] = []
+        ref_seen: dict[str, str] = {}
+        for i, raw_ref in enumerate(self.sequence(feats_loc, m["features"])):
+            rloc = self.child(feats_loc, m["features"], i)
+            for ref in self.refs(rloc, raw_ref, views):
+                self.unique(ref_seen, str(ref), rloc, "feature reference")
+                refs.append(ref)
+        return FeatureService(name, tuple(refs), self.opt_str(loc, m, "description"))
+
+    def refs(self, loc: _Loc, raw: object, views: Mapping[str, FeatureView]) -> list[FeatureRef]:
+        text = self.string(loc, raw)
+        view_name, sep, pattern = text.partition(":")
+        if not sep or not view_name or not pattern:
+            self.fail(
+                loc, f"invalid feature reference '{text}' (expected 'view:feature' or 'view:*')"
+            )
+        view = views.get(view_name)
+        if view is None:
+            self.fail(loc, f"'{text}': unknown feature view '{view_name}'{_hint(view_name, views)}")
+        if pattern == "*":
+            return [FeatureRef(view_name, f.name) for f in view.features]
+        try:
+            names = expand_braces(pattern)
+        except ValueError as e:
+            self.fail(loc, str(e))
+        for n in names:
+            if n not in view._by_name:
+                self.fail(
+                    loc,
+                    f"'{text}': feature '{n}' not found in view '{view_name}'"
+                    f"{_hint(n, view._by_name)}",
+                )
+        return [FeatureRef(view_name, n) for n in names]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key

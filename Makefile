@@ -42,7 +42,7 @@ venv: $(VENV)/.deps ## create .venv with every Python dependency
 
 .PHONY: proto
 proto: $(VENV)/.deps ## generate Python gRPC code and stubs from proto/
-	@$(PY) -m serving._codegen
+	@$(PY) serving/_codegen.py
 
 .PHONY: build
 build: sysdeps venv proto ## build the Rust extension into the source tree (PROFILE=release|dist-release|profiling)

@@ -1,0 +1,51 @@
+# Typed interface of the Rust extension (rust_core/src/py.rs); checked by mypy.stubtest.
+from os import PathLike
+from typing import Any, final
+
+__version__: str
+ROCKSDB_BINDING: str
+
+@final
+class Store:
+    def __new__(
+        cls,
+        path: str | PathLike[str],
+        registry_json: str,
+        *,
+        hot_tier_bytes: int = 268435456,
+        block_cache_bytes: int = 268435456,
+        sync_writes: bool = False,
+        force: bool = False,
+    ) -> Store: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    def apply_registry(self, registry_json: str, *, force: bool = False) -> list[str]: ...
+    def write(
+        self, view: str, batch: Any, meta: list[tuple[str, bytes]] | None = None
+    ) -> tuple[int, int, int]: ...
+    def delete(
+        self, view: str, batch: Any, meta: list[tuple[str, bytes]] | None = None
+    ) -> tuple[int, int, int]: ...
+    def get(
+        self,
+        entities: Any,
+        *,
+        features: list[str] | None = None,
+        feature_service: str | None = None,
+        max_entities: int = 1000000,
+    ) -> tuple[list[str], Any, bytes, bytes]: ...
+    def get_dense(
+        self,
+        entities: Any,
+        *,
+        features: list[str] | None = None,
+        feature_service: str | None = None,
+        max_entities: int = 1000000,
+    ) -> tuple[list[str], bytes, bytes]: ...
+    def get_meta(self, key: str) -> bytes | None: ...
+    def registry_json(self) -> str: ...
+    def physical_schema_json(self, view: str) -> str | None: ...
+    def flush(self) -> None: ...
+    def compact(self) -> None: ...
+    def stats(self) -> dict[str, dict[str, int]]: ...

@@ -70,7 +70,7 @@ lint: build ## cargo fmt --check, clippy -D warnings, ruff, mypy, stubtest
 	$(VENV)/bin/ruff format --check -q serving tests loadtest
 	$(VENV)/bin/ruff check -q serving tests loadtest
 	$(VENV)/bin/mypy
-	$(VENV)/bin/python -m mypy.stubtest serving._rust_core
+	$(VENV)/bin/python -m mypy.stubtest --mypy-config-file pyproject.toml serving._rust_core
 
 .PHONY: test-rust
 test-rust: sysdeps ## cargo test of the Rust core

@@ -2,6 +2,8 @@
 from os import PathLike
 from typing import Any, final
 
+__all__ = ["ROCKSDB_BINDING", "Store", "__version__"]
+
 __version__: str
 ROCKSDB_BINDING: str
 
@@ -49,3 +51,11 @@ class Store:
     def flush(self) -> None: ...
     def compact(self) -> None: ...
     def stats(self) -> dict[str, dict[str, int]]: ...
+    def configure_serving(
+        self,
+        *,
+        max_entities: int = 1000,
+        max_features: int = 1000,
+        json_float32_shortest: bool = False,
+    ) -> None: ...
+    def serve(self, api: str, body: bytes) -> bytes: ...

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -89,7 +89,9 @@ class DenseResult:
     statuses: npt.NDArray[np.uint8]
 
 
-EntityInput = Mapping[str, Sequence[Any] | npt.NDArray[Any] | pa.Array] | pa.RecordBatch | pa.Table
+EntityInput: TypeAlias = (
+    Mapping[str, Sequence[Any] | npt.NDArray[Any] | pa.Array] | pa.RecordBatch | pa.Table
+)
 
 
 class Store:
@@ -327,6 +329,10 @@ def _entity_table(entities: EntityInput) -> pa.Table:
             cols[name] = values if isinstance(values, pa.Array) else pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise InvalidArgumentError(f"entity column '{name}': {e}") from None
+    lengths = {name: len(col) for name, col in cols.items()}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"'{k}' has {v}" for k, v in lengths.items())
+        raise InvalidArgumentError(f"entity columns have different lengths: {shown}")
     return pa.table(cols)
 
 

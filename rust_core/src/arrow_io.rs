@@ -20,6 +20,9 @@ use std::sync::Arc;
 
 pub const EVENT_TS: &str = "event_timestamp";
 
+/// Hot-tier keys and encoded rows of a write batch, index-aligned.
+pub type KeysAndRows = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 fn column<'a>(batch: &'a StructArray, name: &str, what: &str) -> Result<&'a ArrayRef> {
     batch
         .column_by_name(name)
@@ -165,10 +168,7 @@ fn event_timestamps(batch: &StructArray) -> Result<Vec<i64>> {
 }
 
 /// Encodes a write batch: join keys, `event_timestamp`, and every live feature of the view.
-pub fn rows_from_batch(
-    view: &ViewDef,
-    batch: &StructArray,
-) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+pub fn rows_from_batch(view: &ViewDef, batch: &StructArray) -> Result<KeysAndRows> {
     let keys = keys_from_batch(view, batch)?;
     let ts = event_timestamps(batch)?;
     let mut w = BatchRowWriter::new(&view.layout, &ts);
@@ -188,9 +188,33 @@ pub fn rows_from_batch(
         };
         let col = column(batch, name, "feature")?;
         expect_type(col, name, &arrow_type(spec.dtype, spec.dim))?;
+        if spec.dtype == DType::Float32Array {
+            check_array_elements(col.as_ref(), name)?;
+        }
         write_column(&mut w, slot, spec.dtype, spec.dim, col.as_ref());
     }
     Ok((keys, w.finish()))
+}
+
+/// An embedding is stored whole or null: a null element inside a present array would otherwise
+/// be stored as 0.0, a silently wrong value.
+fn check_array_elements(col: &dyn Array, name: &str) -> Result<()> {
+    let a = col.as_fixed_size_list();
+    if a.values().null_count() == 0 {
+        return Ok(());
+    }
+    let d = a.value_length() as usize;
+    for i in (0..a.len()).filter(|&i| a.is_valid(i)) {
+        let start = a.value_offset(i) as usize;
+        if let Some(j) = (start..start + d).find(|&j| a.values().is_null(j)) {
+            return Err(invalid!(
+                "column '{name}' row {i}: element {} of the array is null; an array feature is \
+                 null as a whole or has every element",
+                j - start
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn write_column(w: &mut BatchRowWriter<'_>, slot: usize, dtype: DType, dim: u32, col: &dyn Array) {
@@ -250,10 +274,7 @@ fn write_column(w: &mut BatchRowWriter<'_>, slot: usize, dtype: DType, dim: u32,
 }
 
 /// Tombstones for every row of a batch of join keys and event timestamps.
-pub fn tombstones_from_batch(
-    view: &ViewDef,
-    batch: &StructArray,
-) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+pub fn tombstones_from_batch(view: &ViewDef, batch: &StructArray) -> Result<KeysAndRows> {
     let keys = keys_from_batch(view, batch)?;
     let ts = event_timestamps(batch)?;
     Ok((keys, ts.into_iter().map(tombstone).collect()))

@@ -13,7 +13,6 @@
 
 use quick_cache::sync::Cache;
 use quick_cache::{Lifecycle, Weighter};
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -89,9 +88,7 @@ impl HotTier {
     }
 
     fn stripe(&self, key: &[u8]) -> &AtomicU64 {
-        let mut h = self.stripe_hasher.build_hasher();
-        key.hash(&mut h);
-        &self.stripes[(h.finish() as usize) % STRIPES]
+        &self.stripes[(self.stripe_hasher.hash_one(key) as usize) % STRIPES]
     }
 
     #[inline]
@@ -129,7 +126,7 @@ impl HotTier {
 
     /// Forgets every entry whose key starts with `prefix` (a view's id on registry changes).
     pub fn invalidate_prefix(&self, prefix: &[u8]) {
-        for s in self.stripes.iter() {
+        for s in &self.stripes {
             s.fetch_add(1, Ordering::SeqCst);
         }
         self.cache.retain(|k, _| !k.starts_with(prefix));

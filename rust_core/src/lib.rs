@@ -5,10 +5,12 @@ pub mod arrow_io;
 pub mod catalog;
 pub mod error;
 pub mod hot;
+pub mod json;
 pub mod key;
 pub mod proto;
 pub mod query;
 pub mod row;
+pub mod serve;
 pub mod store;
 pub mod types;
 

@@ -4,6 +4,7 @@
 use crate::arrow_io;
 use crate::error::CoreError;
 use crate::query::{self, Entities, Limits, Selector};
+use crate::serve::{self, Api, ServeConfig};
 use crate::store::{Store, StoreOptions, WriteStats};
 use arrow::array::{Array, ArrayRef, StructArray};
 use arrow::datatypes::{Field, Fields};
@@ -35,11 +36,11 @@ pub fn to_py_err(e: CoreError) -> PyErr {
     })
 }
 
-/// Imports an object exporting `__arrow_c_array__` (a pyarrow RecordBatch) without copying.
+/// Imports an object exporting `__arrow_c_array__` (a pyarrow `RecordBatch`) without copying.
 fn import_batch(obj: &Bound<'_, PyAny>) -> PyResult<StructArray> {
     let pair = obj.call_method0("__arrow_c_array__").map_err(|_| {
         to_py_err(CoreError::InvalidArgument(
-            "expected a pyarrow RecordBatch (an object with __arrow_c_array__)".into(),
+            "expected a pyarrow `RecordBatch` (an object with __arrow_c_array__)".into(),
         ))
     })?;
     let (schema_cap, array_cap): (Bound<'_, PyCapsule>, Bound<'_, PyCapsule>) = pair.extract()?;
@@ -60,7 +61,7 @@ fn import_batch(obj: &Bound<'_, PyAny>) -> PyResult<StructArray> {
     Ok(StructArray::from(data))
 }
 
-/// Hands named Arrow arrays to pyarrow as one RecordBatch.
+/// Hands named Arrow arrays to pyarrow as one `RecordBatch`.
 fn export_batch(py: Python<'_>, names: &[String], arrays: Vec<ArrayRef>) -> PyResult<PyObject> {
     let fields: Fields = names
         .iter()
@@ -92,6 +93,7 @@ fn stats_tuple(s: WriteStats) -> (u64, u64, u64) {
 #[pyclass(frozen, module = "serving._rust_core", name = "Store")]
 pub struct PyStore {
     inner: RwLock<Option<Arc<Store>>>,
+    serve_cfg: RwLock<ServeConfig>,
 }
 
 impl PyStore {
@@ -126,7 +128,47 @@ impl PyStore {
             .map_err(to_py_err)?;
         Ok(Self {
             inner: RwLock::new(Some(Arc::new(store))),
+            serve_cfg: RwLock::new(ServeConfig::default()),
         })
+    }
+
+    /// Limits and encoding options of [`PyStore::serve`].
+    #[pyo3(signature = (*, max_entities = 1000, max_features = 1000, json_float32_shortest = false))]
+    fn configure_serving(
+        &self,
+        max_entities: usize,
+        max_features: usize,
+        json_float32_shortest: bool,
+    ) {
+        *self.serve_cfg.write() = ServeConfig {
+            limits: Limits {
+                max_entities,
+                max_features,
+            },
+            json_float32_shortest,
+        };
+    }
+
+    /// The serving path: a request body of `api` (`feast_http`, `feast_grpc`, `v1_grpc`,
+    /// `v1_http`) in, the complete response body out, in one call with the GIL released.
+    fn serve<'py>(&self, py: Python<'py>, api: &str, body: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let api = match api {
+            "feast_http" => Api::FeastHttp,
+            "feast_grpc" => Api::FeastGrpc,
+            "v1_grpc" => Api::V1Grpc,
+            "v1_http" => Api::V1Http,
+            other => {
+                return Err(to_py_err(CoreError::InvalidArgument(format!(
+                    "unknown api '{other}'"
+                ))))
+            }
+        };
+        let store = self.store()?;
+        let cfg = *self.serve_cfg.read();
+        let served = py
+            .allow_threads(|| serve::serve(&store, api, body, &cfg, query::now_micros()))
+            .map_err(to_py_err)?;
+        Ok(PyBytes::new(py, &served.body))
     }
 
     /// Closes the store; RocksDB is closed once calls in flight have finished.
@@ -155,7 +197,7 @@ impl PyStore {
 
     /// Writes a record batch (join keys, `event_timestamp`, every feature of the view) under the
     /// merge rule; `meta` entries are stored in the same atomic batch.
-    /// Returns (rows, written, skipped_older).
+    /// Returns `(rows, written, skipped_older)`.
     #[pyo3(signature = (view, batch, meta = None))]
     fn write(
         &self,
@@ -178,7 +220,7 @@ impl PyStore {
     }
 
     /// Deletes the entities of a record batch (join keys and `event_timestamp`) with tombstones
-    /// that follow the merge rule. Returns (rows, written, skipped_older).
+    /// that follow the merge rule. Returns `(rows, written, skipped_older)`.
     #[pyo3(signature = (view, batch, meta = None))]
     fn delete(
         &self,
@@ -200,7 +242,7 @@ impl PyStore {
         .map_err(to_py_err)
     }
 
-    /// Batched lookup. Returns (feature names, pyarrow RecordBatch of values, statuses as bytes
+    /// Batched lookup. Returns (feature names, pyarrow `RecordBatch` of values, statuses as bytes
     /// (u8 per cell, row-major [entity][feature]), event timestamps as bytes (i64 LE us)).
     #[pyo3(signature = (entities, *, features = None, feature_service = None, max_entities = 1_000_000))]
     fn get(

@@ -114,7 +114,7 @@ pub fn plan(cat: &Catalog, sel: &Selector, entity_names: &[&str], limits: Limits
         }
     };
     if refs.len() > limits.max_features {
-        return Err(CoreError::ResourceExhausted(format!(
+        return Err(CoreError::InvalidArgument(format!(
             "{} features requested; the limit is {}",
             refs.len(),
             limits.max_features
@@ -219,7 +219,7 @@ pub fn execute(
         }
     }
     if n > limits.max_entities {
-        return Err(CoreError::ResourceExhausted(format!(
+        return Err(CoreError::InvalidArgument(format!(
             "{n} entities requested; the limit is {}",
             limits.max_entities
         )));

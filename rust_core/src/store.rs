@@ -285,17 +285,14 @@ impl Store {
         let mut pos: AHashMap<&[u8], usize> = AHashMap::with_capacity(rows.len());
         let mut uniq: Vec<usize> = Vec::with_capacity(rows.len());
         for (i, k) in keys.iter().enumerate() {
-            match pos.get(k.as_slice()) {
-                Some(&u) => {
-                    if supersedes(&rows[i], &rows[uniq[u]]) {
-                        uniq[u] = i;
-                    }
-                    stats.skipped_older += 1;
+            if let Some(&u) = pos.get(k.as_slice()) {
+                if supersedes(&rows[i], &rows[uniq[u]]) {
+                    uniq[u] = i;
                 }
-                None => {
-                    pos.insert(k, uniq.len());
-                    uniq.push(i);
-                }
+                stats.skipped_older += 1;
+            } else {
+                pos.insert(k, uniq.len());
+                uniq.push(i);
             }
         }
         let cf = self.view_cf(&view.name)?;

@@ -46,7 +46,7 @@ proto: $(VENV)/.deps ## generate Python gRPC code and stubs from proto/
 
 .PHONY: build
 build: sysdeps venv proto ## build the Rust extension into the source tree (PROFILE=release|dist-release|profiling)
-	$(VENV)/bin/maturin develop --profile $(PROFILE) --skip-install -q
+	$(VENV)/bin/maturin develop --profile $(PROFILE) -q
 
 .PHONY: sample
 sample: build ## generate the sample offline data (N_ENTITIES=20000)

@@ -290,12 +290,18 @@ class Store:
         """Numeric features as one ``[entities x features]`` float32 matrix (NaN where not
         PRESENT), built without a Python object per value."""
         ent = _entity_batch(entities)
+        refs = list(features) if features is not None else None
+        # Explicit refs are the answer's names; only services and `view:*` need them back.
+        known = refs is not None and not any(r.endswith(":*") for r in refs)
         names, values, statuses = self._core.get_dense(
             ent,
-            features=list(features) if features is not None else None,
+            features=refs,
             feature_service=feature_service,
             max_entities=max_entities,
+            names=not known,
         )
+        if known:
+            names = refs or []
         n, f = ent.num_rows, len(names)
         return DenseResult(
             feature_names=names,

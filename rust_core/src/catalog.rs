@@ -230,6 +230,9 @@ pub struct Catalog {
     pub services: AHashMap<String, Vec<(usize, String)>>,
     /// The spec this catalog was compiled from (returned by `registry_json`).
     pub spec_json: String,
+    /// Plans of recent requests, keyed by selector and entity names (see `query::plan_cached`).
+    /// Lives in the catalog so that a registry change, which swaps the catalog, drops it.
+    pub plans: parking_lot::Mutex<AHashMap<String, Arc<crate::query::Plan>>>,
 }
 
 impl Catalog {

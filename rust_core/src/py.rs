@@ -276,8 +276,9 @@ impl PyStore {
     }
 
     /// Dense lookup: (feature names, float32 LE bytes [entity][feature] with NaN where not
-    /// PRESENT, statuses as bytes).
-    #[pyo3(signature = (entities, *, features = None, feature_service = None, max_entities = 1_000_000))]
+    /// PRESENT, statuses as bytes). `names=False` skips building the names list (the caller knows
+    /// them when it passed explicit refs).
+    #[pyo3(signature = (entities, *, features = None, feature_service = None, max_entities = 1_000_000, names = true))]
     fn get_dense(
         &self,
         py: Python<'_>,
@@ -285,6 +286,7 @@ impl PyStore {
         features: Option<Vec<String>>,
         feature_service: Option<String>,
         max_entities: usize,
+        names: bool,
     ) -> PyResult<(Vec<String>, PyObject, PyObject)> {
         let store = self.store()?;
         let sel = selector(features, feature_service)?;
@@ -293,9 +295,12 @@ impl PyStore {
             .allow_threads(|| {
                 let (plan, answer) = run(&store, &sel, &ents, max_entities)?;
                 let (vals, st) = arrow_io::dense_f32(&answer, &plan)?;
-                let names: Vec<String> = plan.columns.iter().map(|c| c.reference.clone()).collect();
-                let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-                Ok::<_, CoreError>((names, bytes, st))
+                let names: Vec<String> = if names {
+                    plan.columns.iter().map(|c| c.reference.clone()).collect()
+                } else {
+                    Vec::new()
+                };
+                Ok::<_, CoreError>((names, vals, st))
             })
             .map_err(to_py_err)?;
         Ok((
@@ -379,14 +384,14 @@ fn run(
     sel: &Selector,
     ents: &Entities,
     max_entities: usize,
-) -> Result<(query::Plan, query::Answer), CoreError> {
+) -> Result<(Arc<query::Plan>, query::Answer), CoreError> {
     let limits = Limits {
         max_entities,
         max_features: 100_000,
     };
     let cat = store.catalog();
     let names: Vec<&str> = ents.columns.iter().map(|c| c.0.as_str()).collect();
-    let plan = query::plan(&cat, sel, &names, limits)?;
+    let plan = query::plan_cached(&cat, sel, &names, limits)?;
     let answer = query::execute(store, &plan, ents, limits, query::now_micros())?;
     Ok((plan, answer))
 }

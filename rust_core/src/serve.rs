@@ -70,14 +70,15 @@ use crate::invalid;
 use crate::json;
 use crate::key::KeyColumn;
 use crate::proto::{feast, v1};
-use crate::query::{self, Answer, Cell, Entities, Limits, Plan, Selector};
-use crate::row::{RowView, ValueRef, HEADER_LEN};
+use crate::query::{self, Answer, Cells, ColPos, Entities, Limits, Plan, Selector};
+use crate::row::ValueRef;
 use crate::store::Store;
 use crate::types::{DType, Status};
 use prost::Message as _;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
+use std::sync::Arc;
 
 /// Serving options that are not part of a request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -118,7 +119,7 @@ struct V1Opts {
 /// A parsed and planned request, not yet executed.
 pub struct Prepared {
     api: Api,
-    plan: Plan,
+    plan: Arc<Plan>,
     entities: Entities,
     full_feature_names: bool,
     v1: V1Opts,
@@ -198,7 +199,7 @@ pub fn prepare(store: &Store, api: Api, body: &[u8], cfg: &ServeConfig) -> Resul
     check_entities(&entities, cfg.limits)?;
     let cat = store.catalog();
     let names: Vec<&str> = entities.columns.iter().map(|c| c.0.as_str()).collect();
-    let plan = query::plan(&cat, &sel, &names, cfg.limits)?;
+    let plan = query::plan_cached(&cat, &sel, &names, cfg.limits)?;
     if v1.dense {
         if let Some(c) = plan.columns.iter().find(|c| !c.dtype.is_dense_compatible()) {
             return Err(invalid!(
@@ -711,166 +712,6 @@ fn parse_v1_proto(body: &[u8]) -> Result<Parsed> {
 // ---------------------------------------------------------------------------------------------
 // Fast cell access
 // ---------------------------------------------------------------------------------------------
-
-/// One entity's row in one plan view, decoded once per request.
-#[derive(Clone, Copy)]
-enum RowState<'a> {
-    NotFound,
-    Expired(i64),
-    /// `full`: the row has every slot of the view's current layout, so a slot's fixed bytes
-    /// sit at [`crate::row::RowLayout::fixed_pos`].
-    Live {
-        bytes: &'a [u8],
-        ts: i64,
-        full: bool,
-    },
-}
-
-/// The rows of an answer, per plan view and entity, plus per-column constants: lets the
-/// encoders read fixed-width values straight from row bytes (the common case), falling back
-/// to [`Answer::cell`] for everything else.
-struct Cells<'a> {
-    plan: &'a Plan,
-    answer: &'a Answer,
-    rows: Vec<Vec<RowState<'a>>>,
-}
-
-/// Where column `c`'s value lives in a full row.
-#[derive(Clone, Copy)]
-struct ColPos {
-    view: usize,
-    dtype: DType,
-    /// Byte of the presence bitmap and the bit in it.
-    bm: usize,
-    mask: u8,
-    pos: usize,
-}
-
-impl<'a> Cells<'a> {
-    fn new(plan: &'a Plan, answer: &'a Answer) -> Self {
-        let rows = plan
-            .views
-            .iter()
-            .enumerate()
-            .map(|(v, pv)| {
-                let n_slots = pv.def.layout.len();
-                (0..answer.num_entities)
-                    .map(|e| {
-                        let Some(b) = answer.rows[v][e].as_deref() else {
-                            return RowState::NotFound;
-                        };
-                        let Some(row) = RowView::new(b) else {
-                            return RowState::NotFound;
-                        };
-                        if answer.expired[v][e] {
-                            RowState::Expired(row.event_ts())
-                        } else {
-                            RowState::Live {
-                                bytes: b,
-                                ts: row.event_ts(),
-                                full: row.n_slots() == n_slots,
-                            }
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-        Self { plan, answer, rows }
-    }
-
-    fn col(&self, c: usize) -> ColPos {
-        let col = &self.plan.columns[c];
-        ColPos {
-            view: col.view,
-            dtype: col.dtype,
-            bm: HEADER_LEN + col.slot / 8,
-            mask: 1 << (col.slot % 8),
-            pos: self.plan.views[col.view].def.layout.fixed_pos(col.slot),
-        }
-    }
-
-    #[inline]
-    fn cell(&self, c: usize, cp: ColPos, e: usize) -> Cell<'a> {
-        match self.rows[cp.view][e] {
-            RowState::NotFound => Cell {
-                status: Status::NotFound,
-                value: ValueRef::Null,
-                event_ts: 0,
-            },
-            RowState::Expired(ts) => Cell {
-                status: Status::OutsideMaxAge,
-                value: ValueRef::Null,
-                event_ts: ts,
-            },
-            RowState::Live { bytes, ts, full } => {
-                // A row too short for its bitmap is corrupt: the slow path answers it safely.
-                if full && bytes.len() > cp.bm {
-                    if bytes[cp.bm] & cp.mask == 0 {
-                        return Cell {
-                            status: Status::NullValue,
-                            value: ValueRef::Null,
-                            event_ts: ts,
-                        };
-                    }
-                    let fixed = |w: usize| bytes.get(cp.pos..cp.pos + w);
-                    let v = match cp.dtype {
-                        DType::Float32 => fixed(4).map(|b| {
-                            ValueRef::Float32(f32::from_le_bytes(b.try_into().expect("4")))
-                        }),
-                        DType::Float64 => fixed(8).map(|b| {
-                            ValueRef::Float64(f64::from_le_bytes(b.try_into().expect("8")))
-                        }),
-                        DType::Int32 => fixed(4)
-                            .map(|b| ValueRef::Int32(i32::from_le_bytes(b.try_into().expect("4")))),
-                        DType::Int64 => fixed(8)
-                            .map(|b| ValueRef::Int64(i64::from_le_bytes(b.try_into().expect("8")))),
-                        DType::Bool => fixed(1).map(|b| ValueRef::Bool(b[0] != 0)),
-                        _ => None,
-                    };
-                    if let Some(value) = v {
-                        return Cell {
-                            status: Status::Present,
-                            value,
-                            event_ts: ts,
-                        };
-                    }
-                }
-                self.answer.cell(self.plan, c, e)
-            }
-        }
-    }
-
-    /// The dense float32 view of a cell (NaN unless PRESENT).
-    #[inline]
-    fn f32(&self, c: usize, cp: ColPos, e: usize) -> (f32, Status, i64) {
-        if cp.dtype == DType::Float32 {
-            if let RowState::Live {
-                bytes,
-                ts,
-                full: true,
-            } = self.rows[cp.view][e]
-            {
-                if bytes.get(cp.bm).is_some_and(|b| b & cp.mask == 0) {
-                    return (f32::NAN, Status::NullValue, ts);
-                }
-                if let Some(b) = bytes.get(cp.pos..cp.pos + 4) {
-                    let x = f32::from_le_bytes(b.try_into().expect("4"));
-                    return (x, Status::Present, ts);
-                }
-            }
-        }
-        let cell = self.cell(c, cp, e);
-        let x = match cell.value {
-            ValueRef::Float32(x) => x,
-            ValueRef::Float64(x) => x as f32,
-            ValueRef::Int32(x) => x as f32,
-            ValueRef::Int64(x) => x as f32,
-            ValueRef::Bool(b) => f32::from(u8::from(b)),
-            _ => f32::NAN,
-        };
-        (x, cell.status, cell.event_ts)
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // JSON responses

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# `make loadtest`: Locust, headless and bounded in time, against a fresh server on the sample data.
+#
+# Loads the sample (`make sample` wrote it to SAMPLE_DIR) into a temporary store with the batch
+# loader, starts `python -m serving serve` on free loopback ports, waits for /readyz, runs
+# loadtest/locustfile.py headless, writes Locust's CSV and HTML reports to
+# loadtest/reports/<timestamp>/, prints one line per task (req/s, p50, p95, p99, failures) and
+# stops everything it started (by PID, on any exit).
+#
+# Variables (environment or `make loadtest VAR=...`):
+#   USERS=20  SPAWN_RATE=10  DURATION=30s   Locust's -u, -r, -t
+#   LOCUST_USERS="HttpFeatureUser GrpcFeatureUser"   user classes to run
+#   TAGS=            w1 or w2 to run one workload only (Locust --tags); empty runs both
+#   SAMPLE_DIR=.data/sample   CONFIG=features.yaml   PYTHON=.venv/bin/python
+#   REPORTS=loadtest/reports   FS_API_KEY=   sent as "authorization: Bearer ..." when set
+#
+# To point Locust at a deployment that is already running, call Locust directly; see
+# docs/load-testing.md.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+PYTHON=${PYTHON:-.venv/bin/python}
+USERS=${USERS:-20}
+SPAWN_RATE=${SPAWN_RATE:-10}
+DURATION=${DURATION:-30s}
+LOCUST_USERS=${LOCUST_USERS:-HttpFeatureUser GrpcFeatureUser}
+TAGS=${TAGS:-}
+SAMPLE_DIR=${SAMPLE_DIR:-.data/sample}
+CONFIG=${CONFIG:-features.yaml}
+REPORTS=${REPORTS:-loadtest/reports}
+
+if [[ ! -f "$SAMPLE_DIR/ids.txt" ]]; then
+  echo "no sample in $SAMPLE_DIR (ids.txt missing); run \`make sample\` first" >&2
+  exit 2
+fi
+SAMPLE_ABS=$(cd "$SAMPLE_DIR" && pwd)
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/fs-loadtest.XXXXXX")
+SERVER_PID=""
+cleanup() {
+  local rc=$?
+  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The registry's batch sources are relative to the registry file: give the temporary copy a
+# .data/sample next to it that points at SAMPLE_DIR.
+mkdir -p "$WORK/.data"
+cp "$CONFIG" "$WORK/features.yaml"
+ln -s "$SAMPLE_ABS" "$WORK/.data/sample"
+
+read -r HTTP_PORT GRPC_PORT < <("$PYTHON" - <<'EOF'
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))
+EOF
+)
+
+echo "loading $SAMPLE_DIR into a temporary store ..."
+"$PYTHON" -m serving materialize --config "$WORK/features.yaml" --data-dir "$WORK/db" \
+  --progress never >"$WORK/materialize.log" 2>&1 || { cat "$WORK/materialize.log" >&2; exit 1; }
+
+"$PYTHON" -m serving serve --config "$WORK/features.yaml" --data-dir "$WORK/db" \
+  --host 127.0.0.1 --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" >"$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+
+"$PYTHON" - "$HTTP_PORT" "$SERVER_PID" <<'EOF' || { cat "$WORK/server.log" >&2; exit 1; }
+import os, sys, time, urllib.request
+port, pid = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit("server exited before it was ready")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            if r.status == 200:
+                sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.1)
+sys.exit("server not ready after 60 s")
+EOF
+echo "server pid $SERVER_PID ready: HTTP 127.0.0.1:$HTTP_PORT, gRPC 127.0.0.1:$GRPC_PORT"
+
+OUT="$REPORTS/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$OUT"
+tag_args=()
+[[ -n "$TAGS" ]] && tag_args=(--tags $TAGS)
+echo "locust: $USERS users ($LOCUST_USERS), spawn rate $SPAWN_RATE/s, $DURATION${TAGS:+, tags $TAGS}"
+set +e
+# shellcheck disable=SC2086
+"$PYTHON" -m locust -f loadtest/locustfile.py --headless --only-summary \
+  --host "http://127.0.0.1:$HTTP_PORT" --grpc-host "127.0.0.1:$GRPC_PORT" \
+  --ids-file "$SAMPLE_ABS/ids.txt" -u "$USERS" -r "$SPAWN_RATE" -t "$DURATION" --stop-timeout 10 \
+  --csv "$OUT/locust" --html "$OUT/report.html" --json-file "$OUT/stats" \
+  "${tag_args[@]}" $LOCUST_USERS \
+  >"$OUT/locust.log" 2>&1
+LOCUST_RC=$?
+set -e
+cp "$WORK/server.log" "$OUT/server.log"
+
+# The table comes from Locust's final statistics (--json-file; the CSV files are rewritten every
+# few seconds and may miss the last ones).
+"$PYTHON" - "$OUT/stats.json" <<'EOF' || { tail -n 30 "$OUT/locust.log" >&2; exit 1; }
+import json, sys
+from locust.stats import RequestStats, StatsEntry
+entries = json.load(open(sys.argv[1]))
+if not entries:
+    sys.exit("no requests recorded")
+stats = RequestStats()
+print(f"\n{'task':<22}{'requests':>10}{'req/s':>9}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'failures':>10}")
+for data in entries:
+    data["response_times"] = {int(k): v for k, v in data["response_times"].items()}
+    e = StatsEntry.unserialize(data, stats)
+    stats.total.extend(e)
+    stats.entries[(e.name, e.method)] = e
+for e in [*stats.entries.values(), stats.total]:
+    name = "all" if e is stats.total else e.name
+    pct = [e.get_response_time_percentile(q) for q in (0.5, 0.95, 0.99)]
+    print(f"{name:<22}{e.num_requests:>10}{e.total_rps:>9.1f}"
+          + "".join(f"{p:>8.0f}" for p in pct) + f"{e.num_failures:>10}")
+EOF
+echo
+echo "reports: $OUT/ (report.html, stats.json, locust_*.csv, locust.log, server.log)"
+echo "Locust's Python users saturate before the server: throughput and latency figures of record"
+echo "come from \`make bench-serving\` (wrk, h2load)."
+if [[ $LOCUST_RC -ne 0 ]]; then
+  echo "locust exited $LOCUST_RC (failed requests or an error; see $OUT/locust.log)" >&2
+fi
+exit "$LOCUST_RC"

@@ -11,8 +11,10 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from serving import __version__
+from serving.auth import KeyFile, default_keys_file
 from serving.config import ServeSettings, add_serve_flags, load_settings
 from serving.errors import FeatureServingError, StorageError
 from serving.registry import Registry
@@ -67,6 +69,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the key `demo` created, used by the example calls it prints
+_DEMO_KEY: str | None = None
+
+
 def _curl_body(n: int) -> str:
     return json.dumps(
         {
@@ -89,26 +95,30 @@ async def _show_answers(server: object) -> None:
     print(
         f"\nHTTP (Feast-compatible), try it:\n  curl -s http://{host}:{http}/get-online-features \\"
     )
+    auth_header = {"Authorization": f"Bearer {_DEMO_KEY}"} if _DEMO_KEY else {}
+    if _DEMO_KEY:
+        print(f"    -H 'Authorization: Bearer {_DEMO_KEY}' \\")
     print(f"    -H 'Content-Type: application/json' -d '{body}'")
     async with (
         aiohttp.ClientSession() as session,
         session.post(
             f"http://{host}:{http}/get-online-features",
             data=body,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **auth_header},
         ) as resp,
     ):
         text = await resp.text()
     print(f"answer (HTTP {resp.status}):")
     print(textwrap.indent(json.dumps(json.loads(text), indent=None)[:1200], "  "))
+    key_arg = f', api_key="{_DEMO_KEY}"' if _DEMO_KEY else ""
     code = f"""\
 from serving.client import FeatureClient
-with FeatureClient("{host}:{grpc_port}") as client:
+with FeatureClient("{host}:{grpc_port}"{key_arg}) as client:
     m = client.get_dense({{"user_id": [1, 2, 3]}}, feature_service="user_profile_all")
     print(m.values.shape, m.values[:, :3])"""
     print("\nPython client (gRPC, dense float32 matrix):")
     print(textwrap.indent(code, "  "))
-    async with AsyncFeatureClient(f"{host}:{grpc_port}") as client:
+    async with AsyncFeatureClient(f"{host}:{grpc_port}", api_key=_DEMO_KEY) as client:
         m = await client.get_dense({"user_id": [1, 2, 3]}, feature_service="user_profile_all")
     print("answer:")
     print(textwrap.indent(f"{m.values.shape} {m.values[:, :3].tolist()}", "  "))
@@ -136,6 +146,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     store = _open_store(s)
     summary = materialize(store, progress=sys.stderr.isatty())
     print(summary)
+    global _DEMO_KEY
+    if not s.no_auth:
+        keys = KeyFile(s.keys_file or default_keys_file(s.data_dir))
+        for rec in keys.load():
+            if rec.name == "demo" and not rec.revoked:
+                keys.revoke(rec.key_id)
+        _DEMO_KEY, _ = keys.create("demo", read=["*"], admin=True)
+        print(f"\nAPI key: {_DEMO_KEY}")
     run(store, s, on_started=_show_answers)
     return 0
 
@@ -145,6 +163,69 @@ def cmd_stats(args: argparse.Namespace) -> int:
     with _open_store(s) as store:
         print(json.dumps(store.stats(), indent=2))
     return 0
+
+
+def _keys_file(args: argparse.Namespace) -> KeyFile:
+    return KeyFile(args.keys_file or default_keys_file(args.data_dir))
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from serving.registry import parse_ttl
+
+    expires = float(parse_ttl(args.expires)) if args.expires else None
+    token, rec = _keys_file(args).create(
+        args.name,
+        read=args.read or (),
+        write=args.write or (),
+        admin=args.admin,
+        expires_in_seconds=expires,
+    )
+    print(f"created key '{rec.name}' (id {rec.key_id}); it is shown only now:", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    keys = _keys_file(args).load()
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.to_json().items() if k != "sha256"} for r in keys]))
+        return 0
+    print(f"{'id':8}  {'name':20}  {'state':8}  {'admin':5}  read / write")
+    for r in keys:
+        state = "revoked" if r.revoked else ("expired" if r.expired() else "active")
+        print(
+            f"{r.key_id:8}  {r.name:20}  {state:8}  {'yes' if r.admin else 'no':5}  "
+            f"{','.join(r.read) or '-'} / {','.join(r.write) or '-'}"
+        )
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    rec = _keys_file(args).revoke(args.key)
+    print(f"revoked key '{rec.name}' (id {rec.key_id}); servers drop it within a second")
+    return 0
+
+
+def _add_key_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    keys = sub.add_parser("keys", help="manage API keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    kcommon = argparse.ArgumentParser(add_help=False, parents=[common])
+    kcommon.add_argument("--keys-file", help="keys file (default <data-dir>.keys.json)")
+    create = ksub.add_parser("create", parents=[kcommon], help="create a key (printed once)")
+    create.add_argument("--name", required=True, help="who or what uses the key")
+    create.add_argument(
+        "--read", nargs="+", metavar="VIEW_OR_SERVICE", help="readable views / services; * = all"
+    )
+    create.add_argument("--write", nargs="+", metavar="VIEW", help="writable views; * = all")
+    create.add_argument("--admin", action="store_true", help="admin: jobs, registry, keys")
+    create.add_argument("--expires", help="lifetime, e.g. 90d or 12h (default: never)")
+    create.set_defaults(func=cmd_keys_create)
+    lst = ksub.add_parser("list", parents=[kcommon], help="list keys (never their secrets)")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_keys_list)
+    revoke = ksub.add_parser("revoke", parents=[kcommon], help="revoke a key by name or id")
+    revoke.add_argument("key", help="name or id")
+    revoke.set_defaults(func=cmd_keys_revoke)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = sub.add_parser("stats", parents=[common], help="hot-tier and RocksDB figures")
     stats.set_defaults(func=cmd_stats)
+
+    _add_key_commands(sub, common)
 
     from serving import batch_loader
 

@@ -41,6 +41,18 @@ class ServeSettings:
     #: requests slower than this are logged (0 disables)
     slow_request_ms: float = 0.0
     log_level: str = "info"
+    #: API keys are required unless this is set (`--no-auth`, for local experiments only)
+    no_auth: bool = False
+    #: keys file (hashes only); default `<data_dir>.keys.json`
+    keys_file: str = ""
+    #: health endpoints (/healthz, /readyz, gRPC health, reflection) and /metrics answer
+    #: without a key, so load balancers and Prometheus need none
+    open_health: bool = True
+    #: TLS for both gRPC and HTTP: certificate chain and key (PEM); with a client CA, mutual
+    #: TLS: clients must present a certificate signed by it
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
 
 
 def _coerce(name: str, kind: type, raw: object) -> Any:
@@ -119,3 +131,20 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--slow-request-ms", type=float, help="log requests slower than this")
     p.add_argument("--log-level", help="debug, info, warning, error")
+    p.add_argument(
+        "--no-auth",
+        action="store_const",
+        const=True,
+        help="serve without API keys (local experiments only; logs a warning)",
+    )
+    p.add_argument("--keys-file", help="API keys file (default <data-dir>.keys.json)")
+    p.add_argument(
+        "--protect-health",
+        dest="open_health",
+        action="store_const",
+        const=False,
+        help="require a key for health, reflection and /metrics too",
+    )
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC and HTTP over TLS")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", help="PEM CA: require client certificates (mutual TLS)")

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import signal
+import ssl
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,16 +25,21 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving import __version__
+from serving import __version__, _rust_core
 from serving._proto.feast.serving import ServingService_pb2 as feast_pb2
 from serving._proto.feature_serving.v1 import feature_service_pb2 as v1_pb2
+from serving.auth import Authenticator, KeyFile, Principal, default_keys_file
 from serving.config import ServeSettings
 from serving.errors import (
     DeadlineExceededError,
     FeatureServingError,
     InvalidArgumentError,
+    PermissionDeniedError,
     ResourceExhaustedError,
+    UnauthenticatedError,
 )
+from serving.metrics import CoreCollector, ServingMetrics
+from serving.registry import Registry
 from serving.store import Store
 
 log = logging.getLogger("serving.server")
@@ -38,6 +47,35 @@ log = logging.getLogger("serving.server")
 FEAST_SERVICE = "feast.serving.ServingService"
 V1_SERVICE = "feature_serving.v1.FeatureService"
 JSON = "application/json"
+#: HTTP paths answered without a key when `open_health` is set
+OPEN_HTTP_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+#: gRPC methods answered without a key when `open_health` is set
+OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+#: metric labels of the serving routes: (api, method)
+HTTP_ROUTES = {
+    "/get-online-features": ("feast-http", "get-online-features"),
+    "/v1/feature-vector": ("http", "feature-vector"),
+}
+
+
+def rejection_reason(e: FeatureServingError) -> str | None:
+    """Why a request was refused before any lookup, for the rejected-requests counter."""
+    if isinstance(e, UnauthenticatedError | PermissionDeniedError):
+        return "auth"
+    if isinstance(e, ResourceExhaustedError):
+        return "overload"
+    if "the limit is" in e.message:
+        return "limit"
+    if isinstance(e, InvalidArgumentError):
+        return "invalid"
+    return None
+
+
+#: the verified caller of the gRPC call being handled (set by the auth interceptor)
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "principal", default=None
+)
 
 _DTYPE_NAMES = {
     "bool": v1_pb2.DTYPE_BOOL,
@@ -69,6 +107,22 @@ class FeatureServer:
             max_features=settings.max_features,
             json_float32_shortest=settings.json_float32_shortest,
         )
+        self.metrics = ServingMetrics()
+        self.metrics.describe_build(rocksdb=_rust_core.ROCKSDB_BINDING, core=_rust_core.__version__)
+        self.metrics.add_collector(
+            CoreCollector(
+                self._core,
+                lambda: {v.name: v.ttl_seconds for v in self.store.registry.feature_views.values()},
+                self._loader_stats,
+            )
+        )
+        self.batch_runs: dict[str, float] = {}
+        #: background loaders (Kafka) started with the server; each has start/stop/stats
+        self.loaders: list[Any] = []
+        self.auth: Authenticator | None = None
+        if not settings.no_auth:
+            keys = KeyFile(settings.keys_file or default_keys_file(settings.data_dir))
+            self.auth = Authenticator(keys, self._core)
         self.grpc_port = 0
         self.http_port = 0
         self.ready = False
@@ -81,14 +135,210 @@ class FeatureServer:
 
     def _http_app(self) -> web.Application:
         app = web.Application(
-            client_max_size=self.settings.max_message_bytes, middlewares=[self._http_errors]
+            client_max_size=self.settings.max_message_bytes,
+            middlewares=[self._http_metrics, self._http_errors, self._http_auth],
         )
         app.router.add_post("/get-online-features", self._http_handler("feast_http"))
         app.router.add_post("/v1/feature-vector", self._http_handler("v1_http"))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/feature-views", self._http_list_views)
+        app.router.add_post("/v1/push", self._http_push)
+        app.router.add_post("/admin/materialize", self._admin_materialize)
+        app.router.add_post("/admin/registry/reload", self._admin_reload_registry)
         return app
+
+    @web.middleware
+    async def _http_metrics(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        route = HTTP_ROUTES.get(request.path)
+        if route is None:
+            return await handler(request)
+        api, method = route
+        gauge = self.metrics.in_flight.labels(api)
+        gauge.inc()
+        t0 = time.perf_counter()
+        resp = await handler(request)
+        elapsed = time.perf_counter() - t0
+        gauge.dec()
+        code = str(resp.status)
+        self.metrics.observe(api, method, code, elapsed)
+        if resp.status >= 400:
+            err = request.get("error")
+            reason = rejection_reason(err) if isinstance(err, FeatureServingError) else None
+            if reason is not None:
+                self.metrics.rejected.labels(api, reason).inc()
+            if isinstance(err, UnauthenticatedError):
+                self.metrics.auth_failures.inc()
+        self._maybe_log_slow(api, method, code, elapsed, request.headers.get("X-Request-Id"))
+        return resp
+
+    def _maybe_log_slow(
+        self, api: str, method: str, code: str, elapsed: float, request_id: str | None
+    ) -> None:
+        limit = self.settings.slow_request_ms
+        if limit > 0 and elapsed * 1000 > limit:
+            log.warning(
+                "slow request",
+                extra={
+                    "request_id": request_id or uuid.uuid4().hex,
+                    "api": api,
+                    "method": method,
+                    "code": code,
+                    "duration_ms": round(elapsed * 1000, 3),
+                },
+            )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _loader_stats(self) -> list[dict[str, Any]]:
+        """Batch-loader progress from the store's meta (watermarks, Delta versions) and the
+        jobs this server ran; Kafka loaders add theirs."""
+        from serving import batch_loader
+
+        views: dict[str, dict[str, Any]] = {}
+        for v in self.store.registry.feature_views.values():
+            if v.batch_source is None:
+                continue
+            entry: dict[str, Any] = {}
+            raw = self.store.get_meta(batch_loader.watermark_key(v.name))
+            if raw:
+                with contextlib.suppress(ValueError, InvalidArgumentError):
+                    t = batch_loader.parse_time(raw.decode())
+                    if t is not None:
+                        entry["watermark"] = t.timestamp()
+            raw = self.store.get_meta(batch_loader.delta_version_key(v.name))
+            if raw:
+                with contextlib.suppress(ValueError):
+                    entry["delta_version"] = int(raw.decode())
+            if v.name in self.batch_runs:
+                entry["last_success"] = self.batch_runs[v.name]
+            views[v.name] = entry
+        out: list[dict[str, Any]] = [{"loader": "batch", "views": views}]
+        out.extend(loader.stats() for loader in self.loaders)
+        return out
+
+    @web.middleware
+    async def _http_auth(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self.auth is not None and not (
+            self.settings.open_health and request.path in OPEN_HTTP_PATHS
+        ):
+            request["principal"] = self.auth.authenticate(request.headers.get("Authorization"))
+        return await handler(request)
+
+    @staticmethod
+    def _principal(request: web.Request) -> Principal | None:
+        p = request.get("principal")
+        return p if isinstance(p, Principal) else None
+
+    def _require_admin(self, request: web.Request) -> None:
+        p = self._principal(request)
+        if self.auth is not None:
+            if p is None:
+                raise UnauthenticatedError("missing API key")
+            p.require_admin()
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except ValueError as e:
+            raise InvalidArgumentError(f"malformed JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise InvalidArgumentError("the body must be a JSON object")
+        return body
+
+    async def _http_push(self, request: web.Request) -> web.Response:
+        """Writes rows to a view: ``{"feature_view": "v", "rows": {"col": [...], ...}}``
+        (columns: join keys, ``event_timestamp`` as RFC 3339 or epoch micros, features)."""
+        import pyarrow as pa
+
+        body = await self._json_body(request)
+        view = body.get("feature_view")
+        rows = body.get("rows")
+        if not isinstance(view, str) or not isinstance(rows, dict) or not rows:
+            raise InvalidArgumentError(
+                'expected {"feature_view": name, "rows": {column: [values, ...]}}'
+            )
+        p = self._principal(request)
+        if self.auth is not None and p is not None:
+            p.require_write(view)
+        self.store.registry.view(view)
+        schema = self.store.registry.arrow_schema(view)
+        cols = {}
+        for name, values in rows.items():
+            if not isinstance(values, list):
+                raise InvalidArgumentError(f"rows['{name}'] must be a list")
+            typ = schema.field(name).type if name in schema.names else None
+            try:
+                if typ is not None and pa.types.is_timestamp(typ) and values:
+                    arr = pa.array(values)
+                    if pa.types.is_string(arr.type):
+                        import pyarrow.compute as pc
+
+                        arr = pc.cast(pc.strptime(arr, "%Y-%m-%dT%H:%M:%S%z", "us"), typ)
+                    cols[name] = arr.cast(typ)
+                else:
+                    cols[name] = pa.array(values, type=typ)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+                raise InvalidArgumentError(f"rows['{name}']: {e}") from None
+        try:
+            table = pa.table(cols)
+        except pa.ArrowInvalid as e:
+            raise InvalidArgumentError(f"rows: {e}") from None
+        stats = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.store.write(view, table)
+        )
+        return web.json_response(
+            {"rows": stats.rows, "written": stats.written, "skipped_older": stats.skipped_older}
+        )
+
+    async def _admin_materialize(self, request: web.Request) -> web.Response:
+        """Runs a batch-loader job in the server, which owns the store:
+        ``{"views": [...], "start": T, "end": T, "incremental": bool, "on_error": "fail"}``."""
+        from serving import batch_loader
+
+        self._require_admin(request)
+        body = await self._json_body(request)
+        views = body.get("views") or None
+        start = batch_loader.parse_time(body["start"]) if body.get("start") else None
+        end = batch_loader.parse_time(body["end"]) if body.get("end") else None
+        on_error = body.get("on_error", "fail")
+        if on_error not in ("fail", "skip"):
+            raise InvalidArgumentError("on_error must be 'fail' or 'skip'")
+
+        def job() -> Any:
+            if body.get("incremental"):
+                return batch_loader.materialize_incremental(
+                    self.store, views, end=end, on_error=on_error, progress=False,
+                    dry_run=bool(body.get("dry_run")),
+                )  # fmt: skip
+            return batch_loader.materialize(
+                self.store, views, start, end, on_error=on_error, progress=False,
+                dry_run=bool(body.get("dry_run")),
+                as_of_version=body.get("as_of_version"),
+            )  # fmt: skip
+
+        summary = await asyncio.get_running_loop().run_in_executor(None, job)
+        now = time.time()
+        for v in views or [fv.name for fv in self.store.registry.feature_views.values()]:
+            self.batch_runs[v] = now
+        return web.json_response({"summary": str(summary)})
+
+    async def _admin_reload_registry(self, request: web.Request) -> web.Response:
+        """Re-reads the registry file and applies it to the live store (``{"force": bool}``)."""
+        self._require_admin(request)
+        body = await self._json_body(request)
+        registry = Registry.from_yaml(self.settings.config)
+        changes = self.store.apply_registry(registry, force=bool(body.get("force")))
+        return web.json_response({"changes": changes})
 
     @web.middleware
     async def _http_errors(
@@ -97,6 +347,7 @@ class FeatureServer:
         try:
             return await handler(request)
         except FeatureServingError as e:
+            request["error"] = e
             return _json_error(e.http_status, e.code, e.message)
         except web.HTTPRequestEntityTooLarge:
             return _json_error(
@@ -126,7 +377,9 @@ class FeatureServer:
                     f"unsupported content type '{ctype}'; send application/json"
                 )
             body = await request.read()
-            return web.Response(body=serve(api, body), content_type=JSON)
+            p = request.get("principal")
+            scope = None if p is None or p.read_all else p.scope_id
+            return web.Response(body=serve(api, body, scope), content_type=JSON)
 
         return handle
 
@@ -165,29 +418,50 @@ class FeatureServer:
     # -- gRPC ------------------------------------------------------------------------------
 
     def _grpc_unary(
-        self, fn: Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]
+        self,
+        fn: Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]],
+        api: str = "grpc",
+        method: str = "",
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        """Bytes in, bytes out (no Python protobuf objects), errors mapped in one place."""
+        """Bytes in, bytes out (no Python protobuf objects), errors mapped and requests
+        counted in one place."""
+        metrics = self.metrics
+        gauge = metrics.in_flight.labels(api)
 
         async def handler(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            remaining = context.time_remaining()
+            t0 = time.perf_counter()
+            gauge.inc()
+            code = "OK"
             try:
+                remaining = context.time_remaining()
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExceededError("the deadline expired before the request started")
                 return await fn(request, context)
             except FeatureServingError as e:
+                code = e.grpc_status
+                reason = rejection_reason(e)
+                if reason is not None:
+                    metrics.rejected.labels(api, reason).inc()
                 await context.abort(grpc.StatusCode[e.grpc_status], e.message)
-            raise AssertionError("unreachable: abort raises")
+                raise AssertionError("unreachable: abort raises") from None
+            finally:
+                gauge.dec()
+                elapsed = time.perf_counter() - t0
+                metrics.observe(api, method, code, elapsed)
+                self._maybe_log_slow(api, method, code, elapsed, None)
 
         return grpc.unary_unary_rpc_method_handler(handler)
 
-    def _grpc_core(self, api: str) -> grpc.RpcMethodHandler[Any, Any]:
+    def _grpc_core(self, api: str, label: str, method: str) -> grpc.RpcMethodHandler[Any, Any]:
         serve = self._core.serve
 
         async def call(request: bytes, _context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            return serve(api, request)
+            p = _principal.get()
+            if p is None and self.auth is not None:
+                raise UnauthenticatedError("missing API key")
+            return serve(api, request, None if p is None or p.read_all else p.scope_id)
 
-        return self._grpc_unary(call)
+        return self._grpc_unary(call, label, method)
 
     async def _serving_info(
         self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]
@@ -214,26 +488,32 @@ class FeatureServer:
 
     def _grpc_server(self) -> grpc.aio.Server:
         limit = self.settings.max_message_bytes
+        interceptors = (
+            [] if self.auth is None else [_AuthInterceptor(self.auth, self.settings, self.metrics)]
+        )
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         server.add_generic_rpc_handlers(
             (
                 grpc.method_handlers_generic_handler(
                     FEAST_SERVICE,
                     {
-                        "GetOnlineFeatures": self._grpc_core("feast_grpc"),
+                        "GetOnlineFeatures": self._grpc_core(
+                            "feast_grpc", "feast-grpc", "GetOnlineFeatures"
+                        ),
                         "GetFeastServingInfo": self._grpc_unary(self._serving_info),
                     },
                 ),
                 grpc.method_handlers_generic_handler(
                     V1_SERVICE,
                     {
-                        "GetFeatureVector": self._grpc_core("v1_grpc"),
+                        "GetFeatureVector": self._grpc_core("v1_grpc", "grpc", "GetFeatureVector"),
                         "ListFeatureViews": self._grpc_unary(self._list_views),
                         "ListFeatureServices": self._grpc_unary(self._list_services),
                     },
@@ -253,7 +533,13 @@ class FeatureServer:
         for name in ("", FEAST_SERVICE, V1_SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._grpc = self._grpc_server()
-        self.grpc_port = self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        address = f"{s.host}:{s.grpc_port}"
+        creds = _grpc_credentials(s)
+        self.grpc_port = (
+            self._grpc.add_secure_port(address, creds)
+            if creds is not None
+            else self._grpc.add_insecure_port(address)
+        )
         if self.grpc_port == 0:
             raise ResourceExhaustedError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
         await self._grpc.start()
@@ -261,11 +547,18 @@ class FeatureServer:
             self._http_app(), access_log=None, shutdown_timeout=s.grace_seconds
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.host, s.http_port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner, s.host, s.http_port, reuse_address=True, ssl_context=_ssl_context(s)
+        )
         await site.start()
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else s.http_port
+        if self.auth is None:
+            log.warning(
+                "serving WITHOUT authentication (--no-auth): any local process can read every "
+                "feature; use API keys outside local experiments"
+            )
         self.ready = True
         for name in ("", FEAST_SERVICE, V1_SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -306,6 +599,83 @@ class FeatureServer:
             t0 = time.monotonic()
             await self.stop()
             log.info("drained and closed in %.2f s", time.monotonic() - t0)
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise InvalidArgumentError(f"cannot read TLS file '{path}': {e}") from None
+
+
+def _grpc_credentials(s: ServeSettings) -> grpc.ServerCredentials | None:
+    if not s.tls_cert:
+        return None
+    if not s.tls_key:
+        raise InvalidArgumentError("--tls-cert needs --tls-key")
+    ca = _read(s.tls_client_ca) if s.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(_read(s.tls_key), _read(s.tls_cert))],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+def _ssl_context(s: ServeSettings) -> ssl.SSLContext | None:
+    if not s.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(s.tls_cert, s.tls_key or None)
+        if s.tls_client_ca:
+            ctx.load_verify_locations(s.tls_client_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as e:
+        raise InvalidArgumentError(f"TLS setup failed: {e}") from None
+    return ctx
+
+
+def _deny(error: FeatureServingError) -> grpc.RpcMethodHandler[Any, Any]:
+    async def handler(_request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        await context.abort(grpc.StatusCode[error.grpc_status], error.message)
+        raise AssertionError("unreachable: abort raises")
+
+    return grpc.unary_unary_rpc_method_handler(handler)
+
+
+class _AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Checks ``authorization: Bearer <key>`` for every gRPC method, in one place."""
+
+    def __init__(
+        self, auth: Authenticator, settings: ServeSettings, metrics: ServingMetrics
+    ) -> None:
+        self._auth = auth
+        self._open = settings.open_health
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        method = details.method or ""
+        if self._open and method.startswith(OPEN_GRPC_PREFIXES):
+            return await continuation(details)
+        header = None
+        for k, v in details.invocation_metadata or ():
+            if k == "authorization":
+                header = v if isinstance(v, str) else v.decode()
+                break
+        try:
+            _principal.set(self._auth.authenticate(header))
+        except FeatureServingError as e:
+            api = "feast-grpc" if method.startswith("/feast.") else "grpc"
+            self._metrics.rejected.labels(api, "auth").inc()
+            self._metrics.auth_failures.inc()
+            return _deny(e)
+        return await continuation(details)
 
 
 def run(

@@ -16,6 +16,9 @@ pub enum CoreError {
     /// RocksDB failed (I/O, lock held, corruption).
     #[error("{0}")]
     Storage(String),
+    /// The caller's API key may not read what it asked for.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A limit was exceeded (entities per request, ...).
     #[error("{0}")]
     ResourceExhausted(String),

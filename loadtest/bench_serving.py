@@ -32,12 +32,14 @@ compared with the previous file there.
 
 Options: ``--quick`` (1 s runs, 1 s warm-up: a smoke test, figures meaningless), ``--url`` /
 ``--grpc`` / ``--pid`` to measure a server that is already running, ``--api-key`` (default env
-``FS_API_KEY``), ``--sample-dir``, ``--only`` (row ids), ``--out`` (JSON path).
+``FS_API_KEY``; a started server gets a fresh read key of its own, so the figures include
+the key check), ``--sample-dir``, ``--only`` (row ids), ``--out`` (JSON path).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -130,6 +132,8 @@ class Target:
     grpc: str
     pid: int | None
     log: Path | None = None
+    #: key to send; None: none (or --api-key)
+    api_key: str | None = None
 
 
 @contextmanager
@@ -151,13 +155,21 @@ def local_server(sample_dir: Path, config: Path, python: str, extra: list[str]) 
             cwd=REPO, check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         print(f"loaded {sample_dir} in {time.monotonic() - t0:.1f} s", flush=True)
+        # the server requires an API key: a read key for this temporary store
+        keys = str(work / "keys.json")
+        made = subprocess.run(
+            [python, "-m", "serving", "keys", "create", "--config", cfg, "--data-dir", db,
+             "--keys-file", keys, "--name", "bench-serving", "--read", "*"],
+            cwd=REPO, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        api_key = next(w for w in made.stdout.split() if w.startswith("fsk_"))
         http, grpc_port = free_port(), free_port()
         log = work / "server.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [python, "-m", "serving", "serve", "--config", cfg, "--data-dir", db,
                  "--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", str(grpc_port),
-                 *extra],
+                 "--keys-file", keys, *extra],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         url = f"http://127.0.0.1:{http}"
@@ -167,7 +179,7 @@ def local_server(sample_dir: Path, config: Path, python: str, extra: list[str]) 
             sys.stderr.write(log.read_text())
             raise
         print(f"server pid {proc.pid}: HTTP {url}, gRPC 127.0.0.1:{grpc_port}", flush=True)
-        yield Target(url, f"127.0.0.1:{grpc_port}", proc.pid, log)
+        yield Target(url, f"127.0.0.1:{grpc_port}", proc.pid, log, api_key)
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -177,6 +189,52 @@ def local_server(sample_dir: Path, config: Path, python: str, extra: list[str]) 
                 proc.kill()
                 proc.wait()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def answer_sizes(t: Target, ids: list[int], api_key: str | None) -> dict[str, int]:
+    """Body sizes of the real server's answers to one W1 and one W2 request, HTTP and gRPC."""
+    sizes: dict[str, int] = {}
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    for w, (n, nf) in WORKLOADS.items():
+        body = json.dumps(
+            {
+                "features": [f"user_profile:f{i:03d}" for i in range(nf)],
+                "entities": {"user_id": ids[:n]},
+            }
+        ).encode()
+        req = urllib.request.Request(f"{t.url}/get-online-features", data=body, headers=headers)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            sizes[f"{w}_http"] = len(r.read())
+        frame, _ = grpc_frame(w, ids, seed=1)
+        sizes[f"{w}_grpc"] = check_grpc(t.grpc, frame, w, api_key)
+    return sizes
+
+
+@contextmanager
+def ceiling_server(sizes: dict[str, int], python: str) -> Iterator[Target]:
+    """loadtest/frontend_ceiling.py answering prebuilt bytes of the real answers' sizes."""
+    http, grpc_port = free_port(), free_port()
+    args = [sizes[k] for k in ("w1_http", "w2_http", "w1_grpc", "w2_grpc")]
+    proc = subprocess.Popen(
+        [python, str(REPO / "loadtest" / "frontend_ceiling.py"), str(http), str(grpc_port),
+         *map(str, args)],
+        cwd=REPO, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{http}"
+        wait_ready(url, proc)
+        print(f"ceiling server pid {proc.pid}: HTTP {url}, gRPC 127.0.0.1:{grpc_port}", flush=True)
+        yield Target(url, f"127.0.0.1:{grpc_port}", proc.pid)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 # -- process figures ------------------------------------------------------------------------
@@ -357,40 +415,58 @@ def target_text(row: Row) -> str:
     )
 
 
+def measure_one(
+    t: Target, row: Row, seconds: int, warmup: int, frames: dict[str, Path], *, ctx: dict[str, Any]
+) -> dict[str, Any]:
+    """One measurement (after a discarded warm-up) with the server's CPU and RSS."""
+    ids_path, api_key, tmp = ctx["ids_path"], ctx["api_key"], ctx["tmp"]
+
+    def go(secs: int) -> dict[str, Any]:
+        if row.api == "http":
+            return run_wrk(t.url, row, secs, ids_path, api_key)
+        return run_h2load(t.grpc, row, secs, frames[row.workload], api_key=api_key, tmp=tmp)
+
+    if warmup > 0:
+        go(warmup)
+    cpu0, t0 = cpu_seconds(t.pid), time.monotonic()
+    r = go(seconds)
+    cpu1, t1 = cpu_seconds(t.pid), time.monotonic()
+    rss, hwm = rss_mb(t.pid)
+    r["server_cpu_cores"] = (
+        (cpu1 - cpu0) / (t1 - t0) if cpu0 is not None and cpu1 is not None else None
+    )
+    r["server_rss_mb"] = rss
+    r["server_peak_rss_mb"] = hwm
+    return r
+
+
 def measure(
-    t: Target, rows: list[Row], ids_path: Path, *, quick: bool, warmup: int, api_key: str | None
+    t: Target,
+    rows: list[Row],
+    ids_path: Path,
+    *,
+    quick: bool,
+    warmup: int,
+    api_key: str | None,
+    ceiling: Target | None = None,
 ) -> list[dict[str, Any]]:
+    """Every row against the server, each followed by the same run against ``ceiling``."""
     ids = [int(x) for x in ids_path.read_text().split()]
     results = []
     with tempfile.TemporaryDirectory(prefix="fs-bench-frames-") as tmpdir:
         tmp = Path(tmpdir)
+        ctx = {"ids_path": ids_path, "api_key": api_key, "tmp": tmp}
         frames: dict[str, Path] = {}
         answer_size: dict[str, int] = {}
-        for w in {r.workload for r in rows if r.api == "grpc"}:
-            frame, _ = grpc_frame(w, ids, seed=20240101 + len(w))
+        for w in sorted({r.workload for r in rows if r.api == "grpc"}):
+            frame, _ = grpc_frame(w, ids, seed=20240101 + int(w[1]))
             frames[w] = tmp / f"{w}.grpc"
             frames[w].write_bytes(frame)
             answer_size[w] = check_grpc(t.grpc, frame, w, api_key)
         for row in rows:
             seconds = 1 if quick else row.seconds
             print(f"{row.label}: warm-up {warmup} s, then {seconds} s ...", end="", flush=True)
-
-            def go(secs: int, row: Row = row) -> dict[str, Any]:
-                if row.api == "http":
-                    return run_wrk(t.url, row, secs, ids_path, api_key)
-                return run_h2load(t.grpc, row, secs, frames[row.workload], api_key=api_key, tmp=tmp)
-
-            if warmup > 0:
-                go(warmup)
-            cpu0, t0 = cpu_seconds(t.pid), time.monotonic()
-            r = go(seconds)
-            cpu1, t1 = cpu_seconds(t.pid), time.monotonic()
-            rss, hwm = rss_mb(t.pid)
-            r["server_cpu_cores"] = (
-                (cpu1 - cpu0) / (t1 - t0) if cpu0 is not None and cpu1 is not None else None
-            )
-            r["server_rss_mb"] = rss
-            r["server_peak_rss_mb"] = hwm
+            r = measure_one(t, row, seconds, warmup, frames, ctx=ctx)
             if row.api == "grpc":
                 # h2load sees HTTP 200 even for a gRPC error (status in the trailers): an answer
                 # much smaller than the checked one means errors.
@@ -412,12 +488,21 @@ def measure(
                 ceiling=row.ceiling,
                 met=verdict(row, r),
             )
-            results.append(r)
             print(
                 f" {r['rps']:,.0f} req/s, p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms"
                 + (f", {r['errors']} errors" if r["errors"] else ""),
                 flush=True,
             )
+            if ceiling is not None:
+                print("  same against the ceiling server ...", end="", flush=True)
+                c = measure_one(ceiling, row, seconds, warmup, frames, ctx=ctx)
+                keep = ("rps", "mean_ms", "p50_ms", "p99_ms", "errors", "server_cpu_cores")
+                r["ceiling_this_run"] = {k: c.get(k) for k in keep}
+                print(
+                    f" {c['rps']:,.0f} req/s, p50 {c['p50_ms']:.3f} ms, p99 {c['p99_ms']:.3f} ms",
+                    flush=True,
+                )
+            results.append(r)
     return results
 
 
@@ -432,19 +517,32 @@ def fmt_rss(r: dict[str, Any]) -> str:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = [
+    with_ceiling = any("ceiling_this_run" in r for r in results)
+    head = (
         "| measure | req/s | p50 | p99 | server CPU | server RSS | target | met? "
-        "| ceiling: prebuilt bytes, no work |",
-        "|---|---:|---:|---:|---:|---:|---|---|---|",
-    ]
+        "| ceiling: prebuilt bytes, no work (issue 3) |"
+    )
+    rule = "|---|---:|---:|---:|---:|---:|---|---|---|"
+    if with_ceiling:
+        head += " ceiling, this run |"
+        rule += "---|"
+    lines = [head, rule]
     for r in results:
         met = "yes" if r["met"] else "**no**"
         if r.get("errors"):
             met += f" ({r['errors']} errors)"
-        lines.append(
+        line = (
             f"| {r['label']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms "
             f"| {fmt_cpu(r)} | {fmt_rss(r)} | {r['target']} | {met} | {r['ceiling']} |"
         )
+        if with_ceiling:
+            c = r.get("ceiling_this_run")
+            line += (
+                f" {c['rps']:,.0f} req/s, p50 {c['p50_ms']:.2f} ms, p99 {c['p99_ms']:.2f} ms |"
+                if c
+                else " - |"
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -503,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--out", type=Path, help="JSON result file (default .benchmarks/serving/TS.json)"
     )
+    p.add_argument("--ceiling", action="store_true",
+                   help="after each row, the same run against loadtest/frontend_ceiling.py "
+                        "(prebuilt answers of the same size, no work)")  # fmt: skip
     p.add_argument("--results-dir", type=Path, default=REPO / ".benchmarks" / "serving")
     p.add_argument("--server-arg", action="append", default=[],
                    help="extra flag for the started server (repeat), e.g. "
@@ -527,9 +628,24 @@ def main(argv: list[str] | None = None) -> int:
         wait_ready(t.url, None, timeout=10)
         results = measure(t, rows, ids_path, quick=args.quick, warmup=warmup, api_key=args.api_key)
     else:
-        with local_server(args.sample_dir, args.config, sys.executable, args.server_arg) as t:
+        with (
+            local_server(args.sample_dir, args.config, sys.executable, args.server_arg) as t,
+            contextlib.ExitStack() as stack,
+        ):
+            api_key = t.api_key or args.api_key
+            ceiling = None
+            if args.ceiling:
+                ids = [int(x) for x in ids_path.read_text().split()]
+                sizes = answer_sizes(t, ids, api_key)
+                ceiling = stack.enter_context(ceiling_server(sizes, sys.executable))
             results = measure(
-                t, rows, ids_path, quick=args.quick, warmup=warmup, api_key=args.api_key
+                t,
+                rows,
+                ids_path,
+                quick=args.quick,
+                warmup=warmup,
+                api_key=api_key,
+                ceiling=ceiling,
             )
     load_after = os.getloadavg()
 
@@ -543,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "time": started.isoformat(timespec="seconds"),
         "quick": args.quick,
+        "ceiling_measured": args.ceiling,
         "warmup_s": warmup,
         "command": " ".join(
             [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]

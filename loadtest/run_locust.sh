@@ -12,7 +12,9 @@
 #   LOCUST_USERS="HttpFeatureUser GrpcFeatureUser"   user classes to run
 #   TAGS=            w1 or w2 to run one workload only (Locust --tags); empty runs both
 #   SAMPLE_DIR=.data/sample   CONFIG=features.yaml   PYTHON=.venv/bin/python
-#   REPORTS=loadtest/reports   FS_API_KEY=   sent as "authorization: Bearer ..." when set
+#   REPORTS=loadtest/reports
+# The server is started with a fresh read key of its own (`serving keys create`), which the users
+# send as "authorization: Bearer ...".
 #
 # To point Locust at a deployment that is already running, call Locust directly; see
 # docs/load-testing.md.
@@ -71,7 +73,13 @@ echo "loading $SAMPLE_DIR into a temporary store ..."
 "$PYTHON" -m serving materialize --config "$WORK/features.yaml" --data-dir "$WORK/db" \
   --progress never >"$WORK/materialize.log" 2>&1 || { cat "$WORK/materialize.log" >&2; exit 1; }
 
+# The server requires API keys: a read key for this temporary store, sent by the Locust users.
+FS_API_KEY=$("$PYTHON" -m serving keys create --config "$WORK/features.yaml" --data-dir "$WORK/db" \
+  --keys-file "$WORK/keys.json" --name loadtest --read '*' 2>/dev/null | grep -o 'fsk_[^ ]*')
+export FS_API_KEY
+
 "$PYTHON" -m serving serve --config "$WORK/features.yaml" --data-dir "$WORK/db" \
+  --keys-file "$WORK/keys.json" \
   --host 127.0.0.1 --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 

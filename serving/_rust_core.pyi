@@ -2,7 +2,16 @@
 from os import PathLike
 from typing import Any, final
 
-__all__ = ["ROCKSDB_BINDING", "Store", "__version__"]
+__all__ = [
+    "ROCKSDB_BINDING",
+    "DecodedBatch",
+    "Store",
+    "__version__",
+    "decode_batch",
+    "encode_entity_key",
+    "encode_entity_keys",
+    "ingest_batch",
+]
 
 __version__: str
 ROCKSDB_BINDING: str
@@ -61,5 +70,42 @@ class Store:
         json_float32_shortest: bool = False,
     ) -> None: ...
     def serve(self, api: str, body: bytes, scope_id: int | None = None) -> bytes: ...
+    def serve_many(
+        self, requests: list[tuple[str, bytes, int | None]]
+    ) -> list[bytes | BaseException]: ...
     def set_scope(self, scope_id: int, views: list[str] | None, services: list[str]) -> None: ...
     def clear_scopes(self) -> None: ...
+
+# -- Kafka loader (rust_core/src/py_ingest.rs) ------------------------------------------------
+
+#: ``(key, value, partition, offset, timestamp_ms)``; a timestamp of None or -1 means none
+_Record = tuple[bytes | None, bytes | None, int, int, int | None]
+
+@final
+class DecodedBatch:
+    @property
+    def errors(self) -> list[tuple[int, str]]: ...
+    @property
+    def next_offsets(self) -> list[tuple[int, int]]: ...
+    @property
+    def upserts(self) -> int: ...
+    @property
+    def tombstones(self) -> int: ...
+    @property
+    def ignored(self) -> int: ...
+    @property
+    def max_event_ts(self) -> int | None: ...
+    def write(self, meta: list[tuple[str, bytes]] | None = None) -> tuple[int, int]: ...
+
+def decode_batch(store: Store, view: str, format: str, records: list[_Record]) -> DecodedBatch: ...
+def ingest_batch(
+    store: Store,
+    view: str,
+    format: str,
+    records: list[_Record],
+    meta: list[tuple[str, bytes]] | None = None,
+) -> tuple[int, int, list[tuple[int, str]]]: ...
+def encode_entity_key(dtypes: list[str], values: list[int | str | bytes]) -> bytes: ...
+def encode_entity_keys(
+    dtypes: list[str], columns: list[list[int | str | bytes]]
+) -> list[bytes]: ...

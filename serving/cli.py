@@ -16,7 +16,7 @@ from typing import Any
 from serving import __version__
 from serving.auth import KeyFile, default_keys_file
 from serving.config import ServeSettings, add_serve_flags, load_settings
-from serving.errors import FeatureServingError, StorageError
+from serving.errors import FeatureServingError, InvalidArgumentError, StorageError
 from serving.registry import Registry
 from serving.store import Store
 
@@ -54,9 +54,13 @@ def _open_store(s: ServeSettings, force: bool = False) -> Store:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    """JSON lines on stderr (serving/logs.py); ``FS_LOG_FORMAT=text`` for classic text."""
+    from serving.logs import setup_logging
+
+    fmt = os.environ.get("FS_LOG_FORMAT", "json").strip().lower() or "json"
+    if fmt not in ("json", "text"):
+        raise InvalidArgumentError(f"FS_LOG_FORMAT must be 'json' or 'text', not {fmt!r}")
+    setup_logging(level, fmt)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -131,6 +135,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from serving.server import run
 
     s = _settings(args)
+    # The demo has no Kafka broker; `serve` runs the stream sources' loaders.
+    s.ingest = False
     _setup_logging(s.log_level)
     registry = Registry.from_yaml(s.config)
     missing = [
@@ -256,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     from serving import batch_loader
 
     batch_loader.add_commands(sub, common)
+    from serving import kafka_loader
+
+    kafka_loader.add_commands(sub, common)
     return p
 
 

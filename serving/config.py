@@ -38,6 +38,17 @@ class ServeSettings:
     #: JSON floats as the shortest float32 text (4.8) instead of Feast's widened double
     #: (4.800000190734863); both parse back to the same float32, the former is ~35 % faster
     json_float32_shortest: bool = False
+    #: request batching: coalesce requests arriving within this window (microseconds) into one
+    #: Rust call on a worker thread; 0 = off (each request is answered inline on the event
+    #: loop). docs/benchmarks.md has the measurement behind the default.
+    batch_window_us: float = 0.0
+    max_batch: int = 64
+    #: requests waiting for a batch beyond this are refused with RESOURCE_EXHAUSTED / 429
+    max_queue: int = 512
+    #: run the Kafka loaders of the views' stream sources inside the server
+    ingest: bool = True
+    #: readiness (/readyz, gRPC health) waits until the loaders' lag is at most this
+    max_ready_lag: int = 1000
     #: requests slower than this are logged (0 disables)
     slow_request_ms: float = 0.0
     log_level: str = "info"
@@ -130,6 +141,25 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="write JSON floats as the shortest float32 text (4.8, not 4.800000190734863)",
     )
     p.add_argument("--slow-request-ms", type=float, help="log requests slower than this")
+    p.add_argument(
+        "--batch-window-us",
+        type=float,
+        help="coalesce requests arriving within this many microseconds (default 0 = off)",
+    )
+    p.add_argument(
+        "--no-ingest",
+        dest="ingest",
+        action="store_const",
+        const=False,
+        help="do not run the Kafka loaders of stream sources in this process",
+    )
+    p.add_argument(
+        "--max-ready-lag", type=int, help="Kafka lag (messages) under which the server is ready"
+    )
+    p.add_argument("--max-batch", type=int, help="requests per batched call (default 64)")
+    p.add_argument(
+        "--max-queue", type=int, help="queued requests before 429 / RESOURCE_EXHAUSTED (512)"
+    )
     p.add_argument("--log-level", help="debug, info, warning, error")
     p.add_argument(
         "--no-auth",

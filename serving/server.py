@@ -17,6 +17,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,78 @@ _DTYPE_NAMES = {
 }
 
 
+class RequestBatcher:
+    """Coalesces concurrent requests into one Rust call (``serve_many``) on a worker thread.
+
+    While a batch runs, new requests queue and form the next batch, so batches grow with load
+    on their own; ``window`` only delays the first request of an idle server. The queue is
+    bounded: past ``max_queue`` waiting requests the server answers RESOURCE_EXHAUSTED / 429
+    instead of letting latency grow without bound.
+    """
+
+    def __init__(self, core: Any, window_s: float, max_batch: int, max_queue: int) -> None:
+        self._core = core
+        self._window = window_s
+        self._max_batch = max_batch
+        self._max_queue = max_queue
+        self._pending: list[tuple[str, bytes, int | None, asyncio.Future[bytes]]] = []
+        self._busy = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="serve-batch")
+        self.batches = 0
+        self.requests = 0
+
+    async def serve(self, api: str, body: bytes, scope: int | None) -> bytes:
+        if len(self._pending) >= self._max_queue:
+            raise ResourceExhaustedError(
+                f"server overloaded: {len(self._pending)} requests queued; retry with backoff"
+            )
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
+        self._pending.append((api, body, scope, fut))
+        if not self._busy and self._timer is None:
+            self._timer = loop.call_later(self._window, self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        self._timer = None
+        if self._busy or not self._pending:
+            return
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        self._busy = True
+        self.batches += 1
+        self.requests += len(batch)
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(
+            self._executor, self._core.serve_many, [(a, b, s) for a, b, s, _ in batch]
+        )
+        work.add_done_callback(lambda done: self._finish(batch, done))
+
+    def _finish(
+        self,
+        batch: list[tuple[str, bytes, int | None, asyncio.Future[bytes]]],
+        done: asyncio.Future[list[bytes | BaseException]],
+    ) -> None:
+        self._busy = False
+        err = done.exception()
+        results: list[bytes | BaseException] = (
+            [err] * len(batch) if err is not None else done.result()
+        )
+        for (*_, fut), r in zip(batch, results, strict=True):
+            if fut.done():  # the caller went away (deadline, disconnect)
+                continue
+            if isinstance(r, BaseException):
+                fut.set_exception(r)
+            else:
+                fut.set_result(r)
+        if self._pending:
+            self._flush()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
 def _json_error(status: int, code: str, message: str) -> web.Response:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     return web.Response(status=status, body=body, content_type=JSON)
@@ -116,6 +189,11 @@ class FeatureServer:
                 self._loader_stats,
             )
         )
+        self.batcher: RequestBatcher | None = None
+        if settings.batch_window_us > 0:
+            self.batcher = RequestBatcher(
+                self._core, settings.batch_window_us / 1e6, settings.max_batch, settings.max_queue
+            )
         self.batch_runs: dict[str, float] = {}
         #: background loaders (Kafka) started with the server; each has start/stop/stats
         self.loaders: list[Any] = []
@@ -130,6 +208,8 @@ class FeatureServer:
         self._runner: web.AppRunner | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._stopping = asyncio.Event()
+        self._health_task: asyncio.Task[None] | None = None
+        self._health_status: int | None = None
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -160,11 +240,17 @@ class FeatureServer:
         gauge = self.metrics.in_flight.labels(api)
         gauge.inc()
         t0 = time.perf_counter()
-        resp = await handler(request)
-        elapsed = time.perf_counter() - t0
-        gauge.dec()
-        code = str(resp.status)
-        self.metrics.observe(api, method, code, elapsed)
+        code = "500"
+        try:
+            resp = await handler(request)
+            code = str(resp.status)
+        except asyncio.CancelledError:
+            code = "499"  # the client went away
+            raise
+        finally:
+            elapsed = time.perf_counter() - t0
+            gauge.dec()
+            self.metrics.observe(api, method, code, elapsed)
         if resp.status >= 400:
             err = request.get("error")
             reason = rejection_reason(err) if isinstance(err, FeatureServingError) else None
@@ -221,7 +307,20 @@ class FeatureServer:
                 entry["last_success"] = self.batch_runs[v.name]
             views[v.name] = entry
         out: list[dict[str, Any]] = [{"loader": "batch", "views": views}]
-        out.extend(loader.stats() for loader in self.loaders)
+        for loader in self.loaders:
+            kviews: dict[str, dict[str, Any]] = {}
+            lag: dict[tuple[str, int], int] = {}
+            for view, st in loader.stats().items():
+                kviews[view] = {
+                    "applied": st.get("applied", 0),
+                    "skipped_older": st.get("skipped_older", 0),
+                    "errors": st.get("errors", 0),
+                    "dead_lettered": st.get("dead_lettered", 0),
+                }
+                for partition, n in (st.get("lag") or {}).items():
+                    if n is not None:
+                        lag[(str(st.get("topic", view)), int(partition))] = int(n)
+            out.append({"loader": "kafka", "views": kviews, "lag": lag})
         return out
 
     @web.middleware
@@ -365,6 +464,7 @@ class FeatureServer:
 
     def _http_handler(self, api: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         serve = self._core.serve
+        batcher = self.batcher
 
         async def handle(request: web.Request) -> web.Response:
             ctype = request.content_type
@@ -379,17 +479,38 @@ class FeatureServer:
             body = await request.read()
             p = request.get("principal")
             scope = None if p is None or p.read_all else p.scope_id
-            return web.Response(body=serve(api, body, scope), content_type=JSON)
+            if batcher is not None:
+                out = await batcher.serve(api, body, scope)
+            else:
+                out = serve(api, body, scope)
+            return web.Response(body=out, content_type=JSON)
 
         return handle
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
+    def loader_lag(self) -> dict[str, int | None]:
+        """Kafka lag per view (None until the first fetch told the log end)."""
+        out: dict[str, int | None] = {}
+        for loader in self.loaders:
+            for view, st in loader.stats().items():
+                out[view] = st.get("lag_total")
+        return out
+
+    def is_ready(self) -> bool:
+        lag = self.loader_lag()
+        caught_up = all(v is not None and v <= self.settings.max_ready_lag for v in lag.values())
+        return self.ready and not self.store.closed and caught_up
+
     async def _readyz(self, _request: web.Request) -> web.Response:
-        ready = self.ready and not self.store.closed
+        ready = self.is_ready()
         return web.json_response(
-            {"status": "ready" if ready else "not ready", "store_open": not self.store.closed},
+            {
+                "status": "ready" if ready else "not ready",
+                "store_open": not self.store.closed,
+                "kafka_lag": self.loader_lag(),
+            },
             status=200 if ready else 503,
         )
 
@@ -431,12 +552,14 @@ class FeatureServer:
         async def handler(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             t0 = time.perf_counter()
             gauge.inc()
-            code = "OK"
+            code = "INTERNAL"
             try:
                 remaining = context.time_remaining()
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExceededError("the deadline expired before the request started")
-                return await fn(request, context)
+                out = await fn(request, context)
+                code = "OK"
+                return out
             except FeatureServingError as e:
                 code = e.grpc_status
                 reason = rejection_reason(e)
@@ -444,6 +567,9 @@ class FeatureServer:
                     metrics.rejected.labels(api, reason).inc()
                 await context.abort(grpc.StatusCode[e.grpc_status], e.message)
                 raise AssertionError("unreachable: abort raises") from None
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
             finally:
                 gauge.dec()
                 elapsed = time.perf_counter() - t0
@@ -454,12 +580,16 @@ class FeatureServer:
 
     def _grpc_core(self, api: str, label: str, method: str) -> grpc.RpcMethodHandler[Any, Any]:
         serve = self._core.serve
+        batcher = self.batcher
 
         async def call(request: bytes, _context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             p = _principal.get()
             if p is None and self.auth is not None:
                 raise UnauthenticatedError("missing API key")
-            return serve(api, request, None if p is None or p.read_all else p.scope_id)
+            scope = None if p is None or p.read_all else p.scope_id
+            if batcher is not None:
+                return await batcher.serve(api, request, scope)
+            return serve(api, request, scope)
 
         return self._grpc_unary(call, label, method)
 
@@ -507,15 +637,21 @@ class FeatureServer:
                         "GetOnlineFeatures": self._grpc_core(
                             "feast_grpc", "feast-grpc", "GetOnlineFeatures"
                         ),
-                        "GetFeastServingInfo": self._grpc_unary(self._serving_info),
+                        "GetFeastServingInfo": self._grpc_unary(
+                            self._serving_info, "feast-grpc", "GetFeastServingInfo"
+                        ),
                     },
                 ),
                 grpc.method_handlers_generic_handler(
                     V1_SERVICE,
                     {
                         "GetFeatureVector": self._grpc_core("v1_grpc", "grpc", "GetFeatureVector"),
-                        "ListFeatureViews": self._grpc_unary(self._list_views),
-                        "ListFeatureServices": self._grpc_unary(self._list_services),
+                        "ListFeatureViews": self._grpc_unary(
+                            self._list_views, "grpc", "ListFeatureViews"
+                        ),
+                        "ListFeatureServices": self._grpc_unary(
+                            self._list_services, "grpc", "ListFeatureServices"
+                        ),
                     },
                 ),
             )
@@ -554,30 +690,61 @@ class FeatureServer:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else s.http_port
+        if s.ingest and any(v.stream_source for v in self.store.registry.feature_views.values()):
+            from serving.kafka_loader import KafkaLoader
+
+            loader = KafkaLoader(self.store)
+            loader.start()
+            self.loaders.append(loader)
         if self.auth is None:
             log.warning(
                 "serving WITHOUT authentication (--no-auth): any local process can read every "
                 "feature; use API keys outside local experiments"
             )
         self.ready = True
-        for name in ("", FEAST_SERVICE, V1_SERVICE):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._publish_health()
+        if self.loaders:
+            self._health_task = asyncio.create_task(self._watch_health())
         log.info(
             "serving on %s: gRPC port %d, HTTP port %d", s.host, self.grpc_port, self.http_port
         )
 
+    async def _publish_health(self) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.is_ready()
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        if status != self._health_status:
+            self._health_status = status
+            for name in ("", FEAST_SERVICE, V1_SERVICE):
+                await self._health.set(name, status)
+
+    async def _watch_health(self) -> None:
+        """gRPC health follows readiness: SERVING only while the Kafka lag is small."""
+        while self.ready:
+            await self._publish_health()
+            await asyncio.sleep(1.0)
+
     async def stop(self) -> None:
         """Stops accepting, lets in-flight requests finish within the grace period, closes."""
         self.ready = False
+        if self._health_task is not None:
+            self._health_task.cancel()
         with contextlib.suppress(Exception):
             await self._health.enter_graceful_shutdown()
         grace = self.settings.grace_seconds
         tasks = []
+        for loader in self.loaders:
+            # Stops after the current batch: rows and offsets applied together.
+            tasks.append(asyncio.to_thread(loader.stop, grace))
         if self._grpc is not None:
             tasks.append(self._grpc.stop(grace))
         if self._runner is not None:
             tasks.append(self._runner.cleanup())
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.batcher is not None:
+            self.batcher.close()
         self.store.close()
         log.info("stopped")
 
@@ -635,8 +802,11 @@ def _ssl_context(s: ServeSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-def _deny(error: FeatureServingError) -> grpc.RpcMethodHandler[Any, Any]:
+def _deny(
+    error: FeatureServingError, metrics: ServingMetrics, api: str, method: str
+) -> grpc.RpcMethodHandler[Any, Any]:
     async def handler(_request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        metrics.observe(api, method, error.grpc_status, 0.0)
         await context.abort(grpc.StatusCode[error.grpc_status], error.message)
         raise AssertionError("unreachable: abort raises")
 
@@ -674,7 +844,7 @@ class _AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             api = "feast-grpc" if method.startswith("/feast.") else "grpc"
             self._metrics.rejected.labels(api, "auth").inc()
             self._metrics.auth_failures.inc()
-            return _deny(e)
+            return _deny(e, self._metrics, api, method.rsplit("/", 1)[-1])
         return await continuation(details)
 
 

@@ -5,6 +5,7 @@ pub mod arrow_io;
 pub mod catalog;
 pub mod error;
 pub mod hot;
+pub mod ingest;
 pub mod json;
 pub mod key;
 pub mod proto;
@@ -17,3 +18,4 @@ pub mod store;
 pub mod types;
 
 mod py;
+mod py_ingest;

@@ -6,8 +6,8 @@ use crate::error::CoreError;
 use crate::query::{self, Entities, Limits, Selector};
 use crate::scope::Scope;
 use crate::serve::{self, Api, ServeConfig};
-use ahash::AHashMap;
 use crate::store::{Store, StoreOptions, WriteStats};
+use ahash::AHashMap;
 use arrow::array::{Array, ArrayRef, StructArray};
 use arrow::datatypes::{Field, Fields};
 use arrow::ffi::{from_ffi, to_ffi, FFI_ArrowArray, FFI_ArrowSchema};
@@ -165,17 +165,7 @@ impl PyStore {
         body: &[u8],
         scope_id: Option<u64>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let api = match api {
-            "feast_http" => Api::FeastHttp,
-            "feast_grpc" => Api::FeastGrpc,
-            "v1_grpc" => Api::V1Grpc,
-            "v1_http" => Api::V1Http,
-            other => {
-                return Err(to_py_err(CoreError::InvalidArgument(format!(
-                    "unknown api '{other}'"
-                ))))
-            }
-        };
+        let api = parse_api(api).map_err(to_py_err)?;
         let store = self.store()?;
         let cfg = *self.serve_cfg.read();
         let scope = match scope_id {
@@ -188,10 +178,57 @@ impl PyStore {
         };
         let served = py
             .allow_threads(|| {
-                serve::serve_scoped(&store, api, body, &cfg, query::now_micros(), scope.as_deref())
+                serve::serve_scoped(
+                    &store,
+                    api,
+                    body,
+                    &cfg,
+                    query::now_micros(),
+                    scope.as_deref(),
+                )
             })
             .map_err(to_py_err)?;
         Ok(PyBytes::new(py, &served.body))
+    }
+
+    /// Many requests in one call (request batching): `(api, body, scope_id)` each; returns, in
+    /// order, the response bytes or the exception of each. The GIL is released once for all.
+    fn serve_many<'py>(
+        &self,
+        py: Python<'py>,
+        requests: Vec<(String, Bound<'py, PyBytes>, Option<u64>)>,
+    ) -> PyResult<Vec<PyObject>> {
+        let store = self.store()?;
+        let cfg = *self.serve_cfg.read();
+        let scopes = self.scopes.read().clone();
+        let parsed: Vec<ParsedRequest<'_>> = requests
+            .iter()
+            .map(|(api, body, scope)| (parse_api(api), body.as_bytes(), *scope))
+            .collect();
+        let results: Vec<Result<Vec<u8>, CoreError>> = py.allow_threads(|| {
+            let now = query::now_micros();
+            parsed
+                .iter()
+                .map(|(api, body, scope_id)| {
+                    let api = api.clone()?;
+                    let scope = match scope_id {
+                        None => None,
+                        Some(id) => Some(scopes.get(id).cloned().ok_or_else(|| {
+                            CoreError::PermissionDenied("this API key has no read scope".into())
+                        })?),
+                    };
+                    serve::serve_scoped(&store, api, body, &cfg, now, scope.as_deref())
+                        .map(|s| s.body)
+                })
+                .collect()
+        });
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                Ok(body) => PyBytes::new(py, &body).into_any().unbind(),
+                Err(e) => to_py_err(e).into_value(py).into_any(),
+            })
+            .collect())
     }
 
     /// Registers the read scope of an API key: `views=None` reads everything.
@@ -429,6 +466,19 @@ impl PyStore {
     }
 }
 
+/// One request of a `serve_many` batch: its API, body and scope.
+type ParsedRequest<'a> = (Result<Api, CoreError>, &'a [u8], Option<u64>);
+
+fn parse_api(api: &str) -> Result<Api, CoreError> {
+    Ok(match api {
+        "feast_http" => Api::FeastHttp,
+        "feast_grpc" => Api::FeastGrpc,
+        "v1_grpc" => Api::V1Grpc,
+        "v1_http" => Api::V1Http,
+        other => return Err(CoreError::InvalidArgument(format!("unknown api '{other}'"))),
+    })
+}
+
 fn selector(features: Option<Vec<String>>, service: Option<String>) -> PyResult<Selector> {
     match (features, service) {
         (Some(f), None) => Ok(Selector::Refs(f)),
@@ -462,5 +512,6 @@ fn rust_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStore>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("ROCKSDB_BINDING", "rust-rocksdb 0.21 (system librocksdb)")?;
+    crate::py_ingest::register(m)?;
     Ok(())
 }

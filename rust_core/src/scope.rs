@@ -69,8 +69,13 @@ mod tests {
             .check(&cat, &Selector::Refs(vec!["user_profile:f000".into()]))
             .is_ok());
         for r in ["secret:f000", "no_such_view:x", "nocolon"] {
-            let err = scope.check(&cat, &Selector::Refs(vec![r.into()])).unwrap_err();
-            assert!(matches!(err, CoreError::PermissionDenied(_)), "{r}: {err:?}");
+            let err = scope
+                .check(&cat, &Selector::Refs(vec![r.into()]))
+                .unwrap_err();
+            assert!(
+                matches!(err, CoreError::PermissionDenied(_)),
+                "{r}: {err:?}"
+            );
         }
         let err = scope
             .check(&cat, &Selector::Service("unknown".into()))

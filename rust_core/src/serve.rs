@@ -359,9 +359,14 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for JsonObject<T> {
 fn parse_json(api: Api, body: &[u8]) -> Result<Parsed> {
     let JsonObject::<JsonRequest>(req) =
         serde_json::from_slice(body).map_err(|e| invalid!("invalid JSON request body: {e}"))?;
-    let sel = match (req.features, req.feature_service) {
+    // As Feast's own server does: an empty `feature_service` is absent, and a service wins over
+    // an empty `features` (Feast's request model defaults it to `[]`, so a body serialized from
+    // that model carries both).
+    let service = req.feature_service.filter(|s| !s.is_empty());
+    let sel = match (req.features, service) {
         (Some(f), None) => Selector::Refs(f.0),
         (None, Some(s)) => Selector::Service(s.into_owned()),
+        (Some(f), Some(s)) if f.0.is_empty() => Selector::Service(s.into_owned()),
         (Some(_), Some(_)) => {
             return Err(invalid!(
                 "give either 'features' or 'feature_service', not both"
@@ -1642,6 +1647,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(served.views, ["user_profile", "fresh"]);
+        // Feast's request model: `features` defaults to [] beside a feature service, and an
+        // empty `feature_service` means none.
+        for body in [
+            r#"{"feature_service":"svc","features":[],"entities":{"user_id":[1,2,3]},"full_feature_names":true}"#,
+            r#"{"feature_service":"","features":["user_profile:f001","fresh:score"],"entities":{"user_id":[1,2,3]},"full_feature_names":true}"#,
+        ] {
+            assert_eq!(http(&store, body), out, "{body}");
+        }
     }
 
     #[test]

@@ -497,3 +497,39 @@ def test_env_var_settings(tmp_path: Path, env: dict[str, Any]) -> None:
         assert "limit is 2" in body["error"]["message"]
     finally:
         assert stop_server(server) == 0
+
+
+def test_request_batching_mode_answers_correctly(env: dict[str, Any], tmp_path: Path) -> None:
+    """With --batch-window-us, concurrent requests are coalesced into one Rust call on a worker
+    thread; every caller still gets its own answer (and its own error)."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    shutil.copytree(env["tmp"] / "db", tmp_path / "db", ignore=shutil.ignore_patterns("LOCK"))
+    server = start_server(
+        env["config"], tmp_path / "db", tmp_path / "log", "--no-auth", "--batch-window-us", "500"
+    )
+    try:
+
+        def one(u: int) -> tuple[int, Any]:
+            if u % 7 == 0:
+                bad = {"features": ["nope:x"], "entities": {"user_id": [u]}}
+                return server.post("/get-online-features", bad)
+            return server.post(
+                "/get-online-features",
+                {"features": ["user_profile:f001"], "entities": {"user_id": [u]}},
+            )
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(one, range(1, 200)))
+        for u, (status, body) in zip(range(1, 200), results, strict=True):
+            if u % 7 == 0:
+                assert status == 404
+            else:
+                assert status == 200
+                assert body["results"][1]["values"] == [expected(u, 1)]
+        with FeatureClient(f"127.0.0.1:{server.grpc}") as client:
+            m = client.get_dense({"user_id": [3]}, ["user_profile:f001"])
+            assert m.values[0, 0] == np.float32(expected(3, 1))
+    finally:
+        assert stop_server(server) == 0

@@ -1,0 +1,255 @@
+//! PyO3 functions of the Kafka loader (`serving/kafka_loader.py`): decoding and writing batches
+//! of records with the GIL released, and the record-key encoding shared with producers.
+
+use crate::catalog::ViewDef;
+use crate::error::CoreError;
+use crate::ingest::{self, Decoded, Format, KeyInput, Record};
+use crate::py::{to_py_err, PyStore};
+use crate::store::Store;
+use crate::types::KeyType;
+use parking_lot::Mutex;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyInt, PyString};
+use std::sync::Arc;
+
+/// `(key, value, partition, offset, timestamp_ms)` as the loader passes a record; a timestamp
+/// of None or below 0 means the record has none.
+type RawRecord<'py> = (
+    Option<Bound<'py, PyBytes>>,
+    Option<Bound<'py, PyBytes>>,
+    i32,
+    i64,
+    Option<i64>,
+);
+
+type Meta = Option<Vec<(String, Vec<u8>)>>;
+/// `(written, skipped_older, errors)` of [`ingest_batch`].
+type IngestResult = (u64, u64, Vec<(usize, String)>);
+
+fn to_records<'a>(raw: &'a [RawRecord<'_>]) -> Vec<Record<'a>> {
+    raw.iter()
+        .map(|(k, v, partition, offset, ts)| Record {
+            key: k.as_ref().map(PyBytesMethods::as_bytes),
+            value: v.as_ref().map(PyBytesMethods::as_bytes),
+            partition: *partition,
+            offset: *offset,
+            timestamp_ms: ts.filter(|&t| t >= 0),
+        })
+        .collect()
+}
+
+/// A decoded batch of records, not yet written: the loader dead-letters the bad records first,
+/// then writes the rows together with the offsets, so a crash in between loses nothing.
+#[pyclass(frozen, module = "serving._rust_core", name = "DecodedBatch")]
+pub struct PyDecodedBatch {
+    store: Arc<Store>,
+    view: Arc<ViewDef>,
+    pending: Mutex<Option<Decoded>>,
+    errors: Vec<(usize, String)>,
+    next_offsets: Vec<(i32, i64)>,
+    upserts: u64,
+    tombstones: u64,
+    ignored: u64,
+    max_event_ts: Option<i64>,
+}
+
+#[pymethods]
+impl PyDecodedBatch {
+    /// Records that change nothing: `(index in the batch, reason)`.
+    #[getter]
+    fn errors(&self) -> Vec<(usize, String)> {
+        self.errors.clone()
+    }
+
+    /// `(partition, offset after the batch's last record)`, ascending by partition.
+    #[getter]
+    fn next_offsets(&self) -> Vec<(i32, i64)> {
+        self.next_offsets.clone()
+    }
+
+    #[getter]
+    fn upserts(&self) -> u64 {
+        self.upserts
+    }
+
+    #[getter]
+    fn tombstones(&self) -> u64 {
+        self.tombstones
+    }
+
+    /// Records naming another feature view.
+    #[getter]
+    fn ignored(&self) -> u64 {
+        self.ignored
+    }
+
+    /// Newest event time of the batch's rows and deletes (microseconds), None if none.
+    #[getter]
+    fn max_event_ts(&self) -> Option<i64> {
+        self.max_event_ts
+    }
+
+    /// Writes the rows and `meta` in one atomic write; returns `(written, skipped_older)`.
+    /// A batch is written once.
+    #[pyo3(signature = (meta = None))]
+    fn write(&self, py: Python<'_>, meta: Meta) -> PyResult<(u64, u64)> {
+        let mut d = self.pending.lock().take().ok_or_else(|| {
+            to_py_err(CoreError::InvalidArgument(
+                "this batch was already written".into(),
+            ))
+        })?;
+        let meta = meta.unwrap_or_default();
+        let stats = py
+            .allow_threads(|| ingest::write(&self.store, &self.view, &mut d, &meta))
+            .map_err(to_py_err)?;
+        Ok((stats.written, stats.skipped_older))
+    }
+}
+
+fn parse_format(format: &str) -> PyResult<Format> {
+    Format::parse(format).map_err(to_py_err)
+}
+
+/// Decodes a batch of records for `view` (GIL released); bad records are listed in `errors`.
+#[pyfunction]
+pub fn decode_batch(
+    py: Python<'_>,
+    store: &PyStore,
+    view: &str,
+    format: &str,
+    records: Vec<RawRecord<'_>>,
+) -> PyResult<PyDecodedBatch> {
+    let fmt = parse_format(format)?;
+    let store = store.store()?;
+    let def = store.catalog().view(view).map_err(to_py_err)?.clone();
+    let recs = to_records(&records);
+    let mut d = py.allow_threads(|| ingest::decode(&def, fmt, &recs));
+    Ok(PyDecodedBatch {
+        store,
+        view: def,
+        errors: std::mem::take(&mut d.errors),
+        next_offsets: std::mem::take(&mut d.next_offsets),
+        upserts: d.upserts,
+        tombstones: d.tombstones,
+        ignored: d.ignored,
+        max_event_ts: d.max_event_ts,
+        pending: Mutex::new(Some(d)),
+    })
+}
+
+/// Decodes and writes a batch with `meta` in one atomic write (GIL released).
+/// Returns `(written, skipped_older, errors)`.
+#[pyfunction]
+#[pyo3(signature = (store, view, format, records, meta = None))]
+pub fn ingest_batch(
+    py: Python<'_>,
+    store: &PyStore,
+    view: &str,
+    format: &str,
+    records: Vec<RawRecord<'_>>,
+    meta: Meta,
+) -> PyResult<IngestResult> {
+    let fmt = parse_format(format)?;
+    let store = store.store()?;
+    let recs = to_records(&records);
+    let meta = meta.unwrap_or_default();
+    let (d, stats) = py
+        .allow_threads(|| ingest::ingest(&store, view, fmt, &recs, &meta))
+        .map_err(to_py_err)?;
+    Ok((stats.written, stats.skipped_older, d.errors))
+}
+
+fn key_types(dtypes: &[String]) -> PyResult<Vec<(String, KeyType)>> {
+    dtypes
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let ty = match t.as_str() {
+                "int64" => KeyType::Int64,
+                "int32" => KeyType::Int32,
+                "string" => KeyType::String,
+                "bytes" => KeyType::Bytes,
+                other => {
+                    return Err(to_py_err(CoreError::InvalidArgument(format!(
+                        "unknown join key type '{other}' (int32, int64, string or bytes)"
+                    ))))
+                }
+            };
+            Ok((format!("#{i}"), ty))
+        })
+        .collect()
+}
+
+fn key_input<'a>(v: &'a Bound<'_, PyAny>) -> PyResult<KeyInput<'a>> {
+    if let Ok(b) = v.downcast::<PyBytes>() {
+        Ok(KeyInput::Bytes(b.as_bytes()))
+    } else if let Ok(s) = v.downcast::<PyString>() {
+        Ok(KeyInput::Str(s.to_str()?))
+    } else if v.is_instance_of::<PyInt>() {
+        Ok(KeyInput::Int(v.extract()?))
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "a join key value must be int, str or bytes, not {}",
+            v.get_type().name()?
+        )))
+    }
+}
+
+fn encode_one(types: &[(String, KeyType)], values: &[Bound<'_, PyAny>]) -> PyResult<Vec<u8>> {
+    let inputs = values.iter().map(key_input).collect::<PyResult<Vec<_>>>()?;
+    ingest::encode_entity_key(types, &inputs).map_err(to_py_err)
+}
+
+/// The Kafka record key of an entity: its join-key values (in the view's order, typed by
+/// `dtypes`) encoded like the store's entity keys.
+#[pyfunction]
+pub fn encode_entity_key<'py>(
+    py: Python<'py>,
+    dtypes: Vec<String>,
+    values: Vec<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let types = key_types(&dtypes)?;
+    Ok(PyBytes::new(py, &encode_one(&types, &values)?))
+}
+
+/// [`encode_entity_key`] for many entities given column-wise (one sequence per join key).
+#[pyfunction]
+pub fn encode_entity_keys<'py>(
+    py: Python<'py>,
+    dtypes: Vec<String>,
+    columns: Vec<Vec<Bound<'py, PyAny>>>,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let types = key_types(&dtypes)?;
+    if columns.len() != types.len() {
+        return Err(to_py_err(CoreError::InvalidArgument(format!(
+            "expected {} key column(s), got {}",
+            types.len(),
+            columns.len()
+        ))));
+    }
+    let n = columns.first().map_or(0, Vec::len);
+    if columns.iter().any(|c| c.len() != n) {
+        return Err(to_py_err(CoreError::InvalidArgument(
+            "key columns have different lengths".into(),
+        )));
+    }
+    let mut row = Vec::with_capacity(columns.len());
+    (0..n)
+        .map(|i| {
+            row.clear();
+            row.extend(columns.iter().map(|c| c[i].clone()));
+            Ok(PyBytes::new(py, &encode_one(&types, &row)?))
+        })
+        .collect()
+}
+
+/// Adds the loader's functions and classes to the extension module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyDecodedBatch>()?;
+    m.add_function(wrap_pyfunction!(decode_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(ingest_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_entity_key, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_entity_keys, m)?)?;
+    Ok(())
+}

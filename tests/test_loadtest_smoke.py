@@ -1,0 +1,90 @@
+"""Smoke tests of the load-test and benchmark tooling in loadtest/ (not benchmarks: no figure is
+checked, only that every measurement runs and reports), so the tools cannot rot.
+
+- ``bench_serving.py --quick`` (1 s per measurement, no warm-up) against a server on the small
+  session sample: the JSON it writes has every row of the Performance table, each with requests
+  and without errors.
+- ``run_locust.sh`` (what ``make loadtest`` runs) for 2 s with both users: Locust's final
+  statistics have all four tasks (HTTP and gRPC, W1 and W2), each with requests and no failures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving.sample import SampleInfo
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+LOADTEST = REPO / "loadtest"
+ROWS = {"http_w1_c1", "http_w1_c32", "http_w2_c1", "http_w2_c32", "grpc_w1_c32", "grpc_w2_c1"}
+TASKS = {"HTTP W1", "HTTP W2", "gRPC W1 dense", "gRPC W2 dense"}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("FS_API_KEY", None)
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+@pytest.mark.skipif(
+    not (shutil.which("wrk") and shutil.which("h2load")),
+    reason="wrk / h2load missing (Debian wrk, nghttp2-client; make sysdeps)",
+)
+def test_bench_serving_quick_reports_every_row(sample: SampleInfo, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(LOADTEST / "bench_serving.py"), "--quick", "--warmup", "0",
+         "--sample-dir", sample.out_dir, "--out", str(out)],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["quick"] is True
+    results = {r["id"]: r for r in doc["results"]}
+    assert set(results) == ROWS
+    for r in results.values():
+        assert r["requests"] > 0, r
+        assert r["errors"] == 0, r
+        assert r["p50_ms"] <= r["p99_ms"], r
+        assert r["server_cpu_cores"] is not None, r
+        assert r["server_rss_mb"] > 0, r
+    # the printed table has one line per row, each with its target
+    for r in results.values():
+        assert f"| {r['label']} |" in proc.stdout
+        assert r["target"] in proc.stdout
+
+
+def test_run_locust_both_users_all_tasks(sample: SampleInfo, tmp_path: Path) -> None:
+    env = _env() | {
+        "PYTHON": sys.executable,
+        "SAMPLE_DIR": sample.out_dir,
+        "REPORTS": str(tmp_path / "reports"),
+        "USERS": "2",
+        "SPAWN_RATE": "2",
+        "DURATION": "2s",
+    }
+    proc = subprocess.run(
+        ["bash", str(LOADTEST / "run_locust.sh")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (report,) = (tmp_path / "reports").iterdir()
+    assert (report / "report.html").stat().st_size > 0
+    assert (report / "locust_stats.csv").exists()
+    stats = {e["name"]: e for e in json.loads((report / "stats.json").read_text())}
+    assert set(stats) == TASKS
+    for name, e in stats.items():
+        assert e["num_requests"] > 0, name
+        assert e["num_failures"] == 0, name
+    for name in TASKS:
+        assert name in proc.stdout

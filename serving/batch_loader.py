@@ -1264,10 +1264,10 @@ def materialize_incremental(
 
 
 _IN_USE_MESSAGE = (
-    "error: the data directory {dir} is in use by another process, most likely a running "
-    "feature-serving server (RocksDB allows one writer process). Loading into a live store "
-    "goes through the server: send this job to the running server's admin API (not available "
-    "yet), or stop the server and rerun this command."
+    "error: the data directory {dir} is in use by another process, and no feature-serving "
+    "server answered at {server} ({why}). RocksDB allows one writer process: point --server at "
+    "the server that owns the store (with an admin key in FS_API_KEY or --api-key), or stop "
+    "it and rerun this command."
 )
 
 
@@ -1329,9 +1329,26 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
     _shared_flags(inc)
     inc.add_argument("--end", help="Parquet sources: load up to this time (default now)")
     inc.set_defaults(func=cmd_materialize_incremental)
+    for p in (m, inc):
+        p.add_argument(
+            "--server",
+            default=os.environ.get("FS_SERVER_URL", "http://127.0.0.1:6566"),
+            help="when the store is held by a running server, send the job to its admin API "
+            "(default http://127.0.0.1:6566; env FS_SERVER_URL)",
+        )
+        p.add_argument(
+            "--api-key",
+            default=os.environ.get("FS_API_KEY"),
+            help="admin API key for --server (env FS_API_KEY)",
+        )
 
 
-def _open(args: argparse.Namespace) -> Store | None:
+class _StoreInUse(Exception):
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+
+
+def _open(args: argparse.Namespace) -> Store:
     data_dir = getattr(args, "data_dir", None) or os.environ.get("FS_DATA_DIR") or ".data/store"
     config = getattr(args, "config", None) or os.environ.get("FS_CONFIG") or "features.yaml"
     kwargs: dict[str, Any] = {}
@@ -1341,15 +1358,51 @@ def _open(args: argparse.Namespace) -> Store | None:
         return Store(data_dir, config, **kwargs)
     except StorageError as e:
         if "in use by another process" in e.message or "LOCK" in e.message:
-            print(_IN_USE_MESSAGE.format(dir=data_dir), file=sys.stderr)
-            return None
+            raise _StoreInUse(data_dir) from None
         raise
 
 
-def _run_cli(args: argparse.Namespace, incremental: bool) -> int:
-    store = _open(args)
-    if store is None:
+def _send_to_server(args: argparse.Namespace, incremental: bool, data_dir: str) -> int:
+    """The store is held by a server: run the job there through ``POST /admin/materialize``."""
+    import urllib.error
+    import urllib.request
+
+    body = {
+        "views": args.views or None,
+        "start": getattr(args, "start", None),
+        "end": args.end,
+        "incremental": incremental,
+        "on_error": args.on_error,
+        "dry_run": args.dry_run,
+        "as_of_version": args.as_of_version,
+    }
+    headers = {"Content-Type": "application/json"}
+    if args.api_key:
+        headers["Authorization"] = f"Bearer {args.api_key}"
+    url = args.server.rstrip("/") + "/admin/materialize"
+    print(f"the store is held by a running server; sending the job to {url}", file=sys.stderr)
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=3600) as r:
+            print(json.loads(r.read())["summary"])
+            return 0
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = str(e)
+        print(f"error: the server refused the job (HTTP {e.code}): {message}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as e:
+        print(_IN_USE_MESSAGE.format(dir=data_dir, server=args.server, why=e), file=sys.stderr)
         return 2
+
+
+def _run_cli(args: argparse.Namespace, incremental: bool) -> int:
+    try:
+        store = _open(args)
+    except _StoreInUse as e:
+        return _send_to_server(args, incremental, e.data_dir)
     progress = {"always": True, "never": False}.get(args.progress, True)
     common: dict[str, Any] = {
         "as_of_version": args.as_of_version,

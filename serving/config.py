@@ -45,6 +45,9 @@ class ServeSettings:
     max_batch: int = 64
     #: requests waiting for a batch beyond this are refused with RESOURCE_EXHAUSTED / 429
     max_queue: int = 512
+    #: per-request metrics (counters, latency histograms, in-flight); off only to measure
+    #: their cost: answer-quality counters in Rust stay on
+    request_metrics: bool = True
     #: run the Kafka loaders of the views' stream sources inside the server
     ingest: bool = True
     #: readiness (/readyz, gRPC health) waits until the loaders' lag is at most this
@@ -145,6 +148,13 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "--batch-window-us",
         type=float,
         help="coalesce requests arriving within this many microseconds (default 0 = off)",
+    )
+    p.add_argument(
+        "--no-request-metrics",
+        dest="request_metrics",
+        action="store_const",
+        const=False,
+        help="skip per-request metrics (to measure their cost)",
     )
     p.add_argument(
         "--no-ingest",

@@ -234,7 +234,7 @@ class FeatureServer:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         route = HTTP_ROUTES.get(request.path)
-        if route is None:
+        if route is None or not self.settings.request_metrics:
             return await handler(request)
         api, method = route
         gauge = self.metrics.in_flight.labels(api)
@@ -548,6 +548,16 @@ class FeatureServer:
         counted in one place."""
         metrics = self.metrics
         gauge = metrics.in_flight.labels(api)
+        if not self.settings.request_metrics:
+
+            async def bare(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+                try:
+                    return await fn(request, context)
+                except FeatureServingError as e:
+                    await context.abort(grpc.StatusCode[e.grpc_status], e.message)
+                    raise AssertionError("unreachable: abort raises") from None
+
+            return grpc.unary_unary_rpc_method_handler(bare)
 
         async def handler(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             t0 = time.perf_counter()

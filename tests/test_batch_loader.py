@@ -610,7 +610,7 @@ def test_cli_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     )
     with Store(data, Registry.from_yaml(config)):
         proc = subprocess.run(
-            [sys.executable, "-c", script, "materialize", *base],
+            [sys.executable, "-c", script, "materialize", "--server", "http://127.0.0.1:9", *base],
             check=False,
             capture_output=True,
             text=True,
@@ -619,7 +619,7 @@ def test_cli_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         )
     assert proc.returncode == 2, proc.stderr
     assert "in use by another process" in proc.stderr
-    assert "admin API" in proc.stderr
+    assert "no feature-serving server answered at http://127.0.0.1:9" in proc.stderr
     # bad input: message and exit code 1
     args = cli(["materialize", "--start", "2024-02-01", "--end", "2024-01-01", *base])
     assert args.func(args) == 1

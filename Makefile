@@ -103,10 +103,13 @@ test: lint test-rust feast-venv ## lint, then every Rust and Python test
 	$(PY) -m pytest -q
 
 .PHONY: bench
-bench: build ## pytest-benchmark suites (figures go in docs/benchmarks.md)
-	$(PY) -m pytest -q -m benchmark --benchmark-enable -p no:randomly tests/benchmarks \
+bench: build ## pytest-benchmark suites, saved and compared with the previous run (docs/benchmarks.md)
+	@# --benchmark-compare only once a previous run was saved (it warns otherwise, and
+	@# warnings are errors in this project's pytest settings).
+	$(PY) -m pytest -q -m benchmark --benchmark-enable tests/benchmarks \
 	  --benchmark-columns=min,median,mean,max,rounds --benchmark-sort=name \
-	  --benchmark-autosave --benchmark-storage=.benchmarks
+	  --benchmark-autosave --benchmark-storage=.benchmarks \
+	  $$(ls .benchmarks/*/0*.json >/dev/null 2>&1 && echo --benchmark-compare)
 
 .PHONY: loadtest
 loadtest: sample ## Locust (HTTP + gRPC users) against a fresh server on the sample; USERS=20 SPAWN_RATE=10 DURATION=30s TAGS=w1|w2

@@ -300,11 +300,10 @@ class Store:
             max_entities=max_entities,
             names=not known,
         )
-        if known:
-            names = refs or []
-        n, f = ent.num_rows, len(names)
+        feature_names = refs if known and refs is not None else list(names)
+        n, f = ent.num_rows, len(feature_names)
         return DenseResult(
-            feature_names=names,
+            feature_names=feature_names,
             values=np.frombuffer(values, dtype="<f4").reshape(n, f),
             statuses=np.frombuffer(statuses, dtype=np.uint8).reshape(n, f),
         )

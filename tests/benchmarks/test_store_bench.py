@@ -165,7 +165,7 @@ def test_w2_core_get_dense(benchmark: Any, dataset: Dataset, serving_store: Stor
 
     batch, (names, values, statuses) = benchmark(call)
     k = batch.num_rows
-    assert names == W2_FEATURES
+    assert list(names) == W2_FEATURES
     _check_dense(
         dataset,
         batch,
@@ -186,7 +186,7 @@ def test_w2_core_get(benchmark: Any, dataset: Dataset, serving_store: Store) -> 
 
     batch, (names, values, statuses, _ts) = benchmark(call)
     k = batch.num_rows
-    assert names == W2_FEATURES
+    assert list(names) == W2_FEATURES
     got = np.column_stack([np.asarray(c) for c in pa.Table.from_batches([values]).columns])
     _check_dense(dataset, batch, got, np.frombuffer(statuses, np.uint8).reshape(k, 200))
 

@@ -786,8 +786,11 @@ impl TsText {
 
 /// One value as JSON (Feast's rendering); `null` unless present.
 #[inline]
-fn json_value(out: &mut Vec<u8>, v: ValueRef<'_>, shortest: bool) {
+/// Writes one value as JSON. `feast`: timestamp features as integer Unix seconds, as Feast's
+/// feature server writes them (its `unix_timestamp_val`); otherwise RFC 3339 text.
+fn json_value(out: &mut Vec<u8>, v: ValueRef<'_>, shortest: bool, feast: bool) {
     match v {
+        ValueRef::Timestamp(us) if feast => json::write_i64(out, us.div_euclid(1_000_000)),
         ValueRef::Missing | ValueRef::Null => json::write_null(out),
         ValueRef::Bool(b) => json::write_bool(out, b),
         ValueRef::Int32(x) => json::write_i64(out, i64::from(x)),
@@ -895,7 +898,7 @@ fn encode_feast_json(p: &Prepared, answer: &Answer, shortest: bool) -> Vec<u8> {
             } else {
                 cell.event_ts
             };
-            json_value(&mut out, cell.value, shortest);
+            json_value(&mut out, cell.value, shortest, true);
         }
         out.extend_from_slice(b"],\"statuses\":[");
         for (i, s) in st.iter().enumerate() {
@@ -959,7 +962,7 @@ fn encode_v1_columns_json(p: &Prepared, answer: &Answer, shortest: bool) -> Vec<
             let cell = cells.cell(c, cp, i);
             st[i] = cell.status as u8;
             ts[i] = cell.event_ts;
-            json_value(&mut out, cell.value, shortest);
+            json_value(&mut out, cell.value, shortest, false);
         }
         out.push(b']');
         if p.v1.include_statuses {
@@ -1681,7 +1684,7 @@ mod tests {
                 0.1,
                 TRICKY,
                 "AP8B",
-                "2024-01-01T00:00:00.001500Z",
+                1_704_067_200,
                 [1.5, -2.0, null],
                 4.800_000_190_734_863
             ])

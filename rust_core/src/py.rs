@@ -2,6 +2,7 @@
 //! releases the GIL; every error goes through `to_py_err`, the one mapping to `serving.errors`.
 
 use crate::arrow_io;
+use crate::catalog::ViewDef;
 use crate::error::CoreError;
 use crate::query::{self, Entities, Limits, Selector};
 use crate::scope::Scope;
@@ -116,6 +117,29 @@ impl PyStore {
         let names = PyTuple::new(py, plan.columns.iter().map(|c| c.reference.as_str()))?;
         *cache = Some((plan.clone(), names.clone().unbind()));
         Ok(names.into_any().unbind())
+    }
+
+    /// Encodes a record batch with `encode` (rows or tombstones) and writes it with `meta`,
+    /// the GIL released. Returns `(rows, written, skipped_older)`.
+    fn apply_batch(
+        &self,
+        py: Python<'_>,
+        view: &str,
+        batch: &Bound<'_, PyAny>,
+        meta: Option<Vec<(String, Vec<u8>)>>,
+        encode: fn(&ViewDef, &StructArray) -> Result<arrow_io::KeysAndRows, CoreError>,
+    ) -> PyResult<(u64, u64, u64)> {
+        let store = self.store()?;
+        let data = import_batch(batch)?;
+        let meta = meta.unwrap_or_default();
+        py.allow_threads(|| {
+            let cat = store.catalog();
+            let def = cat.view(view)?;
+            let (keys, rows) = encode(def, &data)?;
+            store.write(def, &keys, rows, &meta)
+        })
+        .map(stats_tuple)
+        .map_err(to_py_err)
     }
 
     pub(crate) fn store(&self) -> PyResult<Arc<Store>> {
@@ -299,17 +323,7 @@ impl PyStore {
         batch: &Bound<'_, PyAny>,
         meta: Option<Vec<(String, Vec<u8>)>>,
     ) -> PyResult<(u64, u64, u64)> {
-        let store = self.store()?;
-        let data = import_batch(batch)?;
-        let meta = meta.unwrap_or_default();
-        py.allow_threads(|| {
-            let cat = store.catalog();
-            let def = cat.view(view)?;
-            let (keys, rows) = arrow_io::rows_from_batch(def, &data)?;
-            store.write(def, &keys, rows, &meta)
-        })
-        .map(stats_tuple)
-        .map_err(to_py_err)
+        self.apply_batch(py, view, batch, meta, arrow_io::rows_from_batch)
     }
 
     /// Deletes the entities of a record batch (join keys and `event_timestamp`) with tombstones
@@ -322,17 +336,7 @@ impl PyStore {
         batch: &Bound<'_, PyAny>,
         meta: Option<Vec<(String, Vec<u8>)>>,
     ) -> PyResult<(u64, u64, u64)> {
-        let store = self.store()?;
-        let data = import_batch(batch)?;
-        let meta = meta.unwrap_or_default();
-        py.allow_threads(|| {
-            let cat = store.catalog();
-            let def = cat.view(view)?;
-            let (keys, rows) = arrow_io::tombstones_from_batch(def, &data)?;
-            store.write(def, &keys, rows, &meta)
-        })
-        .map(stats_tuple)
-        .map_err(to_py_err)
+        self.apply_batch(py, view, batch, meta, arrow_io::tombstones_from_batch)
     }
 
     /// Batched lookup. Returns (feature names, pyarrow `RecordBatch` of values, statuses as bytes

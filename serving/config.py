@@ -45,6 +45,10 @@ class ServeSettings:
     max_batch: int = 64
     #: requests waiting for a batch beyond this are refused with RESOURCE_EXHAUSTED / 429
     max_queue: int = 512
+    #: overload guard: a serving request that starts while the event loop is more than this
+    #: many milliseconds behind is refused at once with RESOURCE_EXHAUSTED / 429, which bounds
+    #: the queueing delay of admitted requests (0 disables; docs/reliability.md)
+    max_loop_lag_ms: float = 100.0
     #: per-request metrics (counters, latency histograms, in-flight); off only to measure
     #: their cost: answer-quality counters in Rust stay on
     request_metrics: bool = True
@@ -169,6 +173,12 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, help="requests per batched call (default 64)")
     p.add_argument(
         "--max-queue", type=int, help="queued requests before 429 / RESOURCE_EXHAUSTED (512)"
+    )
+    p.add_argument(
+        "--max-loop-lag-ms",
+        type=float,
+        help="refuse serving requests (429 / RESOURCE_EXHAUSTED) while the event loop is more "
+        "than this behind (default 100; 0 = off)",
     )
     p.add_argument("--log-level", help="debug, info, warning, error")
     p.add_argument(

@@ -66,6 +66,8 @@ def rejection_reason(e: FeatureServingError) -> str | None:
         return "auth"
     if isinstance(e, ResourceExhaustedError):
         return "overload"
+    if isinstance(e, DeadlineExceededError):
+        return "deadline"
     if "the limit is" in e.message:
         return "limit"
     if isinstance(e, InvalidArgumentError):
@@ -91,6 +93,97 @@ _DTYPE_NAMES = {
 }
 
 
+class LoopLagGuard:
+    """Admission control of the inline mode: an event-loop lag probe with a bounded overflow.
+
+    With the Rust call inline on the loop there is no queue to bound: under overload, requests
+    wait in socket buffers and in the loop's ready queue, and the wait grows without bound;
+    refusing on the loop alone does not help much either, since refusing costs the loop about
+    a quarter of what answering does. So a timer is due every ``interval`` seconds; it runs on
+    time while the loop keeps up and late while the loop is busy. A request that starts while
+    the loop is more than ``limit`` behind its timer (or within ``cooldown`` of the last time
+    it was) is not run inline: it goes to a
+    :class:`RequestBatcher` (worker thread, bounded queue), which frees the loop for the
+    transport and answers RESOURCE_EXHAUSTED / 429 once ``max_queue`` requests wait; past
+    ``hard_factor * limit`` requests are refused at once. The check on the hot path is one
+    ``loop.time()`` call and a subtraction (~0.1 us, docs/reliability.md); the timer costs
+    ``1/interval`` wakeups a second.
+    """
+
+    def __init__(
+        self,
+        limit_s: float,
+        overflow: RequestBatcher | None = None,
+        interval_s: float = 0.005,
+        hard_factor: float = 5.0,
+        cooldown_s: float = 0.5,
+    ) -> None:
+        self.limit = limit_s
+        self.cooldown = cooldown_s
+        self._until = 0.0
+        self.hard = limit_s * hard_factor
+        self.interval = interval_s
+        self.overflow = overflow
+        #: loop time at which the next tick is due
+        self.due = float("inf")
+        self.shed = 0
+        self.overflowed = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._tick()
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        self.due = self._loop.time() + self.interval
+        self._handle = self._loop.call_at(self.due, self._tick)
+
+    def behind(self) -> bool:
+        """True while the loop is more than ``limit`` behind, and for ``cooldown`` seconds
+        after it last was (the hot-path check): running requests inline again at the first
+        on-time tick would stall the loop again at once."""
+        assert self._loop is not None
+        now = self._loop.time()
+        if now - self.due > self.limit:
+            self._until = now + self.cooldown
+            return True
+        return now < self._until
+
+    def check_hard(self) -> None:
+        """Raises ResourceExhaustedError while the loop is more than the hard limit behind."""
+        assert self._loop is not None
+        late = self._loop.time() - self.due
+        if late > self.hard:
+            self.shed += 1
+            raise ResourceExhaustedError(
+                f"server overloaded: event loop {late * 1000:.0f} ms behind; retry with backoff"
+            )
+
+    async def serve_overflow(
+        self, api: str, body: bytes, scope: int | None, timeout: float | None = None
+    ) -> bytes:
+        """A request that arrived while the loop was behind: off the loop, bounded queue."""
+        self.check_hard()
+        if self.overflow is None:
+            self.shed += 1
+            raise ResourceExhaustedError("server overloaded: event loop behind; retry with backoff")
+        self.overflowed += 1
+        return await self.overflow.serve(api, body, scope, timeout)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self.due = float("inf")
+        if self.overflow is not None:
+            self.overflow.close()
+
+
+#: a request waiting in the batcher: api, body, scope, its future, its deadline (loop time)
+_Pending = tuple[str, bytes, int | None, "asyncio.Future[bytes]", float | None]
+
+
 class RequestBatcher:
     """Coalesces concurrent requests into one Rust call (``serve_many``) on a worker thread.
 
@@ -105,21 +198,28 @@ class RequestBatcher:
         self._window = window_s
         self._max_batch = max_batch
         self._max_queue = max_queue
-        self._pending: list[tuple[str, bytes, int | None, asyncio.Future[bytes]]] = []
+        self._pending: list[_Pending] = []
         self._busy = False
         self._timer: asyncio.TimerHandle | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="serve-batch")
         self.batches = 0
         self.requests = 0
+        #: requests dropped before the Rust call: caller gone (cancelled) or deadline passed
+        self.dropped = 0
 
-    async def serve(self, api: str, body: bytes, scope: int | None) -> bytes:
+    async def serve(
+        self, api: str, body: bytes, scope: int | None, timeout: float | None = None
+    ) -> bytes:
+        """``timeout``: seconds the caller still waits (gRPC deadline); a request still queued
+        when it passed is dropped before the Rust call and answered DEADLINE_EXCEEDED."""
         if len(self._pending) >= self._max_queue:
             raise ResourceExhaustedError(
                 f"server overloaded: {len(self._pending)} requests queued; retry with backoff"
             )
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bytes] = loop.create_future()
-        self._pending.append((api, body, scope, fut))
+        deadline = None if timeout is None else loop.time() + timeout
+        self._pending.append((api, body, scope, fut, deadline))
         if not self._busy and self._timer is None:
             self._timer = loop.call_later(self._window, self._flush)
         return await fut
@@ -128,20 +228,41 @@ class RequestBatcher:
         self._timer = None
         if self._busy or not self._pending:
             return
-        batch = self._pending[: self._max_batch]
-        del self._pending[: self._max_batch]
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        batch: list[_Pending] = []
+        while self._pending and len(batch) < self._max_batch:
+            take = self._pending[: self._max_batch - len(batch)]
+            del self._pending[: len(take)]
+            batch += [it for it in take if self._live(it, now)]
+        if not batch:
+            return
         self._busy = True
         self.batches += 1
         self.requests += len(batch)
-        loop = asyncio.get_running_loop()
         work = loop.run_in_executor(
-            self._executor, self._core.serve_many, [(a, b, s) for a, b, s, _ in batch]
+            self._executor, self._core.serve_many, [(a, b, s) for a, b, s, *_ in batch]
         )
         work.add_done_callback(lambda done: self._finish(batch, done))
 
+    def _live(self, item: _Pending, now: float) -> bool:
+        """False for a request nobody waits for any more: cancelled (the caller left, gRPC
+        cancels the handler at its deadline) or past its deadline; it is answered, not run."""
+        fut, deadline = item[3], item[4]
+        if fut.done():
+            self.dropped += 1
+            return False
+        if deadline is not None and now >= deadline:
+            self.dropped += 1
+            fut.set_exception(
+                DeadlineExceededError("the deadline expired while the request was queued")
+            )
+            return False
+        return True
+
     def _finish(
         self,
-        batch: list[tuple[str, bytes, int | None, asyncio.Future[bytes]]],
+        batch: list[_Pending],
         done: asyncio.Future[list[bytes | BaseException]],
     ) -> None:
         self._busy = False
@@ -149,7 +270,7 @@ class RequestBatcher:
         results: list[bytes | BaseException] = (
             [err] * len(batch) if err is not None else done.result()
         )
-        for (*_, fut), r in zip(batch, results, strict=True):
+        for (*_, fut, _deadline), r in zip(batch, results, strict=True):
             if fut.done():  # the caller went away (deadline, disconnect)
                 continue
             if isinstance(r, BaseException):
@@ -194,6 +315,13 @@ class FeatureServer:
             self.batcher = RequestBatcher(
                 self._core, settings.batch_window_us / 1e6, settings.max_batch, settings.max_queue
             )
+        #: overload guard of the serving routes (both modes); None when max_loop_lag_ms is 0
+        self.guard: LoopLagGuard | None = None
+        if settings.max_loop_lag_ms > 0:
+            overflow = None
+            if self.batcher is None:
+                overflow = RequestBatcher(self._core, 0.0, settings.max_batch, settings.max_queue)
+            self.guard = LoopLagGuard(settings.max_loop_lag_ms / 1000, overflow)
         self.batch_runs: dict[str, float] = {}
         #: background loaders (Kafka) started with the server; each has start/stop/stats
         self.loaders: list[Any] = []
@@ -465,6 +593,7 @@ class FeatureServer:
     def _http_handler(self, api: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         serve = self._core.serve
         batcher = self.batcher
+        guard = self.guard
 
         async def handle(request: web.Request) -> web.Response:
             ctype = request.content_type
@@ -480,7 +609,11 @@ class FeatureServer:
             p = request.get("principal")
             scope = None if p is None or p.read_all else p.scope_id
             if batcher is not None:
+                if guard is not None:
+                    guard.check_hard()
                 out = await batcher.serve(api, body, scope)
+            elif guard is not None and guard.behind():
+                out = await guard.serve_overflow(api, body, scope)
             else:
                 out = serve(api, body, scope)
             return web.Response(body=out, content_type=JSON)
@@ -591,14 +724,22 @@ class FeatureServer:
     def _grpc_core(self, api: str, label: str, method: str) -> grpc.RpcMethodHandler[Any, Any]:
         serve = self._core.serve
         batcher = self.batcher
+        guard = self.guard
 
-        async def call(request: bytes, _context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        async def call(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             p = _principal.get()
             if p is None and self.auth is not None:
                 raise UnauthenticatedError("missing API key")
             scope = None if p is None or p.read_all else p.scope_id
             if batcher is not None:
-                return await batcher.serve(api, request, scope)
+                if guard is not None:
+                    guard.check_hard()
+                return await batcher.serve(api, request, scope, context.time_remaining())
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceededError("the deadline expired before the request started")
+            if guard is not None and guard.behind():
+                return await guard.serve_overflow(api, request, scope, remaining)
             return serve(api, request, scope)
 
         return self._grpc_unary(call, label, method)
@@ -676,6 +817,8 @@ class FeatureServer:
 
     async def start(self) -> None:
         s = self.settings
+        if self.guard is not None:
+            self.guard.start(asyncio.get_running_loop())
         for name in ("", FEAST_SERVICE, V1_SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._grpc = self._grpc_server()
@@ -753,6 +896,8 @@ class FeatureServer:
         if self._runner is not None:
             tasks.append(self._runner.cleanup())
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.guard is not None:
+            self.guard.stop()
         if self.batcher is not None:
             self.batcher.close()
         self.store.close()

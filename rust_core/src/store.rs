@@ -128,6 +128,13 @@ impl Store {
         let spec = RegistrySpec::from_json(spec_json)?;
         let block_cache = Cache::new_lru_cache(opts.block_cache_bytes as usize);
         let db_opts = db_options();
+        if path.exists() && !path.is_dir() {
+            return Err(CoreError::Storage(format!(
+                "data directory '{}' exists but is not a directory; give the path of a \
+                 store directory (or of one to create)",
+                path.display()
+            )));
+        }
         let mut names = if path.join("CURRENT").exists() {
             Db::list_cf(&db_opts, path).map_err(|e| storage_err(path, &e))?
         } else {

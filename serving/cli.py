@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     from serving import kafka_loader
 
     kafka_loader.add_commands(sub, common)
+    from serving import snapshot
+
+    snapshot.add_commands(sub, common)
     return p
 
 

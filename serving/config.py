@@ -56,6 +56,9 @@ class ServeSettings:
     ingest: bool = True
     #: readiness (/readyz, gRPC health) waits until the loaders' lag is at most this
     max_ready_lag: int = 1000
+    #: ... and turns false when a loader has had no broker connection for this many seconds:
+    #: its lag is then unknown (0 = stay ready on the last known lag; docs/reliability.md)
+    broker_timeout_seconds: float = 30.0
     #: requests slower than this are logged (0 disables)
     slow_request_ms: float = 0.0
     log_level: str = "info"
@@ -169,6 +172,11 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-ready-lag", type=int, help="Kafka lag (messages) under which the server is ready"
+    )
+    p.add_argument(
+        "--broker-timeout-seconds",
+        type=float,
+        help="not ready after this long without a Kafka broker connection (default 30; 0 = never)",
     )
     p.add_argument("--max-batch", type=int, help="requests per batched call (default 64)")
     p.add_argument(

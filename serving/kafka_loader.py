@@ -25,9 +25,12 @@ operations; the short version of how it works:
 - **Broker restarts.** librdkafka reconnects by itself. A broker that lost its log (a
   memory-storage broker restarted, a topic recreated) leaves the stored offset *past* the log
   end; the loader notices (the high watermark of the fetch responses stays below its position
-  for two checks in a row), logs it, and re-reads that partition from its beginning (replays
-  are harmless under the merge rule). On Apache Kafka an offset outside the log (retention,
-  truncation) is reported by the broker and ``auto.offset.reset=earliest`` does the same.
+  for two checks in a row, or the topic's id changed after a lost connection), logs it, and
+  re-reads the partitions from their beginning (replays are harmless under the merge rule).
+  Broker connection state comes from librdkafka's statistics (``seconds_since_broker_contact``
+  in the stats; the server's readiness uses it). On Apache Kafka an offset outside the log
+  (retention, truncation) is reported by the broker and ``auto.offset.reset=earliest`` does
+  the same.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import pyarrow as pa
 from serving import _rust_core
 from serving.errors import InvalidArgumentError, StorageError
 from serving.registry import EVENT_TIMESTAMP, FeatureView, StreamSource
+from serving.sharding import Shard
 from serving.store import Store
 
 __all__ = [
@@ -103,11 +107,19 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
     # which left the loader idle two thirds of the time (34,000 rows/s instead of 100,000+).
     "queued.max.messages.kbytes": 128 << 10,
     "fetch.queue.backoff.ms": 5,
+    # Broker connection states arrive with these statistics (stats_cb, served by consume()):
+    # the only sign of an unreachable broker while the topic is idle (docs/reliability.md).
+    "statistics.interval.ms": 1000,
 }
 _TRUNCATION_CHECKS = 2
 _CHECK_INTERVAL_S = 1.0
 _METADATA_REFRESH_S = 30.0
 _MAX_BACKOFF_S = 10.0
+#: librdkafka reports every failed reconnect (many a second while a broker is down): log the
+#: first, then at most one line this often with the number left out
+_ERROR_LOG_INTERVAL_S = 10.0
+#: the id of a topic on a broker that has none (base64 of 16 zero bytes)
+_NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"
 
 
 def offset_key(view: str, topic: str, partition: int) -> str:
@@ -131,6 +143,9 @@ class LoaderOptions:
     batch_timeout_s: float = 0.01
     #: partitions to consume (None: all); for sharding a topic over several replicas
     partitions: tuple[int, ...] | None = None
+    #: consume only the partitions this shard owns (p % count == index); with ``partitions``
+    #: too, both restrict
+    shard: Shard | None = None
     #: seconds between offset commits to Kafka
     commit_interval_s: float = 1.0
     #: librdkafka settings (everything in ``options`` not starting with ``loader.``)
@@ -144,7 +159,15 @@ class LoaderOptions:
             if k.startswith(OPTION_PREFIX)
         }
         kafka = {k: v for k, v in source.options.items() if not k.startswith(OPTION_PREFIX)}
-        known = {"dlq_topic", "batch_size", "batch_timeout_ms", "partitions", "commit_interval_ms"}
+        known = {
+            "dlq_topic",
+            "batch_size",
+            "batch_timeout_ms",
+            "partitions",
+            "commit_interval_ms",
+            "shard_index",
+            "shard_count",
+        }
         unknown = sorted(set(own) - known)
         if unknown:
             raise InvalidArgumentError(
@@ -183,6 +206,12 @@ class LoaderOptions:
             batch_size=int(number("batch_size", 5000)),
             batch_timeout_s=number("batch_timeout_ms", 10) / 1000,
             partitions=partitions,
+            shard=Shard.parse(
+                own.get("shard_index"),
+                own.get("shard_count"),
+                what=f"stream source of topic '{source.topic}': "
+                f"{OPTION_PREFIX}shard_index / {OPTION_PREFIX}shard_count",
+            ),
             commit_interval_s=number("commit_interval_ms", 1000) / 1000,
             kafka=kafka,
         )
@@ -206,6 +235,7 @@ class _Source:
         *,
         bootstrap_servers: str | None,
         overrides: Mapping[str, Any],
+        shard: Shard | None = None,
     ) -> None:
         assert view.stream_source is not None
         self.store = store
@@ -214,6 +244,8 @@ class _Source:
         self.topic = self.source.topic
         self.format = self.source.format
         self.opts = LoaderOptions.from_source(self.source)
+        # the loader's shard (CLI --shard-index/--shard-count) replaces the source's option
+        self.shard = shard or self.opts.shard
         self.bootstrap = bootstrap_servers or self.source.bootstrap_servers
         self.overrides = dict(overrides)
         self.lock = threading.Lock()
@@ -242,9 +274,22 @@ class _Source:
         self.last_error: str | None = None
         self.last_record_at = 0.0
         self.started_at = time.monotonic()
+        # last statistics (every statistics.interval.ms) that showed a broker connection up;
+        # None until the first one; broker_up: the newest statistics showed one
+        self.broker_contact_at: float | None = None
+        self.broker_up: bool | None = None
+        self._errors_logged_at = -math.inf
+        self._errors_unlogged = 0
+        # the topic's id as last seen, checked again after a lost connection and at every
+        # metadata refresh: a new id is a new log (see _verify_topic)
+        self.topic_id: str | None = None
+        self.verify_topic = True
+        self.admin: Any = None
         self.consumer: Any = None
         self.producer: Any = None
         self.dlq_failures: list[str] = []
+        # False when `options:` set statistics.interval.ms to 0: no connection states then
+        self.tracks_brokers = int(self.consumer_conf().get("statistics.interval.ms") or 0) > 0
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -263,11 +308,15 @@ class _Source:
         conf.update(self.opts.kafka)
         conf.update(self.overrides)
         conf["error_cb"] = self._on_kafka_error
+        conf["stats_cb"] = self._on_kafka_stats
         return conf
 
     def producer_conf(self) -> dict[str, Any]:
         conf = self._base_conf()
         conf.update(PRODUCER_DEFAULTS)
+        return self._client_conf(conf)
+
+    def _client_conf(self, conf: dict[str, Any]) -> dict[str, Any]:
         # Consumer-only settings would make librdkafka warn at every start.
         for k, v in {**self.opts.kafka, **self.overrides}.items():
             if not k.startswith(("group.", "fetch.", "auto.", "enable.", "isolation.", "max.poll")):
@@ -275,10 +324,42 @@ class _Source:
         return conf
 
     def _on_kafka_error(self, err: Any) -> None:
-        # Transport errors are retried by librdkafka; they are logged once, not raised.
-        log.warning("kafka (%s, topic %s): %s", self.view.name, self.topic, err)
+        # Transport errors are retried by librdkafka; they are logged (rate-limited), not raised.
+        now = time.monotonic()
         with self.lock:
             self.last_error = str(err)
+            if now - self._errors_logged_at < _ERROR_LOG_INTERVAL_S:
+                self._errors_unlogged += 1
+                return
+            left_out, self._errors_unlogged = self._errors_unlogged, 0
+            self._errors_logged_at = now
+        more = f" ({left_out} more errors in the last {_ERROR_LOG_INTERVAL_S:.0f} s)"
+        log.warning(
+            "kafka (%s, topic %s): %s%s", self.view.name, self.topic, err, more if left_out else ""
+        )
+
+    def _on_kafka_stats(self, raw: str) -> None:
+        """Notes whether any broker connection is up (``state`` of each broker in librdkafka's
+        statistics; the logical group coordinator and the internal broker do not count)."""
+        try:
+            brokers = json.loads(raw).get("brokers", {}).values()
+            up = any(
+                b.get("state") == "UP" and b.get("source") not in ("logical", "internal")
+                for b in brokers
+            )
+        except (ValueError, AttributeError):
+            return
+        now = time.monotonic()
+        with self.lock:
+            if up and self.broker_up is False:
+                log.info("kafka loader: view %s: broker connection is back", self.view.name)
+            elif not up and self.broker_up is not False:
+                log.warning("kafka loader: view %s: no broker connection", self.view.name)
+            self.broker_up = up
+            if up:
+                self.broker_contact_at = now
+            else:
+                self.verify_topic = True  # the broker may come back with another log
 
     # -- assignment --------------------------------------------------------------------------
 
@@ -297,6 +378,17 @@ class _Source:
         parts = sorted(meta.partitions)
         if self.opts.partitions is not None:
             parts = [p for p in parts if p in self.opts.partitions]
+        if self.shard is not None:
+            owned = self.shard.partitions(parts)
+            if not owned:
+                log.warning(
+                    "kafka loader: view %s is %s but %s has only %d partition(s): it owns none",
+                    self.view.name,
+                    self.shard,
+                    self.topic,
+                    len(meta.partitions),
+                )
+            parts = owned
         for p in parts:
             if p not in self.next:
                 self.next[p] = self._stored_offset(p)
@@ -423,6 +515,8 @@ class _Source:
         """Updates high watermarks and lag; re-reads partitions whose log was truncated."""
         from confluent_kafka import TopicPartition
 
+        if self.verify_topic and self.broker_up is not False:
+            self._verify_topic()
         reset = []
         for p, nxt in list(self.next.items()):
             try:
@@ -457,6 +551,44 @@ class _Source:
             with self.lock:
                 self.counters["resets"] += len(reset)
             self.assign()
+
+    def _verify_topic(self) -> None:
+        """Compares the topic's id with the one seen before. A new id is a new log (topic
+        deleted and recreated, memory broker restarted): its offsets say nothing about what
+        was applied, so every partition is re-read from its beginning. This catches what the
+        watermark check cannot: a new log that is already as long as the old position."""
+        from confluent_kafka import TopicCollection
+        from confluent_kafka.admin import AdminClient
+
+        if self.admin is None:
+            self.admin = AdminClient(self._client_conf(self._base_conf()))
+        try:
+            futures = self.admin.describe_topics(TopicCollection([self.topic]), request_timeout=2)
+            new = str(futures[self.topic].result(3.0).topic_id)
+        except Exception as e:  # broker or topic not back yet: at the next check
+            log.debug("kafka loader: view %s: topic id not known: %s", self.view.name, e)
+            return
+        self.verify_topic = False
+        if new == _NO_TOPIC_ID:  # a broker without topic ids (Kafka < 2.8): cannot tell
+            return
+        if self.topic_id is not None and new != self.topic_id and self.next:
+            log.warning(
+                "kafka loader: view %s: topic %s has a new id (%s, was %s): the broker lost its "
+                "log (restart of a memory broker, topic recreated); re-reading every partition "
+                "from its beginning",
+                self.view.name,
+                self.topic,
+                new,
+                self.topic_id,
+            )
+            for p in self.next:
+                self.next[p] = None
+            self.suspect.clear()
+            with self.lock:
+                self.counters["resets"] += len(self.next)
+            self.topic_id = new
+            self.assign()
+        self.topic_id = new
 
     def commit(self, *, asynchronous: bool = True) -> None:
         from confluent_kafka import TopicPartition
@@ -506,7 +638,16 @@ class _Source:
                     None if not self.last_record_at else time.monotonic() - self.last_record_at
                 ),
                 "last_error": self.last_error,
+                "broker_up": self.broker_up,
+                "seconds_since_broker_contact": self._since_contact(),
             }
+
+    def _since_contact(self) -> float | None:
+        """Seconds since statistics last showed a broker connection up (since the start while
+        none did); None when statistics are off."""
+        if not self.tracks_brokers:
+            return None
+        return time.monotonic() - (self.broker_contact_at or self.started_at)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -527,6 +668,7 @@ class _Source:
                         log.warning("kafka loader: view %s: %s", self.view.name, e)
                         assigned = False
                     next_refresh = now + _METADATA_REFRESH_S
+                    self.verify_topic = True
                     if not assigned:
                         next_refresh = now + 1.0
                         stop.wait(1.0)
@@ -553,6 +695,7 @@ class _Source:
         finally:
             self.commit(asynchronous=False)
             self.consumer.close()
+            self.admin = None
             if self.producer is not None:
                 self.producer.flush(5.0)
 
@@ -583,7 +726,9 @@ class KafkaLoader:
     ``store``, each on a background thread.
 
     ``bootstrap_servers`` overrides every source's brokers; ``kafka_config`` adds librdkafka
-    settings to every consumer (after the source's own ``options``).
+    settings to every consumer (after the source's own ``options``). ``shard`` makes every
+    consumer take only the partitions that shard owns (``p % count == index``), replacing the
+    sources' ``loader.shard_index`` / ``loader.shard_count``.
     """
 
     def __init__(
@@ -593,6 +738,7 @@ class KafkaLoader:
         *,
         bootstrap_servers: str | None = None,
         kafka_config: Mapping[str, Any] | None = None,
+        shard: Shard | None = None,
     ) -> None:
         registry = store.registry
         if views is None:
@@ -610,7 +756,13 @@ class KafkaLoader:
                 )
         self.store = store
         self.sources = [
-            _Source(store, v, bootstrap_servers=bootstrap_servers, overrides=kafka_config or {})
+            _Source(
+                store,
+                v,
+                bootstrap_servers=bootstrap_servers,
+                overrides=kafka_config or {},
+                shard=shard,
+            )
             for v in chosen
         ]
         self._stop = threading.Event()
@@ -670,7 +822,10 @@ class KafkaLoader:
         """Counters per view: records, applied, skipped_older, upserts, tombstones, ignored,
         errors, dead_lettered, batches, failed_batches, resets; ``lag`` per partition (None
         until the first fetch), ``lag_total``, ``offsets`` (next to apply), ``newest_event_time``
-        (unix seconds), ``seconds_since_last_record``, ``last_error``."""
+        (unix seconds), ``seconds_since_last_record``, ``last_error``, ``broker_up`` (the newest
+        librdkafka statistics showed a broker connection up; None before the first),
+        ``seconds_since_broker_contact`` (since statistics last showed one up, or since the
+        start; None when ``statistics.interval.ms`` is 0)."""
         return {s.view.name: s.snapshot() for s in self.sources}
 
     def run(
@@ -902,6 +1057,21 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
         help="log counters this often (0: never; default 10)",
     )
     p.add_argument("--log-level", default=os.environ.get("FS_LOG_LEVEL", "info"))
+    p.add_argument(
+        "--shard-index",
+        type=int,
+        metavar="K",
+        help="this node is shard K of --shard-count: consume only partitions p with p %% N == K",
+    )
+    p.add_argument(
+        "--shard-count", type=int, metavar="N", help="number of shards (with --shard-index)"
+    )
+    p.add_argument(
+        "--restore-from",
+        metavar="SNAPSHOT_DIR",
+        help="first copy this snapshot (`feature-serving snapshot create`) into the data "
+        "directory, which must be empty or absent; consumption resumes at its offsets",
+    )
     p.set_defaults(func=cmd_ingest)
 
 
@@ -912,9 +1082,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     )
     data_dir = args.data_dir or os.environ.get("FS_DATA_DIR") or ".data/store"
     config = args.config or os.environ.get("FS_CONFIG") or "features.yaml"
+    shard = Shard.parse(args.shard_index, args.shard_count, what="--shard-index / --shard-count")
+    if args.restore_from:
+        from serving.snapshot import restore
+
+        restore(args.restore_from, data_dir)
     store = Store(data_dir, config)
     with store:
-        loader = KafkaLoader(store, args.views or None, bootstrap_servers=args.bootstrap_servers)
+        loader = KafkaLoader(
+            store, args.views or None, bootstrap_servers=args.bootstrap_servers, shard=shard
+        )
         if not loader.sources:
             print("error: no feature view has a stream_source", file=sys.stderr)
             return 1

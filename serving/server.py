@@ -624,11 +624,26 @@ class FeatureServer:
         return web.json_response({"status": "alive"})
 
     def loader_lag(self) -> dict[str, int | None]:
-        """Kafka lag per view (None until the first fetch told the log end)."""
+        """Kafka lag per view: None until the first fetch told the log end, and None while the
+        loader has had no broker connection for more than ``broker_timeout_seconds`` (the
+        cached log end it would be computed from is stale then)."""
+        timeout = self.settings.broker_timeout_seconds
         out: dict[str, int | None] = {}
         for loader in self.loaders:
             for view, st in loader.stats().items():
-                out[view] = st.get("lag_total")
+                silent = st.get("seconds_since_broker_contact")
+                stale = timeout > 0 and silent is not None and silent > timeout
+                out[view] = None if stale else st.get("lag_total")
+        return out
+
+    def broker_silence(self) -> dict[str, float | None]:
+        """Seconds since each Kafka loader last saw a broker connection up (about 1 s at
+        most while connected; None when it does not track connections)."""
+        out: dict[str, float | None] = {}
+        for loader in self.loaders:
+            for view, st in loader.stats().items():
+                silent = st.get("seconds_since_broker_contact")
+                out[view] = None if silent is None else round(silent, 1)
         return out
 
     def is_ready(self) -> bool:
@@ -643,6 +658,7 @@ class FeatureServer:
                 "status": "ready" if ready else "not ready",
                 "store_open": not self.store.closed,
                 "kafka_lag": self.loader_lag(),
+                "kafka_seconds_since_broker_contact": self.broker_silence(),
             },
             status=200 if ready else 503,
         )

@@ -313,6 +313,12 @@ class Store:
     def flush(self) -> None:
         self._core.flush()
 
+    def checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Writes a consistent snapshot of the store (rows, registry, loader offsets) to
+        ``path``, which must not exist: a RocksDB checkpoint (hard links on the same file
+        system). Reads go on meanwhile; writes wait for it. See ``serving/snapshot.py``."""
+        self._core.checkpoint(path)
+
     def compact(self) -> None:
         """Flushes memtables and compacts every view (reclaims space of replaced rows)."""
         self._core.compact()

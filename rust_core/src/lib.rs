@@ -8,6 +8,7 @@ pub mod hot;
 pub mod ingest;
 pub mod json;
 pub mod key;
+pub mod partition;
 pub mod proto;
 pub mod query;
 pub mod row;

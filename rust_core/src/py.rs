@@ -432,6 +432,14 @@ impl PyStore {
         py.allow_threads(|| store.flush()).map_err(to_py_err)
     }
 
+    /// Writes a consistent RocksDB checkpoint of the store to `path` (must not exist); reads
+    /// go on meanwhile, writes wait.
+    fn checkpoint(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let store = self.store()?;
+        py.allow_threads(|| store.checkpoint(&path))
+            .map_err(to_py_err)
+    }
+
     /// Flushes and compacts every view.
     fn compact(&self, py: Python<'_>) -> PyResult<()> {
         let store = self.store()?;

@@ -4,6 +4,7 @@
 use crate::catalog::ViewDef;
 use crate::error::CoreError;
 use crate::ingest::{self, Decoded, Format, KeyInput, Record};
+use crate::partition;
 use crate::py::{to_py_err, PyStore};
 use crate::store::Store;
 use crate::types::KeyType;
@@ -244,6 +245,40 @@ pub fn encode_entity_keys<'py>(
         .collect()
 }
 
+fn partition_count(num_partitions: i64) -> PyResult<u32> {
+    u32::try_from(num_partitions)
+        .ok()
+        .filter(|&n| n > 0 && i32::try_from(n).is_ok())
+        .ok_or_else(|| {
+            to_py_err(CoreError::InvalidArgument(format!(
+                "num_partitions must be between 1 and 2147483647, got {num_partitions}"
+            )))
+        })
+}
+
+/// The partition Kafka's default keyed partitioner (the Java client's, librdkafka's
+/// `murmur2_random`) puts a record with `key` on: `(murmur2(key) & 0x7fffffff) % num_partitions`.
+#[pyfunction]
+pub fn partition_for_key(key: &[u8], num_partitions: i64) -> PyResult<u32> {
+    partition::partition_for_key(key, partition_count(num_partitions)?).map_err(to_py_err)
+}
+
+/// [`partition_for_key`] for many keys.
+#[pyfunction]
+pub fn partitions_for_keys(
+    keys: Vec<Bound<'_, PyBytes>>,
+    num_partitions: i64,
+) -> PyResult<Vec<u32>> {
+    let keys: Vec<&[u8]> = keys.iter().map(PyBytesMethods::as_bytes).collect();
+    partition::partitions_for_keys(&keys, partition_count(num_partitions)?).map_err(to_py_err)
+}
+
+/// Kafka's murmur2 of `data` as the Java client returns it (a signed 32-bit int).
+#[pyfunction]
+pub fn murmur2(data: &[u8]) -> i32 {
+    partition::murmur2(data) as i32
+}
+
 /// Adds the loader's functions and classes to the extension module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyDecodedBatch>()?;
@@ -251,5 +286,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ingest_batch, m)?)?;
     m.add_function(wrap_pyfunction!(encode_entity_key, m)?)?;
     m.add_function(wrap_pyfunction!(encode_entity_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(partition_for_key, m)?)?;
+    m.add_function(wrap_pyfunction!(partitions_for_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(murmur2, m)?)?;
     Ok(())
 }

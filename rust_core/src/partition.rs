@@ -1,0 +1,141 @@
+//! Kafka's default partitioner for keyed records, the one implementation the project uses.
+//!
+//! The Java client (`BuiltInPartitioner.partitionForKey`) and librdkafka's `murmur2_random`
+//! put a record with key `k` on partition `(murmur2(k) & 0x7fffffff) % num_partitions`.
+//! Producers (`serving.kafka_loader.produce_rows`), shard ownership (partition `p` belongs to
+//! shard `p % shard_count`) and clients routing by key all call [`partition_for_key`], so
+//! they agree with where Kafka put the record. librdkafka's *default* partitioner
+//! (`consistent_random`, crc32) does not: producers must set `partitioner=murmur2_random`.
+
+use crate::error::Result;
+use crate::invalid;
+
+const SEED: u32 = 0x9747_b28c;
+const M: u32 = 0x5bd1_e995;
+const R: u32 = 24;
+
+/// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), as an unsigned 32-bit
+/// value; `as i32` gives the Java client's signed result.
+pub fn murmur2(data: &[u8]) -> u32 {
+    // Java computes `seed ^ length` on an int; keys are far shorter than 2^32 bytes.
+    let mut h = SEED ^ (data.len() as u32);
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        if tail.len() >= 3 {
+            h ^= u32::from(tail[2]) << 16;
+        }
+        if tail.len() >= 2 {
+            h ^= u32::from(tail[1]) << 8;
+        }
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// The partition Kafka's default keyed partitioner gives `key` among `num_partitions`.
+pub fn partition_for_key(key: &[u8], num_partitions: u32) -> Result<u32> {
+    if num_partitions == 0 {
+        return Err(invalid!("num_partitions must be at least 1"));
+    }
+    Ok((murmur2(key) & 0x7fff_ffff) % num_partitions)
+}
+
+/// [`partition_for_key`] for many keys.
+pub fn partitions_for_keys<K: AsRef<[u8]>>(keys: &[K], num_partitions: u32) -> Result<Vec<u32>> {
+    if num_partitions == 0 {
+        return Err(invalid!("num_partitions must be at least 1"));
+    }
+    Ok(keys
+        .iter()
+        .map(|k| (murmur2(k.as_ref()) & 0x7fff_ffff) % num_partitions)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Apache Kafka's `UtilsTest.testMurmur2` vectors (the Java client's signed results).
+    const JAVA: [(&[u8], i32); 6] = [
+        (b"21", -973_932_308),
+        (b"foobar", -790_332_482),
+        (b"a-little-bit-long-string", -985_981_536),
+        (b"a-little-bit-longer-string", -1_486_304_829),
+        (
+            b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+            -58_897_971,
+        ),
+        (b"abc", 479_470_107),
+    ];
+
+    #[test]
+    fn matches_the_java_client() {
+        for (input, want) in JAVA {
+            assert_eq!(
+                murmur2(input) as i32,
+                want,
+                "murmur2({:?})",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn matches_librdkafka_vectors() {
+        // librdkafka's rdmurmur2.c unit test (unsigned values)
+        assert_eq!(murmur2(b"kafka"), 0xd067_cf64);
+        assert_eq!(murmur2(b"giberish123456789"), 0x8f55_2b0c);
+        assert_eq!(murmur2(b""), 0x106e_08d9);
+        assert_eq!(murmur2(b"1234"), (-1_614_185_708_i32) as u32);
+    }
+
+    #[test]
+    fn covers_every_tail_length() {
+        // 1, 2 and 3 trailing bytes after whole 4-byte words (Akka's vectors from the Java client)
+        for (input, want) in [
+            (&b"1"[..], -1_993_445_489_i32),
+            (b"12", 126_087_238),
+            (b"123", -267_702_483),
+            (b"1234", -1_614_185_708),
+            (b"12345", -1_188_365_604),
+        ] {
+            assert_eq!(murmur2(input) as i32, want);
+        }
+    }
+
+    #[test]
+    fn partition_is_positive_hash_mod_count() {
+        // toPositive(-790332482) = 1357151166; 1357151166 % 50 = 16
+        assert_eq!(partition_for_key(b"foobar", 50).unwrap(), 16);
+        assert_eq!(partition_for_key(b"foobar", 1).unwrap(), 0);
+        let keys: Vec<Vec<u8>> = (0..100_u64).map(|i| i.to_be_bytes().to_vec()).collect();
+        let batch = partitions_for_keys(&keys, 4).unwrap();
+        for (k, p) in keys.iter().zip(&batch) {
+            assert_eq!(partition_for_key(k, 4).unwrap(), *p);
+            assert!(*p < 4);
+        }
+        // all four partitions get some of 100 keys
+        for p in 0..4 {
+            assert!(batch.contains(&p));
+        }
+    }
+
+    #[test]
+    fn zero_partitions_is_an_error() {
+        assert!(partition_for_key(b"x", 0).is_err());
+        assert!(partitions_for_keys(&[b"x"], 0).is_err());
+    }
+}

@@ -1,0 +1,116 @@
+"""Snapshots of a store: bootstrapping a new replica without replaying the whole topic.
+
+``feature-serving snapshot create --data-dir DIR OUT`` writes a RocksDB checkpoint of the store
+to ``OUT`` (:meth:`serving.store.Store.checkpoint`): consistent across every view and the meta
+column family, so the stored Kafka offsets are exactly those of the rows in it; SST files are
+hard links when ``OUT`` is on the same file system (seconds, little extra space).
+``feature-serving ingest --restore-from OUT`` copies it into an empty data directory first and
+then consumes from its offsets: only what was produced after the snapshot is read again.
+
+The command opens the store itself, so it needs the data directory not to be in use by
+another process (RocksDB's lock); taking a snapshot from a running server without pausing
+reads needs an admin call in the server, which is not built yet (docs/scale-out.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from serving.errors import InvalidArgumentError
+
+__all__ = ["add_commands", "create", "restore"]
+
+
+def create(data_dir: str | os.PathLike[str], config: str | os.PathLike[str], out: str) -> Path:
+    """Opens the store in ``data_dir`` (registry ``config``) and checkpoints it to ``out``."""
+    from serving.registry import Registry
+    from serving.store import Store
+
+    dest = Path(out)
+    if dest.exists():
+        raise InvalidArgumentError(f"snapshot directory '{dest}' already exists; give a new path")
+    if not (Path(data_dir) / "CURRENT").exists():
+        raise InvalidArgumentError(f"'{data_dir}' is not a store directory (no RocksDB CURRENT)")
+    with Store(data_dir, Registry.from_yaml(config)) as store:
+        store.checkpoint(dest)
+    return dest
+
+
+def _link_or_copy(src: str, dst: str) -> object:
+    # SST files are immutable: a hard link is a full copy in effect (RocksDB deletes files,
+    # never rewrites them). Anything else (MANIFEST, WAL, OPTIONS) is copied.
+    if src.endswith(".sst"):
+        try:
+            os.link(src, dst)
+            return dst
+        except OSError:
+            pass
+    return shutil.copy2(src, dst)
+
+
+def restore(snapshot: str | os.PathLike[str], data_dir: str | os.PathLike[str]) -> Path:
+    """Copies the snapshot ``snapshot`` into ``data_dir``, which must be absent or empty.
+
+    The copy goes to a sibling directory first and is renamed into place, so an interrupted
+    restore never leaves a half store where the data directory is expected.
+    """
+    src, dest = Path(snapshot), Path(data_dir)
+    if not (src / "CURRENT").is_file():
+        raise InvalidArgumentError(
+            f"'{src}' is not a snapshot (no RocksDB CURRENT file); create one with "
+            "`feature-serving snapshot create`"
+        )
+    if dest.exists():
+        if not dest.is_dir():
+            raise InvalidArgumentError(f"data directory '{dest}' exists and is not a directory")
+        if any(dest.iterdir()):
+            raise InvalidArgumentError(
+                f"refusing to restore into '{dest}': the data directory is not empty "
+                "(restore only starts a new replica; remove the directory first)"
+            )
+    tmp = dest.with_name(dest.name + ".restoring")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by an interrupted restore
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, tmp, copy_function=_link_or_copy)
+    if dest.exists():
+        dest.rmdir()
+    tmp.rename(dest)
+    return dest
+
+
+def _size(path: Path) -> tuple[int, int]:
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def cmd_snapshot_create(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir or os.environ.get("FS_DATA_DIR") or ".data/store"
+    config = args.config or os.environ.get("FS_CONFIG") or "features.yaml"
+    dest = create(data_dir, config, args.out)
+    files, size = _size(dest)
+    print(json.dumps({"snapshot": str(dest), "files": files, "bytes": size}))
+    return 0
+
+
+def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Registers ``snapshot create`` (``common`` defines --config, --data-dir)."""
+    p = subparsers.add_parser("snapshot", help="snapshots of a store (bootstrapping replicas)")
+    sub = p.add_subparsers(dest="snapshot_command", required=True)
+    create_p = sub.add_parser(
+        "create",
+        parents=[common],
+        help="write a consistent RocksDB checkpoint of the store (with its Kafka offsets)",
+        description="Write a consistent snapshot (RocksDB checkpoint: hard links, the stored "
+        "Kafka offsets included) of the store in --data-dir to OUT. The store must not be "
+        "open in another process. Start a replica from it with `ingest --restore-from OUT`.",
+    )
+    create_p.add_argument(
+        "out", metavar="OUT", help="snapshot directory to create (must not exist)"
+    )
+    create_p.set_defaults(func=cmd_snapshot_create)

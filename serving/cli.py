@@ -68,6 +68,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     _setup_logging(s.log_level)
+    s.shard()  # invalid shard settings fail before anything is touched
+    if s.restore_from:
+        from serving.snapshot import restore
+
+        restore(s.restore_from, s.data_dir)
+        log.info("restored snapshot %s into %s", s.restore_from, s.data_dir)
     store = _open_store(s, force=args.force)
     run(store, s)
     return 0

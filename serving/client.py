@@ -7,15 +7,23 @@ float32 matrix built straight from the response bytes, without a Python object p
     with FeatureClient("127.0.0.1:6565") as client:
         m = client.get_dense({"user_id": [1, 2, 3]}, feature_service="user_profile_all")
         m.values.shape  # (3, 200)
+
+``ShardedFeatureClient`` routes over a sharded cluster (docs/scale-out.md): it splits a batch
+by owning shard, asks the shards concurrently, merges the answers back in request order, and
+fails over to another replica of a shard that is unavailable.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +31,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from serving import _rust_core
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
 from serving.errors import (
     DeadlineExceededError,
@@ -33,6 +42,7 @@ from serving.errors import (
     ResourceExhaustedError,
     StorageError,
     UnauthenticatedError,
+    WrongShardError,
 )
 from serving.store import DenseResult
 
@@ -46,12 +56,14 @@ _GRPC_ERRORS: dict[grpc.StatusCode, type[FeatureServingError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.UNAVAILABLE: StorageError,
+    grpc.StatusCode.FAILED_PRECONDITION: WrongShardError,
 }
 _HTTP_ERRORS: dict[int, type[FeatureServingError]] = {
     400: InvalidArgumentError,
     401: UnauthenticatedError,
     403: PermissionDeniedError,
     404: NotFoundError,
+    409: WrongShardError,
     429: ResourceExhaustedError,
     503: StorageError,
     504: DeadlineExceededError,
@@ -324,3 +336,159 @@ class AsyncFeatureClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class ShardedFeatureClient:
+    """Blocking client of a sharded cluster: routes each entity to the shard that owns it.
+
+    ``cluster`` maps every shard index ``0..N-1`` to the gRPC endpoints of its replicas
+    (``{0: ["fs-0-0:6565", "fs-0-1:6565"], 1: ["fs-1-0:6565"]}``); the shard count is
+    ``len(cluster)``. ``topic_partitions`` is the partition count of the stream topics and
+    ``join_keys`` the routing entity's join keys as ``(name, dtype)`` in the view's order
+    (``[("user_id", "int64")]``): an entity's owner is
+    ``murmur2(encode_key(join key values)) % topic_partitions % N``, as the nodes compute it
+    (``--shard-index/--shard-count/--topic-partitions``).
+
+    A request is split by owning shard, the parts are sent concurrently (one thread each) and
+    the answers are merged back in request order. Replicas of a shard are used in turn; one
+    that answers UNAVAILABLE (refused connection, node stopping) is skipped for
+    ``down_seconds`` and the part is retried on the next replica, within the call's
+    ``timeout`` (the caller's deadline for the whole call). Other errors are raised as they
+    are. Only the dense layout is routed (:meth:`get_dense`).
+    """
+
+    def __init__(
+        self,
+        cluster: Mapping[int, Sequence[str]],
+        *,
+        topic_partitions: int,
+        join_keys: Sequence[tuple[str, str]],
+        api_key: str | None = None,
+        timeout: float = 1.0,
+        down_seconds: float = 5.0,
+    ) -> None:
+        n = len(cluster)
+        if n < 1 or sorted(cluster) != list(range(n)):
+            raise InvalidArgumentError(
+                f"cluster must map every shard index 0..N-1 to endpoints, got {sorted(cluster)}"
+            )
+        empty = [k for k, eps in cluster.items() if not eps]
+        if empty:
+            raise InvalidArgumentError(f"shard(s) {empty} have no endpoint")
+        if topic_partitions < 1:
+            raise InvalidArgumentError("topic_partitions must be at least 1")
+        if not join_keys:
+            raise InvalidArgumentError("join_keys: give the routing entity's join keys")
+        self.shard_count = n
+        self.topic_partitions = topic_partitions
+        self.join_keys = [name for name, _ in join_keys]
+        self._dtypes = [dtype for _, dtype in join_keys]
+        self.timeout = timeout
+        self.down_seconds = down_seconds
+        self._replicas = {
+            k: [FeatureClient(ep, api_key=api_key, timeout=timeout) for ep in cluster[k]]
+            for k in range(n)
+        }
+        self._turn = {k: itertools.count() for k in range(n)}
+        self._down: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max(2, n), thread_name_prefix="fs-route")
+
+    def shards_of(self, entities: Mapping[str, Sequence[Any] | npt.NDArray[Any]]) -> list[int]:
+        """The owning shard of each entity of ``entities`` (request order)."""
+        missing = [k for k in self.join_keys if k not in entities]
+        if missing:
+            raise InvalidArgumentError(f"entities: missing routing join key(s) {missing}")
+        columns = [
+            list(v.tolist() if isinstance(v, np.ndarray) else v)
+            for v in (entities[k] for k in self.join_keys)
+        ]
+        keys = _rust_core.encode_entity_keys(self._dtypes, columns)
+        parts = _rust_core.partitions_for_keys(keys, self.topic_partitions)
+        return [p % self.shard_count for p in parts]
+
+    def _order(self, shard: int) -> list[FeatureClient]:
+        """Replicas of ``shard`` to try: round robin, those recently down last."""
+        reps = self._replicas[shard]
+        start = next(self._turn[shard]) % len(reps)
+        turn = reps[start:] + reps[:start]
+        now = time.monotonic()
+        with self._lock:
+            return sorted(turn, key=lambda c: self._down.get(c.target, 0.0) > now)
+
+    def _ask_shard(
+        self,
+        shard: int,
+        entities: dict[str, list[Any]],
+        features: Sequence[str] | None,
+        feature_service: str | None,
+        deadline: float,
+    ) -> DenseResult:
+        last: FeatureServingError | None = None
+        for client in self._order(shard):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                return client.get_dense(
+                    entities, features, feature_service=feature_service, timeout=left
+                )
+            except StorageError as e:  # UNAVAILABLE: try the next replica
+                with self._lock:
+                    self._down[client.target] = time.monotonic() + self.down_seconds
+                last = e
+        if last is not None:
+            raise StorageError(f"shard {shard}: no replica answered: {last.message}")
+        raise DeadlineExceededError(f"shard {shard}: the deadline expired before an answer")
+
+    def get_dense(
+        self,
+        entities: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
+        features: Sequence[str] | None = None,
+        *,
+        feature_service: str | None = None,
+        timeout: float | None = None,
+    ) -> DenseResult:
+        """:meth:`FeatureClient.get_dense` over the cluster, rows in request order."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        shards = self.shards_of(entities)
+        if not shards:
+            raise InvalidArgumentError("no entities given")
+        cols = {
+            k: list(v.tolist() if isinstance(v, np.ndarray) else v) for k, v in entities.items()
+        }
+        rows: dict[int, list[int]] = {}
+        for i, k in enumerate(shards):
+            rows.setdefault(k, []).append(i)
+        futures = {
+            k: self._pool.submit(
+                self._ask_shard,
+                k,
+                {name: [col[i] for i in idx] for name, col in cols.items()},
+                features,
+                feature_service,
+                deadline,
+            )
+            for k, idx in rows.items()
+        }
+        answers = {k: f.result() for k, f in futures.items()}
+        first = next(iter(answers.values()))
+        n, f = len(shards), first.values.shape[1]
+        values = np.empty((n, f), dtype=np.float32)
+        statuses = np.empty((n, f), dtype=np.uint8)
+        for k, idx in rows.items():
+            values[idx] = answers[k].values
+            statuses[idx] = answers[k].statuses
+        return DenseResult(first.feature_names, values, statuses)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        for reps in self._replicas.values():
+            for c in reps:
+                c.close()
+
+    def __enter__(self) -> ShardedFeatureClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

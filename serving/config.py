@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from serving.errors import InvalidArgumentError
+from serving.sharding import Shard
 
 ENV_PREFIX = "FS_"
 
@@ -74,6 +75,37 @@ class ServeSettings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    #: scale-out (docs/scale-out.md): this node is shard ``shard_index`` of ``shard_count``
+    #: (-1 / 0 = not sharded). Its Kafka loader consumes only the partitions p with
+    #: p % shard_count == shard_index, and requests for entities of stream-sourced views that
+    #: another shard owns are refused (FAILED_PRECONDITION / HTTP 409 ``wrong_shard``).
+    shard_index: int = -1
+    shard_count: int = 0
+    #: partition count of the views' stream topics, required with a shard: ownership of a
+    #: key is murmur2(key) % topic_partitions % shard_count, and must not depend on reaching
+    #: the broker; the loader logs an error if the topic has a different count
+    topic_partitions: int = 0
+    #: copy this snapshot (`feature-serving snapshot create`) into the data directory, which
+    #: must be empty or absent, before opening the store; the loader resumes at its offsets
+    restore_from: str = ""
+
+    def shard(self) -> Shard | None:
+        """The node's shard, or None when not sharded; validates the three settings."""
+        if self.shard_index < 0 and self.shard_count <= 0:
+            if self.topic_partitions > 0:
+                raise InvalidArgumentError("--topic-partitions needs --shard-index/--shard-count")
+            return None
+        if self.shard_index < 0 or self.shard_count <= 0:
+            raise InvalidArgumentError(
+                "--shard-index / --shard-count: give both the shard index and the shard count"
+            )
+        shard = Shard(self.shard_index, self.shard_count)
+        if self.topic_partitions < 1:
+            raise InvalidArgumentError(
+                "--shard-index/--shard-count need --topic-partitions P (env FS_TOPIC_PARTITIONS): "
+                "the partition count of the views' stream topics"
+            )
+        return shard
 
 
 def _coerce(name: str, kind: type, raw: object) -> Any:
@@ -206,3 +238,25 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC and HTTP over TLS")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates (mutual TLS)")
+    p.add_argument(
+        "--shard-index",
+        type=int,
+        metavar="K",
+        help="this node is shard K of --shard-count: consume only partitions p with p %% N == K "
+        "and refuse entities other shards own (docs/scale-out.md)",
+    )
+    p.add_argument(
+        "--shard-count", type=int, metavar="N", help="number of shards (with --shard-index)"
+    )
+    p.add_argument(
+        "--topic-partitions",
+        type=int,
+        metavar="P",
+        help="partition count of the stream topics (required with --shard-index)",
+    )
+    p.add_argument(
+        "--restore-from",
+        metavar="SNAPSHOT_DIR",
+        help="first copy this snapshot into the data directory, which must be empty or absent; "
+        "the Kafka loader resumes at the snapshot's offsets",
+    )

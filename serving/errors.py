@@ -59,6 +59,15 @@ class SchemaError(FeatureServingError):
     code = "schema_conflict"
 
 
+class WrongShardError(FeatureServingError):
+    """A sharded node was asked for an entity that another shard owns; the message names the
+    owning shard (``docs/scale-out.md``). Retrying on this node cannot help."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    http_status = 409
+    code = "wrong_shard"
+
+
 class StorageError(FeatureServingError):
     """The store cannot be opened, read or written (I/O error, corruption, lock held)."""
 
@@ -104,4 +113,5 @@ __all__ = [
     "SchemaError",
     "StorageError",
     "UnauthenticatedError",
+    "WrongShardError",
 ]

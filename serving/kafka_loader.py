@@ -236,8 +236,10 @@ class _Source:
         bootstrap_servers: str | None,
         overrides: Mapping[str, Any],
         shard: Shard | None = None,
+        expected_partitions: int | None = None,
     ) -> None:
         assert view.stream_source is not None
+        self.expected_partitions = expected_partitions
         self.store = store
         self.view = view
         self.source = view.stream_source
@@ -376,6 +378,15 @@ class _Source:
         if meta is None or meta.error is not None or not meta.partitions:
             return False
         parts = sorted(meta.partitions)
+        if self.expected_partitions is not None and len(parts) != self.expected_partitions:
+            log.error(
+                "kafka loader: topic %s has %d partitions but this node was configured with "
+                "--topic-partitions %d: its shard ownership check disagrees with the topic; "
+                "fix the setting",
+                self.topic,
+                len(parts),
+                self.expected_partitions,
+            )
         if self.opts.partitions is not None:
             parts = [p for p in parts if p in self.opts.partitions]
         if self.shard is not None:
@@ -728,7 +739,8 @@ class KafkaLoader:
     ``bootstrap_servers`` overrides every source's brokers; ``kafka_config`` adds librdkafka
     settings to every consumer (after the source's own ``options``). ``shard`` makes every
     consumer take only the partitions that shard owns (``p % count == index``), replacing the
-    sources' ``loader.shard_index`` / ``loader.shard_count``.
+    sources' ``loader.shard_index`` / ``loader.shard_count``. ``expected_partitions`` (the
+    server's ``--topic-partitions``) logs an error when a topic has another partition count.
     """
 
     def __init__(
@@ -739,6 +751,7 @@ class KafkaLoader:
         bootstrap_servers: str | None = None,
         kafka_config: Mapping[str, Any] | None = None,
         shard: Shard | None = None,
+        expected_partitions: int | None = None,
     ) -> None:
         registry = store.registry
         if views is None:
@@ -762,6 +775,7 @@ class KafkaLoader:
                 bootstrap_servers=bootstrap_servers,
                 overrides=kafka_config or {},
                 shard=shard,
+                expected_partitions=expected_partitions,
             )
             for v in chosen
         ]

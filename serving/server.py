@@ -323,6 +323,9 @@ class FeatureServer:
                 overflow = RequestBatcher(self._core, 0.0, settings.max_batch, settings.max_queue)
             self.guard = LoopLagGuard(settings.max_loop_lag_ms / 1000, overflow)
         self.batch_runs: dict[str, float] = {}
+        #: this node's shard (None: not sharded; no ownership check at all)
+        self.shard = settings.shard()
+        self._configure_sharding()
         #: background loaders (Kafka) started with the server; each has start/stop/stats
         self.loaders: list[Any] = []
         self.auth: Authenticator | None = None
@@ -338,6 +341,18 @@ class FeatureServer:
         self._stopping = asyncio.Event()
         self._health_task: asyncio.Task[None] | None = None
         self._health_status: int | None = None
+
+    def _configure_sharding(self) -> None:
+        """Ownership check in the Rust serving path: only views with a stream source are
+        sharded (their keys are spread over the topic's partitions)."""
+        if self.shard is None:
+            return
+        views = {
+            v.name: self.settings.topic_partitions
+            for v in self.store.registry.feature_views.values()
+            if v.stream_source is not None
+        }
+        self._core.configure_sharding((self.shard.index, self.shard.count, views))
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -565,6 +580,7 @@ class FeatureServer:
         body = await self._json_body(request)
         registry = Registry.from_yaml(self.settings.config)
         changes = self.store.apply_registry(registry, force=bool(body.get("force")))
+        self._configure_sharding()
         return web.json_response({"changes": changes})
 
     @web.middleware
@@ -862,7 +878,11 @@ class FeatureServer:
         if s.ingest and any(v.stream_source for v in self.store.registry.feature_views.values()):
             from serving.kafka_loader import KafkaLoader
 
-            loader = KafkaLoader(self.store)
+            loader = KafkaLoader(
+                self.store,
+                shard=self.shard,
+                expected_partitions=self.settings.topic_partitions or None,
+            )
             loader.start()
             self.loaders.append(loader)
         if self.auth is None:

@@ -4,8 +4,9 @@
 to ``OUT`` (:meth:`serving.store.Store.checkpoint`): consistent across every view and the meta
 column family, so the stored Kafka offsets are exactly those of the rows in it; SST files are
 hard links when ``OUT`` is on the same file system (seconds, little extra space).
-``feature-serving ingest --restore-from OUT`` copies it into an empty data directory first and
-then consumes from its offsets: only what was produced after the snapshot is read again.
+``feature-serving serve --restore-from OUT`` (or ``ingest --restore-from OUT``) copies it into
+an empty data directory first and then consumes from its offsets: only what was produced after
+the snapshot is read again.
 
 The command opens the store itself, so it needs the data directory not to be in use by
 another process (RocksDB's lock); taking a snapshot from a running server without pausing
@@ -108,7 +109,7 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
         help="write a consistent RocksDB checkpoint of the store (with its Kafka offsets)",
         description="Write a consistent snapshot (RocksDB checkpoint: hard links, the stored "
         "Kafka offsets included) of the store in --data-dir to OUT. The store must not be "
-        "open in another process. Start a replica from it with `ingest --restore-from OUT`.",
+        "open in another process. Start a replica from it with `serve --restore-from OUT`.",
     )
     create_p.add_argument(
         "out", metavar="OUT", help="snapshot directory to create (must not exist)"

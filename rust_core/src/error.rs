@@ -22,6 +22,9 @@ pub enum CoreError {
     /// A limit was exceeded (entities per request, ...).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The request asks a sharded node for an entity another shard owns.
+    #[error("{0}")]
+    WrongShard(String),
 }
 
 impl From<rocksdb::Error> for CoreError {

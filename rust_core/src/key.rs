@@ -41,6 +41,16 @@ impl KeyColumn {
         }
     }
 
+    /// Row `i` as text, for error messages.
+    pub fn display(&self, i: usize) -> String {
+        match self {
+            Self::Int64(v) => v[i].to_string(),
+            Self::Int32(v) => v[i].to_string(),
+            Self::Str(v) => format!("{:?}", v[i]),
+            Self::Bytes(v) => format!("{:?}", String::from_utf8_lossy(&v[i])),
+        }
+    }
+
     /// Appends the encoding of row `i` as a value of type `ty`. Integer columns are accepted for
     /// either integer key type when the value fits (JSON has one number type).
     pub fn encode_into(&self, i: usize, ty: KeyType, name: &str, out: &mut Vec<u8>) -> Result<()> {

@@ -7,8 +7,9 @@
 //! they agree with where Kafka put the record. librdkafka's *default* partitioner
 //! (`consistent_random`, crc32) does not: producers must set `partitioner=murmur2_random`.
 
-use crate::error::Result;
+use crate::error::{CoreError, Result};
 use crate::invalid;
+use ahash::AHashMap;
 
 const SEED: u32 = 0x9747_b28c;
 const M: u32 = 0x5bd1_e995;
@@ -62,6 +63,67 @@ pub fn partitions_for_keys<K: AsRef<[u8]>>(keys: &[K], num_partitions: u32) -> R
         .iter()
         .map(|k| (murmur2(k.as_ref()) & 0x7fff_ffff) % num_partitions)
         .collect())
+}
+
+/// The shard ownership a serving node enforces: node `index` of `count` answers only the
+/// entities whose record key (the entity key without the 4-byte view prefix) lands on a
+/// partition `p` with `p % count == index`. Only views listed in `partitions` (those with a
+/// stream source, mapped to their topic's partition count) are checked.
+#[derive(Debug, Clone)]
+pub struct ShardCheck {
+    pub index: u32,
+    pub count: u32,
+    /// View name -> partition count of its stream topic.
+    pub partitions: AHashMap<String, u32>,
+}
+
+impl ShardCheck {
+    pub fn new(index: u32, count: u32, partitions: AHashMap<String, u32>) -> Result<Self> {
+        if count == 0 || index >= count {
+            return Err(invalid!(
+                "shard index must be in 0..{} (shard count {count}), got {index}",
+                count.saturating_sub(1)
+            ));
+        }
+        if let Some((v, _)) = partitions.iter().find(|(_, p)| **p == 0) {
+            return Err(invalid!(
+                "view '{v}': the topic partition count must be at least 1"
+            ));
+        }
+        Ok(Self {
+            index,
+            count,
+            partitions,
+        })
+    }
+
+    /// Checks the hot-tier keys (`view prefix + record key`) of `view`'s entities; `describe`
+    /// names entity `i` in the error (`user_id=17`).
+    pub fn check(
+        &self,
+        view: &str,
+        keys: &[Vec<u8>],
+        describe: impl Fn(usize) -> String,
+    ) -> Result<()> {
+        let Some(&n) = self.partitions.get(view) else {
+            return Ok(());
+        };
+        for (i, k) in keys.iter().enumerate() {
+            let p = (murmur2(k.get(4..).unwrap_or_default()) & 0x7fff_ffff) % n;
+            let owner = p % self.count;
+            if owner != self.index {
+                return Err(CoreError::WrongShard(format!(
+                    "entity {} of feature view '{view}' belongs to shard {owner} of {} \
+                     (partition {p} of {n}); this node is shard {} of {}: ask shard {owner}",
+                    describe(i),
+                    self.count,
+                    self.index,
+                    self.count,
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -131,6 +193,35 @@ mod tests {
         for p in 0..4 {
             assert!(batch.contains(&p));
         }
+    }
+
+    #[test]
+    fn shard_check_refuses_keys_of_other_shards() {
+        let mut parts = AHashMap::new();
+        parts.insert("users".to_string(), 4);
+        let check = ShardCheck::new(0, 2, parts).unwrap();
+        let keys: Vec<Vec<u8>> = (0..100_u64)
+            .map(|i| {
+                let mut k = vec![0, 0, 0, 7];
+                k.extend_from_slice(&i.to_be_bytes());
+                k
+            })
+            .collect();
+        for k in &keys {
+            let p = partition_for_key(&k[4..], 4).unwrap();
+            let r = check.check("users", std::slice::from_ref(k), |_| "x=1".into());
+            if p.is_multiple_of(2) {
+                assert!(r.is_ok());
+            } else {
+                let e = r.unwrap_err().to_string();
+                assert!(e.contains(&format!("belongs to shard 1 of 2 (partition {p} of 4)")));
+            }
+            // unsharded views are not checked
+            assert!(check
+                .check("other", std::slice::from_ref(k), |_| String::new())
+                .is_ok());
+        }
+        assert!(ShardCheck::new(2, 2, AHashMap::new()).is_err());
     }
 
     #[test]

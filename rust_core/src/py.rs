@@ -4,6 +4,7 @@
 use crate::arrow_io;
 use crate::catalog::ViewDef;
 use crate::error::CoreError;
+use crate::partition::ShardCheck;
 use crate::query::{self, Entities, Limits, Selector};
 use crate::scope::Scope;
 use crate::serve::{self, Api, ServeConfig};
@@ -15,6 +16,7 @@ use arrow::ffi::{from_ffi, to_ffi, FFI_ArrowArray, FFI_ArrowSchema};
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCapsule, PyDict, PyTuple};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ pub fn to_py_err(e: CoreError) -> PyErr {
         CoreError::Storage(m) => ("StorageError", m),
         CoreError::ResourceExhausted(m) => ("ResourceExhaustedError", m),
         CoreError::PermissionDenied(m) => ("PermissionDeniedError", m),
+        CoreError::WrongShard(m) => ("WrongShardError", m),
     };
     Python::with_gil(|py| {
         match py
@@ -100,6 +103,8 @@ pub struct PyStore {
     serve_cfg: RwLock<ServeConfig>,
     /// Read scopes of API keys by id (registered by the auth layer, see `serving/auth.py`).
     scopes: RwLock<AHashMap<u64, Arc<Scope>>>,
+    /// Shard ownership enforced by `serve` (None: not sharded, no check at all).
+    shard: RwLock<Option<Arc<ShardCheck>>>,
     /// The feature names of the last plan answered, as a Python tuple: a model server asks
     /// for the same features again and again, and building 200 strings costs ~10 us a call.
     names_cache: Mutex<Option<(Arc<query::Plan>, Py<PyTuple>)>>,
@@ -175,6 +180,7 @@ impl PyStore {
             inner: RwLock::new(Some(Arc::new(store))),
             serve_cfg: RwLock::new(ServeConfig::default()),
             scopes: RwLock::new(AHashMap::new()),
+            shard: RwLock::new(None),
             names_cache: Mutex::new(None),
         })
     }
@@ -194,6 +200,21 @@ impl PyStore {
             },
             json_float32_shortest,
         };
+    }
+
+    /// Makes `serve` refuse entities of other shards: this node is shard `index` of `count`,
+    /// and `partitions` maps each view with a stream source to its topic's partition count
+    /// (views not listed are not checked). `None` turns the check off.
+    #[pyo3(signature = (shard))]
+    fn configure_sharding(&self, shard: Option<(u32, u32, HashMap<String, u32>)>) -> PyResult<()> {
+        let check = match shard {
+            None => None,
+            Some((index, count, parts)) => Some(Arc::new(
+                ShardCheck::new(index, count, parts.into_iter().collect()).map_err(to_py_err)?,
+            )),
+        };
+        *self.shard.write() = check;
+        Ok(())
     }
 
     /// The serving path: a request body of `api` (`feast_http`, `feast_grpc`, `v1_grpc`,
@@ -217,15 +238,17 @@ impl PyStore {
                 ))
             })?),
         };
+        let shard = self.shard.read().clone();
         let served = py
             .allow_threads(|| {
-                serve::serve_scoped(
+                serve::serve_sharded(
                     &store,
                     api,
                     body,
                     &cfg,
                     query::now_micros(),
                     scope.as_deref(),
+                    shard.as_deref(),
                 )
             })
             .map_err(to_py_err)?;
@@ -242,6 +265,7 @@ impl PyStore {
         let store = self.store()?;
         let cfg = *self.serve_cfg.read();
         let scopes = self.scopes.read().clone();
+        let shard = self.shard.read().clone();
         let parsed: Vec<ParsedRequest<'_>> = requests
             .iter()
             .map(|(api, body, scope)| (parse_api(api), body.as_bytes(), *scope))
@@ -258,8 +282,16 @@ impl PyStore {
                             CoreError::PermissionDenied("this API key has no read scope".into())
                         })?),
                     };
-                    serve::serve_scoped(&store, api, body, &cfg, now, scope.as_deref())
-                        .map(|s| s.body)
+                    serve::serve_sharded(
+                        &store,
+                        api,
+                        body,
+                        &cfg,
+                        now,
+                        scope.as_deref(),
+                        shard.as_deref(),
+                    )
+                    .map(|s| s.body)
                 })
                 .collect()
         });

@@ -6,6 +6,7 @@ use crate::error::{CoreError, Result};
 use crate::hot::RowBytes;
 use crate::invalid;
 use crate::key::KeyColumn;
+use crate::partition::ShardCheck;
 use crate::row::{RowView, ValueRef, HEADER_LEN};
 use crate::store::Store;
 use crate::types::{DType, Status};
@@ -261,6 +262,19 @@ pub fn execute(
     limits: Limits,
     now_us: i64,
 ) -> Result<Answer> {
+    execute_sharded(store, plan, entities, limits, now_us, None)
+}
+
+/// [`execute`] on a sharded node: every entity of a view with a stream source must belong to
+/// `shard` (checked on the encoded keys before any read), else the whole request is refused.
+pub fn execute_sharded(
+    store: &Store,
+    plan: &Plan,
+    entities: &Entities,
+    limits: Limits,
+    now_us: i64,
+    shard: Option<&ShardCheck>,
+) -> Result<Answer> {
     let n = entities.num_rows();
     if n == 0 {
         return Err(invalid!("no entities given"));
@@ -282,6 +296,14 @@ pub fn execute(
     }
     let mut rows = Vec::with_capacity(plan.views.len());
     let mut expired = Vec::with_capacity(plan.views.len());
+    if let Some(shard) = shard {
+        for pv in &plan.views {
+            if shard.partitions.contains_key(&pv.def.name) {
+                let keys = encode_keys(&pv.def, &pv.key_columns, entities, n)?;
+                shard.check(&pv.def.name, &keys, |i| describe_entity(pv, entities, i))?;
+            }
+        }
+    }
     for pv in &plan.views {
         let keys = encode_keys(&pv.def, &pv.key_columns, entities, n)?;
         let r = store.lookup(&pv.def, &keys)?;
@@ -303,6 +325,16 @@ pub fn execute(
         rows,
         expired,
     })
+}
+
+/// `user_id=17` (`a=1, b="x"` for composite keys): entity `i` as `pv`'s join keys.
+fn describe_entity(pv: &PlanView, entities: &Entities, i: usize) -> String {
+    pv.key_columns
+        .iter()
+        .zip(&pv.def.join_keys)
+        .map(|(&c, (jk, _))| format!("{jk}={}", entities.columns[c].1.display(i)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Hot-tier keys (view prefix + entity key) for every entity of a request.

@@ -69,6 +69,7 @@ use crate::error::Result;
 use crate::invalid;
 use crate::json;
 use crate::key::KeyColumn;
+use crate::partition::ShardCheck;
 use crate::proto::{feast, v1};
 use crate::query::{self, Answer, Cells, ColPos, Entities, Limits, Plan, Selector};
 use crate::row::ValueRef;
@@ -168,6 +169,17 @@ impl Prepared {
         query::execute(store, &self.plan, &self.entities, cfg.limits, now_us)
     }
 
+    /// [`Self::execute`] on a sharded node (refuses entities another shard owns).
+    pub fn execute_sharded(
+        &self,
+        store: &Store,
+        cfg: &ServeConfig,
+        now_us: i64,
+        shard: Option<&ShardCheck>,
+    ) -> Result<Answer> {
+        query::execute_sharded(store, &self.plan, &self.entities, cfg.limits, now_us, shard)
+    }
+
     /// Encodes an answer of this request as the API's response body.
     #[must_use]
     pub fn encode(&self, answer: &Answer, cfg: &ServeConfig) -> Vec<u8> {
@@ -254,8 +266,21 @@ pub fn serve_scoped(
     now_us: i64,
     scope: Option<&Scope>,
 ) -> Result<Served> {
+    serve_sharded(store, api, body, cfg, now_us, scope, None)
+}
+
+/// [`serve_scoped`] on a node that owns only `shard` of the stream-sourced views' keys.
+pub fn serve_sharded(
+    store: &Store,
+    api: Api,
+    body: &[u8],
+    cfg: &ServeConfig,
+    now_us: i64,
+    scope: Option<&Scope>,
+    shard: Option<&ShardCheck>,
+) -> Result<Served> {
     let p = prepare_scoped(store, api, body, cfg, scope)?;
-    let answer = p.execute(store, cfg, now_us)?;
+    let answer = p.execute_sharded(store, cfg, now_us, shard)?;
     store.serve_stats.record(&p.plan, &answer);
     let body = p.encode(&answer, cfg);
     Ok(Served {

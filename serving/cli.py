@@ -53,11 +53,11 @@ def _open_store(s: ServeSettings, force: bool = False) -> Store:
     )
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, default_format: str = "json") -> None:
     """JSON lines on stderr (serving/logs.py); ``FS_LOG_FORMAT=text`` for classic text."""
     from serving.logs import setup_logging
 
-    fmt = os.environ.get("FS_LOG_FORMAT", "json").strip().lower() or "json"
+    fmt = os.environ.get("FS_LOG_FORMAT", default_format).strip().lower() or default_format
     if fmt not in ("json", "text"):
         raise InvalidArgumentError(f"FS_LOG_FORMAT must be 'json' or 'text', not {fmt!r}")
     setup_logging(level, fmt)
@@ -143,7 +143,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     s = _settings(args)
     # The demo has no Kafka broker; `serve` runs the stream sources' loaders.
     s.ingest = False
-    _setup_logging(s.log_level)
+    # A person reads the demo's output: plain text logs unless FS_LOG_FORMAT says otherwise.
+    _setup_logging(s.log_level, default_format="text")
     registry = Registry.from_yaml(s.config)
     missing = [
         v.batch_source.path

@@ -322,7 +322,9 @@ class FeatureServer:
             if self.batcher is None:
                 overflow = RequestBatcher(self._core, 0.0, settings.max_batch, settings.max_queue)
             self.guard = LoopLagGuard(settings.max_loop_lag_ms / 1000, overflow)
+        #: per view: time of the last batch job this server ran, and the rows those jobs applied
         self.batch_runs: dict[str, float] = {}
+        self.batch_totals: dict[str, dict[str, int]] = {}
         #: this node's shard (None: not sharded; no ownership check at all)
         self.shard = settings.shard()
         self._configure_sharding()
@@ -448,6 +450,7 @@ class FeatureServer:
                     entry["delta_version"] = int(raw.decode())
             if v.name in self.batch_runs:
                 entry["last_success"] = self.batch_runs[v.name]
+            entry.update(self.batch_totals.get(v.name, {}))
             views[v.name] = entry
         out: list[dict[str, Any]] = [{"loader": "batch", "views": views}]
         for loader in self.loaders:
@@ -570,8 +573,14 @@ class FeatureServer:
 
         summary = await asyncio.get_running_loop().run_in_executor(None, job)
         now = time.time()
-        for v in views or [fv.name for fv in self.store.registry.feature_views.values()]:
-            self.batch_runs[v] = now
+        for vs in summary.views:
+            self.batch_runs[vs.view] = now
+            totals = self.batch_totals.setdefault(
+                vs.view, {"applied": 0, "skipped_older": 0, "errors": 0}
+            )
+            totals["applied"] += vs.written
+            totals["skipped_older"] += vs.skipped_older
+            totals["errors"] += vs.errors
         return web.json_response({"summary": str(summary)})
 
     async def _admin_reload_registry(self, request: web.Request) -> web.Response:

@@ -117,6 +117,11 @@ def test_cli_job_goes_to_running_server_and_readers_never_see_torn_rows(tmp_path
         assert seen >= {5.0}
         status, got = post(server.url + "/get-online-features", body, reader_key)
         assert {v for c in got["results"][1:] for v in c["values"]} == {5.0}
+        # The jobs the server ran show in its metrics.
+        with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        applied = 'feature_serving_loader_rows_applied_total{loader="batch",view="profile"}'
+        assert f"{applied} {5 * N_USERS}.0" in metrics
         # A non-admin key cannot run jobs.
         status, err = post(server.url + "/admin/materialize", {}, reader_key)
         assert status == 403

@@ -46,9 +46,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from serving.errors import InvalidArgumentError, StorageError
+from serving.errors import FeatureServingError, InvalidArgumentError, StorageError
 from serving.progress import Progress, format_count, format_duration
-from serving.registry import EVENT_TIMESTAMP, FeatureView, parse_ttl
+from serving.registry import EVENT_TIMESTAMP, FeatureView, Registry, parse_ttl
 from serving.store import Store, WriteStats
 
 __all__ = [
@@ -113,6 +113,8 @@ class ViewSummary:
     #: rows read from the source that fall in the window (including bad rows)
     rows_read: int = 0
     written: int = 0
+    #: rows published to the view's stream-source topic (``via_kafka`` runs; nothing is written)
+    published: int = 0
     #: rows not written because the store holds a newer (or the same) event for the key
     skipped_older: int = 0
     #: bad rows skipped (``on_error="skip"``) or found by a dry run
@@ -138,6 +140,8 @@ class LoadSummary:
     views: list[ViewSummary] = field(default_factory=list)
     dry_run: bool = False
     seconds: float = 0.0
+    #: the rows were published to the views' stream-source topics instead of written
+    via_kafka: bool = False
 
     def view(self, name: str) -> ViewSummary:
         for v in self.views:
@@ -157,6 +161,10 @@ class LoadSummary:
         return sum(v.written for v in self.views)
 
     @property
+    def published(self) -> int:
+        return sum(v.published for v in self.views)
+
+    @property
     def skipped_older(self) -> int:
         return sum(v.skipped_older for v in self.views)
 
@@ -173,7 +181,7 @@ class LoadSummary:
             "view",
             "source",
             "read",
-            "written",
+            "published" if self.via_kafka else "written",
             "older",
             "errors",
             "files",
@@ -193,7 +201,7 @@ class LoadSummary:
                     v.view,
                     v.source_type,
                     format_count(v.rows_read),
-                    format_count(v.written),
+                    format_count(v.published if self.via_kafka else v.written),
                     format_count(v.skipped_older),
                     format_count(v.errors),
                     f"{v.files_read}" + (f" (+{v.files_pruned} pruned)" if v.files_pruned else ""),
@@ -207,12 +215,20 @@ class LoadSummary:
         ]
         rate = self.rows_read / self.seconds if self.seconds > 0 else 0.0
         what = "dry run (nothing written)" if self.dry_run else "total"
-        lines.append(
-            f"{what}: {format_count(self.rows_read)} rows read, {format_count(self.written)} "
-            f"written, {format_count(self.skipped_older)} skipped as older, "
-            f"{format_count(self.errors)} bad rows, {format_duration(self.seconds)} "
-            f"({format_count(rate)} rows/s)"
-        )
+        if self.via_kafka and not self.dry_run:
+            lines.append(
+                f"{what}: {format_count(self.rows_read)} rows read, "
+                f"{format_count(self.published)} published to Kafka (the nodes apply them as "
+                f"they consume; no watermark advanced here), {format_count(self.errors)} bad "
+                f"rows, {format_duration(self.seconds)} ({format_count(rate)} rows/s)"
+            )
+        else:
+            lines.append(
+                f"{what}: {format_count(self.rows_read)} rows read, {format_count(self.written)} "
+                f"written, {format_count(self.skipped_older)} skipped as older, "
+                f"{format_count(self.errors)} bad rows, {format_duration(self.seconds)} "
+                f"({format_count(rate)} rows/s)"
+            )
         for v in self.views:
             lines.extend(f"{v.view}: {note}" for note in v.notes)
             if v.errors:
@@ -1034,38 +1050,128 @@ def _load(store: Store, plan: _Plan, *, on_error: OnError, progress: bool, batch
     summary.files_read = len(seen)
 
 
+@dataclass
+class _KafkaTarget:
+    """Where a ``via_kafka`` run publishes: a given producer (tests, callers that own one), or
+    one producer per view created from its stream source (``bootstrap_servers`` and
+    ``kafka_config`` override / add librdkafka settings)."""
+
+    producer: Any = None
+    bootstrap_servers: str | None = None
+    kafka_config: dict[str, Any] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+
+    def open(self, fv: FeatureView) -> tuple[Any, bool]:
+        """(producer, owned) for ``fv``."""
+        if self.producer is not None:
+            return self.producer, False
+        from confluent_kafka import Producer
+
+        from serving.kafka_loader import OPTION_PREFIX, PRODUCER_DEFAULTS
+
+        src = fv.stream_source
+        assert src is not None
+        # the source's connection settings (security, client id) apply to the producer too;
+        # consumer-only settings would only draw librdkafka warnings
+        shared = ("security.", "sasl.", "ssl.", "client.id", "socket.", "broker.")
+        conf: dict[str, Any] = {
+            k: v
+            for k, v in src.options.items()
+            if not k.startswith(OPTION_PREFIX) and k.startswith(shared)
+        }
+        conf.update(PRODUCER_DEFAULTS)
+        conf["bootstrap.servers"] = self.bootstrap_servers or src.bootstrap_servers
+        conf.update(self.kafka_config)
+        conf["on_delivery"] = self._delivered
+        return Producer(conf), True
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None and len(self.failed) < MAX_REPORTED_ERRORS:
+            self.failed.append(str(err))
+        elif err is not None:
+            self.failed.append("")
+
+
+#: how long the end of a via-kafka run waits for the broker to acknowledge every record
+PUBLISH_FLUSH_S = 120.0
+
+
+def _publish(
+    kafka: _KafkaTarget, plan: _Plan, *, on_error: OnError, progress: bool, batch_rows: int
+) -> None:
+    """Publish pass: produces every row to the view's stream-source topic, in file order, with
+    the same key encoding and partitioner as :func:`serving.kafka_loader.produce_rows`."""
+    from serving.kafka_loader import produce_rows
+
+    summary, fv = plan.summary, plan.fv
+    bar = Progress(f"publish {fv.name}", plan.total_rows, enabled=progress)
+    producer, owned = kafka.open(fv)
+    seen: set[str] = set()
+    try:
+        for unit, prep in _read_ahead(
+            _prepared(plan, build=True, batch_rows=batch_rows), READ_AHEAD
+        ):
+            seen.add(unit.label)
+            summary.rows_read += prep.in_window
+            if prep.bad:
+                if on_error == "fail":
+                    raise _fail(plan, prep)
+                _note_errors(summary, prep)
+            if prep.batch is not None and prep.batch.num_rows:
+                summary.published += produce_rows(producer, fv, prep.batch, flush=False)
+            bar.update(prep.scanned)
+        left = producer.flush(PUBLISH_FLUSH_S)
+        if left or kafka.failed:
+            shown = "; ".join(e for e in kafka.failed if e)
+            raise StorageError(
+                f"feature view '{fv.name}': publishing to topic "
+                f"'{fv.stream_source.topic if fv.stream_source else '?'}' failed: "
+                f"{left} records not acknowledged after {PUBLISH_FLUSH_S:.0f} s, "
+                f"{len(kafka.failed)} delivery errors{(': ' + shown) if shown else ''}"
+            )
+    finally:
+        bar.close(
+            f"publish {fv.name}: {format_count(summary.rows_read)} rows in window, "
+            f"{format_count(summary.published)} published, "
+            f"{format_count(summary.errors)} bad rows"
+        )
+        if owned:
+            producer.flush(0)
+    summary.files_read = len(seen)
+
+
 # --------------------------------------------------------------------------------------------
 # public API
 
 
-def _select_views(store: Store, views: Sequence[str] | str | None) -> list[FeatureView]:
+def _select_views(store: Store | Registry, views: Sequence[str] | str | None) -> list[FeatureView]:
+    registry = store if isinstance(store, Registry) else store.registry
     if isinstance(views, str):
         views = [views]
     if views:
         out = []
         for name in views:
-            fv = store.registry.view(name)
+            fv = registry.view(name)
             if fv.batch_source is None:
                 raise InvalidArgumentError(f"feature view '{name}' has no batch_source")
             out.append(fv)
         return out
     return [
-        fv
-        for fv in store.registry.feature_views.values()
-        if fv.batch_source is not None and fv.online
+        fv for fv in registry.feature_views.values() if fv.batch_source is not None and fv.online
     ]
 
 
 def _new_plan(
-    store: Store, fv: FeatureView, start: dt.datetime | None, end: dt.datetime | None
+    store: Store | Registry, fv: FeatureView, start: dt.datetime | None, end: dt.datetime | None
 ) -> _Plan:
     assert fv.batch_source is not None
+    registry = store if isinstance(store, Registry) else store.registry
     summary = ViewSummary(fv.name, fv.batch_source.type, _source_path(fv))
-    return _Plan(fv, store.registry.arrow_schema(fv.name), [], start, end, {}, summary)
+    return _Plan(fv, registry.arrow_schema(fv.name), [], start, end, {}, summary)
 
 
 def _execute(
-    store: Store,
+    store: Store | None,
     plans: list[_Plan],
     *,
     on_error: OnError,
@@ -1073,10 +1179,13 @@ def _execute(
     progress: bool,
     batch_rows: int,
     started: float,
+    kafka: _KafkaTarget | None = None,
 ) -> LoadSummary:
     if on_error not in ("fail", "skip"):
         raise InvalidArgumentError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
-    result = LoadSummary(views=[p.summary for p in plans], dry_run=dry_run)
+    result = LoadSummary(
+        views=[p.summary for p in plans], dry_run=dry_run, via_kafka=kafka is not None
+    )
     for plan in plans:
         _note_skipped_files(plan)
     if dry_run or on_error == "fail":
@@ -1089,7 +1198,13 @@ def _execute(
             plan.summary.seconds += time.perf_counter() - t0
             if dry_run:
                 plan.summary.files_read = len(plan.units)
-    if not dry_run:
+    if not dry_run and kafka is not None:
+        for plan in plans:
+            t0 = time.perf_counter()
+            _publish(kafka, plan, on_error=on_error, progress=progress, batch_rows=batch_rows)
+            plan.summary.seconds += time.perf_counter() - t0
+    elif not dry_run:
+        assert store is not None
         for plan in plans:
             t0 = time.perf_counter()
             _load(store, plan, on_error=on_error, progress=progress, batch_rows=batch_rows)
@@ -1109,7 +1224,7 @@ def _record_meta(plan: _Plan) -> None:
 
 
 def materialize(
-    store: Store,
+    store: Store | Registry,
     views: Sequence[str] | str | None = None,
     start: dt.datetime | str | None = None,
     end: dt.datetime | str | None = None,
@@ -1120,6 +1235,10 @@ def materialize(
     progress: bool = True,
     batch_rows: int = BATCH_ROWS,
     prune_partitions: bool = True,
+    via_kafka: bool = False,
+    producer: Any = None,
+    bootstrap_servers: str | None = None,
+    kafka_config: dict[str, Any] | None = None,
 ) -> LoadSummary:
     """Loads rows with ``start <= event timestamp < end`` from each view's batch source.
 
@@ -1133,6 +1252,18 @@ def materialize(
     watermark) advances the view's watermark to ``end`` (now if None), so a later
     :func:`materialize_incremental` continues from there. A full load of a Delta table's latest
     version (no window, no ``as_of_version``) records that version as synced.
+
+    ``via_kafka``: publish the rows to each view's stream-source topic instead of writing them
+    (``store`` may then be a :class:`Registry`: no store is opened). Every shard and replica
+    consuming the topic applies them through the same path, in the same order, under the same
+    merge rule. Validation is the same as for a normal load (bad input fails before the first
+    record is produced); a view without a ``stream_source`` is an error. No watermark or Delta
+    version is recorded anywhere: the nodes apply the rows only when they consume them, and the
+    local store (if any) is not one of them, so a watermark here would claim rows it does not
+    hold. Records use :func:`serving.kafka_loader.encode_key` keys and the
+    ``murmur2_random`` partitioner (``producer``: use this one, created with
+    :data:`serving.kafka_loader.PRODUCER_DEFAULTS`; otherwise one per view from its stream
+    source, with ``bootstrap_servers`` / ``kafka_config`` overriding its settings).
     """
     started = time.perf_counter()
     now = dt.datetime.now(dt.UTC)
@@ -1143,11 +1274,45 @@ def materialize(
         )
     if batch_rows < 1:
         raise InvalidArgumentError(f"batch_rows must be at least 1, got {batch_rows}")
+    selected = _select_views(store, views)
+    kafka: _KafkaTarget | None = None
+    if via_kafka:
+        missing = [fv.name for fv in selected if fv.stream_source is None]
+        if missing:
+            raise InvalidArgumentError(
+                f"--via-kafka publishes to each view's stream_source topic, and feature "
+                f"view(s) {', '.join(repr(m) for m in missing)} have none"
+            )
+        kafka = _KafkaTarget(producer, bootstrap_servers, dict(kafka_config or {}))
+    elif not isinstance(store, Store):
+        raise InvalidArgumentError("materialize needs a Store (a Registry only with via_kafka)")
     plans = []
-    for fv in _select_views(store, views):
+    for fv in selected:
         assert fv.batch_source is not None
         plan = _new_plan(store, fv, t_start, t_end)
-        if fv.batch_source.type == "delta":
+        if via_kafka:
+            if fv.batch_source.type == "delta":
+                _plan_delta(
+                    plan,
+                    version=as_of_version,
+                    synced=None,
+                    incremental=False,
+                    prune_partitions=prune_partitions,
+                    on_error=on_error,
+                )
+            elif as_of_version is not None:
+                raise InvalidArgumentError(
+                    f"feature view '{fv.name}': as_of_version applies to Delta sources only "
+                    f"(its source is {fv.batch_source.type})"
+                )
+            else:
+                _plan_parquet(plan, prune_partitions=prune_partitions, on_error=on_error)
+            plan.summary.notes.append(
+                f"published to topic '{fv.stream_source.topic if fv.stream_source else ''}'; "
+                f"no watermark recorded (the consuming nodes apply the rows)"
+            )
+        elif fv.batch_source.type == "delta":
+            assert isinstance(store, Store)
             version = _plan_delta(
                 plan,
                 version=as_of_version,
@@ -1165,6 +1330,7 @@ def materialize(
             ):
                 plan.meta[delta_version_key(fv.name)] = str(version).encode()
         else:
+            assert isinstance(store, Store)
             if as_of_version is not None:
                 raise InvalidArgumentError(
                     f"feature view '{fv.name}': as_of_version applies to Delta sources only "
@@ -1180,13 +1346,14 @@ def materialize(
                 plan.meta[watermark_key(fv.name)] = _iso(new).encode()
         plans.append(plan)
     return _execute(
-        store,
+        store if isinstance(store, Store) else None,
         plans,
         on_error=on_error,
         dry_run=dry_run,
         progress=progress,
         batch_rows=batch_rows,
         started=started,
+        kafka=kafka,
     )
 
 
@@ -1318,6 +1485,17 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
     _shared_flags(m)
     m.add_argument("--start", help="window start, inclusive (ISO 8601, 'now', 'now-2d')")
     m.add_argument("--end", help="window end, exclusive (default: unbounded)")
+    m.add_argument(
+        "--via-kafka",
+        action="store_true",
+        help="publish the rows to each view's stream_source topic instead of writing the "
+        "store, so every shard and replica applies them (needs only the registry; no "
+        "watermark is recorded)",
+    )
+    m.add_argument(
+        "--bootstrap-servers",
+        help="--via-kafka: override every stream source's bootstrap servers",
+    )
     m.set_defaults(func=cmd_materialize)
     inc = subparsers.add_parser(
         "materialize-incremental",
@@ -1398,7 +1576,37 @@ def _send_to_server(args: argparse.Namespace, incremental: bool, data_dir: str) 
         return 2
 
 
+def _run_via_kafka(args: argparse.Namespace) -> int:
+    """``materialize --via-kafka``: needs the registry only, never opens the store (so it works
+    while a server holds it)."""
+    config = getattr(args, "config", None) or os.environ.get("FS_CONFIG") or "features.yaml"
+    progress = {"always": True, "never": False}.get(args.progress, True)
+    try:
+        registry = Registry.from_yaml(config)
+        summary = materialize(
+            registry,
+            args.views or None,
+            args.start,
+            args.end,
+            as_of_version=args.as_of_version,
+            on_error=args.on_error,
+            dry_run=args.dry_run,
+            progress=progress,
+            batch_rows=args.batch_rows,
+            prune_partitions=args.prune_partitions,
+            via_kafka=True,
+            bootstrap_servers=args.bootstrap_servers,
+        )
+    except FeatureServingError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
+
+
 def _run_cli(args: argparse.Namespace, incremental: bool) -> int:
+    if getattr(args, "via_kafka", False):
+        return _run_via_kafka(args)
     try:
         store = _open(args)
     except _StoreInUse as e:

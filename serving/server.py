@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
 import signal
 import ssl
 import time
@@ -372,6 +373,7 @@ class FeatureServer:
         app.router.add_post("/v1/push", self._http_push)
         app.router.add_post("/admin/materialize", self._admin_materialize)
         app.router.add_post("/admin/registry/reload", self._admin_reload_registry)
+        app.router.add_post("/admin/snapshot", self._admin_snapshot)
         return app
 
     @web.middleware
@@ -547,7 +549,9 @@ class FeatureServer:
 
     async def _admin_materialize(self, request: web.Request) -> web.Response:
         """Runs a batch-loader job in the server, which owns the store:
-        ``{"views": [...], "start": T, "end": T, "incremental": bool, "on_error": "fail"}``."""
+        ``{"views": [...], "start": T, "end": T, "incremental": bool, "on_error": "fail",
+        "via_kafka": bool}`` (``via_kafka``: publish to the views' stream-source topics; the
+        store is written only when this node consumes them)."""
         from serving import batch_loader
 
         self._require_admin(request)
@@ -558,6 +562,8 @@ class FeatureServer:
         on_error = body.get("on_error", "fail")
         if on_error not in ("fail", "skip"):
             raise InvalidArgumentError("on_error must be 'fail' or 'skip'")
+        if body.get("via_kafka") and body.get("incremental"):
+            raise InvalidArgumentError("via_kafka applies to materialize, not incremental runs")
 
         def job() -> Any:
             if body.get("incremental"):
@@ -569,6 +575,7 @@ class FeatureServer:
                 self.store, views, start, end, on_error=on_error, progress=False,
                 dry_run=bool(body.get("dry_run")),
                 as_of_version=body.get("as_of_version"),
+                via_kafka=bool(body.get("via_kafka")),
             )  # fmt: skip
 
         summary = await asyncio.get_running_loop().run_in_executor(None, job)
@@ -582,6 +589,29 @@ class FeatureServer:
             totals["skipped_older"] += vs.skipped_older
             totals["errors"] += vs.errors
         return web.json_response({"summary": str(summary)})
+
+    async def _admin_snapshot(self, request: web.Request) -> web.Response:
+        """Writes a snapshot (RocksDB checkpoint, with the loader offsets) of the live store:
+        ``{"path": "/abs/dir"}``, a new directory on the server's file system. It runs in a
+        worker thread: reads go on; writes (loader, push, batch jobs) wait for it."""
+        from serving import snapshot
+
+        self._require_admin(request)
+        body = await self._json_body(request)
+        path = body.get("path")
+        if not isinstance(path, str) or not path or not os.path.isabs(path):
+            raise InvalidArgumentError(
+                'expected {"path": "/absolute/dir"} (a new directory on the server\'s machine)'
+            )
+        dest = Path(path)
+
+        def job() -> tuple[int, int]:
+            self.store.checkpoint(dest)
+            return snapshot.size(dest)
+
+        files, size = await asyncio.get_running_loop().run_in_executor(None, job)
+        log.info("snapshot written to %s (%d files, %d bytes)", dest, files, size)
+        return web.json_response({"snapshot": str(dest), "files": files, "bytes": size})
 
     async def _admin_reload_registry(self, request: web.Request) -> web.Response:
         """Re-reads the registry file and applies it to the live store (``{"force": bool}``)."""

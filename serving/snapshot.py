@@ -8,9 +8,11 @@ hard links when ``OUT`` is on the same file system (seconds, little extra space)
 an empty data directory first and then consumes from its offsets: only what was produced after
 the snapshot is read again.
 
-The command opens the store itself, so it needs the data directory not to be in use by
-another process (RocksDB's lock); taking a snapshot from a running server without pausing
-reads needs an admin call in the server, which is not built yet (docs/scale-out.md).
+The command opens the store itself when no other process holds it. When a server holds it
+(RocksDB's lock), the command asks that server instead (``--server``, ``--api-key``):
+``POST /admin/snapshot {"path": OUT}`` checkpoints the live store in a worker thread, so reads
+go on (the checkpoint holds only the store's write lock; writes wait for it). ``OUT`` is then
+a path on the server's machine, made absolute here.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
-from serving.errors import InvalidArgumentError
+from serving.errors import InvalidArgumentError, StorageError
 
-__all__ = ["add_commands", "create", "restore"]
+__all__ = ["add_commands", "create", "restore", "size"]
 
 
 def create(data_dir: str | os.PathLike[str], config: str | os.PathLike[str], out: str) -> Path:
@@ -85,17 +88,58 @@ def restore(snapshot: str | os.PathLike[str], data_dir: str | os.PathLike[str]) 
     return dest
 
 
-def _size(path: Path) -> tuple[int, int]:
+def size(path: Path) -> tuple[int, int]:
+    """(files, bytes) of a snapshot directory."""
     files = [p for p in path.rglob("*") if p.is_file()]
     return len(files), sum(p.stat().st_size for p in files)
+
+
+_IN_USE_MESSAGE = (
+    "error: the data directory {dir} is in use by another process, and no feature-serving "
+    "server answered at {server} ({why}). Point --server at the server that owns the store "
+    "(with an admin key in FS_API_KEY or --api-key), or stop it and rerun this command."
+)
+
+
+def _send_to_server(args: argparse.Namespace, data_dir: str) -> int:
+    """The store is held by a server: take the snapshot there (``POST /admin/snapshot``)."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if args.api_key:
+        headers["Authorization"] = f"Bearer {args.api_key}"
+    url = args.server.rstrip("/") + "/admin/snapshot"
+    body = {"path": os.path.abspath(args.out)}
+    print(f"the store is held by a running server; asking {url}", file=sys.stderr)
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=3600) as r:
+            print(json.dumps(json.loads(r.read())))
+            return 0
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = str(e)
+        print(f"error: the server refused the snapshot (HTTP {e.code}): {message}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as e:
+        print(_IN_USE_MESSAGE.format(dir=data_dir, server=args.server, why=e), file=sys.stderr)
+        return 2
 
 
 def cmd_snapshot_create(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or os.environ.get("FS_DATA_DIR") or ".data/store"
     config = args.config or os.environ.get("FS_CONFIG") or "features.yaml"
-    dest = create(data_dir, config, args.out)
-    files, size = _size(dest)
-    print(json.dumps({"snapshot": str(dest), "files": files, "bytes": size}))
+    try:
+        dest = create(data_dir, config, args.out)
+    except StorageError as e:
+        if "in use by another process" in e.message or "LOCK" in e.message:
+            return _send_to_server(args, data_dir)
+        raise
+    files, nbytes = size(dest)
+    print(json.dumps({"snapshot": str(dest), "files": files, "bytes": nbytes}))
     return 0
 
 
@@ -108,10 +152,22 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="write a consistent RocksDB checkpoint of the store (with its Kafka offsets)",
         description="Write a consistent snapshot (RocksDB checkpoint: hard links, the stored "
-        "Kafka offsets included) of the store in --data-dir to OUT. The store must not be "
-        "open in another process. Start a replica from it with `serve --restore-from OUT`.",
+        "Kafka offsets included) of the store in --data-dir to OUT. When a server holds the "
+        "store, the snapshot is taken by that server (--server, --api-key). Start a replica "
+        "from it with `serve --restore-from OUT`.",
     )
     create_p.add_argument(
         "out", metavar="OUT", help="snapshot directory to create (must not exist)"
+    )
+    create_p.add_argument(
+        "--server",
+        default=os.environ.get("FS_SERVER_URL", "http://127.0.0.1:6566"),
+        help="when the store is held by a running server, take the snapshot through its "
+        "admin API, without pausing reads (default http://127.0.0.1:6566; env FS_SERVER_URL)",
+    )
+    create_p.add_argument(
+        "--api-key",
+        default=os.environ.get("FS_API_KEY"),
+        help="admin API key for --server (env FS_API_KEY)",
     )
     create_p.set_defaults(func=cmd_snapshot_create)

@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from serving.admin_client import send_admin_job, store_in_use
 from serving.errors import FeatureServingError, InvalidArgumentError, StorageError
 from serving.progress import Progress, format_count, format_duration
 from serving.registry import EVENT_TIMESTAMP, FeatureView, Registry, parse_ttl
@@ -1430,14 +1431,6 @@ def materialize_incremental(
 # CLI
 
 
-_IN_USE_MESSAGE = (
-    "error: the data directory {dir} is in use by another process, and no feature-serving "
-    "server answered at {server} ({why}). RocksDB allows one writer process: point --server at "
-    "the server that owns the store (with an admin key in FS_API_KEY or --api-key), or stop "
-    "it and rerun this command."
-)
-
-
 def _shared_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "views", nargs="*", metavar="VIEW", help="feature views (default: all with a batch_source)"
@@ -1535,16 +1528,13 @@ def _open(args: argparse.Namespace) -> Store:
     try:
         return Store(data_dir, config, **kwargs)
     except StorageError as e:
-        if "in use by another process" in e.message or "LOCK" in e.message:
+        if store_in_use(e):
             raise _StoreInUse(data_dir) from None
         raise
 
 
 def _send_to_server(args: argparse.Namespace, incremental: bool, data_dir: str) -> int:
     """The store is held by a server: run the job there through ``POST /admin/materialize``."""
-    import urllib.error
-    import urllib.request
-
     body = {
         "views": args.views or None,
         "start": getattr(args, "start", None),
@@ -1554,26 +1544,12 @@ def _send_to_server(args: argparse.Namespace, incremental: bool, data_dir: str) 
         "dry_run": args.dry_run,
         "as_of_version": args.as_of_version,
     }
-    headers = {"Content-Type": "application/json"}
-    if args.api_key:
-        headers["Authorization"] = f"Bearer {args.api_key}"
-    url = args.server.rstrip("/") + "/admin/materialize"
-    print(f"the store is held by a running server; sending the job to {url}", file=sys.stderr)
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=3600) as r:
-            print(json.loads(r.read())["summary"])
-            return 0
-    except urllib.error.HTTPError as e:
-        try:
-            message = json.loads(e.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = str(e)
-        print(f"error: the server refused the job (HTTP {e.code}): {message}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError) as e:
-        print(_IN_USE_MESSAGE.format(dir=data_dir, server=args.server, why=e), file=sys.stderr)
-        return 2
+    code, answer = send_admin_job(
+        args.server, args.api_key, "/admin/materialize", body, what="job", data_dir=data_dir
+    )
+    if answer is not None:
+        print(answer["summary"])
+    return code
 
 
 def _run_via_kafka(args: argparse.Namespace) -> int:

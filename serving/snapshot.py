@@ -21,10 +21,10 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
+from serving.admin_client import send_admin_job, store_in_use
 from serving.errors import InvalidArgumentError, StorageError
 
 __all__ = ["add_commands", "create", "restore", "size"]
@@ -94,39 +94,15 @@ def size(path: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-_IN_USE_MESSAGE = (
-    "error: the data directory {dir} is in use by another process, and no feature-serving "
-    "server answered at {server} ({why}). Point --server at the server that owns the store "
-    "(with an admin key in FS_API_KEY or --api-key), or stop it and rerun this command."
-)
-
-
 def _send_to_server(args: argparse.Namespace, data_dir: str) -> int:
     """The store is held by a server: take the snapshot there (``POST /admin/snapshot``)."""
-    import urllib.error
-    import urllib.request
-
-    headers = {"Content-Type": "application/json"}
-    if args.api_key:
-        headers["Authorization"] = f"Bearer {args.api_key}"
-    url = args.server.rstrip("/") + "/admin/snapshot"
     body = {"path": os.path.abspath(args.out)}
-    print(f"the store is held by a running server; asking {url}", file=sys.stderr)
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=3600) as r:
-            print(json.dumps(json.loads(r.read())))
-            return 0
-    except urllib.error.HTTPError as e:
-        try:
-            message = json.loads(e.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = str(e)
-        print(f"error: the server refused the snapshot (HTTP {e.code}): {message}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError) as e:
-        print(_IN_USE_MESSAGE.format(dir=data_dir, server=args.server, why=e), file=sys.stderr)
-        return 2
+    code, answer = send_admin_job(
+        args.server, args.api_key, "/admin/snapshot", body, what="snapshot", data_dir=data_dir
+    )
+    if answer is not None:
+        print(json.dumps(answer))
+    return code
 
 
 def cmd_snapshot_create(args: argparse.Namespace) -> int:
@@ -135,7 +111,7 @@ def cmd_snapshot_create(args: argparse.Namespace) -> int:
     try:
         dest = create(data_dir, config, args.out)
     except StorageError as e:
-        if "in use by another process" in e.message or "LOCK" in e.message:
+        if store_in_use(e):
             return _send_to_server(args, data_dir)
         raise
     files, nbytes = size(dest)

@@ -202,6 +202,7 @@ def test_v1_api(gen: SimpleNamespace) -> None:
         "GetFeatureVector",
         "ListFeatureViews",
         "ListFeatureServices",
+        "GetNodeInfo",
     ]
     assert hasattr(gen.v1_grpc, "FeatureServiceStub")
     # Same numbers as Feast's FieldStatus, so a status byte means the same in both APIs.

@@ -1,0 +1,591 @@
+"""The cluster map of a sharded deployment and the async transport that routes over it.
+
+A *cluster map* (docs/scale-out.md, "Cluster map") lists, for every shard index ``0..N-1``, the
+gRPC endpoints of the shard's replicas, plus the partition count of the views' stream topics;
+the owner of an entity is ``murmur2(encode_key(values)) % topic_partitions % N``. It comes from
+a file (:meth:`ClusterMap.load`, also what ``serve --cluster-map`` reads) or from a node that
+was started with one (:meth:`ClusterMap.fetch`, the ``GetNodeInfo`` RPC)::
+
+    topic_partitions: 12
+    shards:
+      0: ["fs-shard-0-0:6565", "fs-shard-0-1:6565"]
+      1: ["fs-shard-1-0:6565", "fs-shard-1-1:6565"]
+
+:class:`ClusterChannels` holds ``grpc.aio`` channels to every replica and makes raw-bytes unary
+calls to one shard: replicas in turn, fail-over on UNAVAILABLE, a hedge to a second replica
+when the first is slow, all within one deadline. The routing clients
+(``serving.client.AsyncShardedFeatureClient``, ``ShardedFeatureClient``) are built on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import yaml
+
+from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
+from serving.errors import (
+    DeadlineExceededError,
+    FeatureServingError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    StorageError,
+    UnauthenticatedError,
+    WrongShardError,
+)
+
+__all__ = [
+    "NODE_INFO_METHOD",
+    "ClusterChannels",
+    "ClusterMap",
+    "ClusterMapError",
+    "NodeInfo",
+    "error_from_rpc",
+    "fetch_node_info",
+]
+
+#: full gRPC path of the node metadata RPC
+NODE_INFO_METHOD = "/feature_serving.v1.FeatureService/GetNodeInfo"
+
+_GRPC_ERRORS: dict[grpc.StatusCode, type[FeatureServingError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.UNAVAILABLE: StorageError,
+    grpc.StatusCode.FAILED_PRECONDITION: WrongShardError,
+}
+
+# host:port, [v6]:port; a target with a scheme (dns:///..., unix:...) is taken as it is
+_ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})$")
+
+
+def error_from_rpc(e: grpc.RpcError) -> FeatureServingError:
+    """The :class:`FeatureServingError` of a failed gRPC call (``UNAVAILABLE`` ->
+    :class:`StorageError`, ``FAILED_PRECONDITION`` -> :class:`WrongShardError`, ...); the
+    message is ``"<CODE>: <details>"``."""
+    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+    cls = _GRPC_ERRORS.get(code, FeatureServingError)
+    details = e.details() if hasattr(e, "details") else str(e)
+    return cls(f"{code.name}: {details}")
+
+
+class ClusterMapError(InvalidArgumentError, ValueError):
+    """An invalid cluster map (or a node without one); the message names the problem."""
+
+
+def _int(value: object, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ClusterMapError(f"{what} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ClusterMapError(f"{what} must be at least {minimum}, got {value}")
+    return value
+
+
+def _shard_index(key: object) -> int:
+    if isinstance(key, str) and key.strip().isdigit():
+        return int(key.strip())  # JSON object keys are strings
+    return _int(key, f"shard index {key!r}", 0)
+
+
+def _check_endpoint(shard: int, ep: object) -> str:
+    if not isinstance(ep, str) or not ep.strip():
+        raise ClusterMapError(
+            f"shard {shard}: an endpoint must be a 'host:port' string, got {ep!r}"
+        )
+    if "://" in ep or ep.startswith("unix:"):
+        return ep
+    m = _ENDPOINT.match(ep)
+    if m is None or not 1 <= int(m.group(2)) <= 65535:
+        raise ClusterMapError(
+            f"shard {shard}: endpoint {ep!r} is not 'host:port' (a gRPC port of the replica)"
+        )
+    return ep
+
+
+@dataclass(frozen=True)
+class ClusterMap:
+    """Every shard of a cluster with its replicas' gRPC endpoints.
+
+    ``shards`` maps each shard index ``0..N-1`` (all of them, no gap) to the endpoints
+    (``"host:port"``) of its replicas, at least one each; an endpoint belongs to one shard only.
+    ``topic_partitions`` is the partition count of the views' stream topics (the nodes'
+    ``--topic-partitions``). Invalid maps raise :class:`ClusterMapError` (a ``ValueError``).
+    """
+
+    shards: dict[int, list[str]]
+    topic_partitions: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.shards, Mapping) or not self.shards:
+            raise ClusterMapError(
+                "shards must map every shard index 0..N-1 to its replicas' endpoints, "
+                f"got {self.shards!r}"
+            )
+        _int(self.topic_partitions, "topic_partitions", 1)
+        shards: dict[int, list[str]] = {}
+        for key, eps in self.shards.items():
+            k = _shard_index(key)
+            if k in shards:
+                raise ClusterMapError(f"shard {k} is listed twice")
+            if isinstance(eps, str) or not isinstance(eps, Sequence):
+                raise ClusterMapError(
+                    f"shard {k}: expected a list of endpoints ('host:port'), got {eps!r}"
+                )
+            if not eps:
+                raise ClusterMapError(f"shard {k} has no endpoint")
+            shards[k] = [_check_endpoint(k, ep) for ep in eps]
+        n = len(shards)
+        if sorted(shards) != list(range(n)):
+            missing = sorted(set(range(n)) - set(shards))
+            raise ClusterMapError(
+                f"shard indices must be exactly 0..{n - 1} ({n} shards), got {sorted(shards)}"
+                + (f": shard(s) {missing} missing" if missing else "")
+            )
+        owner: dict[str, int] = {}
+        for k in range(n):
+            for ep in shards[k]:
+                if ep in owner:
+                    where = "twice in shard" if owner[ep] == k else f"in shards {owner[ep]} and"
+                    raise ClusterMapError(f"endpoint {ep} is listed {where} {k}")
+                owner[ep] = k
+        # normalized: int keys in index order, plain lists (the caller's objects are not kept)
+        object.__setattr__(self, "shards", {k: list(shards[k]) for k in range(n)})
+
+    @property
+    def shard_count(self) -> int:
+        return len(self.shards)
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Every endpoint of the map, shard by shard."""
+        return [ep for k in range(self.shard_count) for ep in self.shards[k]]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ClusterMap:
+        """From ``{"topic_partitions": P, "shards": {0: [...], ...}}``; shard indices may be
+        ints or digit strings (JSON)."""
+        if not isinstance(d, Mapping):
+            raise ClusterMapError(
+                f"a cluster map is a mapping with 'topic_partitions' and 'shards', got {d!r}"
+            )
+        unknown = sorted(str(k) for k in d if k not in ("shards", "topic_partitions"))
+        if unknown:
+            raise ClusterMapError(
+                f"unknown key(s) {unknown} in the cluster map (expected 'topic_partitions' "
+                "and 'shards')"
+            )
+        for key in ("topic_partitions", "shards"):
+            if key not in d:
+                raise ClusterMapError(f"the cluster map has no '{key}'")
+        return cls(shards=d["shards"], topic_partitions=d["topic_partitions"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"topic_partitions": P, "shards": {0: [...], ...}}`` (what :meth:`from_dict`
+        reads; ``json.dumps`` turns the indices into strings, which it reads too)."""
+        return {
+            "topic_partitions": self.topic_partitions,
+            "shards": {k: list(eps) for k, eps in self.shards.items()},
+        }
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ClusterMap:
+        """From a YAML or JSON file (module docstring, docs/scale-out.md "Cluster map")."""
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ClusterMapError(f"cluster map '{p}': {e}") from None
+        try:
+            return cls.from_dict(data)
+        except ClusterMapError as e:
+            raise ClusterMapError(f"cluster map '{p}': {e.message}") from None
+
+    def to_proto(self) -> pb.ClusterMap:
+        msg = pb.ClusterMap(topic_partitions=self.topic_partitions)
+        for k, eps in self.shards.items():
+            msg.shards.add(index=k, endpoints=eps)
+        return msg
+
+    @classmethod
+    def from_proto(cls, msg: pb.ClusterMap) -> ClusterMap:
+        shards: dict[int, list[str]] = {}
+        for s in msg.shards:
+            if s.index in shards:
+                raise ClusterMapError(f"shard {s.index} is listed twice")
+            shards[s.index] = list(s.endpoints)
+        return cls(shards=shards, topic_partitions=msg.topic_partitions)
+
+    @classmethod
+    def fetch(
+        cls, endpoint: str, *, api_key: str | None = None, timeout: float = 5.0
+    ) -> ClusterMap:
+        """The cluster map a node was started with (``serve --cluster-map``), through its
+        ``GetNodeInfo`` RPC. Raises :class:`ClusterMapError` when the node has none, and the
+        call's error (:func:`error_from_rpc`) when the node does not answer."""
+        info = fetch_node_info(endpoint, api_key=api_key, timeout=timeout)
+        if info.cluster is None:
+            raise ClusterMapError(
+                f"node {endpoint} has no cluster map (start it with --cluster-map FILE)"
+            )
+        return info.cluster
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a node says about itself (``GetNodeInfo``, ``GET /v1/node``)."""
+
+    version: str
+    #: this node is shard ``shard_index`` of ``shard_count``; 0 and 0 when not sharded
+    shard_index: int
+    shard_count: int
+    #: ``--topic-partitions`` (0 when not sharded)
+    topic_partitions: int
+    #: views whose keys are sharded (those with a stream source), sorted; empty when not sharded
+    sharded_views: tuple[str, ...]
+    #: ``/readyz``
+    ready: bool
+    #: Kafka loader lag per view (None while unknown)
+    loader_lag: dict[str, int | None] = field(default_factory=dict)
+    #: the map the node was started with (``--cluster-map``), or None
+    cluster: ClusterMap | None = None
+
+    @property
+    def sharded(self) -> bool:
+        return self.shard_count > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``GET /v1/node`` JSON object (``cluster`` in :meth:`ClusterMap.to_dict` form)."""
+        return {
+            "version": self.version,
+            "shard_index": self.shard_index,
+            "shard_count": self.shard_count,
+            "topic_partitions": self.topic_partitions,
+            "sharded_views": list(self.sharded_views),
+            "ready": self.ready,
+            "loader_lag": dict(self.loader_lag),
+            "cluster": None if self.cluster is None else self.cluster.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> NodeInfo:
+        cluster = d.get("cluster")
+        return cls(
+            version=str(d["version"]),
+            shard_index=int(d["shard_index"]),
+            shard_count=int(d["shard_count"]),
+            topic_partitions=int(d["topic_partitions"]),
+            sharded_views=tuple(d.get("sharded_views") or ()),
+            ready=bool(d["ready"]),
+            loader_lag=dict(d.get("loader_lag") or {}),
+            cluster=None if cluster is None else ClusterMap.from_dict(cluster),
+        )
+
+    def to_proto(self) -> pb.GetNodeInfoResponse:
+        msg = pb.GetNodeInfoResponse(
+            version=self.version,
+            shard_index=self.shard_index,
+            shard_count=self.shard_count,
+            topic_partitions=self.topic_partitions,
+            sharded_views=list(self.sharded_views),
+            ready=self.ready,
+        )
+        for view, lag in self.loader_lag.items():
+            entry = msg.loader_lag.add(view=view)
+            if lag is not None:
+                entry.lag = lag
+        if self.cluster is not None:
+            msg.cluster.CopyFrom(self.cluster.to_proto())
+        return msg
+
+    @classmethod
+    def from_proto(cls, msg: pb.GetNodeInfoResponse) -> NodeInfo:
+        return cls(
+            version=msg.version,
+            shard_index=msg.shard_index,
+            shard_count=msg.shard_count,
+            topic_partitions=msg.topic_partitions,
+            sharded_views=tuple(msg.sharded_views),
+            ready=msg.ready,
+            loader_lag={e.view: e.lag if e.HasField("lag") else None for e in msg.loader_lag},
+            cluster=ClusterMap.from_proto(msg.cluster) if msg.HasField("cluster") else None,
+        )
+
+
+def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
+def fetch_node_info(endpoint: str, *, api_key: str | None = None, timeout: float = 5.0) -> NodeInfo:
+    """A node's ``GetNodeInfo`` (blocking); gRPC errors are raised as
+    :class:`FeatureServingError` (:func:`error_from_rpc`)."""
+    with grpc.insecure_channel(endpoint) as channel:
+        call = channel.unary_unary(
+            NODE_INFO_METHOD,
+            request_serializer=pb.GetNodeInfoRequest.SerializeToString,
+            response_deserializer=pb.GetNodeInfoResponse.FromString,
+        )
+        try:
+            resp = call(pb.GetNodeInfoRequest(), timeout=timeout, metadata=_metadata(api_key))
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from None
+    return NodeInfo.from_proto(resp)
+
+
+def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Done callback of a losing attempt: reads its outcome so that asyncio does not log
+    'exception was never retrieved'."""
+    if not task.cancelled():
+        task.exception()
+
+
+class ClusterChannels:
+    """grpc.aio channels to every replica of every shard; raw-bytes unary calls.
+
+    :meth:`call` sends already-serialized request bytes to one replica of a shard and returns
+    the response bytes (no Python protobuf objects on this path). Replicas of a shard are used
+    in turn (round robin). A replica answering ``UNAVAILABLE`` (connection refused, a stopping
+    node) is marked down for ``down_seconds`` and the call goes on to the next replica; replicas
+    marked down are tried last, not skipped. A replica that has not answered within
+    ``hedge_after`` seconds gets a hedge: the same call to the next replica that is up; the
+    first answer wins and the other call is cancelled (at most one hedge per call; none with a
+    single replica or ``hedge_after=None``). All of it within one deadline, ``timeout``. Other
+    errors (``INVALID_ARGUMENT``, ``FAILED_PRECONDITION`` / wrong_shard, ``PERMISSION_DENIED``,
+    ``DEADLINE_EXCEEDED``, ...) are raised as the :class:`grpc.aio.AioRpcError`, not retried.
+
+    Channels are opened on first use, on the running event loop; use one instance from one
+    event loop.
+    """
+
+    def __init__(
+        self,
+        cluster: ClusterMap,
+        *,
+        down_seconds: float = 5.0,
+        hedge_after: float | None = 0.05,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        if hedge_after is not None and hedge_after < 0:
+            raise InvalidArgumentError(f"hedge_after must be >= 0 or None, got {hedge_after}")
+        self.cluster = cluster
+        self.down_seconds = down_seconds
+        self.hedge_after = hedge_after
+        self._credentials = credentials
+        self._options = list(options)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._calls: dict[tuple[str, str], Any] = {}
+        self._turn = {k: itertools.count() for k in cluster.shards}
+        #: endpoint -> time.monotonic() until which it counts as down
+        self._down: dict[str, float] = {}
+
+    # -- replicas --------------------------------------------------------------------------
+
+    def _replicas(self, shard: int) -> list[str]:
+        try:
+            return self.cluster.shards[shard]
+        except KeyError:
+            raise InvalidArgumentError(
+                f"no shard {shard}: the cluster has shards 0..{self.cluster.shard_count - 1}"
+            ) from None
+
+    def _is_down(self, endpoint: str, now: float) -> bool:
+        until = self._down.get(endpoint)
+        return until is not None and until > now
+
+    def up_replicas(self, shard: int) -> list[str]:
+        """The endpoints of ``shard`` not currently marked down, in map order."""
+        now = time.monotonic()
+        return [ep for ep in self._replicas(shard) if not self._is_down(ep, now)]
+
+    def _order(self, shard: int) -> list[str]:
+        """Replicas of ``shard`` in the order this call tries them: round robin, those
+        marked down last."""
+        reps = self._replicas(shard)
+        if len(reps) == 1:
+            return reps
+        start = next(self._turn[shard]) % len(reps)
+        turn = reps[start:] + reps[:start]
+        if not self._down:
+            return turn
+        now = time.monotonic()
+        return sorted(turn, key=lambda ep: self._is_down(ep, now))
+
+    def _mark_down(self, endpoint: str, e: grpc.aio.AioRpcError, failures: list[str]) -> None:
+        self._down[endpoint] = time.monotonic() + self.down_seconds
+        failures.append(f"{endpoint}: {e.details()}")
+
+    def _callable(self, endpoint: str, method: str) -> Any:
+        mc = self._calls.get((endpoint, method))
+        if mc is None:
+            ch = self._channels.get(endpoint)
+            if ch is None:
+                if self._credentials is not None:
+                    ch = grpc.aio.secure_channel(endpoint, self._credentials, self._options)
+                else:
+                    ch = grpc.aio.insecure_channel(endpoint, self._options)
+                self._channels[endpoint] = ch
+            mc = ch.unary_unary(method, request_serializer=None, response_deserializer=None)
+            self._calls[(endpoint, method)] = mc
+        return mc
+
+    # -- calls -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _left(
+        deadline: float | None, loop: asyncio.AbstractEventLoop, shard: int, failures: list[str]
+    ) -> float | None:
+        if deadline is None:
+            return None
+        left = deadline - loop.time()
+        if left <= 0:
+            tried = f" (unavailable: {'; '.join(failures)})" if failures else ""
+            raise _rpc_error(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"shard {shard}: the deadline expired before a replica answered{tried}",
+            )
+        return left
+
+    @staticmethod
+    def _all_failed(shard: int, failures: list[str]) -> grpc.aio.AioRpcError:
+        return _rpc_error(
+            grpc.StatusCode.UNAVAILABLE,
+            f"shard {shard}: no replica answered ({'; '.join(failures)})",
+        )
+
+    async def call(
+        self,
+        shard: int,
+        method: str,
+        body: bytes,
+        *,
+        metadata: Sequence[tuple[str, str]] | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        """Sends ``body`` to a replica of ``shard`` (``method``: a full gRPC path such as
+        ``/feature_serving.v1.FeatureService/GetFeatureVector``) and returns the answer's
+        bytes; ``timeout`` bounds the whole call, fail-over and hedge included."""
+        order = self._order(shard)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        md = tuple(metadata) if metadata else None
+        failures: list[str] = []
+        if self.hedge_after is None or len(order) == 1:
+            for ep in order:
+                left = self._left(deadline, loop, shard, failures)
+                try:
+                    out: bytes = await self._callable(ep, method)(body, timeout=left, metadata=md)
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    self._mark_down(ep, e, failures)
+                    continue
+                self._down.pop(ep, None)
+                return out
+            raise self._all_failed(shard, failures)
+        return await self._hedged(
+            shard, order, method, body, metadata=md, deadline=deadline, failures=failures
+        )
+
+    async def _attempt(
+        self,
+        endpoint: str,
+        method: str,
+        body: bytes,
+        metadata: tuple[tuple[str, str], ...] | None,
+        timeout: float | None,
+    ) -> bytes:
+        out: bytes = await self._callable(endpoint, method)(
+            body, timeout=timeout, metadata=metadata
+        )
+        return out
+
+    async def _hedged(
+        self,
+        shard: int,
+        order: list[str],
+        method: str,
+        body: bytes,
+        *,
+        metadata: tuple[tuple[str, str], ...] | None,
+        deadline: float | None,
+        failures: list[str],
+    ) -> bytes:
+        loop = asyncio.get_running_loop()
+        pending: dict[asyncio.Task[bytes], str] = {}
+        nxt = 0
+        hedged = False
+
+        def launch(left: float | None) -> None:
+            nonlocal nxt
+            ep = order[nxt]
+            nxt += 1
+            task = loop.create_task(self._attempt(ep, method, body, metadata, left))
+            task.add_done_callback(_retrieve)
+            pending[task] = ep
+
+        try:
+            while True:
+                if not pending:
+                    if nxt == len(order):
+                        raise self._all_failed(shard, failures)
+                    launch(self._left(deadline, loop, shard, failures))
+                can_hedge = (
+                    not hedged
+                    and nxt < len(order)
+                    and not self._is_down(order[nxt], time.monotonic())
+                )
+                done, _ = await asyncio.wait(
+                    pending,
+                    timeout=self.hedge_after if can_hedge else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    # the attempt in flight is slow: the same call to another replica too
+                    hedged = True
+                    if deadline is None or deadline - loop.time() > 0:
+                        launch(None if deadline is None else deadline - loop.time())
+                    continue
+                # an answer first, whatever else finished at the same time
+                for task in sorted(done, key=lambda t: t.exception() is not None):
+                    ep = pending.pop(task)
+                    e = task.exception()
+                    if e is None:
+                        self._down.pop(ep, None)
+                        return task.result()
+                    if (
+                        isinstance(e, grpc.aio.AioRpcError)
+                        and e.code() == grpc.StatusCode.UNAVAILABLE
+                    ):
+                        self._mark_down(ep, e, failures)
+                        continue
+                    raise e
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def close(self) -> None:
+        """Closes every channel (calls in flight are cancelled)."""
+        channels = list(self._channels.values())
+        self._channels.clear()
+        self._calls.clear()
+        for ch in channels:
+            await ch.close(None)

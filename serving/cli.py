@@ -69,6 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     s = _settings(args)
     _setup_logging(s.log_level)
     s.shard()  # invalid shard settings fail before anything is touched
+    s.cluster()  # and so does a cluster map that is invalid or does not fit the shard
     if s.restore_from:
         from serving.snapshot import restore
 

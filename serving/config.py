@@ -8,12 +8,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from serving.errors import InvalidArgumentError
 from serving.sharding import Shard
+
+if TYPE_CHECKING:
+    from serving.cluster import ClusterMap
 
 ENV_PREFIX = "FS_"
 
@@ -88,6 +91,10 @@ class ServeSettings:
     #: copy this snapshot (`feature-serving snapshot create`) into the data directory, which
     #: must be empty or absent, before opening the store; the loader resumes at its offsets
     restore_from: str = ""
+    #: cluster map file (YAML or JSON, docs/scale-out.md "Cluster map"): every shard's replica
+    #: endpoints, which the node hands out through GetNodeInfo / GET /v1/node so clients can
+    #: route; on a sharded node its shard count and topic partitions must match the node's
+    cluster_map: str = ""
 
     def shard(self) -> Shard | None:
         """The node's shard, or None when not sharded; validates the three settings."""
@@ -106,6 +113,26 @@ class ServeSettings:
                 "the partition count of the views' stream topics"
             )
         return shard
+
+    def cluster(self) -> ClusterMap | None:
+        """The cluster map of ``cluster_map`` (None without one), checked against the node's
+        shard settings: a sharded node's map must have its shard count and topic partitions."""
+        if not self.cluster_map:
+            return None
+        from serving.cluster import ClusterMap
+
+        cluster = ClusterMap.load(self.cluster_map)
+        shard = self.shard()
+        if shard is not None and (
+            cluster.shard_count != shard.count or cluster.topic_partitions != self.topic_partitions
+        ):
+            raise InvalidArgumentError(
+                f"cluster map '{self.cluster_map}' has {cluster.shard_count} shard(s) over "
+                f"{cluster.topic_partitions} topic partition(s), but this node is {shard} over "
+                f"{self.topic_partitions} partitions (--shard-count/--topic-partitions): "
+                "they must be the same"
+            )
+        return cluster
 
 
 def _coerce(name: str, kind: type, raw: object) -> Any:
@@ -259,4 +286,10 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         metavar="SNAPSHOT_DIR",
         help="first copy this snapshot into the data directory, which must be empty or absent; "
         "the Kafka loader resumes at the snapshot's offsets",
+    )
+    p.add_argument(
+        "--cluster-map",
+        metavar="FILE",
+        help="cluster map (YAML/JSON: topic_partitions and every shard's replica endpoints) "
+        "that the node hands out through GetNodeInfo and GET /v1/node (docs/scale-out.md)",
     )

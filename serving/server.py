@@ -31,6 +31,7 @@ from serving import __version__, _rust_core
 from serving._proto.feast.serving import ServingService_pb2 as feast_pb2
 from serving._proto.feature_serving.v1 import feature_service_pb2 as v1_pb2
 from serving.auth import Authenticator, KeyFile, Principal, default_keys_file
+from serving.cluster import NodeInfo
 from serving.config import ServeSettings
 from serving.errors import (
     DeadlineExceededError,
@@ -329,6 +330,8 @@ class FeatureServer:
         #: this node's shard (None: not sharded; no ownership check at all)
         self.shard = settings.shard()
         self._configure_sharding()
+        #: the cluster map handed out by GetNodeInfo / GET /v1/node (None: not given)
+        self.cluster = settings.cluster()
         #: background loaders (Kafka) started with the server; each has start/stop/stats
         self.loaders: list[Any] = []
         self.auth: Authenticator | None = None
@@ -370,6 +373,7 @@ class FeatureServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/feature-views", self._http_list_views)
+        app.router.add_get("/v1/node", self._http_node)
         app.router.add_post("/v1/push", self._http_push)
         app.router.add_post("/admin/materialize", self._admin_materialize)
         app.router.add_post("/admin/registry/reload", self._admin_reload_registry)
@@ -718,6 +722,27 @@ class FeatureServer:
             status=200 if ready else 503,
         )
 
+    def node_info(self) -> NodeInfo:
+        """What GetNodeInfo and GET /v1/node answer: shard, readiness, loader lag, cluster map."""
+        sharded: list[str] = []
+        if self.shard is not None:
+            sharded = sorted(
+                v.name for v in self.store.registry.feature_views.values() if v.stream_source
+            )
+        return NodeInfo(
+            version=__version__,
+            shard_index=self.shard.index if self.shard is not None else 0,
+            shard_count=self.shard.count if self.shard is not None else 0,
+            topic_partitions=self.settings.topic_partitions if self.shard is not None else 0,
+            sharded_views=tuple(sharded),
+            ready=self.is_ready(),
+            loader_lag=dict(sorted(self.loader_lag().items())),
+            cluster=self.cluster,
+        )
+
+    async def _http_node(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.node_info().to_dict())
+
     async def _http_list_views(self, _request: web.Request) -> web.Response:
         reg = self.store.registry
         return web.json_response(
@@ -830,6 +855,9 @@ class FeatureServer:
                 info.features.add(name=f.name, dtype=_DTYPE_NAMES[f.dtype], dim=f.dim or 0)
         return resp.SerializeToString()
 
+    async def _node_info(self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return self.node_info().to_proto().SerializeToString()
+
     async def _list_services(
         self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
@@ -874,6 +902,7 @@ class FeatureServer:
                         "ListFeatureServices": self._grpc_unary(
                             self._list_services, "grpc", "ListFeatureServices"
                         ),
+                        "GetNodeInfo": self._grpc_unary(self._node_info, "grpc", "GetNodeInfo"),
                     },
                 ),
             )

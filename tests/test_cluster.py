@@ -161,6 +161,31 @@ def test_node_info_renderings_agree() -> None:
     assert not bare.to_proto().HasField("cluster")
 
 
+def test_serve_settings_check_the_map_against_the_shard(tmp_path: Path) -> None:
+    from serving.config import load_settings
+
+    path = tmp_path / "cluster.yaml"
+    path.write_text(json.dumps(GOOD))
+    env = {"FS_CLUSTER_MAP": str(path)}
+    # a node that is not sharded may hand out a map
+    assert load_settings(env=env).cluster() == ClusterMap.from_dict(GOOD)
+    ok = {"shard_index": 1, "shard_count": 2, "topic_partitions": 12}
+    assert load_settings(ok, env=env).cluster() == ClusterMap.from_dict(GOOD)
+    for flags in (
+        {"shard_index": 0, "shard_count": 3, "topic_partitions": 12},
+        {"shard_index": 0, "shard_count": 2, "topic_partitions": 4},
+    ):
+        with pytest.raises(
+            InvalidArgumentError,
+            match=r"has 2 shard\(s\) over 12 topic partition\(s\).*must be the same",
+        ):
+            load_settings(flags, env=env).cluster()
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text(f"cluster_map: {path}\n")
+    assert load_settings(env={}, settings_file=settings_file).cluster_map == str(path)
+    assert load_settings(env={}).cluster() is None
+
+
 def closed_port() -> int:
     """A loopback port nobody listens on (connection refused)."""
     with socket.socket() as s:

@@ -89,8 +89,15 @@ class Server:
         return grpc.insecure_channel(f"127.0.0.1:{self.grpc}")
 
 
-def start_server(config: Path, data_dir: Path, log: Path, *extra: str) -> Server:
-    http, grpc_port = free_port(), free_port()
+def start_server(
+    config: Path,
+    data_dir: Path,
+    log: Path,
+    *extra: str,
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+) -> Server:
+    http, grpc_port = http_port or free_port(), grpc_port or free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "serving", "serve", "--config", str(config),

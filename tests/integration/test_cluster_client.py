@@ -1,18 +1,23 @@
-"""Cluster map and node metadata against real `serve` shard processes on a real broker (tansu),
-as tests/integration/test_scale_out_serve.py: two shards on a 4-partition topic plus a second
-replica of shard 0, 2,000 keys, API keys on.
+"""Cluster map, node metadata and routing clients against real `serve` shard processes on a
+real broker (tansu), as tests/integration/test_scale_out_serve.py: two shards on a 4-partition
+topic plus a second replica of shard 0, 2,000 keys, API keys on.
 
 - ``GetNodeInfo`` / ``GET /v1/node`` and ``serve --cluster-map`` (and its startup checks);
-- :class:`serving.cluster.ClusterChannels` (raw bytes) against the nodes.
+- :class:`serving.cluster.ClusterChannels` (raw bytes) against the nodes;
+- ``ShardedFeatureClient`` and ``AsyncShardedFeatureClient``: every key through both layouts,
+  fail-over when a replica is killed, hedging when a replica is slow.
 
-See docs/scale-out.md."""
+The only fake is :class:`SlowReplica`, a deliberately slow endpoint that forwards to a real
+node after a delay; every answer checked comes from a real node. See docs/scale-out.md."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,9 +37,15 @@ from integration.kafka_fixtures import Broker, tansu_binary
 from serving import Registry
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
 from serving.auth import KeyFile
-from serving.client import METHOD, ColumnsResult, FeatureClient
+from serving.client import (
+    METHOD,
+    AsyncShardedFeatureClient,
+    ColumnsResult,
+    FeatureClient,
+    ShardedFeatureClient,
+)
 from serving.cluster import ClusterChannels, ClusterMap, ClusterMapError, fetch_node_info
-from serving.errors import UnauthenticatedError
+from serving.errors import StorageError, UnauthenticatedError
 from serving.kafka_loader import encode_key, produce_rows
 from serving.sharding import shard_for_key
 from serving.store import DenseResult
@@ -280,6 +291,8 @@ def test_node_without_shard_or_map(env: Env) -> None:
         assert body["shard_count"] == 0
         with pytest.raises(ClusterMapError, match=f"node {ep} has no cluster map"):
             ClusterMap.fetch(ep)
+        with pytest.raises(ClusterMapError, match=f"node {ep} has no cluster map"):
+            ShardedFeatureClient.from_node(ep)
     finally:
         stop_server(node)
 
@@ -368,3 +381,251 @@ def test_cluster_channels_against_real_nodes(env: Env) -> None:
     }
     after = sum(requests_total(env.nodes[n], "FAILED_PRECONDITION") for n in ("0a", "0b"))
     assert after - refused == 1
+
+
+# -- routing clients: every key ---------------------------------------------------------------
+
+
+def test_clients_answer_every_key_in_both_layouts(env: Env) -> None:
+    users = list(range(N))
+    batches = [users[i::4] for i in range(4)]  # 500 each, both shards interleaved
+    key = env.keys["reader"]
+    # blocking client bootstrapped from a node: map and join keys from GetNodeInfo and
+    # ListFeatureViews
+    with ShardedFeatureClient.from_node(env.endpoint("1"), api_key=key, timeout=5) as client:
+        assert client.cluster == env.cluster
+        assert client.join_keys == ["user_id"]
+        assert client.shards_of({"user_id": users}) == [env.owner[u] for u in users]
+        for batch in batches:
+            check_dense(client.get_dense({"user_id": batch}, ["users:seq"]), batch)
+            check_columns(client.get_features({"user_id": np.array(batch)}, FEATURES), batch)
+        only1 = env.keys_of(1)[:300]  # one shard only: no split
+        check_columns(client.get_features({"user_id": only1}, FEATURES), only1)
+
+    async def run() -> None:
+        async with AsyncShardedFeatureClient.from_cluster_map(
+            env.map_path, join_keys=JOIN_KEYS, api_key=key, timeout=5
+        ) as client:
+            assert client.cluster == env.cluster
+            dense = await asyncio.gather(
+                *(client.get_dense({"user_id": b}, ["users:seq"]) for b in batches)
+            )
+            for m, batch in zip(dense, batches, strict=True):
+                check_dense(m, batch)
+            for batch in batches:
+                check_columns(await client.get_features({"user_id": batch}, FEATURES), batch)
+        async with await AsyncShardedFeatureClient.from_node(
+            env.endpoint("0b"), api_key=key, timeout=5
+        ) as client:
+            assert client.join_keys == ["user_id"]
+            check_dense(
+                await client.get_dense({"user_id": users[:1000]}, ["users:seq"]), users[:1000]
+            )
+
+    asyncio.run(run())
+
+
+# -- fail-over --------------------------------------------------------------------------------
+
+
+def test_fail_over_when_a_replica_is_killed(env: Env) -> None:
+    victim = env.caught_up(env.start("0c", *env.shard_flags(0)), 0)
+    dead = f"127.0.0.1:{victim.grpc}"
+    cluster = ClusterMap({0: [dead, env.endpoint("0a")], 1: [env.endpoint("1")]}, PARTITIONS)
+    key = env.keys["reader"]
+    users = list(range(N))
+    batches = [users[i::8][:250] for i in range(8)]
+    opts: dict[str, Any] = {"join_keys": JOIN_KEYS, "api_key": key, "timeout": 5}
+
+    async def run(client: AsyncShardedFeatureClient, before_kill: bool) -> None:
+        for batch in batches[:2] if before_kill else batches:
+            check_dense(await client.get_dense({"user_id": batch}, ["users:seq"]), batch)
+            check_columns(await client.get_features({"user_id": batch}, FEATURES), batch)
+
+    loop = asyncio.new_event_loop()
+    sync = ShardedFeatureClient(cluster, hedge_after=None, **opts)
+    aclient = AsyncShardedFeatureClient(cluster, hedge_after=None, **opts)
+    hedging = AsyncShardedFeatureClient(cluster, **opts)  # hedge_after=0.05
+    try:
+        # all three use the victim before it dies (round robin over both replicas)
+        for batch in batches[:2]:
+            check_dense(sync.get_dense({"user_id": batch}, ["users:seq"]), batch)
+        loop.run_until_complete(run(aclient, True))
+        loop.run_until_complete(run(hedging, True))
+        assert requests_total(victim) >= 3
+
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait(10)
+
+        for batch in batches:
+            check_dense(sync.get_dense({"user_id": batch}, ["users:seq"]), batch)
+            check_columns(sync.get_features({"user_id": batch}, FEATURES), batch)
+        assert sync.up_replicas(0) == [env.endpoint("0a")]  # it was tried, and marked down
+        loop.run_until_complete(run(aclient, False))
+        assert aclient.up_replicas(0) == [env.endpoint("0a")]
+        loop.run_until_complete(run(hedging, False))
+
+        # a shard whose every replica is gone: UNAVAILABLE naming the shard and endpoints
+        with (
+            ShardedFeatureClient({0: [dead]}, topic_partitions=PARTITIONS, **opts) as alone,
+            pytest.raises(
+                StorageError, match=rf"UNAVAILABLE: shard 0: no replica answered \({dead}: "
+            ),
+        ):
+            alone.get_dense({"user_id": env.keys_of(0)[:3]}, ["users:seq"])
+    finally:
+        sync.close()
+        loop.run_until_complete(aclient.close())
+        loop.run_until_complete(hedging.close())
+        loop.close()
+
+
+# -- hedging ----------------------------------------------------------------------------------
+
+
+class SlowReplica:
+    """A deliberately slow endpoint, the only fake of this module: a grpc.aio server on its own
+    thread and event loop that waits ``delay`` seconds, then forwards the call (with its
+    authorization header) to the real node ``target``. Counts the calls it received, those
+    cancelled before it answered (the client took another replica's answer) and answered."""
+
+    def __init__(self, target: str, delay: float) -> None:
+        self.target, self.delay = target, delay
+        self.port = free_port()
+        self.started = self.cancelled = self.answered = 0
+        self._loop = asyncio.new_event_loop()
+        self._up = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._up.wait(10)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._start())
+        self._up.set()
+        self._loop.run_forever()
+
+    async def _start(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self.target)
+        self._server = grpc.aio.server()
+        self._server.add_generic_rpc_handlers((_Forward(self),))
+        assert self._server.add_insecure_port(self.endpoint) == self.port
+        await self._server.start()
+
+    async def handle(self, method: str, request: bytes, context: Any) -> bytes:
+        self.started += 1
+        try:
+            await asyncio.sleep(self.delay)
+            md = [(k, v) for k, v in context.invocation_metadata() or () if k == "authorization"]
+            forward = self._channel.unary_unary(method, None, None)
+            out: bytes = await forward(request, metadata=md, timeout=context.time_remaining())
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        self.answered += 1
+        return out
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            await self._server.stop(0)
+            await self._channel.close(None)
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+class _Forward(grpc.GenericRpcHandler):
+    def __init__(self, replica: SlowReplica) -> None:
+        self.replica = replica
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
+        method = details.method
+
+        async def behavior(request: bytes, context: Any) -> bytes:
+            return await self.replica.handle(method, request, context)
+
+        return grpc.unary_unary_rpc_method_handler(behavior)
+
+
+def wait_until(check: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_hedging_when_a_replica_is_slow(env: Env) -> None:
+    slow = SlowReplica(env.endpoint("0a"), delay=3.0)
+    cluster = ClusterMap({0: [slow.endpoint, env.endpoint("0b")], 1: [env.endpoint("1")]}, 4)
+    key = env.keys["reader"]
+    md = [("authorization", f"Bearer {key}")]
+    mine = env.keys_of(0)[:400]
+    users = list(range(N))
+    batches = [users[i::4] for i in range(4)]
+    try:
+        # the slow replica really is slow: without hedging, a call it gets first times out
+        async def unhedged() -> None:
+            ch = ClusterChannels(cluster, hedge_after=None)
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await ch.call(0, METHOD, dense_body(mine), metadata=md, timeout=0.5)
+                assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            finally:
+                await ch.close()
+
+        asyncio.run(unhedged())
+        assert slow.started == 1
+        wait_until(lambda: slow.cancelled == 1)
+
+        # with hedging every call is answered, by the other replica, well before the delay
+        async def hedged() -> None:
+            ch = ClusterChannels(cluster, hedge_after=0.05)
+            try:
+                for _ in range(4):
+                    t0 = time.monotonic()
+                    out = await ch.call(0, METHOD, dense_body(mine), metadata=md, timeout=2.5)
+                    assert time.monotonic() - t0 < 1.5
+                    assert dense_values(out) == [float(u * 10 + 1) for u in mine]
+                    # the losing call is cancelled at once, not left to run (or to close())
+                    t0 = time.monotonic()
+                    while slow.cancelled != slow.started:
+                        assert time.monotonic() - t0 < 2, (slow.started, slow.cancelled)
+                        await asyncio.sleep(0.02)
+                assert slow.endpoint in ch.up_replicas(0)  # slow is not down
+            finally:
+                await ch.close()
+
+        asyncio.run(hedged())
+        assert slow.started >= 3  # round robin gave it calls 1 and 3 first
+        # every call it got was cancelled once the other replica had answered
+        wait_until(lambda: slow.cancelled == slow.started)
+        assert slow.answered == 0
+
+        # the routing clients hedge the same way
+        async def via_async_client() -> None:
+            async with AsyncShardedFeatureClient(
+                cluster, join_keys=JOIN_KEYS, api_key=key, timeout=2.5
+            ) as client:
+                for batch in batches:
+                    t0 = time.monotonic()
+                    check_columns(await client.get_features({"user_id": batch}, FEATURES), batch)
+                    assert time.monotonic() - t0 < 1.5
+
+        started = slow.started
+        asyncio.run(via_async_client())
+        with ShardedFeatureClient(cluster, join_keys=JOIN_KEYS, api_key=key, timeout=2.5) as client:
+            for batch in batches:
+                t0 = time.monotonic()
+                check_dense(client.get_dense({"user_id": batch}, ["users:seq"]), batch)
+                assert time.monotonic() - t0 < 1.5
+        assert slow.started >= started + 4  # both clients sent it calls, and did not wait
+        wait_until(lambda: slow.cancelled == slow.started)
+        assert slow.answered == 0
+    finally:
+        slow.stop()

@@ -244,8 +244,13 @@ def test_client_routes_by_shard_and_fails_over_to_another_replica(cluster: Clust
     endpoints = {0: [f"127.0.0.1:{shard0a.grpc}", f"127.0.0.1:{shard0b.grpc}"]}
     endpoints[1] = [f"127.0.0.1:{shard1.grpc}"]
     users = list(range(N))
+    # no hedging: this test is about fail-over (tests/integration/test_cluster_client.py hedges)
     with ShardedFeatureClient(
-        endpoints, topic_partitions=PARTITIONS, join_keys=[("user_id", "int64")], timeout=5.0
+        endpoints,
+        topic_partitions=PARTITIONS,
+        join_keys=[("user_id", "int64")],
+        timeout=5.0,
+        hedge_after=None,
     ) as client:
         assert client.shards_of({"user_id": users}) == [cluster.owner[u] for u in users]
         for batch in range(8):
@@ -259,7 +264,7 @@ def test_client_routes_by_shard_and_fails_over_to_another_replica(cluster: Clust
             assert m.values[:, 0].tolist() == [float(u * 10 + 1) for u in part], batch
             assert set(m.statuses[:, 0].tolist()) == {1}
             if batch == 4:  # it did try the dead replica first, and marked it down
-                assert f"127.0.0.1:{shard0a.grpc}" in client._down
+                assert client.up_replicas(0) == [f"127.0.0.1:{shard0b.grpc}"]
         # every key, after the fail-over, in batches of the node limit
         for lo in range(0, N, 1000):
             m = client.get_dense({"user_id": users[lo : lo + 1000]}, ["users:seq"])

@@ -15,7 +15,7 @@ from typing import Any
 
 from serving import __version__
 from serving.auth import KeyFile, default_keys_file
-from serving.config import ServeSettings, add_serve_flags, load_settings
+from serving.config import ServeSettings, add_route_flags, add_serve_flags, load_settings
 from serving.errors import FeatureServingError, InvalidArgumentError, StorageError
 from serving.registry import Registry
 from serving.store import Store
@@ -77,6 +77,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info("restored snapshot %s into %s", s.restore_from, s.data_dir)
     store = _open_store(s, force=args.force)
     run(store, s)
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from serving.cluster import ClusterMap
+    from serving.router import run
+
+    s = _settings(args)
+    _setup_logging(s.log_level)
+    if not s.cluster_map:
+        raise InvalidArgumentError(
+            "route needs --cluster-map FILE (env FS_CLUSTER_MAP): shard index -> replica "
+            "endpoints, see docs/scale-out.md"
+        )
+    try:
+        cluster = ClusterMap.load(s.cluster_map)
+    except (OSError, ValueError) as e:
+        raise InvalidArgumentError(f"cluster map '{s.cluster_map}': {e}") from None
+    run(Registry.from_yaml(s.config), cluster, s)
     return 0
 
 
@@ -256,6 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply registry changes that drop stored features",
     )
     serve.set_defaults(func=cmd_serve)
+
+    route = sub.add_parser(
+        "route",
+        help="route requests over a sharded cluster (for clients that cannot route)",
+    )
+    route.add_argument(
+        "--config",
+        default=os.environ.get("FS_CONFIG"),
+        help="registry file, the one the nodes serve (default features.yaml; env FS_CONFIG)",
+    )
+    add_route_flags(route)
+    route.set_defaults(func=cmd_route)
 
     demo = sub.add_parser("demo", parents=[common], help="load the sample and serve it")
     add_serve_flags(demo)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import re
 import time
@@ -416,6 +417,15 @@ class ClusterChannels:
         now = time.monotonic()
         return [ep for ep in self._replicas(shard) if not self._is_down(ep, now)]
 
+    def set_ready(self, endpoint: str, ready: bool) -> None:
+        """Health news from outside (a router's probes): a replica that is not ready (down,
+        or still catching up on its partitions) counts as down until it is ready again: tried
+        last, never hedged to."""
+        if ready:
+            self._down.pop(endpoint, None)
+        else:
+            self._down[endpoint] = math.inf
+
     def _order(self, shard: int) -> list[str]:
         """Replicas of ``shard`` in the order this call tries them: round robin, those
         marked down last."""
@@ -503,6 +513,20 @@ class ClusterChannels:
             raise self._all_failed(shard, failures)
         return await self._hedged(
             shard, order, method, body, metadata=md, deadline=deadline, failures=failures
+        )
+
+    async def call_replica(
+        self,
+        endpoint: str,
+        method: str,
+        body: bytes,
+        *,
+        metadata: Sequence[tuple[str, str]] | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        """One call to one replica (a health check), no fail-over, no hedge."""
+        return await self._attempt(
+            endpoint, method, body, tuple(metadata) if metadata else None, timeout
         )
 
     async def _attempt(

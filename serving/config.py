@@ -91,9 +91,23 @@ class ServeSettings:
     #: copy this snapshot (`feature-serving snapshot create`) into the data directory, which
     #: must be empty or absent, before opening the store; the loader resumes at its offsets
     restore_from: str = ""
+    #: router (`feature-serving route`, docs/scale-out.md): the longest a routed request may
+    #: take when the caller sets no shorter deadline (all parts, retries and hedges included)
+    route_timeout_ms: float = 1000.0
+    #: send a part also to another replica of its shard when the first has not answered
+    #: within this many milliseconds (0 = never hedge)
+    route_hedge_after_ms: float = 50.0
+    #: a replica that refused a connection is avoided for this long
+    route_down_seconds: float = 5.0
+    #: how often the router health-checks every replica (not SERVING = avoided)
+    route_probe_seconds: float = 1.0
+    #: API key the router presents to the nodes' health checks (data calls carry the
+    #: caller's own key); empty when the nodes answer health without a key (open_health)
+    node_api_key: str = ""
     #: cluster map file (YAML or JSON, docs/scale-out.md "Cluster map"): every shard's replica
     #: endpoints, which the node hands out through GetNodeInfo / GET /v1/node so clients can
-    #: route; on a sharded node its shard count and topic partitions must match the node's
+    #: route (and `route` routes by); on a sharded node its shard count and topic partitions must
+    #: match the node's
     cluster_map: str = ""
 
     def shard(self) -> Shard | None:
@@ -191,14 +205,13 @@ def load_settings(
     return ServeSettings(**{k: _coerce(k, types[k], v) for k, v in merged.items()})
 
 
-def add_serve_flags(p: argparse.ArgumentParser) -> None:
-    """Flags of `serve` (and `demo`); each defaults to None so env and file can fill it."""
+def add_frontend_flags(p: argparse.ArgumentParser) -> None:
+    """Flags every frontend takes (`serve`, `demo`, `route`); each defaults to None so env and
+    file can fill it."""
     p.add_argument("--settings", help="YAML file of settings (same names as the flags)")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 6565; 0 = any free)")
     p.add_argument("--http-port", type=int, help="HTTP port (default 6566; 0 = any free)")
-    p.add_argument("--hot-tier-bytes", type=int, help="hot tier RAM budget (default 256 MiB)")
-    p.add_argument("--block-cache-bytes", type=int, help="RocksDB block cache (default 256 MiB)")
     p.add_argument("--max-entities", type=int, help="entities per request (default 1000)")
     p.add_argument("--max-features", type=int, help="features per request (default 1000)")
     p.add_argument("--max-message-bytes", type=int, help="request size limit (default 16 MiB)")
@@ -211,16 +224,41 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--slow-request-ms", type=float, help="log requests slower than this")
     p.add_argument(
-        "--batch-window-us",
-        type=float,
-        help="coalesce requests arriving within this many microseconds (default 0 = off)",
-    )
-    p.add_argument(
         "--no-request-metrics",
         dest="request_metrics",
         action="store_const",
         const=False,
         help="skip per-request metrics (to measure their cost)",
+    )
+    p.add_argument("--log-level", help="debug, info, warning, error")
+    p.add_argument(
+        "--no-auth",
+        action="store_const",
+        const=True,
+        help="serve without API keys (local experiments only; logs a warning)",
+    )
+    p.add_argument("--keys-file", help="API keys file (default <data-dir>.keys.json)")
+    p.add_argument(
+        "--protect-health",
+        dest="open_health",
+        action="store_const",
+        const=False,
+        help="require a key for health, reflection and /metrics too",
+    )
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC and HTTP over TLS")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", help="PEM CA: require client certificates (mutual TLS)")
+
+
+def add_serve_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of `serve` (and `demo`); each defaults to None so env and file can fill it."""
+    add_frontend_flags(p)
+    p.add_argument("--hot-tier-bytes", type=int, help="hot tier RAM budget (default 256 MiB)")
+    p.add_argument("--block-cache-bytes", type=int, help="RocksDB block cache (default 256 MiB)")
+    p.add_argument(
+        "--batch-window-us",
+        type=float,
+        help="coalesce requests arriving within this many microseconds (default 0 = off)",
     )
     p.add_argument(
         "--no-ingest",
@@ -247,24 +285,6 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="refuse serving requests (429 / RESOURCE_EXHAUSTED) while the event loop is more "
         "than this behind (default 100; 0 = off)",
     )
-    p.add_argument("--log-level", help="debug, info, warning, error")
-    p.add_argument(
-        "--no-auth",
-        action="store_const",
-        const=True,
-        help="serve without API keys (local experiments only; logs a warning)",
-    )
-    p.add_argument("--keys-file", help="API keys file (default <data-dir>.keys.json)")
-    p.add_argument(
-        "--protect-health",
-        dest="open_health",
-        action="store_const",
-        const=False,
-        help="require a key for health, reflection and /metrics too",
-    )
-    p.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC and HTTP over TLS")
-    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
-    p.add_argument("--tls-client-ca", help="PEM CA: require client certificates (mutual TLS)")
     p.add_argument(
         "--shard-index",
         type=int,
@@ -293,3 +313,34 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="cluster map (YAML/JSON: topic_partitions and every shard's replica endpoints) "
         "that the node hands out through GetNodeInfo and GET /v1/node (docs/scale-out.md)",
     )
+
+
+def add_route_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of `route` (docs/scale-out.md, "Router")."""
+    add_frontend_flags(p)
+    p.add_argument(
+        "--cluster-map",
+        metavar="FILE",
+        help="the cluster map: shard index -> replica gRPC endpoints (env FS_CLUSTER_MAP)",
+    )
+    p.add_argument(
+        "--route-timeout-ms",
+        type=float,
+        help="longest a routed request may take when the caller sets no deadline (default 1000)",
+    )
+    p.add_argument(
+        "--route-hedge-after-ms",
+        type=float,
+        help="also ask another replica when one has not answered within this (default 50; 0 = off)",
+    )
+    p.add_argument(
+        "--route-down-seconds",
+        type=float,
+        help="avoid a replica that refused a connection for this long (default 5)",
+    )
+    p.add_argument(
+        "--route-probe-seconds",
+        type=float,
+        help="interval of the router's health checks of every replica (default 1)",
+    )
+    p.add_argument("--node-api-key", help="key for the nodes' health checks when they require one")

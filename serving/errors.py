@@ -102,6 +102,23 @@ class DeadlineExceededError(FeatureServingError):
     code = "deadline_exceeded"
 
 
+class ShardAnswerError(FeatureServingError):
+    """A router got an answer from a shard it cannot use (a node running another registry, or a
+    malformed answer)."""
+
+    grpc_status = "INTERNAL"
+    http_status = 502
+    code = "bad_shard_answer"
+
+
+class ShardUnavailableError(FeatureServingError):
+    """A router could not reach any replica of a shard within the deadline."""
+
+    grpc_status = "UNAVAILABLE"
+    http_status = 503
+    code = "shard_unavailable"
+
+
 __all__ = [
     "DeadlineExceededError",
     "FeatureServingError",
@@ -111,6 +128,8 @@ __all__ = [
     "RegistryError",
     "ResourceExhaustedError",
     "SchemaError",
+    "ShardAnswerError",
+    "ShardUnavailableError",
     "StorageError",
     "UnauthenticatedError",
     "WrongShardError",

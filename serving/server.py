@@ -17,6 +17,7 @@ import signal
 import ssl
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -291,7 +292,212 @@ def _json_error(status: int, code: str, message: str) -> web.Response:
     return web.Response(status=status, body=body, content_type=JSON)
 
 
-class FeatureServer:
+class Frontend(ABC):
+    """What every serving frontend shares (a node's `FeatureServer`, the `FeatureRouter`):
+    HTTP middlewares (metrics, errors, auth), gRPC method wrapping, health and listing
+    endpoints. Subclasses set ``settings``, ``metrics``, ``auth`` and provide ``registry``."""
+
+    settings: ServeSettings
+    metrics: ServingMetrics
+    auth: Authenticator | None
+
+    @property
+    @abstractmethod
+    def registry(self) -> Registry:
+        """The registry the frontend answers for."""
+
+    @web.middleware
+    async def _http_metrics(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        route = HTTP_ROUTES.get(request.path)
+        if route is None or not self.settings.request_metrics:
+            return await handler(request)
+        api, method = route
+        gauge = self.metrics.in_flight.labels(api)
+        gauge.inc()
+        t0 = time.perf_counter()
+        code = "500"
+        try:
+            resp = await handler(request)
+            code = str(resp.status)
+        except asyncio.CancelledError:
+            code = "499"  # the client went away
+            raise
+        finally:
+            elapsed = time.perf_counter() - t0
+            gauge.dec()
+            self.metrics.observe(api, method, code, elapsed)
+        if resp.status >= 400:
+            err = request.get("error")
+            reason = rejection_reason(err) if isinstance(err, FeatureServingError) else None
+            if reason is not None:
+                self.metrics.rejected.labels(api, reason).inc()
+            if isinstance(err, UnauthenticatedError):
+                self.metrics.auth_failures.inc()
+        self._maybe_log_slow(api, method, code, elapsed, request.headers.get("X-Request-Id"))
+        return resp
+
+    def _maybe_log_slow(
+        self, api: str, method: str, code: str, elapsed: float, request_id: str | None
+    ) -> None:
+        limit = self.settings.slow_request_ms
+        if limit > 0 and elapsed * 1000 > limit:
+            log.warning(
+                "slow request",
+                extra={
+                    "request_id": request_id or uuid.uuid4().hex,
+                    "api": api,
+                    "method": method,
+                    "code": code,
+                    "duration_ms": round(elapsed * 1000, 3),
+                },
+            )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @web.middleware
+    async def _http_auth(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self.auth is not None and not (
+            self.settings.open_health and request.path in OPEN_HTTP_PATHS
+        ):
+            request["principal"] = self.auth.authenticate(request.headers.get("Authorization"))
+        return await handler(request)
+
+    @staticmethod
+    def _principal(request: web.Request) -> Principal | None:
+        p = request.get("principal")
+        return p if isinstance(p, Principal) else None
+
+    @web.middleware
+    async def _http_errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except FeatureServingError as e:
+            request["error"] = e
+            return _json_error(e.http_status, e.code, e.message)
+        except web.HTTPRequestEntityTooLarge:
+            return _json_error(
+                413,
+                "message_too_large",
+                f"request body exceeds {self.settings.max_message_bytes} bytes",
+            )
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            return _json_error(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path)
+            return _json_error(500, "internal", "internal error; see the server log")
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _http_list_views(self, _request: web.Request) -> web.Response:
+        reg = self.registry
+        return web.json_response(
+            {
+                "feature_views": [
+                    {
+                        "name": v.name,
+                        "join_keys": [{"name": k.name, "dtype": k.dtype} for k in v.join_keys],
+                        "features": [
+                            {"name": f.name, "dtype": f.dtype, "dim": f.dim} for f in v.features
+                        ],
+                        "ttl_seconds": v.ttl_seconds,
+                    }
+                    for v in reg.feature_views.values()
+                ],
+                "feature_services": [
+                    {"name": s.name, "features": [str(r) for r in s.features]}
+                    for s in reg.feature_services.values()
+                ],
+            }
+        )
+
+    def _grpc_unary(
+        self,
+        fn: Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]],
+        api: str = "grpc",
+        method: str = "",
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """Bytes in, bytes out (no Python protobuf objects), errors mapped and requests
+        counted in one place."""
+        metrics = self.metrics
+        gauge = metrics.in_flight.labels(api)
+        if not self.settings.request_metrics:
+
+            async def bare(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+                try:
+                    return await fn(request, context)
+                except FeatureServingError as e:
+                    await context.abort(grpc.StatusCode[e.grpc_status], e.message)
+                    raise AssertionError("unreachable: abort raises") from None
+
+            return grpc.unary_unary_rpc_method_handler(bare)
+
+        async def handler(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            t0 = time.perf_counter()
+            gauge.inc()
+            code = "INTERNAL"
+            try:
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExceededError("the deadline expired before the request started")
+                out = await fn(request, context)
+                code = "OK"
+                return out
+            except FeatureServingError as e:
+                code = e.grpc_status
+                reason = rejection_reason(e)
+                if reason is not None:
+                    metrics.rejected.labels(api, reason).inc()
+                await context.abort(grpc.StatusCode[e.grpc_status], e.message)
+                raise AssertionError("unreachable: abort raises") from None
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            finally:
+                gauge.dec()
+                elapsed = time.perf_counter() - t0
+                metrics.observe(api, method, code, elapsed)
+                self._maybe_log_slow(api, method, code, elapsed, None)
+
+        return grpc.unary_unary_rpc_method_handler(handler)
+
+    async def _serving_info(
+        self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        return feast_pb2.GetFeastServingInfoResponse(version=__version__).SerializeToString()
+
+    async def _list_views(self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        resp = v1_pb2.ListFeatureViewsResponse()
+        for v in self.registry.feature_views.values():
+            info = resp.feature_views.add(name=v.name, ttl_seconds=v.ttl_seconds)
+            for k in v.join_keys:
+                info.join_keys.add(name=k.name, dtype=_DTYPE_NAMES[k.dtype])
+            for f in v.features:
+                info.features.add(name=f.name, dtype=_DTYPE_NAMES[f.dtype], dim=f.dim or 0)
+        return resp.SerializeToString()
+
+    async def _list_services(
+        self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        resp = v1_pb2.ListFeatureServicesResponse()
+        for s in self.registry.feature_services.values():
+            resp.feature_services.add(name=s.name, refs=[str(r) for r in s.features])
+        return resp.SerializeToString()
+
+
+class FeatureServer(Frontend):
     """Both frontends over one open :class:`Store`."""
 
     def __init__(self, store: Store, settings: ServeSettings) -> None:
@@ -348,6 +554,10 @@ class FeatureServer:
         self._health_task: asyncio.Task[None] | None = None
         self._health_status: int | None = None
 
+    @property
+    def registry(self) -> Registry:
+        return self.store.registry
+
     def _configure_sharding(self) -> None:
         """Ownership check in the Rust serving path: only views with a stream source are
         sharded (their keys are spread over the topic's partitions)."""
@@ -379,60 +589,6 @@ class FeatureServer:
         app.router.add_post("/admin/registry/reload", self._admin_reload_registry)
         app.router.add_post("/admin/snapshot", self._admin_snapshot)
         return app
-
-    @web.middleware
-    async def _http_metrics(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        route = HTTP_ROUTES.get(request.path)
-        if route is None or not self.settings.request_metrics:
-            return await handler(request)
-        api, method = route
-        gauge = self.metrics.in_flight.labels(api)
-        gauge.inc()
-        t0 = time.perf_counter()
-        code = "500"
-        try:
-            resp = await handler(request)
-            code = str(resp.status)
-        except asyncio.CancelledError:
-            code = "499"  # the client went away
-            raise
-        finally:
-            elapsed = time.perf_counter() - t0
-            gauge.dec()
-            self.metrics.observe(api, method, code, elapsed)
-        if resp.status >= 400:
-            err = request.get("error")
-            reason = rejection_reason(err) if isinstance(err, FeatureServingError) else None
-            if reason is not None:
-                self.metrics.rejected.labels(api, reason).inc()
-            if isinstance(err, UnauthenticatedError):
-                self.metrics.auth_failures.inc()
-        self._maybe_log_slow(api, method, code, elapsed, request.headers.get("X-Request-Id"))
-        return resp
-
-    def _maybe_log_slow(
-        self, api: str, method: str, code: str, elapsed: float, request_id: str | None
-    ) -> None:
-        limit = self.settings.slow_request_ms
-        if limit > 0 and elapsed * 1000 > limit:
-            log.warning(
-                "slow request",
-                extra={
-                    "request_id": request_id or uuid.uuid4().hex,
-                    "api": api,
-                    "method": method,
-                    "code": code,
-                    "duration_ms": round(elapsed * 1000, 3),
-                },
-            )
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        body = generate_latest(self.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def _loader_stats(self) -> list[dict[str, Any]]:
         """Batch-loader progress from the store's meta (watermarks, Delta versions) and the
@@ -474,21 +630,6 @@ class FeatureServer:
                         lag[(str(st.get("topic", view)), int(partition))] = int(n)
             out.append({"loader": "kafka", "views": kviews, "lag": lag})
         return out
-
-    @web.middleware
-    async def _http_auth(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if self.auth is not None and not (
-            self.settings.open_health and request.path in OPEN_HTTP_PATHS
-        ):
-            request["principal"] = self.auth.authenticate(request.headers.get("Authorization"))
-        return await handler(request)
-
-    @staticmethod
-    def _principal(request: web.Request) -> Principal | None:
-        p = request.get("principal")
-        return p if isinstance(p, Principal) else None
 
     def _require_admin(self, request: web.Request) -> None:
         p = self._principal(request)
@@ -626,29 +767,6 @@ class FeatureServer:
         self._configure_sharding()
         return web.json_response({"changes": changes})
 
-    @web.middleware
-    async def _http_errors(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except FeatureServingError as e:
-            request["error"] = e
-            return _json_error(e.http_status, e.code, e.message)
-        except web.HTTPRequestEntityTooLarge:
-            return _json_error(
-                413,
-                "message_too_large",
-                f"request body exceeds {self.settings.max_message_bytes} bytes",
-            )
-        except web.HTTPException as e:
-            if e.status < 400:
-                raise
-            return _json_error(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
-        except Exception:
-            log.exception("internal error on %s %s", request.method, request.path)
-            return _json_error(500, "internal", "internal error; see the server log")
-
     def _http_handler(self, api: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         serve = self._core.serve
         batcher = self.batcher
@@ -678,9 +796,6 @@ class FeatureServer:
             return web.Response(body=out, content_type=JSON)
 
         return handle
-
-    async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"})
 
     def loader_lag(self) -> dict[str, int | None]:
         """Kafka lag per view: None until the first fetch told the log end, and None while the
@@ -743,80 +858,6 @@ class FeatureServer:
     async def _http_node(self, _request: web.Request) -> web.Response:
         return web.json_response(self.node_info().to_dict())
 
-    async def _http_list_views(self, _request: web.Request) -> web.Response:
-        reg = self.store.registry
-        return web.json_response(
-            {
-                "feature_views": [
-                    {
-                        "name": v.name,
-                        "join_keys": [{"name": k.name, "dtype": k.dtype} for k in v.join_keys],
-                        "features": [
-                            {"name": f.name, "dtype": f.dtype, "dim": f.dim} for f in v.features
-                        ],
-                        "ttl_seconds": v.ttl_seconds,
-                    }
-                    for v in reg.feature_views.values()
-                ],
-                "feature_services": [
-                    {"name": s.name, "features": [str(r) for r in s.features]}
-                    for s in reg.feature_services.values()
-                ],
-            }
-        )
-
-    # -- gRPC ------------------------------------------------------------------------------
-
-    def _grpc_unary(
-        self,
-        fn: Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]],
-        api: str = "grpc",
-        method: str = "",
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        """Bytes in, bytes out (no Python protobuf objects), errors mapped and requests
-        counted in one place."""
-        metrics = self.metrics
-        gauge = metrics.in_flight.labels(api)
-        if not self.settings.request_metrics:
-
-            async def bare(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-                try:
-                    return await fn(request, context)
-                except FeatureServingError as e:
-                    await context.abort(grpc.StatusCode[e.grpc_status], e.message)
-                    raise AssertionError("unreachable: abort raises") from None
-
-            return grpc.unary_unary_rpc_method_handler(bare)
-
-        async def handler(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            t0 = time.perf_counter()
-            gauge.inc()
-            code = "INTERNAL"
-            try:
-                remaining = context.time_remaining()
-                if remaining is not None and remaining <= 0:
-                    raise DeadlineExceededError("the deadline expired before the request started")
-                out = await fn(request, context)
-                code = "OK"
-                return out
-            except FeatureServingError as e:
-                code = e.grpc_status
-                reason = rejection_reason(e)
-                if reason is not None:
-                    metrics.rejected.labels(api, reason).inc()
-                await context.abort(grpc.StatusCode[e.grpc_status], e.message)
-                raise AssertionError("unreachable: abort raises") from None
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            finally:
-                gauge.dec()
-                elapsed = time.perf_counter() - t0
-                metrics.observe(api, method, code, elapsed)
-                self._maybe_log_slow(api, method, code, elapsed, None)
-
-        return grpc.unary_unary_rpc_method_handler(handler)
-
     def _grpc_core(self, api: str, label: str, method: str) -> grpc.RpcMethodHandler[Any, Any]:
         serve = self._core.serve
         batcher = self.batcher
@@ -840,31 +881,8 @@ class FeatureServer:
 
         return self._grpc_unary(call, label, method)
 
-    async def _serving_info(
-        self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]
-    ) -> bytes:
-        return feast_pb2.GetFeastServingInfoResponse(version=__version__).SerializeToString()
-
-    async def _list_views(self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        resp = v1_pb2.ListFeatureViewsResponse()
-        for v in self.store.registry.feature_views.values():
-            info = resp.feature_views.add(name=v.name, ttl_seconds=v.ttl_seconds)
-            for k in v.join_keys:
-                info.join_keys.add(name=k.name, dtype=_DTYPE_NAMES[k.dtype])
-            for f in v.features:
-                info.features.add(name=f.name, dtype=_DTYPE_NAMES[f.dtype], dim=f.dim or 0)
-        return resp.SerializeToString()
-
     async def _node_info(self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         return self.node_info().to_proto().SerializeToString()
-
-    async def _list_services(
-        self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]
-    ) -> bytes:
-        resp = v1_pb2.ListFeatureServicesResponse()
-        for s in self.store.registry.feature_services.values():
-            resp.feature_services.add(name=s.name, refs=[str(r) for r in s.features])
-        return resp.SerializeToString()
 
     def _grpc_server(self) -> grpc.aio.Server:
         limit = self.settings.max_message_bytes
@@ -896,6 +914,8 @@ class FeatureServer:
                     V1_SERVICE,
                     {
                         "GetFeatureVector": self._grpc_core("v1_grpc", "grpc", "GetFeatureVector"),
+                        # internal: a router's part of a request (serving/router.py)
+                        "GetCells": self._grpc_core("cells", "grpc", "GetCells"),
                         "ListFeatureViews": self._grpc_unary(
                             self._list_views, "grpc", "ListFeatureViews"
                         ),

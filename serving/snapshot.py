@@ -8,8 +8,9 @@ hard links when ``OUT`` is on the same file system (seconds, little extra space)
 an empty data directory first and then consumes from its offsets: only what was produced after
 the snapshot is read again.
 
-The command opens the store itself when no other process holds it. When a server holds it
-(RocksDB's lock), the command asks that server instead (``--server``, ``--api-key``):
+With ``--server URL`` the command asks that server for a snapshot of its own store. Without
+it, the command opens the store in ``--data-dir`` itself, and when a server holds that store
+(RocksDB's lock) it asks the server at ``FS_SERVER_URL`` (default ``http://127.0.0.1:6566``):
 ``POST /admin/snapshot {"path": OUT}`` checkpoints the live store in a worker thread, so reads
 go on (the checkpoint holds only the store's write lock; writes wait for it). ``OUT`` is then
 a path on the server's machine, made absolute here.
@@ -94,6 +95,10 @@ def size(path: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
+#: the server asked when the local store is held by one and no --server is given
+DEFAULT_SERVER = "http://127.0.0.1:6566"
+
+
 def _send_to_server(args: argparse.Namespace, data_dir: str) -> int:
     """The store is held by a server: take the snapshot there (``POST /admin/snapshot``)."""
     body = {"path": os.path.abspath(args.out)}
@@ -108,6 +113,10 @@ def _send_to_server(args: argparse.Namespace, data_dir: str) -> int:
 def cmd_snapshot_create(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or os.environ.get("FS_DATA_DIR") or ".data/store"
     config = args.config or os.environ.get("FS_CONFIG") or "features.yaml"
+    if args.server is not None:
+        # a server named on the command line: snapshot its store, whatever --data-dir says
+        return _send_to_server(args, data_dir)
+    args.server = os.environ.get("FS_SERVER_URL", DEFAULT_SERVER)
     try:
         dest = create(data_dir, config, args.out)
     except StorageError as e:
@@ -137,9 +146,10 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
     )
     create_p.add_argument(
         "--server",
-        default=os.environ.get("FS_SERVER_URL", "http://127.0.0.1:6566"),
-        help="when the store is held by a running server, take the snapshot through its "
-        "admin API, without pausing reads (default http://127.0.0.1:6566; env FS_SERVER_URL)",
+        metavar="URL",
+        help="take the snapshot through this server's admin API (its own store, without "
+        "pausing reads). Without it, the store in --data-dir is opened here, and only when a "
+        f"server holds it is FS_SERVER_URL (default {DEFAULT_SERVER}) asked instead",
     )
     create_p.add_argument(
         "--api-key",

@@ -307,6 +307,22 @@ impl Catalog {
         Ok(cat)
     }
 
+    /// A catalog straight from a registry spec, with fresh layouts: for a process that holds
+    /// no rows (a router), which never reads slots.
+    pub fn from_spec_json(spec_json: &str) -> Result<Self> {
+        let spec = RegistrySpec::from_json(spec_json)?;
+        let mut schemas = AHashMap::new();
+        for (i, v) in spec.feature_views.iter().enumerate() {
+            let fresh = PhysicalSchema {
+                id: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                join_keys: v.join_keys.clone(),
+                slots: v.features.iter().map(slot_of).collect(),
+            };
+            schemas.insert(v.name.clone(), fresh);
+        }
+        Self::compile(&spec, spec_json, &schemas)
+    }
+
     pub fn view_index(&self, name: &str) -> Result<usize> {
         self.by_name.get(name).copied().ok_or_else(|| {
             CoreError::NotFound(format!(

@@ -25,6 +25,9 @@ pub enum CoreError {
     /// The request asks a sharded node for an entity another shard owns.
     #[error("{0}")]
     WrongShard(String),
+    /// A router cannot use a shard's answer (another registry on the node, malformed bytes).
+    #[error("{0}")]
+    BadShardAnswer(String),
 }
 
 impl From<rocksdb::Error> for CoreError {

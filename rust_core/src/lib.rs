@@ -11,6 +11,7 @@ pub mod key;
 pub mod partition;
 pub mod proto;
 pub mod query;
+pub mod route;
 pub mod row;
 pub mod scope;
 pub mod serve;
@@ -20,3 +21,4 @@ pub mod types;
 
 mod py;
 mod py_ingest;
+mod py_route;

@@ -479,6 +479,21 @@ pub mod v1 {
         }
     }
 
+    /// `feature_serving.v1.GetCellsRequest` (internal, router to node): the features a shard
+    /// answers for part of a routed request.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct GetCellsRequest {
+        /// `view:feature` references, in the router's column order.
+        #[prost(string, repeated, tag = "1")]
+        pub refs: Vec<String>,
+        #[prost(btree_map = "string, message", tag = "2")]
+        pub entities: BTreeMap<String, EntityColumn>,
+        /// The feature service the caller asked for, if any: the node checks the caller's
+        /// scope against it (and that every reference belongs to it).
+        #[prost(string, tag = "3")]
+        pub feature_service: String,
+    }
+
     /// `feature_serving.v1.FeatureColumn`: one requested feature, one value per entity.
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct FeatureColumn {

@@ -20,6 +20,21 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// The registered read scope of an API key (`None`: the caller reads everything).
+pub(crate) fn scope_of(
+    scopes: &AHashMap<u64, Arc<Scope>>,
+    scope_id: Option<u64>,
+) -> Result<Option<Arc<Scope>>, CoreError> {
+    scope_id
+        .map(|id| {
+            scopes
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| CoreError::PermissionDenied("this API key has no read scope".into()))
+        })
+        .transpose()
+}
+
 /// Maps a core error to the matching class of `serving.errors`.
 pub fn to_py_err(e: CoreError) -> PyErr {
     let (class, msg) = match e {
@@ -30,6 +45,7 @@ pub fn to_py_err(e: CoreError) -> PyErr {
         CoreError::ResourceExhausted(m) => ("ResourceExhaustedError", m),
         CoreError::PermissionDenied(m) => ("PermissionDeniedError", m),
         CoreError::WrongShard(m) => ("WrongShardError", m),
+        CoreError::BadShardAnswer(m) => ("ShardAnswerError", m),
     };
     Python::with_gil(|py| {
         match py
@@ -230,14 +246,7 @@ impl PyStore {
         let api = parse_api(api).map_err(to_py_err)?;
         let store = self.store()?;
         let cfg = *self.serve_cfg.read();
-        let scope = match scope_id {
-            None => None,
-            Some(id) => Some(self.scopes.read().get(&id).cloned().ok_or_else(|| {
-                to_py_err(CoreError::PermissionDenied(
-                    "this API key has no read scope".into(),
-                ))
-            })?),
-        };
+        let scope = scope_of(&self.scopes.read(), scope_id).map_err(to_py_err)?;
         let shard = self.shard.read().clone();
         let served = py
             .allow_threads(|| {
@@ -276,12 +285,7 @@ impl PyStore {
                 .iter()
                 .map(|(api, body, scope_id)| {
                     let api = api.clone()?;
-                    let scope = match scope_id {
-                        None => None,
-                        Some(id) => Some(scopes.get(id).cloned().ok_or_else(|| {
-                            CoreError::PermissionDenied("this API key has no read scope".into())
-                        })?),
-                    };
+                    let scope = scope_of(&scopes, *scope_id)?;
                     serve::serve_sharded(
                         &store,
                         api,
@@ -307,12 +311,9 @@ impl PyStore {
     /// Registers the read scope of an API key: `views=None` reads everything.
     #[pyo3(signature = (scope_id, views, services))]
     fn set_scope(&self, scope_id: u64, views: Option<Vec<String>>, services: Vec<String>) {
-        let scope = Scope {
-            all: views.is_none(),
-            views: views.unwrap_or_default().into_iter().collect(),
-            services: services.into_iter().collect(),
-        };
-        self.scopes.write().insert(scope_id, Arc::new(scope));
+        self.scopes
+            .write()
+            .insert(scope_id, Arc::new(Scope::new(views, services)));
     }
 
     /// Forgets every registered scope (keys were reloaded).
@@ -530,12 +531,13 @@ impl PyStore {
 /// One request of a `serve_many` batch: its API, body and scope.
 type ParsedRequest<'a> = (Result<Api, CoreError>, &'a [u8], Option<u64>);
 
-fn parse_api(api: &str) -> Result<Api, CoreError> {
+pub(crate) fn parse_api(api: &str) -> Result<Api, CoreError> {
     Ok(match api {
         "feast_http" => Api::FeastHttp,
         "feast_grpc" => Api::FeastGrpc,
         "v1_grpc" => Api::V1Grpc,
         "v1_http" => Api::V1Http,
+        "cells" => Api::Cells,
         other => return Err(CoreError::InvalidArgument(format!("unknown api '{other}'"))),
     })
 }
@@ -574,5 +576,6 @@ fn rust_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("ROCKSDB_BINDING", "rust-rocksdb 0.21 (system librocksdb)")?;
     crate::py_ingest::register(m)?;
+    crate::py_route::register(m)?;
     Ok(())
 }

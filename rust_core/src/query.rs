@@ -572,15 +572,54 @@ impl<'a> Cells<'a> {
                 }
             }
         }
-        let cell = self.cell(c, cp, e);
-        let x = match cell.value {
-            ValueRef::Float32(x) => x,
-            ValueRef::Float64(x) => x as f32,
-            ValueRef::Int32(x) => x as f32,
-            ValueRef::Int64(x) => x as f32,
-            ValueRef::Bool(b) => f32::from(u8::from(b)),
-            _ => f32::NAN,
-        };
-        (x, cell.status, cell.event_ts)
+        dense_f32(self.cell(c, cp, e))
+    }
+}
+
+/// A cell in the dense float32 layout: the value as float32 (NaN unless PRESENT), its status
+/// and event timestamp.
+#[inline]
+pub fn dense_f32(cell: Cell<'_>) -> (f32, Status, i64) {
+    let x = match cell.value {
+        ValueRef::Float32(x) => x,
+        ValueRef::Float64(x) => x as f32,
+        ValueRef::Int32(x) => x as f32,
+        ValueRef::Int64(x) => x as f32,
+        ValueRef::Bool(b) => f32::from(u8::from(b)),
+        _ => f32::NAN,
+    };
+    (x, cell.status, cell.event_ts)
+}
+
+/// Where the encoders read answer cells from: a node's own rows ([`Cells`]) or the columns a
+/// router gathered from the shards ([`crate::route::Gathered`]).
+pub trait CellSource {
+    fn num_entities(&self) -> usize;
+    /// Per-column constants, computed once per column and passed back to `cell` / `f32`.
+    fn col(&self, c: usize) -> ColPos;
+    fn cell(&self, c: usize, cp: ColPos, e: usize) -> Cell<'_>;
+    /// The dense float32 view of a cell (NaN unless PRESENT).
+    fn f32(&self, c: usize, cp: ColPos, e: usize) -> (f32, Status, i64);
+}
+
+impl CellSource for Cells<'_> {
+    #[inline]
+    fn num_entities(&self) -> usize {
+        self.answer.num_entities
+    }
+
+    #[inline]
+    fn col(&self, c: usize) -> ColPos {
+        Cells::col(self, c)
+    }
+
+    #[inline]
+    fn cell(&self, c: usize, cp: ColPos, e: usize) -> Cell<'_> {
+        Cells::cell(self, c, cp, e)
+    }
+
+    #[inline]
+    fn f32(&self, c: usize, cp: ColPos, e: usize) -> (f32, Status, i64) {
+        Cells::f32(self, c, cp, e)
     }
 }

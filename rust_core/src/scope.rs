@@ -21,6 +21,15 @@ fn denied(what: &str) -> CoreError {
 }
 
 impl Scope {
+    /// A key's scope: `views = None` reads everything; else the views and services listed.
+    pub fn new(views: Option<Vec<String>>, services: Vec<String>) -> Self {
+        Self {
+            all: views.is_none(),
+            views: views.unwrap_or_default().into_iter().collect(),
+            services: services.into_iter().collect(),
+        }
+    }
+
     pub fn check(&self, cat: &Catalog, sel: &Selector) -> Result<()> {
         if self.all {
             return Ok(());

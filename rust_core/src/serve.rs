@@ -65,13 +65,15 @@
 // features, c column, e or i entity.
 #![allow(clippy::many_single_char_names)]
 
+use crate::catalog::Catalog;
 use crate::error::Result;
 use crate::invalid;
 use crate::json;
 use crate::key::KeyColumn;
 use crate::partition::ShardCheck;
 use crate::proto::{feast, v1};
-use crate::query::{self, Answer, Cells, ColPos, Entities, Limits, Plan, Selector};
+use crate::query::{self, Answer, CellSource, Cells, ColPos, Entities, Limits, Plan, Selector};
+use crate::route;
 use crate::row::ValueRef;
 use crate::scope::Scope;
 use crate::store::Store;
@@ -98,6 +100,9 @@ pub enum Api {
     FeastGrpc,
     V1Grpc,
     V1Http,
+    /// Internal: a router's part of a request (`GetCellsRequest`), answered as raw cells
+    /// ([`crate::route`]).
+    Cells,
 }
 
 /// A complete response and what the request touched.
@@ -112,7 +117,7 @@ pub struct Served {
 
 /// v1 request options.
 #[derive(Debug, Clone, Copy, Default)]
-struct V1Opts {
+pub(crate) struct V1Opts {
     include_statuses: bool,
     include_event_timestamps: bool,
     dense: bool,
@@ -122,7 +127,9 @@ struct V1Opts {
 pub struct Prepared {
     api: Api,
     plan: Arc<Plan>,
-    entities: Entities,
+    pub(crate) entities: Entities,
+    /// The feature service the request named, if any (a router passes it on to the shards).
+    pub(crate) service: Option<String>,
     full_feature_names: bool,
     v1: V1Opts,
 }
@@ -183,14 +190,22 @@ impl Prepared {
     /// Encodes an answer of this request as the API's response body.
     #[must_use]
     pub fn encode(&self, answer: &Answer, cfg: &ServeConfig) -> Vec<u8> {
+        self.encode_from(&Cells::new(&self.plan, answer), cfg)
+    }
+
+    /// Encodes the cells of this request (read locally or gathered from shards) as the API's
+    /// response body.
+    #[must_use]
+    pub fn encode_from(&self, cells: &impl CellSource, cfg: &ServeConfig) -> Vec<u8> {
         let shortest = cfg.json_float32_shortest;
         match self.api {
-            Api::FeastHttp => encode_feast_json(self, answer, shortest),
-            Api::FeastGrpc => encode_feast_proto(self, answer),
-            Api::V1Grpc if self.v1.dense => encode_v1_dense_proto(self, answer),
-            Api::V1Grpc => encode_v1_columns_proto(self, answer),
-            Api::V1Http if self.v1.dense => encode_v1_dense_json(self, answer, shortest),
-            Api::V1Http => encode_v1_columns_json(self, answer, shortest),
+            Api::FeastHttp => encode_feast_json(self, cells, shortest),
+            Api::FeastGrpc => encode_feast_proto(self, cells),
+            Api::V1Grpc if self.v1.dense => encode_v1_dense_proto(self, cells),
+            Api::V1Grpc => encode_v1_columns_proto(self, cells),
+            Api::V1Http if self.v1.dense => encode_v1_dense_json(self, cells, shortest),
+            Api::V1Http => encode_v1_columns_json(self, cells, shortest),
+            Api::Cells => route::encode_cells(self, cells),
         }
     }
 
@@ -215,18 +230,41 @@ pub fn prepare_scoped(
     cfg: &ServeConfig,
     scope: Option<&Scope>,
 ) -> Result<Prepared> {
+    prepare_in(&store.catalog(), api, body, cfg, scope)
+}
+
+/// [`prepare_scoped`] against a catalog (a router's, which holds no rows).
+pub fn prepare_in(
+    cat: &Catalog,
+    api: Api,
+    body: &[u8],
+    cfg: &ServeConfig,
+    scope: Option<&Scope>,
+) -> Result<Prepared> {
+    let mut via_service = None;
     let (sel, entities, full_feature_names, v1) = match api {
         Api::FeastHttp | Api::V1Http => parse_json(api, body)?,
         Api::FeastGrpc => parse_feast_proto(body)?,
         Api::V1Grpc => parse_v1_proto(body)?,
+        Api::Cells => {
+            let (parsed, service) = route::parse_cells_request(body)?;
+            via_service = service;
+            parsed
+        }
     };
-    let cat = store.catalog();
     if let Some(scope) = scope {
-        scope.check(&cat, &sel)?;
+        match &via_service {
+            Some(service) => route::check_service_scope(scope, cat, service, &sel)?,
+            None => scope.check(cat, &sel)?,
+        }
     }
     check_entities(&entities, cfg.limits)?;
     let names: Vec<&str> = entities.columns.iter().map(|c| c.0.as_str()).collect();
-    let plan = query::plan_cached(&cat, &sel, &names, cfg.limits)?;
+    let service = match &sel {
+        Selector::Service(s) if api != Api::Cells => Some(s.clone()),
+        _ => None,
+    };
+    let plan = query::plan_cached(cat, &sel, &names, cfg.limits)?;
     if v1.dense {
         if let Some(c) = plan.columns.iter().find(|c| !c.dtype.is_dense_compatible()) {
             return Err(invalid!(
@@ -241,6 +279,7 @@ pub fn prepare_scoped(
         api,
         plan,
         entities,
+        service,
         full_feature_names,
         v1,
     })
@@ -342,7 +381,7 @@ fn check_entities(e: &Entities, limits: Limits) -> Result<()> {
 // JSON requests
 // ---------------------------------------------------------------------------------------------
 
-type Parsed = (Selector, Entities, bool, V1Opts);
+pub(crate) type Parsed = (Selector, Entities, bool, V1Opts);
 
 #[derive(Deserialize)]
 struct JsonRequest<'a> {
@@ -866,8 +905,8 @@ fn feast_name(p: &Prepared, c: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn encode_feast_json(p: &Prepared, answer: &Answer, shortest: bool) -> Vec<u8> {
-    let n = answer.num_entities;
+fn encode_feast_json(p: &Prepared, cells: &impl CellSource, shortest: bool) -> Vec<u8> {
+    let n = cells.num_entities();
     let mut out = Vec::with_capacity(json_capacity(p));
     out.extend_from_slice(b"{\"metadata\":{\"feature_names\":[");
     let mut first = true;
@@ -905,7 +944,6 @@ fn encode_feast_json(p: &Prepared, answer: &Answer, shortest: bool) -> Vec<u8> {
     let mut st = vec![0u8; n];
     let mut ts = vec![0i64; n];
     let mut tstext = TsText::new();
-    let cells = Cells::new(&p.plan, answer);
     for c in 0..p.plan.columns.len() {
         let cp = cells.col(c);
         if !std::mem::take(&mut first) {
@@ -966,14 +1004,13 @@ fn v1_json_head(p: &Prepared, out: &mut Vec<u8>) {
     json::write_u64(out, p.num_entities() as u64);
 }
 
-fn encode_v1_columns_json(p: &Prepared, answer: &Answer, shortest: bool) -> Vec<u8> {
-    let n = answer.num_entities;
+fn encode_v1_columns_json(p: &Prepared, cells: &impl CellSource, shortest: bool) -> Vec<u8> {
+    let n = cells.num_entities();
     let mut out = Vec::with_capacity(json_capacity(p));
     v1_json_head(p, &mut out);
     out.extend_from_slice(b",\"columns\":[");
     let mut st = vec![0u8; n];
     let mut ts = vec![0i64; n];
-    let cells = Cells::new(&p.plan, answer);
     for c in 0..p.plan.columns.len() {
         let cp = cells.col(c);
         if c > 0 {
@@ -1016,8 +1053,8 @@ fn encode_v1_columns_json(p: &Prepared, answer: &Answer, shortest: bool) -> Vec<
     out
 }
 
-fn encode_v1_dense_json(p: &Prepared, answer: &Answer, shortest: bool) -> Vec<u8> {
-    let (n, f) = (answer.num_entities, p.plan.columns.len());
+fn encode_v1_dense_json(p: &Prepared, cells: &impl CellSource, shortest: bool) -> Vec<u8> {
+    let (n, f) = (cells.num_entities(), p.plan.columns.len());
     let mut out = Vec::with_capacity(json_capacity(p));
     v1_json_head(p, &mut out);
     out.extend_from_slice(b",\"dense\":{\"rows\":");
@@ -1031,7 +1068,6 @@ fn encode_v1_dense_json(p: &Prepared, answer: &Answer, shortest: bool) -> Vec<u8
     } else {
         0
     });
-    let cells = Cells::new(&p.plan, answer);
     let cps: Vec<ColPos> = (0..f).map(|c| cells.col(c)).collect();
     for e in 0..n {
         if e > 0 {
@@ -1253,8 +1289,8 @@ fn pb_timestamp(out: &mut Vec<u8>, field: u32, micros: i64) {
     }
 }
 
-fn encode_feast_proto(p: &Prepared, answer: &Answer) -> Vec<u8> {
-    let n = answer.num_entities;
+fn encode_feast_proto(p: &Prepared, cells: &impl CellSource) -> Vec<u8> {
+    let n = cells.num_entities();
     let f = p.plan.columns.len();
     let mut out = Vec::with_capacity(256 + (f + p.entities.columns.len()) * (16 + n * 20));
     // metadata { feature_names { val: [...] } }
@@ -1289,7 +1325,6 @@ fn encode_feast_proto(p: &Prepared, answer: &Answer) -> Vec<u8> {
     }
     let mut st = vec![0u8; n];
     let mut ts = vec![0i64; n];
-    let cells = Cells::new(&p.plan, answer);
     for c in 0..f {
         let cp = cells.col(c);
         pb::nested(&mut out, 2, |out| {
@@ -1330,13 +1365,12 @@ fn packed(out: &mut Vec<u8>, field: u32, n: usize, f: impl FnOnce(&mut Vec<u8>))
     }
 }
 
-fn encode_v1_columns_proto(p: &Prepared, answer: &Answer) -> Vec<u8> {
-    let n = answer.num_entities;
+fn encode_v1_columns_proto(p: &Prepared, cells: &impl CellSource) -> Vec<u8> {
+    let n = cells.num_entities();
     let mut out = Vec::with_capacity(256 + p.num_features() * (32 + n * 20));
     v1_head(p, &mut out);
     let mut st = vec![0u8; n];
     let mut ts = vec![0i64; n];
-    let cells = Cells::new(&p.plan, answer);
     for (c, col) in p.plan.columns.iter().enumerate() {
         let cp = cells.col(c);
         let dtype = col.dtype;
@@ -1420,8 +1454,8 @@ fn v1_value(out: &mut Vec<u8>, dtype: DType, dim: usize, v: ValueRef<'_>) {
     }
 }
 
-fn encode_v1_dense_proto(p: &Prepared, answer: &Answer) -> Vec<u8> {
-    let (n, f) = (answer.num_entities, p.plan.columns.len());
+fn encode_v1_dense_proto(p: &Prepared, cells: &impl CellSource) -> Vec<u8> {
+    let (n, f) = (cells.num_entities(), p.plan.columns.len());
     let cells_n = n * f;
     let mut out = Vec::with_capacity(
         64 + p
@@ -1450,7 +1484,6 @@ fn encode_v1_dense_proto(p: &Prepared, answer: &Answer) -> Vec<u8> {
         if cells_n == 0 {
             return;
         }
-        let cells = Cells::new(&p.plan, answer);
         let cps: Vec<ColPos> = (0..f).map(|c| cells.col(c)).collect();
         let (want_st, want_ts) = (p.v1.include_statuses, p.v1.include_event_timestamps);
         let mut st = vec![0u8; if want_st { cells_n } else { 0 }];
@@ -1484,7 +1517,7 @@ fn encode_v1_dense_proto(p: &Prepared, answer: &Answer) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::catalog::ViewDef;
     use crate::error::CoreError;
@@ -1493,11 +1526,11 @@ mod tests {
     use feast::value::Val;
     use std::collections::BTreeMap;
 
-    const TS_2024: i64 = 1_704_067_200_000_000;
+    pub(crate) const TS_2024: i64 = 1_704_067_200_000_000;
     /// "now" of the tests: one day after 2024-01-01.
-    const NOW: i64 = TS_2024 + 86_400_000_000;
+    pub(crate) const NOW: i64 = TS_2024 + 86_400_000_000;
 
-    fn registry(n_features: usize) -> String {
+    pub(crate) fn registry(n_features: usize) -> String {
         let feats: Vec<String> = (0..n_features)
             .map(|i| format!(r#"{{"name":"f{i:03}","dtype":"float32"}}"#))
             .collect();
@@ -1544,7 +1577,7 @@ mod tests {
 
     const TRICKY: &str = "he said \"hi\" \\ é 😀\n\t\u{1}";
 
-    fn fixture(users: i64, n_features: usize) -> (tempfile::TempDir, Store) {
+    pub(crate) fn fixture(users: i64, n_features: usize) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let opts = StoreOptions {
             hot_tier_bytes: 64 << 20,
@@ -1604,7 +1637,7 @@ mod tests {
         (dir, store)
     }
 
-    fn cfg() -> ServeConfig {
+    pub(crate) fn cfg() -> ServeConfig {
         ServeConfig::default()
     }
 
@@ -1867,11 +1900,11 @@ mod tests {
         assert!(e.to_string().contains("not \"rows\""), "{e}");
     }
 
-    fn fv(v: Val) -> feast::Value {
+    pub(crate) fn fv(v: Val) -> feast::Value {
         feast::Value { val: Some(v) }
     }
 
-    fn feast_req(
+    pub(crate) fn feast_req(
         features: &[&str],
         entities: Vec<(&str, Vec<feast::Value>)>,
     ) -> feast::GetOnlineFeaturesRequest {
@@ -2139,7 +2172,7 @@ mod tests {
         );
     }
 
-    fn v1_req(
+    pub(crate) fn v1_req(
         features: &[&str],
         entities: Vec<(&str, v1::entity_column::Values)>,
         layout: v1::Layout,

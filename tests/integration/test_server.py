@@ -97,12 +97,23 @@ def start_server(
     http_port: int | None = None,
     grpc_port: int | None = None,
 ) -> Server:
-    http, grpc_port = http_port or free_port(), grpc_port or free_port()
+    return start_cli(
+        ["serve", "--config", str(config), "--data-dir", str(data_dir),
+         *(extra or ("--no-auth",))],
+        log, http_port, grpc_port,
+    )  # fmt: skip
+
+
+def start_cli(
+    args: list[str], log: Path, http: int | None = None, grpc_port: int | None = None
+) -> Server:
+    """Starts ``python -m serving ARGS --http-port .. --grpc-port ..`` (a node or a router)
+    and waits until its /readyz answers 200."""
+    http, grpc_port = http or free_port(), grpc_port or free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "serving", "serve", "--config", str(config),
-             "--data-dir", str(data_dir), "--http-port", str(http), "--grpc-port", str(grpc_port),
-             "--grace-seconds", "5", *(extra or ("--no-auth",))],
+            [sys.executable, "-m", "serving", args[0], "--http-port", str(http),
+             "--grpc-port", str(grpc_port), "--grace-seconds", "5", *args[1:]],
             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
     deadline = time.monotonic() + 30

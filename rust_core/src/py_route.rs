@@ -1,0 +1,181 @@
+//! PyO3 binding of the router core ([`crate::route`]): `RouterCore` splits a request into
+//! per-shard parts and merges their answers; the Python router only moves the bytes.
+
+use crate::catalog::Catalog;
+use crate::py::{parse_api, scope_of, to_py_err};
+use crate::query::Limits;
+use crate::route::{Routed, Router};
+use crate::scope::Scope;
+use crate::serve::ServeConfig;
+use ahash::AHashMap;
+use parking_lot::RwLock;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyBytesMethods, PyList};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A router's view of the cluster: the registry, the shard count and the sharded views.
+#[pyclass(module = "serving._rust_core", name = "RouterCore", frozen)]
+pub struct PyRouter {
+    router: RwLock<Arc<Router>>,
+    serve_cfg: RwLock<ServeConfig>,
+    scopes: RwLock<AHashMap<u64, Arc<Scope>>>,
+    spread: AtomicUsize,
+}
+
+fn build(
+    registry_json: &str,
+    shard_count: u32,
+    partitions: HashMap<String, u32>,
+) -> PyResult<Router> {
+    let catalog = Catalog::from_spec_json(registry_json).map_err(to_py_err)?;
+    Router::new(
+        Arc::new(catalog),
+        shard_count,
+        partitions.into_iter().collect(),
+    )
+    .map_err(to_py_err)
+}
+
+#[pymethods]
+impl PyRouter {
+    /// `registry_json`: `Registry.to_core_json()`; `partitions`: each sharded view (a view
+    /// with a stream source) and its topic's partition count.
+    #[new]
+    fn new(
+        registry_json: &str,
+        shard_count: u32,
+        partitions: HashMap<String, u32>,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            router: RwLock::new(Arc::new(build(registry_json, shard_count, partitions)?)),
+            serve_cfg: RwLock::new(ServeConfig::default()),
+            scopes: RwLock::new(AHashMap::new()),
+            spread: AtomicUsize::new(0),
+        })
+    }
+
+    /// Swaps in another registry (and sharded views) for the requests that follow.
+    fn reload(
+        &self,
+        registry_json: &str,
+        shard_count: u32,
+        partitions: HashMap<String, u32>,
+    ) -> PyResult<()> {
+        *self.router.write() = Arc::new(build(registry_json, shard_count, partitions)?);
+        Ok(())
+    }
+
+    #[getter]
+    fn shard_count(&self) -> u32 {
+        self.router.read().shard_count
+    }
+
+    /// Limits and encoding options, as for a node.
+    #[pyo3(signature = (*, max_entities = 1000, max_features = 1000, json_float32_shortest = false))]
+    fn configure_serving(
+        &self,
+        max_entities: usize,
+        max_features: usize,
+        json_float32_shortest: bool,
+    ) {
+        *self.serve_cfg.write() = ServeConfig {
+            limits: Limits {
+                max_entities,
+                max_features,
+            },
+            json_float32_shortest,
+        };
+    }
+
+    /// Registers the read scope of an API key: `views=None` reads everything.
+    #[pyo3(signature = (scope_id, views, services))]
+    fn set_scope(&self, scope_id: u64, views: Option<Vec<String>>, services: Vec<String>) {
+        self.scopes
+            .write()
+            .insert(scope_id, Arc::new(Scope::new(views, services)));
+    }
+
+    /// Forgets every registered scope (keys were reloaded).
+    fn clear_scopes(&self) {
+        self.scopes.write().clear();
+    }
+
+    /// Parses, plans and splits a request of `api` (GIL released). Errors are those a node
+    /// would raise for the same request.
+    #[pyo3(signature = (api, body, scope_id = None))]
+    fn route(
+        &self,
+        py: Python<'_>,
+        api: &str,
+        body: &[u8],
+        scope_id: Option<u64>,
+    ) -> PyResult<PyRouted> {
+        let api = parse_api(api).map_err(to_py_err)?;
+        let scope = scope_of(&self.scopes.read(), scope_id).map_err(to_py_err)?;
+        let router = self.router.read().clone();
+        let cfg = *self.serve_cfg.read();
+        let spread = self.spread.fetch_add(1, Ordering::Relaxed);
+        let routed = py
+            .allow_threads(|| router.route(api, body, &cfg, scope.as_deref(), spread))
+            .map_err(to_py_err)?;
+        Ok(PyRouted { routed, cfg })
+    }
+}
+
+/// A request split into per-shard parts.
+#[pyclass(module = "serving._rust_core", name = "Routed", frozen)]
+pub struct PyRouted {
+    routed: Routed,
+    cfg: ServeConfig,
+}
+
+#[pymethods]
+impl PyRouted {
+    /// `[(shard, GetCellsRequest bytes), ...]`: send each to a replica of its shard.
+    fn parts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(
+            py,
+            self.routed
+                .parts
+                .iter()
+                .map(|p| (p.shard, PyBytes::new(py, &p.body))),
+        )
+    }
+
+    /// The response body from the parts' answers, in `parts()` order (GIL released).
+    fn merge<'py>(
+        &self,
+        py: Python<'py>,
+        answers: Vec<Bound<'py, PyBytes>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let slices: Vec<&[u8]> = answers.iter().map(PyBytesMethods::as_bytes).collect();
+        let body = py
+            .allow_threads(|| self.routed.merge(&slices, &self.cfg))
+            .map_err(to_py_err)?;
+        Ok(PyBytes::new(py, &body))
+    }
+
+    #[getter]
+    fn num_entities(&self) -> usize {
+        self.routed.prepared().num_entities()
+    }
+
+    #[getter]
+    fn num_features(&self) -> usize {
+        self.routed.prepared().num_features()
+    }
+
+    /// Feature views the request reads.
+    #[getter]
+    fn views(&self) -> Vec<String> {
+        self.routed.prepared().views().map(str::to_string).collect()
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyRouter>()?;
+    m.add_class::<PyRouted>()?;
+    Ok(())
+}

@@ -1,0 +1,506 @@
+"""The scale-out cluster of issue 12, end to end on loopback (docs/scale-out.md).
+
+One tansu broker with a 4-partition topic, three `serve` processes (shard 0 twice, shard 1
+once) and a `route` process, 10,000 keys. Every key is answered correctly through the router
+and through the routing client; a replica killed under concurrent load leaves every answer
+correct; a node restored from a snapshot catches up and serves the newest values; a batch
+backfill published with `materialize --via-kafka` reaches every shard; a node refuses a key it
+does not own, naming the owner.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
+from serving import Registry, Store
+from serving.auth import KeyFile
+from serving.client import FeatureClient, ShardedFeatureClient
+from serving.cluster import ClusterMap
+from serving.errors import PermissionDeniedError
+from serving.kafka_loader import encode_key, produce_rows
+from serving.sharding import shard_for_key
+from tests.integration.test_scale_out_serve import kafka_rows_applied
+from tests.integration.test_server import ROOT, Server, free_port, start_cli, stop_server
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+SHARDS = 2
+N = 10_000
+#: event time of generation g of the values (seconds); later generations win the merge
+T0 = 1_700_000_000
+
+
+def registry_text(bootstrap: str, parquet: Path) -> str:
+    return f"""
+project: cluster
+entities:
+  - {{name: user, join_keys: [{{name: user_id, dtype: int64}}]}}
+feature_views:
+  - name: users
+    entities: [user]
+    features: [{{name: seq, dtype: int64}}, {{name: score, dtype: float32}},
+               {{name: tag, dtype: string}}]
+    batch_source: {{type: parquet, path: "{parquet}"}}
+    stream_source: {{type: kafka, topic: users, bootstrap_servers: "{bootstrap}", format: json,
+                    options: {{loader.dlq_topic: ""}}}}
+feature_services:
+  - name: ranking
+    features: [users:seq, users:score]
+"""
+
+
+def seq(u: int, gen: int) -> int:
+    return u * 10 + gen
+
+
+def score(u: int, gen: int) -> float:
+    return (u % 1000) / 8 + gen  # exact in float32
+
+
+def rows(users: range | list[int], gen: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "user_id": u,
+            "event_timestamp": (T0 + gen) * 1_000_000,
+            "seq": seq(u, gen),
+            "score": score(u, gen),
+            "tag": f"g{gen}-{u}",
+        }
+        for u in users
+    ]
+
+
+class Cluster:
+    def __init__(self, broker: Broker, tmp: Path) -> None:  # noqa: F811
+        self.tmp = tmp
+        self.parquet = tmp / "users.parquet"
+        self.config = tmp / "features.yaml"
+        self.config.write_text(registry_text(broker.bootstrap, self.parquet))
+        self.view = Registry.from_yaml(self.config).view("users")
+        broker.create_topic("users", PARTITIONS)
+        self.producer = broker.producer()
+        self.owner = {
+            u: shard_for_key(encode_key(self.view, [u]), PARTITIONS, SHARDS) for u in range(N)
+        }
+        keys = KeyFile(tmp / "keys.json")
+        self.keys_file = tmp / "keys.json"
+        self.reader, _ = keys.create("reader", read=["*"])
+        self.ranking, _ = keys.create("ranking-only", read=["ranking"])
+        self.admin, _ = keys.create("ops", read=["*"], admin=True)
+        self.procs: list[Server] = []
+
+    def node(self, name: str, shard: int, *extra: str, grpc_port: int | None = None) -> Server:
+        server = start_cli(
+            ["serve", "--config", str(self.config), "--data-dir", str(self.tmp / name),
+             "--keys-file", str(self.keys_file), "--max-ready-lag", "0",
+             "--shard-index", str(shard), "--shard-count", str(SHARDS),
+             "--topic-partitions", str(PARTITIONS), *extra],
+            self.tmp / f"{name}.log", grpc_port=grpc_port,
+        )  # fmt: skip
+        self.procs.append(server)
+        return server
+
+    def router(self, cluster_map: Path) -> Server:
+        server = start_cli(
+            ["route", "--config", str(self.config), "--cluster-map", str(cluster_map),
+             "--keys-file", str(self.keys_file), "--route-probe-seconds", "0.2"],
+            self.tmp / "router.log",
+        )  # fmt: skip
+        self.procs.append(server)
+        return server
+
+    def stop(self) -> None:
+        for s in self.procs:
+            stop_server(s)
+
+
+@pytest.fixture
+def cluster(broker: Broker, tmp_path: Path) -> Iterator[Cluster]:  # noqa: F811
+    c = Cluster(broker, tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def post(server: Server, path: str, body: Any, key: str) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        server.url + path,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def ask(server: Server, users: list[int], key: str) -> tuple[int, Any]:
+    return post(
+        server,
+        "/get-online-features",
+        {"features": ["users:seq", "users:score", "users:tag"], "entities": {"user_id": users}},
+        key,
+    )
+
+
+def check_answer(got: Any, users: list[int], gen: dict[int, int] | int) -> None:
+    g = (lambda u: gen) if isinstance(gen, int) else gen.__getitem__
+    assert got["metadata"]["feature_names"] == ["user_id", "seq", "score", "tag"]
+    res = got["results"]
+    assert res[0]["values"] == users
+    assert res[1]["values"] == [seq(u, g(u)) for u in users]
+    assert res[2]["values"] == [score(u, g(u)) for u in users]
+    assert res[3]["values"] == [f"g{g(u)}-{u}" for u in users]
+    for col in res[1:]:
+        assert set(col["statuses"]) == {"PRESENT"}
+
+
+def wait_until(server: Server, users: list[int], gen: int, key: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    got: Any = None
+    while time.monotonic() < deadline:
+        status, got = ask(server, users, key)
+        if status == 200 and got["results"][1]["values"] == [seq(u, gen) for u in users]:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{server.url} did not reach generation {gen}: {str(got)[:400]}")
+
+
+def write_cluster_map(path: Path, shards: dict[int, list[int]]) -> ClusterMap:
+    cmap = ClusterMap.from_dict(
+        {
+            "topic_partitions": PARTITIONS,
+            "shards": {k: [f"127.0.0.1:{p}" for p in ports] for k, ports in shards.items()},
+        }
+    )
+    path.write_text(json.dumps(cmap.to_dict()))
+    return cmap
+
+
+class Load:
+    """Threads asking random batches through the router and the client until stopped; every
+    answer is checked against the generation the caller expects."""
+
+    def __init__(self, router: Server, client: ShardedFeatureClient, key: str) -> None:
+        self.router, self.client, self.key = router, client, key
+        self.stop = threading.Event()
+        self.done = 0
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self._http, args=(i,)) for i in range(3)]
+        self.threads.append(threading.Thread(target=self._client))
+
+    def _http(self, seed: int) -> None:
+        rnd = random.Random(seed)
+        while not self.stop.is_set():
+            users = rnd.sample(range(N), 100)
+            try:
+                status, got = ask(self.router, users, self.key)
+                assert status == 200, got
+                check_answer(got, users, 1)
+                self.done += 1
+            except Exception as e:
+                self.failures.append(f"router: {e!r}"[:500])
+
+    def _client(self) -> None:
+        rnd = random.Random(99)
+        while not self.stop.is_set():
+            users = rnd.sample(range(N), 100)
+            try:
+                m = self.client.get_dense({"user_id": users}, ["users:seq"])
+                assert m.values[:, 0].tolist() == [float(seq(u, 1)) for u in users]
+                self.done += 1
+            except Exception as e:
+                self.failures.append(f"client: {e!r}"[:500])
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def test_three_node_cluster_through_router_and_client(cluster: Cluster) -> None:
+    produce_rows(cluster.producer, cluster.view, rows(range(N), 1))
+    shard0a = cluster.node("shard0a", 0)
+    shard0b = cluster.node("shard0b", 0)
+    shard1 = cluster.node("shard1", 1)
+    mine = {k: [u for u in range(N) if cluster.owner[u] == k] for k in range(SHARDS)}
+    assert all(0.4 < len(mine[k]) / N < 0.6 for k in mine)
+    for k, node in ((0, shard0a), (0, shard0b), (1, shard1)):
+        wait_until(node, mine[k][-200:], 1, cluster.reader)
+
+    # The map also names a third shard-0 replica that does not run yet: the router starts
+    # ready (every shard has a SERVING replica) and avoids the missing one.
+    spare_port = free_port()
+    cmap_path = cluster.tmp / "cluster.json"
+    cmap = write_cluster_map(
+        cmap_path, {0: [shard0a.grpc, shard0b.grpc, spare_port], 1: [shard1.grpc]}
+    )
+    router = cluster.router(cmap_path)
+    assert ready_shards(ready_body(router)) == {"0": 2, "1": 1}
+
+    # 1. every key, correct, through the router (Feast HTTP) in request order, mixed shards
+    users = list(range(N))
+    random.Random(1).shuffle(users)
+    for lo in range(0, N, 1000):
+        part = users[lo : lo + 1000]
+        status, got = ask(router, part, cluster.reader)
+        assert status == 200, got
+        check_answer(got, part, 1)
+    # ... through the router's gRPC (v1 dense) and through the routing client
+    with (
+        FeatureClient(f"127.0.0.1:{router.grpc}", api_key=cluster.reader, timeout=10) as via,
+        ShardedFeatureClient(
+            cmap.shards, topic_partitions=PARTITIONS, join_keys=[("user_id", "int64")],
+            api_key=cluster.reader, timeout=10.0,
+        ) as client,
+    ):  # fmt: skip
+        for lo in range(0, N, 1000):
+            part = users[lo : lo + 1000]
+            want = [float(seq(u, 1)) for u in part]
+            assert via.get_dense({"user_id": part}, ["users:seq"]).values[:, 0].tolist() == want
+            assert client.get_dense({"user_id": part}, ["users:seq"]).values[:, 0].tolist() == want
+
+        # 2. the caller's key travels: a key scoped to the service reads it, not other views
+        status, got = post(
+            router, "/get-online-features",
+            {"feature_service": "ranking", "entities": {"user_id": users[:50]}}, cluster.ranking,
+        )  # fmt: skip
+        assert status == 200, got
+        assert got["results"][1]["values"] == [seq(u, 1) for u in users[:50]]
+        status, got = ask(router, users[:5], cluster.ranking)
+        assert status == 403, got
+        assert got["error"]["code"] == "permission_denied", got
+        status, got = ask(router, users[:5], "fs_bogus_key")
+        assert status == 401, got
+        with (
+            FeatureClient(f"127.0.0.1:{router.grpc}", api_key=cluster.ranking, timeout=10) as c,
+            pytest.raises(PermissionDeniedError),
+        ):
+            c.get_dense({"user_id": users[:5]}, ["users:tag"])
+
+        # 3. a node asked for a key it does not own refuses it, naming the owner
+        other = mine[1][0]
+        status, got = ask(shard0a, [mine[0][0], other], cluster.reader)
+        assert status == 409, got
+        assert got["error"]["code"] == "wrong_shard", got
+        assert (
+            f"entity user_id={other} of feature view 'users' belongs to shard 1"
+            in (got["error"]["message"])
+        )
+
+        # 4. a shard-0 replica killed under concurrent load: every answer stays correct
+        with Load(router, client, cluster.reader) as load:
+            time.sleep(1.5)
+            before = load.done
+            shard0a.proc.send_signal(signal.SIGKILL)
+            shard0a.proc.wait(10)
+            time.sleep(2.5)
+        assert not load.failures, load.failures[:5]
+        assert before > 10, before
+        assert load.done > before + 10, (before, load.done)
+        time.sleep(0.6)  # a probe round
+        assert ready_shards(ready_body(router)) == {"0": 1, "1": 1}
+
+    # 5. a fresh replica restored from a snapshot of a serving node catches up and serves
+    # the newest values: snapshot shard0b through its admin API, then newer records arrive
+    snap = cluster.tmp / "snaps" / "shard0"
+    done = subprocess.run(
+        [sys.executable, "-m", "serving", "snapshot", "create", "--server", shard0b.url,
+         "--api-key", cluster.admin, str(snap)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    newer = mine[0][:500] + mine[1][:500]
+    produce_rows(cluster.producer, cluster.view, rows(newer, 2))
+    shard0c = cluster.node("shard0c", 0, "--restore-from", str(snap), grpc_port=spare_port)
+    gen = {u: 2 if u in set(newer) else 1 for u in range(N)}
+    wait_until(shard0c, mine[0][:500], 2, cluster.reader)
+    stop_server(shard0b)  # shard 0 is now served by the restored replica alone
+    wait_for_ready_shards(router, {"0": 1, "1": 1})
+    assert ready_body(router)["shards"]["0"][f"127.0.0.1:{spare_port}"] is True
+    wait_until(router, mine[1][:500], 2, cluster.reader)
+    for lo in range(0, N, 1000):
+        part = users[lo : lo + 1000]
+        status, got = ask(router, part, cluster.reader)
+        assert status == 200, got
+        check_answer(got, part, gen)
+    # it did not replay the topic: it applied only the 500 records after the snapshot
+    assert "restored snapshot" in shard0c.log.read_text()
+    assert kafka_rows_applied(shard0c) == 500
+
+    # 6. a batch backfill published with `materialize --via-kafka` reaches every shard
+    t = dt.datetime.fromtimestamp(T0 + 3, dt.UTC)
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array(range(N), pa.int64()),
+                "event_timestamp": pa.array([t] * N, pa.timestamp("us", tz="UTC")),
+                "seq": pa.array([seq(u, 3) for u in range(N)], pa.int64()),
+                "score": pa.array([score(u, 3) for u in range(N)], pa.float32()),
+                "tag": pa.array([f"g3-{u}" for u in range(N)]),
+            }
+        ),
+        cluster.parquet,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "serving", "materialize", "--via-kafka", "--config",
+         str(cluster.config), "--data-dir", str(cluster.tmp / "unused"), "--progress", "never"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    wait_until(router, [mine[0][-1], mine[1][-1]], 3, cluster.reader)
+    for lo in range(0, N, 1000):
+        part = users[lo : lo + 1000]
+        wait_until(router, part, 3, cluster.reader, timeout=30)
+        status, got = ask(router, part, cluster.reader)
+        check_answer(got, part, 3)
+
+
+def ready_body(router: Server) -> Any:
+    try:
+        with urllib.request.urlopen(router.url + "/readyz", timeout=5) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read())
+
+
+def ready_shards(body: Any) -> dict[str, int]:
+    """Shard -> number of replicas the router saw SERVING."""
+    return {k: sum(1 for ok in v.values() if ok) for k, v in body["shards"].items()}
+
+
+def wait_for_ready_shards(router: Server, want: dict[str, int], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready_shards(ready_body(router)) == want:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"router replicas {ready_body(router)} != {want}")
+
+
+PLAIN_REGISTRY = """
+project: cluster
+entities:
+  - {name: user, join_keys: [{name: user_id, dtype: int64}]}
+feature_views:
+  - name: users
+    entities: [user]
+    features: [{name: seq, dtype: DTYPE}]
+"""
+
+
+def test_router_refuses_what_it_cannot_answer(tmp_path: Path) -> None:
+    """No reachable replica: not ready and 503 shard_unavailable; a node running another
+    registry: 502 bad_shard_answer, never a misread value; bad settings: clear errors."""
+    ours = tmp_path / "router.yaml"
+    ours.write_text(PLAIN_REGISTRY.replace("DTYPE", "int64"))
+    theirs = tmp_path / "node.yaml"
+    theirs.write_text(PLAIN_REGISTRY.replace("DTYPE", "float32"))
+    with Store(tmp_path / "db", Registry.from_yaml(theirs)) as store:
+        store.write(
+            "users",
+            pa.table(
+                {
+                    "user_id": pa.array([1, 2], pa.int64()),
+                    "event_timestamp": pa.array([T0 * 10**6] * 2, pa.timestamp("us", tz="UTC")),
+                    "seq": pa.array([1.5, 2.5], pa.float32()),
+                }
+            ),
+        )
+    node = start_cli(
+        ["serve", "--config", str(theirs), "--data-dir", str(tmp_path / "db"), "--no-auth"],
+        tmp_path / "node.log",
+    )
+    dead = free_port()
+    procs = [node]
+    try:
+        cmap = tmp_path / "cluster.yaml"
+        cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{node.grpc}']\n")
+        router = start_cli(
+            ["route", "--config", str(ours), "--cluster-map", str(cmap), "--no-auth"],
+            tmp_path / "router.log",
+        )
+        procs.append(router)
+        status, got = router.post(
+            "/get-online-features", {"features": ["users:seq"], "entities": {"user_id": [1, 2]}}
+        )
+        assert status == 502, got
+        assert got["error"]["code"] == "bad_shard_answer"
+        assert "different registries" in got["error"]["message"]
+        # the router's own checks come first, with a node's wording
+        status, got = router.post(
+            "/get-online-features", {"features": ["users:nope"], "entities": {"user_id": [1]}}
+        )
+        assert status == 404, got
+        assert "has no feature 'nope'" in got["error"]["message"]
+        with urllib.request.urlopen(router.url + "/v1/cluster", timeout=5) as r:
+            assert json.loads(r.read())["shards"] == {"0": [f"127.0.0.1:{node.grpc}"]}
+
+        # a map whose only replica is not running: the router starts, is not ready, refuses
+        cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{dead}']\n")
+        http = free_port()
+        with (tmp_path / "router2.log").open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "serving", "route", "--config", str(ours),
+                 "--cluster-map", str(cmap), "--no-auth", "--http-port", str(http),
+                 "--grpc-port", str(free_port()), "--route-timeout-ms", "300"],
+                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+            )  # fmt: skip
+        procs.append(Server(proc, http, 0, tmp_path / "router2.log"))
+        lone = procs[-1]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                body = ready_body(lone)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, (tmp_path / "router2.log").read_text()
+                time.sleep(0.1)
+        assert body["status"] == "not ready", body
+        status, got = lone.post(
+            "/get-online-features", {"features": ["users:seq"], "entities": {"user_id": [1]}}
+        )
+        assert status == 503, got
+        assert got["error"]["code"] == "shard_unavailable", got
+        assert f"127.0.0.1:{dead}" in got["error"]["message"]
+    finally:
+        for p in procs:
+            stop_server(p)
+
+    # settings: a map is required, and keys (or --no-auth)
+    for args, msg in [
+        (["--no-auth"], "needs --cluster-map"),
+        (["--cluster-map", str(cmap)], "keys file"),
+        (["--cluster-map", str(tmp_path / "missing.yaml"), "--no-auth"], "missing.yaml"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "serving", "route", "--config", str(ours), *args],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode != 0, done
+        assert msg in done.stderr, done.stderr[-1000:]

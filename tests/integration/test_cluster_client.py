@@ -430,6 +430,7 @@ def test_clients_answer_every_key_in_both_layouts(env: Env) -> None:
 
 def test_fail_over_when_a_replica_is_killed(env: Env) -> None:
     victim = env.caught_up(env.start("0c", *env.shard_flags(0)), 0)
+    served_before = requests_total(victim)
     dead = f"127.0.0.1:{victim.grpc}"
     cluster = ClusterMap({0: [dead, env.endpoint("0a")], 1: [env.endpoint("1")]}, PARTITIONS)
     key = env.keys["reader"]
@@ -452,7 +453,8 @@ def test_fail_over_when_a_replica_is_killed(env: Env) -> None:
             check_dense(sync.get_dense({"user_id": batch}, ["users:seq"]), batch)
         loop.run_until_complete(run(aclient, True))
         loop.run_until_complete(run(hedging, True))
-        assert requests_total(victim) >= 3
+        # round robin gave it 1 of the blocking client's calls, 2 of each async client's
+        assert requests_total(victim) - served_before >= 5
 
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait(10)

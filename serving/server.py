@@ -464,6 +464,8 @@ class FeatureServer:
                     "skipped_older": st.get("skipped_older", 0),
                     "errors": st.get("errors", 0),
                     "dead_lettered": st.get("dead_lettered", 0),
+                    "misrouted": st.get("misrouted", 0),
+                    "topic": str(st.get("topic", view)),
                 }
                 for partition, n in (st.get("lag") or {}).items():
                     if n is not None:

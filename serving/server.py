@@ -565,7 +565,11 @@ class FeatureServer:
         if on_error not in ("fail", "skip"):
             raise InvalidArgumentError("on_error must be 'fail' or 'skip'")
         if body.get("via_kafka") and body.get("incremental"):
-            raise InvalidArgumentError("via_kafka applies to materialize, not incremental runs")
+            raise InvalidArgumentError(
+                "via_kafka incremental runs are not offered through the admin API: run "
+                "`feature-serving materialize-incremental --via-kafka` (it needs only the "
+                "registry)"
+            )
 
         def job() -> Any:
             if body.get("incremental"):

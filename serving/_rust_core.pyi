@@ -102,9 +102,18 @@ class DecodedBatch:
     def ignored(self) -> int: ...
     @property
     def max_event_ts(self) -> int | None: ...
+    @property
+    def misrouted(self) -> list[tuple[int, int, bool]]: ...
     def write(self, meta: list[tuple[str, bytes]] | None = None) -> tuple[int, int]: ...
 
-def decode_batch(store: Store, view: str, format: str, records: list[_Record]) -> DecodedBatch: ...
+def decode_batch(
+    store: Store,
+    view: str,
+    format: str,
+    records: list[_Record],
+    num_partitions: int | None = None,
+    drop_misrouted: bool = False,
+) -> DecodedBatch: ...
 def ingest_batch(
     store: Store,
     view: str,

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import queue
 import re
@@ -49,6 +51,7 @@ import pyarrow.dataset as pads
 from serving.admin_client import send_admin_job, store_in_use
 from serving.errors import FeatureServingError, InvalidArgumentError, StorageError
 from serving.progress import Progress, format_count, format_duration
+from serving.publish_state import STATE_TOPIC, PublishState, StateTopic, check_topic
 from serving.registry import EVENT_TIMESTAMP, FeatureView, Registry, parse_ttl
 from serving.store import Store, WriteStats
 
@@ -143,6 +146,8 @@ class LoadSummary:
     seconds: float = 0.0
     #: the rows were published to the views' stream-source topics instead of written
     via_kafka: bool = False
+    #: incremental via-kafka runs: the topic the published watermarks are recorded in
+    state_topic: str | None = None
 
     def view(self, name: str) -> ViewSummary:
         for v in self.views:
@@ -217,10 +222,15 @@ class LoadSummary:
         rate = self.rows_read / self.seconds if self.seconds > 0 else 0.0
         what = "dry run (nothing written)" if self.dry_run else "total"
         if self.via_kafka and not self.dry_run:
+            progress = (
+                f"progress recorded in Kafka topic '{self.state_topic}'"
+                if self.state_topic
+                else "no watermark advanced here"
+            )
             lines.append(
                 f"{what}: {format_count(self.rows_read)} rows read, "
                 f"{format_count(self.published)} published to Kafka (the nodes apply them as "
-                f"they consume; no watermark advanced here), {format_count(self.errors)} bad "
+                f"they consume; {progress}), {format_count(self.errors)} bad "
                 f"rows, {format_duration(self.seconds)} ({format_count(rate)} rows/s)"
             )
         else:
@@ -339,6 +349,9 @@ class _Plan:
     meta: dict[str, bytes]
     summary: ViewSummary
     skipped_files: list[tuple[_Unit, str, str]] = field(default_factory=list)
+    #: incremental via-kafka runs: the state recorded in the state topic once every row of
+    #: the plan was acknowledged
+    publish: PublishState | None = None
 
     @property
     def total_rows(self) -> int:
@@ -1051,16 +1064,66 @@ def _load(store: Store, plan: _Plan, *, on_error: OnError, progress: bool, batch
     summary.files_read = len(seen)
 
 
+#: librdkafka's own log lines of via-kafka runs (connection retries while a broker is down
+#: come many a second; the run's errors say what failed)
+_RDKAFKA_LOG = logging.getLogger("serving.batch_loader.rdkafka")
+#: default deadline of a via-kafka run for reaching the brokers and reading or recording state
+KAFKA_TIMEOUT_S = 30.0
+
+
 @dataclass
 class _KafkaTarget:
     """Where a ``via_kafka`` run publishes: a given producer (tests, callers that own one), or
     one producer per view created from its stream source (``bootstrap_servers`` and
-    ``kafka_config`` override / add librdkafka settings)."""
+    ``kafka_config`` override / add librdkafka settings). ``state_topic``: incremental runs
+    read and record what was published there (:mod:`serving.publish_state`), on the cluster of
+    each view's stream topic. ``timeout``: deadline for reaching the brokers."""
 
     producer: Any = None
     bootstrap_servers: str | None = None
     kafka_config: dict[str, Any] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
+    state_topic: str | None = None
+    timeout: float = KAFKA_TIMEOUT_S
+    #: state topics by bootstrap servers (one per cluster)
+    states: dict[str, StateTopic] = field(default_factory=dict)
+
+    def client_conf(self, fv: FeatureView) -> dict[str, Any]:
+        """Connection settings for ``fv``'s cluster: bootstrap servers, the source's
+        connection settings (security, client id) and ``kafka_config``."""
+        from serving.kafka_loader import OPTION_PREFIX
+
+        src = fv.stream_source
+        assert src is not None
+        # consumer-only settings of the source would only draw librdkafka warnings
+        shared = ("security.", "sasl.", "ssl.", "client.id", "socket.", "broker.")
+        conf: dict[str, Any] = {
+            k: v
+            for k, v in src.options.items()
+            if not k.startswith(OPTION_PREFIX) and k.startswith(shared)
+        }
+        conf["bootstrap.servers"] = self.bootstrap_servers or src.bootstrap_servers
+        conf["logger"] = _RDKAFKA_LOG
+        conf.update(self.kafka_config)
+        return conf
+
+    def check(self, fv: FeatureView) -> None:
+        """The view's stream topic exists and the brokers answer within the deadline."""
+        assert fv.stream_source is not None
+        check_topic(self.client_conf(fv), fv.stream_source.topic, fv.name, self.timeout)
+
+    def state(self, fv: FeatureView, *, create: bool) -> StateTopic:
+        """The state topic on ``fv``'s cluster (created if missing and ``create``)."""
+        assert self.state_topic is not None
+        conf = self.client_conf(fv)
+        bootstrap = str(conf["bootstrap.servers"])
+        st = self.states.get(bootstrap)
+        if st is None:
+            st = StateTopic(conf, self.state_topic, self.timeout)
+            if create:
+                st.ensure()
+            self.states[bootstrap] = st
+        return st
 
     def open(self, fv: FeatureView) -> tuple[Any, bool]:
         """(producer, owned) for ``fv``."""
@@ -1068,20 +1131,10 @@ class _KafkaTarget:
             return self.producer, False
         from confluent_kafka import Producer
 
-        from serving.kafka_loader import OPTION_PREFIX, PRODUCER_DEFAULTS
+        from serving.kafka_loader import PRODUCER_DEFAULTS
 
-        src = fv.stream_source
-        assert src is not None
-        # the source's connection settings (security, client id) apply to the producer too;
-        # consumer-only settings would only draw librdkafka warnings
-        shared = ("security.", "sasl.", "ssl.", "client.id", "socket.", "broker.")
-        conf: dict[str, Any] = {
-            k: v
-            for k, v in src.options.items()
-            if not k.startswith(OPTION_PREFIX) and k.startswith(shared)
-        }
+        conf = self.client_conf(fv)
         conf.update(PRODUCER_DEFAULTS)
-        conf["bootstrap.servers"] = self.bootstrap_servers or src.bootstrap_servers
         conf.update(self.kafka_config)
         conf["on_delivery"] = self._delivered
         return Producer(conf), True
@@ -1121,6 +1174,8 @@ def _publish(
             if prep.batch is not None and prep.batch.num_rows:
                 summary.published += produce_rows(producer, fv, prep.batch, flush=False)
             bar.update(prep.scanned)
+            if kafka.failed:  # the broker refuses records: stop producing more
+                break
         left = producer.flush(PUBLISH_FLUSH_S)
         if left or kafka.failed:
             shown = "; ".join(e for e in kafka.failed if e)
@@ -1129,6 +1184,7 @@ def _publish(
                 f"'{fv.stream_source.topic if fv.stream_source else '?'}' failed: "
                 f"{left} records not acknowledged after {PUBLISH_FLUSH_S:.0f} s, "
                 f"{len(kafka.failed)} delivery errors{(': ' + shown) if shown else ''}"
+                + ("; the state topic is unchanged" if plan.publish is not None else "")
             )
     finally:
         bar.close(
@@ -1139,10 +1195,53 @@ def _publish(
         if owned:
             producer.flush(0)
     summary.files_read = len(seen)
+    if plan.publish is not None:  # every record of the plan was acknowledged
+        _record_state(kafka, plan, producer, progress=progress)
+
+
+def _record_state(kafka: _KafkaTarget, plan: _Plan, producer: Any, *, progress: bool) -> None:
+    """Records the plan's publish state once every one of its rows was acknowledged."""
+    assert plan.publish is not None
+    fv, summary = plan.fv, plan.summary
+    state = dataclasses.replace(
+        plan.publish, published=summary.published, recorded_at=dt.datetime.now(dt.UTC)
+    )
+    st = kafka.state(fv, create=True)
+    st.record(producer, state)
+    if state.watermark is not None:
+        summary.watermark = state.watermark
+    if state.delta_version is not None:
+        summary.delta_version = state.delta_version
+    summary.notes.append(
+        f"{state.describe()} recorded in topic '{st.name}' (key "
+        f"{state.topic}/{state.view}) after the broker acknowledged every record"
+    )
+    Progress(f"record {fv.name}", enabled=progress).close(
+        f"record {fv.name}: {state.describe()} recorded in topic '{st.name}'"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # public API
+
+
+def _kafka_target(
+    selected: list[FeatureView], kafka: _KafkaTarget, *, dry_run: bool
+) -> _KafkaTarget:
+    """Checks that every view can be published: it has a stream source, and (unless
+    ``dry_run``) its topic exists on brokers that answer within the deadline."""
+    if not kafka.timeout > 0:
+        raise InvalidArgumentError(f"kafka_timeout must be positive, got {kafka.timeout}")
+    missing = [fv.name for fv in selected if fv.stream_source is None]
+    if missing:
+        raise InvalidArgumentError(
+            f"--via-kafka publishes to each view's stream_source topic, and feature "
+            f"view(s) {', '.join(repr(m) for m in missing)} have none"
+        )
+    if not dry_run:
+        for fv in selected:
+            kafka.check(fv)
+    return kafka
 
 
 def _select_views(store: Store | Registry, views: Sequence[str] | str | None) -> list[FeatureView]:
@@ -1240,6 +1339,7 @@ def materialize(
     producer: Any = None,
     bootstrap_servers: str | None = None,
     kafka_config: dict[str, Any] | None = None,
+    kafka_timeout: float = KAFKA_TIMEOUT_S,
 ) -> LoadSummary:
     """Loads rows with ``start <= event timestamp < end`` from each view's batch source.
 
@@ -1264,7 +1364,10 @@ def materialize(
     hold. Records use :func:`serving.kafka_loader.encode_key` keys and the
     ``murmur2_random`` partitioner (``producer``: use this one, created with
     :data:`serving.kafka_loader.PRODUCER_DEFAULTS`; otherwise one per view from its stream
-    source, with ``bootstrap_servers`` / ``kafka_config`` overriding its settings).
+    source, with ``bootstrap_servers`` / ``kafka_config`` overriding its settings). Unless
+    ``dry_run``, each view's stream topic must exist and the brokers must answer within
+    ``kafka_timeout`` seconds (:class:`StorageError` otherwise) before anything is read.
+    Incremental publishing: :func:`materialize_incremental` with ``via_kafka``.
     """
     started = time.perf_counter()
     now = dt.datetime.now(dt.UTC)
@@ -1278,13 +1381,13 @@ def materialize(
     selected = _select_views(store, views)
     kafka: _KafkaTarget | None = None
     if via_kafka:
-        missing = [fv.name for fv in selected if fv.stream_source is None]
-        if missing:
-            raise InvalidArgumentError(
-                f"--via-kafka publishes to each view's stream_source topic, and feature "
-                f"view(s) {', '.join(repr(m) for m in missing)} have none"
-            )
-        kafka = _KafkaTarget(producer, bootstrap_servers, dict(kafka_config or {}))
+        kafka = _kafka_target(
+            selected,
+            _KafkaTarget(
+                producer, bootstrap_servers, dict(kafka_config or {}), timeout=kafka_timeout
+            ),
+            dry_run=dry_run,
+        )
     elif not isinstance(store, Store):
         raise InvalidArgumentError("materialize needs a Store (a Registry only with via_kafka)")
     plans = []
@@ -1359,7 +1462,7 @@ def materialize(
 
 
 def materialize_incremental(
-    store: Store,
+    store: Store | Registry,
     views: Sequence[str] | str | None = None,
     *,
     end: dt.datetime | str | None = None,
@@ -1369,6 +1472,12 @@ def materialize_incremental(
     progress: bool = True,
     batch_rows: int = BATCH_ROWS,
     prune_partitions: bool = True,
+    via_kafka: bool = False,
+    producer: Any = None,
+    bootstrap_servers: str | None = None,
+    kafka_config: dict[str, Any] | None = None,
+    state_topic: str = STATE_TOPIC,
+    kafka_timeout: float = KAFKA_TIMEOUT_S,
 ) -> LoadSummary:
     """Loads what is new since each view's last successful run.
 
@@ -1377,18 +1486,51 @@ def materialize_incremental(
     rewritten since the synced table version, up to the latest version (or ``as_of_version``),
     whatever their event time, then that version is recorded; ``end`` does not apply.
     The new watermark / version is written atomically with the view's last batch.
+
+    ``via_kafka``: publish what is new since the last *published* watermark / version to each
+    view's stream-source topic instead (``store`` may be a :class:`Registry`; no store is
+    opened). The same selection as above, but the state lives in the compacted Kafka topic
+    ``state_topic`` on the cluster of the view's stream topic (one record per stream topic and
+    view, :mod:`serving.publish_state`), not in a store; it is recorded only after the broker
+    acknowledged every record of the run. Producer settings as for :func:`materialize`;
+    ``kafka_timeout`` bounds reaching the brokers and reading / recording the state.
     """
     started = time.perf_counter()
     now = dt.datetime.now(dt.UTC)
     t_end = parse_time(end, now=now) or now
     if batch_rows < 1:
         raise InvalidArgumentError(f"batch_rows must be at least 1, got {batch_rows}")
+    selected = _select_views(store, views)
+    kafka: _KafkaTarget | None = None
+    if via_kafka:
+        kafka = _kafka_target(
+            selected,
+            _KafkaTarget(
+                producer,
+                bootstrap_servers,
+                dict(kafka_config or {}),
+                state_topic=state_topic,
+                timeout=kafka_timeout,
+            ),
+            dry_run=dry_run,
+        )
+    elif not isinstance(store, Store):
+        raise InvalidArgumentError(
+            "materialize_incremental needs a Store (a Registry only with via_kafka)"
+        )
     plans = []
-    for fv in _select_views(store, views):
+    for fv in selected:
         assert fv.batch_source is not None
+        published: PublishState | None = None
+        if kafka is not None:
+            published = _published_state(kafka, fv, dry_run=dry_run)
         if fv.batch_source.type == "delta":
             plan = _new_plan(store, fv, None, None)
-            synced = _get_delta_version(store, fv.name)
+            if kafka is not None:
+                synced = _published_version(plan, published)
+            else:
+                assert isinstance(store, Store)
+                synced = _get_delta_version(store, fv.name)
             version = _plan_delta(
                 plan,
                 version=as_of_version,
@@ -1398,7 +1540,10 @@ def materialize_incremental(
                 on_error=on_error,
             )
             if synced is None or version > synced:
-                plan.meta[delta_version_key(fv.name)] = str(version).encode()
+                if kafka is not None:
+                    plan.publish = _state_of(fv, delta_version=version)
+                else:
+                    plan.meta[delta_version_key(fv.name)] = str(version).encode()
             else:
                 plan.summary.delta_version = synced
         else:
@@ -1407,24 +1552,85 @@ def materialize_incremental(
                     f"feature view '{fv.name}': as_of_version applies to Delta sources only "
                     f"(its source is {fv.batch_source.type})"
                 )
-            mark = _get_watermark(store, fv.name)
+            if kafka is not None:
+                mark = published.watermark if published is not None else None
+            else:
+                assert isinstance(store, Store)
+                mark = _get_watermark(store, fv.name)
             plan = _new_plan(store, fv, mark, t_end)
             plan.summary.watermark = mark
             if mark is not None and t_end <= mark:
-                plan.summary.notes.append(f"already loaded up to {_iso(mark)}")
+                done = "published" if kafka is not None else "loaded"
+                plan.summary.notes.append(f"already {done} up to {_iso(mark)}")
             else:
                 _plan_parquet(plan, prune_partitions=prune_partitions, on_error=on_error)
-                plan.meta[watermark_key(fv.name)] = _iso(t_end).encode()
+                if kafka is not None:
+                    plan.publish = _state_of(fv, watermark=t_end)
+                else:
+                    plan.meta[watermark_key(fv.name)] = _iso(t_end).encode()
+        if kafka is not None:
+            _note_published(plan, published, kafka)
         plans.append(plan)
-    return _execute(
-        store,
+    result = _execute(
+        store if isinstance(store, Store) else None,
         plans,
         on_error=on_error,
         dry_run=dry_run,
         progress=progress,
         batch_rows=batch_rows,
         started=started,
+        kafka=kafka,
     )
+    if kafka is not None:
+        result.state_topic = state_topic
+    return result
+
+
+def _published_state(kafka: _KafkaTarget, fv: FeatureView, *, dry_run: bool) -> PublishState | None:
+    """What the state topic says was published of ``fv`` (a dry run creates no topic)."""
+    assert fv.stream_source is not None
+    return kafka.state(fv, create=not dry_run).get(fv.stream_source.topic, fv.name)
+
+
+def _published_version(plan: _Plan, published: PublishState | None) -> int | None:
+    """The Delta version recorded as published, if it is of this view's current table."""
+    if published is None or published.delta_version is None:
+        return None
+    if published.source_path != plan.summary.path:
+        plan.summary.notes.append(
+            f"the published Delta version {published.delta_version} is of another table "
+            f"({published.source_path}): publishing the table as of its latest version"
+        )
+        return None
+    return published.delta_version
+
+
+def _state_of(
+    fv: FeatureView, *, watermark: dt.datetime | None = None, delta_version: int | None = None
+) -> PublishState:
+    assert fv.stream_source is not None
+    assert fv.batch_source is not None
+    return PublishState(
+        topic=fv.stream_source.topic,
+        view=fv.name,
+        source_type=fv.batch_source.type,
+        source_path=fv.batch_source.path,
+        watermark=watermark,
+        delta_version=delta_version,
+    )
+
+
+def _note_published(plan: _Plan, published: PublishState | None, kafka: _KafkaTarget) -> None:
+    topic = plan.fv.stream_source.topic if plan.fv.stream_source else "?"
+    if published is None:
+        since = f"nothing recorded for it in topic '{kafka.state_topic}': from the beginning"
+    else:
+        at = _iso(published.recorded_at) if published.recorded_at else "?"
+        since = (
+            f"continuing from the {published.describe()} recorded in topic "
+            f"'{kafka.state_topic}' at {at}"
+        )
+    plan.summary.notes.insert(0, f"publishing to topic '{topic}'; {since}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1485,10 +1691,6 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "store, so every shard and replica applies them (needs only the registry; no "
         "watermark is recorded)",
     )
-    m.add_argument(
-        "--bootstrap-servers",
-        help="--via-kafka: override every stream source's bootstrap servers",
-    )
     m.set_defaults(func=cmd_materialize)
     inc = subparsers.add_parser(
         "materialize-incremental",
@@ -1499,8 +1701,35 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
     )
     _shared_flags(inc)
     inc.add_argument("--end", help="Parquet sources: load up to this time (default now)")
+    inc.add_argument(
+        "--via-kafka",
+        action="store_true",
+        help="publish what is new since the last published watermark / Delta version to each "
+        "view's stream_source topic instead of writing the store (needs only the registry); "
+        "the new watermark is recorded in --state-topic once the broker acknowledged every "
+        "record",
+    )
+    inc.add_argument(
+        "--state-topic",
+        default=os.environ.get("FS_BATCH_STATE_TOPIC", STATE_TOPIC),
+        help=f"--via-kafka: the compacted topic holding the published watermarks, on the "
+        f"cluster of each view's stream topic; created if missing (default {STATE_TOPIC}; "
+        f"env FS_BATCH_STATE_TOPIC)",
+    )
     inc.set_defaults(func=cmd_materialize_incremental)
     for p in (m, inc):
+        p.add_argument(
+            "--bootstrap-servers",
+            help="--via-kafka: override every stream source's bootstrap servers",
+        )
+        p.add_argument(
+            "--kafka-timeout",
+            type=float,
+            default=KAFKA_TIMEOUT_S,
+            metavar="SECONDS",
+            help=f"--via-kafka: give up when the brokers do not answer within this time "
+            f"(default {KAFKA_TIMEOUT_S:g})",
+        )
         p.add_argument(
             "--server",
             default=os.environ.get("FS_SERVER_URL", "http://127.0.0.1:6566"),
@@ -1552,27 +1781,36 @@ def _send_to_server(args: argparse.Namespace, incremental: bool, data_dir: str) 
     return code
 
 
-def _run_via_kafka(args: argparse.Namespace) -> int:
-    """``materialize --via-kafka``: needs the registry only, never opens the store (so it works
-    while a server holds it)."""
+def _run_via_kafka(args: argparse.Namespace, incremental: bool) -> int:
+    """``materialize[-incremental] --via-kafka``: needs the registry only, never opens the
+    store (so it works while a server holds it, or where there is none). Exit codes: 1 bad
+    input, 2 brokers unreachable or records / state not acknowledged."""
     config = getattr(args, "config", None) or os.environ.get("FS_CONFIG") or "features.yaml"
     progress = {"always": True, "never": False}.get(args.progress, True)
+    # librdkafka logs every failed connection attempt; the run's own error names the problem
+    _RDKAFKA_LOG.setLevel(logging.CRITICAL)
+    common: dict[str, Any] = {
+        "as_of_version": args.as_of_version,
+        "on_error": args.on_error,
+        "dry_run": args.dry_run,
+        "progress": progress,
+        "batch_rows": args.batch_rows,
+        "prune_partitions": args.prune_partitions,
+        "via_kafka": True,
+        "bootstrap_servers": args.bootstrap_servers,
+        "kafka_timeout": args.kafka_timeout,
+    }
     try:
         registry = Registry.from_yaml(config)
-        summary = materialize(
-            registry,
-            args.views or None,
-            args.start,
-            args.end,
-            as_of_version=args.as_of_version,
-            on_error=args.on_error,
-            dry_run=args.dry_run,
-            progress=progress,
-            batch_rows=args.batch_rows,
-            prune_partitions=args.prune_partitions,
-            via_kafka=True,
-            bootstrap_servers=args.bootstrap_servers,
-        )
+        if incremental:
+            summary = materialize_incremental(
+                registry, args.views or None, end=args.end, state_topic=args.state_topic, **common
+            )
+        else:
+            summary = materialize(registry, args.views or None, args.start, args.end, **common)
+    except StorageError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
     except FeatureServingError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return 1
@@ -1582,7 +1820,7 @@ def _run_via_kafka(args: argparse.Namespace) -> int:
 
 def _run_cli(args: argparse.Namespace, incremental: bool) -> int:
     if getattr(args, "via_kafka", False):
-        return _run_via_kafka(args)
+        return _run_via_kafka(args, incremental)
     try:
         store = _open(args)
     except _StoreInUse as e:

@@ -19,6 +19,11 @@ operations; the short version of how it works:
   back as ``(index, reason)``. They are produced to the dead-letter topic (``<topic>.dlq`` by
   default) and flushed *before* the batch's rows and offsets are written, so a crash cannot
   lose a dead letter; then one atomic write applies the rows, tombstones and offsets.
+- **Partitions are checked.** ``decode_batch`` also hashes each row's entity key (murmur2, as
+  shard ownership does) over the topic's partition count and reports the records that arrived
+  on another partition (a producer without ``partitioner=murmur2_random``): counted as
+  ``misrouted``, warned about (rate-limited), and applied, skipped or dead-lettered as
+  ``loader.misrouted`` says (default: applied).
 - **Failures rewind.** If a batch cannot be applied (store error, dead-letter topic
   unreachable), the consumer is re-assigned at the last applied offsets and the batch is
   retried with a growing back-off: a partition never skips records it did not apply.
@@ -118,6 +123,11 @@ _MAX_BACKOFF_S = 10.0
 #: librdkafka reports every failed reconnect (many a second while a broker is down): log the
 #: first, then at most one line this often with the number left out
 _ERROR_LOG_INTERVAL_S = 10.0
+#: what the loader does with a record whose entity key belongs to another partition than the one
+#: it arrived on (``loader.misrouted``): apply it anyway (default), skip it, or dead-letter it
+MISROUTED_ACTIONS = ("apply", "skip", "dlq")
+#: the fix named in every misrouted-record warning
+MISROUTED_HINT = "producer must use partitioner=murmur2_random"
 #: the id of a topic on a broker that has none (base64 of 16 zero bytes)
 _NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"
 
@@ -148,6 +158,9 @@ class LoaderOptions:
     shard: Shard | None = None
     #: seconds between offset commits to Kafka
     commit_interval_s: float = 1.0
+    #: records on another partition than their key's (wrong producer partitioner): ``apply``
+    #: (counted and warned about, still written), ``skip`` or ``dlq`` (not written; dead-lettered)
+    misrouted: str = "apply"
     #: librdkafka settings (everything in ``options`` not starting with ``loader.``)
     kafka: Mapping[str, str] = field(default_factory=dict)
 
@@ -167,6 +180,7 @@ class LoaderOptions:
             "commit_interval_ms",
             "shard_index",
             "shard_count",
+            "misrouted",
         }
         unknown = sorted(set(own) - known)
         if unknown:
@@ -201,7 +215,19 @@ class LoaderOptions:
                 )
             return value
 
+        misrouted = str(own.get("misrouted", "apply")).strip().lower()
+        if misrouted not in MISROUTED_ACTIONS:
+            raise InvalidArgumentError(
+                f"stream source of topic '{source.topic}': {OPTION_PREFIX}misrouted must be one "
+                f"of {', '.join(MISROUTED_ACTIONS)}, got '{own['misrouted']}'"
+            )
+        if misrouted == "dlq" and not dlq:
+            raise InvalidArgumentError(
+                f"stream source of topic '{source.topic}': {OPTION_PREFIX}misrouted: dlq needs a "
+                f"dead-letter topic, but {OPTION_PREFIX}dlq_topic is empty"
+            )
         return cls(
+            misrouted=misrouted,
             dlq_topic=dlq or None,
             batch_size=int(number("batch_size", 5000)),
             batch_timeout_s=number("batch_timeout_ms", 10) / 1000,
@@ -269,9 +295,14 @@ class _Source:
                 "batches",
                 "failed_batches",
                 "resets",
+                "misrouted",
             ),
             0,
         )
+        # the topic's partition count (metadata at each assignment): the misrouted-record check
+        self.num_partitions: int | None = None
+        self._misrouted_logged_at = -math.inf
+        self._misrouted_unlogged = 0
         self.newest_event_us: int | None = None
         self.last_error: str | None = None
         self.last_record_at = 0.0
@@ -378,6 +409,7 @@ class _Source:
         if meta is None or meta.error is not None or not meta.partitions:
             return False
         parts = sorted(meta.partitions)
+        self.num_partitions = len(parts)
         if self.expected_partitions is not None and len(parts) != self.expected_partitions:
             log.error(
                 "kafka loader: topic %s has %d partitions but this node was configured with "
@@ -436,10 +468,28 @@ class _Source:
             msgs = [m for m in msgs if m.error() is None]
         if not records:
             return
-        batch = _rust_core.decode_batch(self.store.core, self.view.name, self.format, records)
+        batch = _rust_core.decode_batch(
+            self.store.core,
+            self.view.name,
+            self.format,
+            records,
+            num_partitions=self.num_partitions,
+            drop_misrouted=self.opts.misrouted != "apply",
+        )
         errors = batch.errors
+        misrouted = batch.misrouted
         if errors:
-            self._dead_letter(msgs, errors)
+            self._log_bad(msgs, errors)
+        if misrouted:
+            self._warn_misrouted(msgs, misrouted)
+        letters = list(errors)
+        if misrouted and self.opts.misrouted == "dlq":
+            letters += [
+                (i, self._misrouted_reason(msgs[i], expected, key_ok))
+                for i, expected, key_ok in misrouted
+            ]
+        if letters:
+            self._dead_letter(msgs, letters)
         meta = [
             (offset_key(self.view.name, self.topic, p), str(o).encode())
             for p, o in batch.next_offsets
@@ -457,13 +507,61 @@ class _Source:
             c["tombstones"] += batch.tombstones
             c["ignored"] += batch.ignored
             c["errors"] += len(errors)
+            c["misrouted"] += len(misrouted)
             c["batches"] += 1
             ts = batch.max_event_ts
             if ts is not None and (self.newest_event_us is None or ts > self.newest_event_us):
                 self.newest_event_us = ts
             self.last_record_at = now
 
-    def _dead_letter(self, msgs: list[Any], errors: list[tuple[int, str]]) -> None:
+    def _misrouted_reason(self, m: Any, expected: int, key_ok: bool) -> str:
+        if m.key() is None:
+            why = "the record has no key: key records with serving.kafka_loader.encode_key"
+        elif not key_ok:
+            why = (
+                "its record key is not the entity's encoded key (serving.kafka_loader."
+                "encode_key), so the producer placed it by other bytes"
+            )
+        else:
+            why = f"{MISROUTED_HINT} (librdkafka's default, consistent_random, is crc32)"
+        return (
+            f"misrouted: arrived on partition {m.partition()} but its entity key belongs to "
+            f"partition {expected} of {self.num_partitions} (murmur2): {why}"
+        )
+
+    def _warn_misrouted(self, msgs: list[Any], misrouted: list[tuple[int, int, bool]]) -> None:
+        """One warning per ``_ERROR_LOG_INTERVAL_S`` at most, naming the first record."""
+        now = time.monotonic()
+        with self.lock:
+            if now - self._misrouted_logged_at < _ERROR_LOG_INTERVAL_S:
+                self._misrouted_unlogged += len(misrouted)
+                return
+            left_out, self._misrouted_unlogged = self._misrouted_unlogged, 0
+            self._misrouted_logged_at = now
+        i, expected, key_ok = misrouted[0]
+        m = msgs[i]
+        action = {
+            "apply": "applied anyway (loader.misrouted: apply)",
+            "skip": "not applied (loader.misrouted: skip)",
+            "dlq": f"sent to {self.opts.dlq_topic} (loader.misrouted: dlq)",
+        }[self.opts.misrouted]
+        more = f"; {left_out} more since the last warning" if left_out else ""
+        log.warning(
+            "kafka loader: view %s: %d record(s) of topic %s in this batch arrived on the wrong "
+            "partition, e.g. %s[%d]@%d: %s; sharded nodes refuse such keys and the owning "
+            "shard never gets them; %s%s",
+            self.view.name,
+            len(misrouted),
+            self.topic,
+            self.topic,
+            m.partition(),
+            m.offset(),
+            self._misrouted_reason(m, expected, key_ok),
+            action,
+            more,
+        )
+
+    def _log_bad(self, msgs: list[Any], errors: list[tuple[int, str]]) -> None:
         for i, reason in errors[:3]:
             m = msgs[i]
             log.warning(
@@ -478,6 +576,10 @@ class _Source:
             log.warning(
                 "kafka loader: view %s: %d more bad records", self.view.name, len(errors) - 3
             )
+
+    def _dead_letter(self, msgs: list[Any], errors: list[tuple[int, str]]) -> None:
+        """Produces ``errors`` (bad or misrouted records: ``(index, reason)``) to the dead-letter
+        topic and waits until each is delivered."""
         if self.opts.dlq_topic is None:
             return
         if self.producer is None:
@@ -834,7 +936,8 @@ class KafkaLoader:
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Counters per view: records, applied, skipped_older, upserts, tombstones, ignored,
-        errors, dead_lettered, batches, failed_batches, resets; ``lag`` per partition (None
+        errors, misrouted (records on another partition than their key's), dead_lettered,
+        batches, failed_batches, resets; ``lag`` per partition (None
         until the first fetch), ``lag_total``, ``offsets`` (next to apply), ``newest_event_time``
         (unix seconds), ``seconds_since_last_record``, ``last_error``, ``broker_up`` (the newest
         librdkafka statistics showed a broker connection up; None before the first),
@@ -1129,5 +1232,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _brief(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    keys = ("records", "applied", "skipped_older", "errors", "dead_lettered", "lag_total", "resets")
+    keys = (
+        "records",
+        "applied",
+        "skipped_older",
+        "errors",
+        "misrouted",
+        "dead_lettered",
+        "lag_total",
+        "resets",
+    )
     return {view: {k: s[k] for k in keys} for view, s in stats.items()}

@@ -213,6 +213,12 @@ def _loader_metrics(loaders: list[dict[str, Any]]) -> Iterator[Metric]:
     dead = CounterMetricFamily(
         f"{NS}_loader_dead_letters", "Messages sent to the dead-letter topic", labels=["view"]
     )
+    misrouted = CounterMetricFamily(
+        f"{NS}_kafka_misrouted_records",
+        "Records whose key belongs to another partition than the one they arrived on (a "
+        "producer not using partitioner=murmur2_random); see loader.misrouted",
+        labels=["view", "topic"],
+    )
     lag = GaugeMetricFamily(
         f"{NS}_kafka_lag_messages",
         "Messages behind the end of each partition",
@@ -239,6 +245,8 @@ def _loader_metrics(loaders: list[dict[str, Any]]) -> Iterator[Metric]:
             errors.add_metric([name, view], v.get("errors", 0))
             if "dead_lettered" in v:
                 dead.add_metric([view], v["dead_lettered"])
+            if "misrouted" in v:
+                misrouted.add_metric([view, str(v.get("topic", view))], v["misrouted"])
             if v.get("last_success"):
                 last_run.add_metric([view], v["last_success"])
             if v.get("watermark"):
@@ -247,4 +255,4 @@ def _loader_metrics(loaders: list[dict[str, Any]]) -> Iterator[Metric]:
                 delta_version.add_metric([view], v["delta_version"])
         for (topic, partition), value in ld.get("lag", {}).items():
             lag.add_metric([topic, str(partition)], value)
-    yield from (applied, skipped, errors, dead, lag, last_run, watermark, delta_version)
+    yield from (applied, skipped, errors, dead, misrouted, lag, last_run, watermark, delta_version)

@@ -624,6 +624,8 @@ class FeatureServer(Frontend):
                     "skipped_older": st.get("skipped_older", 0),
                     "errors": st.get("errors", 0),
                     "dead_lettered": st.get("dead_lettered", 0),
+                    "misrouted": st.get("misrouted", 0),
+                    "topic": str(st.get("topic", view)),
                 }
                 for partition, n in (st.get("lag") or {}).items():
                     if n is not None:
@@ -708,7 +710,11 @@ class FeatureServer(Frontend):
         if on_error not in ("fail", "skip"):
             raise InvalidArgumentError("on_error must be 'fail' or 'skip'")
         if body.get("via_kafka") and body.get("incremental"):
-            raise InvalidArgumentError("via_kafka applies to materialize, not incremental runs")
+            raise InvalidArgumentError(
+                "via_kafka incremental runs are not offered through the admin API: run "
+                "`feature-serving materialize-incremental --via-kafka` (it needs only the "
+                "registry)"
+            )
 
         def job() -> Any:
             if body.get("incremental"):

@@ -23,11 +23,20 @@
 //! A record that cannot be decoded or violates the view's schema (unknown field, missing join
 //! key or timestamp, wrong type, out-of-range number) is reported as `(index, reason)` and
 //! changes nothing; the rest of the batch is applied.
+//!
+//! With a [`PartitionCheck`] (the loader always passes one, with the topic's partition count),
+//! every decoded row or tombstone is checked against the partition it arrived on: its entity
+//! key must land there under Kafka's murmur2 partitioner ([`crate::partition`]), which is what
+//! shard ownership and serving nodes assume. Records that do not are listed in
+//! [`Decoded::misrouted`] (a producer with another partitioner, e.g. librdkafka's default
+//! crc32, or keys that are not the encoded entity key), and left out of the write if the check
+//! says so. The check hashes the key the decoder has already built: a few nanoseconds a record.
 
 use crate::catalog::{did_you_mean, ViewDef};
 use crate::error::Result;
 use crate::invalid;
 use crate::key::{decode_key, encode_bytes, encode_i32, encode_i64};
+use crate::partition::partition_of;
 use crate::proto::v1::{self, entity_value, feature_value::Value as V};
 use crate::row::{tombstone, BatchRowWriter};
 use crate::store::{Store, WriteStats};
@@ -38,6 +47,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::fmt;
+use std::num::NonZeroU32;
 
 /// The field of a JSON record holding its event time.
 pub const EVENT_TIMESTAMP: &str = "event_timestamp";
@@ -76,13 +86,35 @@ pub struct Record<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
+/// Checks that each record arrived on the partition its entity key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionCheck {
+    /// The topic's partition count.
+    pub num_partitions: NonZeroU32,
+    /// Leave misrouted records out of the rows to write (they are reported either way).
+    pub drop: bool,
+}
+
+/// A record whose entity key belongs to another partition than the one it arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Misrouted {
+    /// Index of the record in the batch.
+    pub index: usize,
+    /// The partition its entity key belongs to (murmur2 over the topic's partition count).
+    pub expected: u32,
+    /// The record key equals the entity key of the row (so the producer's partitioner is the
+    /// culprit); false when the record has no key or another one.
+    pub key_matches: bool,
+}
+
 /// A decoded batch: hot-tier keys and encoded rows (or tombstones) ready for [`Store::write`],
 /// and what happened to every record.
 #[derive(Debug, Default)]
 pub struct Decoded {
     pub keys: Vec<Vec<u8>>,
     pub rows: Vec<Vec<u8>>,
-    /// Records decoded into rows / into tombstones.
+    /// Records decoded into rows / into tombstones (to be written: without dropped misrouted
+    /// records).
     pub upserts: u64,
     pub tombstones: u64,
     /// Records naming another feature view (left to that view's consumer).
@@ -94,6 +126,8 @@ pub struct Decoded {
     pub next_offsets: Vec<(i32, i64)>,
     /// Newest event time (us) among the rows and tombstones.
     pub max_event_ts: Option<i64>,
+    /// Records on another partition than their entity key's (with a [`PartitionCheck`]).
+    pub misrouted: Vec<Misrouted>,
 }
 
 /// Records per decoding thread below which a batch is decoded on the calling thread alone.
@@ -102,18 +136,28 @@ const MIN_RECORDS_PER_THREAD: usize = 256;
 /// Decodes `records` for `view`. Never fails as a whole: bad records are listed in `errors`.
 /// Large batches are split over the machine's cores (the GIL is released around this call).
 pub fn decode(view: &ViewDef, format: Format, records: &[Record<'_>]) -> Decoded {
+    decode_checked(view, format, records, None)
+}
+
+/// [`decode`], checking each record's partition when `check` is given (see the module docs).
+pub fn decode_checked(
+    view: &ViewDef,
+    format: Format,
+    records: &[Record<'_>],
+    check: Option<PartitionCheck>,
+) -> Decoded {
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .min(records.len() / MIN_RECORDS_PER_THREAD)
         .min(8);
     if threads <= 1 {
-        return decode_serial(view, format, records);
+        return decode_serial(view, format, records, check);
     }
     let chunk = records.len().div_ceil(threads);
     let parts: Vec<Decoded> = std::thread::scope(|s| {
         let handles: Vec<_> = records
             .chunks(chunk)
-            .map(|c| s.spawn(move || decode_serial(view, format, c)))
+            .map(|c| s.spawn(move || decode_serial(view, format, c, check)))
             .collect();
         handles
             .into_iter()
@@ -132,13 +176,23 @@ pub fn decode(view: &ViewDef, format: Format, records: &[Record<'_>]) -> Decoded
         out.ignored += p.ignored;
         out.errors
             .extend(p.errors.into_iter().map(|(j, e)| (base + j, e)));
+        out.misrouted
+            .extend(p.misrouted.into_iter().map(|m| Misrouted {
+                index: base + m.index,
+                ..m
+            }));
         out.max_event_ts = out.max_event_ts.max(p.max_event_ts);
     }
     out.next_offsets = next_offsets(records);
     out
 }
 
-fn decode_serial(view: &ViewDef, format: Format, records: &[Record<'_>]) -> Decoded {
+fn decode_serial(
+    view: &ViewDef,
+    format: Format,
+    records: &[Record<'_>],
+    check: Option<PartitionCheck>,
+) -> Decoded {
     let n = records.len();
     let layout = &view.layout;
     let mut w = BatchRowWriter::new(layout, &vec![0; n]);
@@ -159,15 +213,7 @@ fn decode_serial(view: &ViewDef, format: Format, records: &[Record<'_>]) -> Deco
             }
         };
         match result {
-            Ok(Some((key, ts, tomb))) => {
-                if tomb {
-                    out.tombstones += 1;
-                } else {
-                    out.upserts += 1;
-                }
-                out.max_event_ts = Some(out.max_event_ts.map_or(ts, |m| m.max(ts)));
-                kept.push(Some((key, ts, tomb)));
-            }
+            Ok(Some(k)) => kept.push(Some(k)),
             Ok(None) => {
                 out.ignored += 1;
                 kept.push(None);
@@ -181,13 +227,32 @@ fn decode_serial(view: &ViewDef, format: Format, records: &[Record<'_>]) -> Deco
     let rows = w.finish();
     out.keys.reserve(n);
     out.rows.reserve(n);
-    for (mut row, k) in rows.into_iter().zip(kept) {
+    for (i, (mut row, k)) in rows.into_iter().zip(kept).enumerate() {
         let Some((key, ts, tomb)) = k else { continue };
+        if let Some(c) = check {
+            // the hot key is the 4-byte view prefix and the entity key, the bytes a producer
+            // keys the record with (and serving nodes hash for shard ownership)
+            let entity = key.get(4..).unwrap_or_default();
+            let expected = partition_of(entity, c.num_partitions);
+            if i32::try_from(expected).ok() != Some(records[i].partition) {
+                out.misrouted.push(Misrouted {
+                    index: i,
+                    expected,
+                    key_matches: records[i].key == Some(entity),
+                });
+                if c.drop {
+                    continue;
+                }
+            }
+        }
         if tomb {
+            out.tombstones += 1;
             row = tombstone(ts);
         } else {
+            out.upserts += 1;
             row[ROW_EVENT_TS].copy_from_slice(&ts.to_le_bytes());
         }
+        out.max_event_ts = Some(out.max_event_ts.map_or(ts, |m| m.max(ts)));
         out.keys.push(key);
         out.rows.push(row);
     }
@@ -1252,6 +1317,104 @@ mod tests {
         assert_eq!(&d.keys[0][4..], key.as_slice());
         assert!(encode_entity_key(&types, &[KeyInput::Int(1 << 40), KeyInput::Str("x")]).is_err());
         assert!(encode_entity_key(&types, &[KeyInput::Int(1)]).is_err());
+    }
+
+    #[test]
+    fn partition_check_reports_and_optionally_drops_misrouted_records() {
+        use crate::partition::partition_for_key;
+        let v = view("v");
+        let types = v.join_keys.clone();
+        // 1,000 rows (decoded on several threads), each put on partition u % 4 whatever its
+        // key: about three quarters land elsewhere than murmur2 says; user 5 has no record key,
+        // user 6 a key that is not its entity key; the last record is a tombstone
+        let n = 1000_i64;
+        let keys: Vec<Vec<u8>> = (0..=n)
+            .map(|u| encode_entity_key(&types, &[KeyInput::Int(u)]).unwrap())
+            .collect();
+        let bodies: Vec<Vec<u8>> = (0..n)
+            .map(|u| format!(r#"{{"user_id": {u}, "event_timestamp": {}}}"#, 10 + u).into_bytes())
+            .collect();
+        let mut recs: Vec<Record<'_>> = (0..n)
+            .map(|u| Record {
+                key: Some(&keys[u as usize]),
+                value: Some(&bodies[u as usize]),
+                partition: (u % 4) as i32,
+                offset: u,
+                timestamp_ms: Some(1),
+            })
+            .collect();
+        recs[5].key = None;
+        recs[6].key = Some(b"6");
+        recs.push(Record {
+            key: Some(&keys[n as usize]),
+            value: None,
+            partition: ((n + 1) % 4) as i32,
+            offset: n,
+            timestamp_ms: Some(1),
+        });
+        let expected: Vec<u32> = keys
+            .iter()
+            .map(|k| partition_for_key(k, 4).unwrap())
+            .collect();
+        let wrong: Vec<usize> = (0..recs.len())
+            .filter(|&i| i32::try_from(expected[i]).unwrap() != recs[i].partition)
+            .collect();
+        assert!(wrong.len() > 600 && wrong.len() < 900, "{}", wrong.len());
+        let parts = NonZeroU32::new(4).unwrap();
+
+        let d = decode_checked(
+            &v,
+            Format::Json,
+            &recs,
+            Some(PartitionCheck {
+                num_partitions: parts,
+                drop: false,
+            }),
+        );
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        assert_eq!(
+            d.misrouted.iter().map(|m| m.index).collect::<Vec<_>>(),
+            wrong
+        );
+        for m in &d.misrouted {
+            assert_eq!(m.expected, expected[m.index]);
+            assert_eq!(m.key_matches, m.index != 5 && m.index != 6, "{m:?}");
+        }
+        assert_eq!(d.keys.len(), recs.len());
+        assert_eq!((d.upserts, d.tombstones), (n as u64, 1));
+
+        let d = decode_checked(
+            &v,
+            Format::Json,
+            &recs,
+            Some(PartitionCheck {
+                num_partitions: parts,
+                drop: true,
+            }),
+        );
+        assert_eq!(d.misrouted.len(), wrong.len());
+        assert_eq!(d.keys.len(), recs.len() - wrong.len());
+        assert_eq!(d.upserts + d.tombstones, (recs.len() - wrong.len()) as u64);
+        // what is kept is exactly the records on their own partition (record i has keys[i])
+        for k in &d.keys {
+            let i = keys.iter().position(|e| e.as_slice() == &k[4..]).unwrap();
+            assert!(!wrong.contains(&i), "{i}");
+        }
+        // without a check nothing is reported
+        assert!(decode(&v, Format::Json, &recs).misrouted.is_empty());
+        // one partition: nothing can be misrouted
+        let one: Vec<Record<'_>> = recs.iter().map(|r| Record { partition: 0, ..*r }).collect();
+        let d = decode_checked(
+            &v,
+            Format::Json,
+            &one,
+            Some(PartitionCheck {
+                num_partitions: NonZeroU32::MIN,
+                drop: true,
+            }),
+        );
+        assert!(d.misrouted.is_empty());
+        assert_eq!(d.keys.len(), recs.len());
     }
 
     #[test]

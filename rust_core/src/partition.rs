@@ -10,6 +10,7 @@
 use crate::error::{CoreError, Result};
 use crate::invalid;
 use ahash::AHashMap;
+use std::num::NonZeroU32;
 
 const SEED: u32 = 0x9747_b28c;
 const M: u32 = 0x5bd1_e995;
@@ -48,10 +49,16 @@ pub fn murmur2(data: &[u8]) -> u32 {
 
 /// The partition Kafka's default keyed partitioner gives `key` among `num_partitions`.
 pub fn partition_for_key(key: &[u8], num_partitions: u32) -> Result<u32> {
-    if num_partitions == 0 {
-        return Err(invalid!("num_partitions must be at least 1"));
-    }
-    Ok((murmur2(key) & 0x7fff_ffff) % num_partitions)
+    let n = NonZeroU32::new(num_partitions)
+        .ok_or_else(|| invalid!("num_partitions must be at least 1"))?;
+    Ok(partition_of(key, n))
+}
+
+/// [`partition_for_key`] for a partition count known to be positive (no check, no `Result`:
+/// the Kafka loader's per-record check on the ingest path).
+#[inline]
+pub fn partition_of(key: &[u8], num_partitions: NonZeroU32) -> u32 {
+    (murmur2(key) & 0x7fff_ffff) % num_partitions.get()
 }
 
 /// [`partition_for_key`] for many keys.

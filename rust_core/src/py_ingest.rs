@@ -3,7 +3,7 @@
 
 use crate::catalog::ViewDef;
 use crate::error::CoreError;
-use crate::ingest::{self, Decoded, Format, KeyInput, Record};
+use crate::ingest::{self, Decoded, Format, KeyInput, PartitionCheck, Record};
 use crate::partition;
 use crate::py::{to_py_err, PyStore};
 use crate::store::Store;
@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyString};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 /// `(key, value, partition, offset, timestamp_ms)` as the loader passes a record; a timestamp
@@ -53,6 +54,7 @@ pub struct PyDecodedBatch {
     tombstones: u64,
     ignored: u64,
     max_event_ts: Option<i64>,
+    misrouted: Vec<(usize, u32, bool)>,
 }
 
 #[pymethods]
@@ -91,6 +93,14 @@ impl PyDecodedBatch {
         self.max_event_ts
     }
 
+    /// Records whose entity key belongs to another partition than the one they arrived on
+    /// (with `num_partitions`): `(index in the batch, expected partition, record key is the
+    /// entity key)`, ascending by index.
+    #[getter]
+    fn misrouted(&self) -> Vec<(usize, u32, bool)> {
+        self.misrouted.clone()
+    }
+
     /// Writes the rows and `meta` in one atomic write; returns `(written, skipped_older)`.
     /// A batch is written once.
     #[pyo3(signature = (meta = None))]
@@ -113,19 +123,33 @@ fn parse_format(format: &str) -> PyResult<Format> {
 }
 
 /// Decodes a batch of records for `view` (GIL released); bad records are listed in `errors`.
+/// With `num_partitions` (the topic's partition count) each row's entity key is checked
+/// against the partition its record arrived on (`misrouted`); `drop_misrouted` leaves those
+/// records out of the write.
 #[pyfunction]
+#[pyo3(signature = (store, view, format, records, num_partitions = None, drop_misrouted = false))]
 pub fn decode_batch(
     py: Python<'_>,
     store: &PyStore,
     view: &str,
     format: &str,
     records: Vec<RawRecord<'_>>,
+    num_partitions: Option<i64>,
+    drop_misrouted: bool,
 ) -> PyResult<PyDecodedBatch> {
     let fmt = parse_format(format)?;
+    let check = num_partitions
+        .map(|n| {
+            partition_count(n).map(|n| PartitionCheck {
+                num_partitions: NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN),
+                drop: drop_misrouted,
+            })
+        })
+        .transpose()?;
     let store = store.store()?;
     let def = store.catalog().view(view).map_err(to_py_err)?.clone();
     let recs = to_records(&records);
-    let mut d = py.allow_threads(|| ingest::decode(&def, fmt, &recs));
+    let mut d = py.allow_threads(|| ingest::decode_checked(&def, fmt, &recs, check));
     Ok(PyDecodedBatch {
         store,
         view: def,
@@ -135,6 +159,11 @@ pub fn decode_batch(
         tombstones: d.tombstones,
         ignored: d.ignored,
         max_event_ts: d.max_event_ts,
+        misrouted: d
+            .misrouted
+            .iter()
+            .map(|m| (m.index, m.expected, m.key_matches))
+            .collect(),
         pending: Mutex::new(Some(d)),
     })
 }

@@ -199,3 +199,34 @@ def test_freshness(
         f"\nkafka freshness at {rate:,} records/s ({n:,} records): p50 {p50:.1f} ms, "
         f"p99 {p99:.1f} ms, max {worst:.1f} ms"
     )
+
+
+@pytest.mark.benchmark
+@pytest.mark.parametrize("check", [False, True], ids=["no-check", "partition-check"])
+def test_decode_partition_check(benchmark: Any, tmp_path: Path, check: bool) -> None:
+    """Cost of the loader's misrouted-record check: ``decode_batch`` of 5,000 user_profile
+    records (the loader's batch size) without and with ``num_partitions`` (the check hashes
+    each row's entity key with murmur2 and compares the partition). No broker."""
+    from serving import _rust_core
+    from serving.sharding import partition_for_key
+
+    reg = registry("127.0.0.1:1")
+    view = reg.view("user_profile")
+    texts = feature_texts()
+    n = 5_000
+    records = []
+    for i in range(n):
+        key = encode_key(view, [i])
+        value = record(i, BASE_US + i, texts[i % len(texts)])
+        records.append((key, value, partition_for_key(key, 12), i, None))
+    with Store(tmp_path / "db", reg) as store:
+
+        def decode() -> Any:
+            return _rust_core.decode_batch(
+                store.core, "user_profile", "json", records, num_partitions=12 if check else None
+            )
+
+        batch = benchmark.pedantic(decode, rounds=40, iterations=1, warmup_rounds=3)
+    assert not batch.errors
+    assert not batch.misrouted
+    assert batch.upserts == n

@@ -5,6 +5,7 @@ docs/scale-out.md)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 import time
@@ -15,12 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
+from integration.kafka_fixtures import Broker, broker, free_port  # noqa: F401 - the fixture
 from integration.test_scale_out import PARTITIONS, ingest, present
 from serving import Registry, Store
-from serving.batch_loader import materialize, watermark_key
+from serving.batch_loader import materialize, materialize_incremental, watermark_key
 from serving.errors import InvalidArgumentError
 from serving.kafka_loader import KafkaLoader, encode_key
+from serving.publish_state import STATE_TOPIC
 from serving.sharding import Shard, partition_for_key
 
 pytestmark = pytest.mark.integration
@@ -213,3 +215,286 @@ def test_admin_materialize_via_kafka_reaches_the_node_through_its_loader(
     with Store(tmp_path / "db", Registry.from_yaml(reg_path)) as s:
         # the node applied the rows from the topic; the run itself recorded no watermark
         assert s.get_meta(watermark_key("users")) is None
+
+
+# --------------------------------------------------------------------------------------------
+# materialize-incremental --via-kafka: the published watermark lives in a compacted topic
+
+
+def users_table(users: range, day: int, seq: int) -> pa.Table:
+    """Rows of ``users`` on 2024-01-``day`` (one second apart), ``seq`` = u * 7 + seq."""
+    t0 = dt.datetime(2024, 1, day, tzinfo=dt.UTC)
+    return pa.table(
+        {
+            "user_id": pa.array(users, pa.int64()),
+            "event_timestamp": pa.array(
+                [t0 + dt.timedelta(seconds=i) for i in range(len(users))],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "seq": pa.array([u * 7 + seq for u in users], pa.int64()),
+            "label": pa.array([f"u{u}/{seq}" for u in users]),
+        }
+    )
+
+
+def incremental_cli(reg_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "materialize-incremental",
+            "--via-kafka",
+            "--config",
+            str(reg_path),
+            "--progress",
+            "never",
+            *extra,
+        ],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def topic_exists(b: Broker, topic: str) -> bool:
+    """Without a metadata request, which makes tansu auto-create the topic."""
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": b.bootstrap})
+    f = admin.describe_topics(TopicCollection([topic]))
+    try:
+        f[topic].result(10)
+    except Exception as e:
+        if "UNKNOWN_TOPIC" not in str(e):
+            raise
+        return False
+    return True
+
+
+def state_records(b: Broker) -> list[tuple[bytes, dict[str, Any] | None]]:
+    got = b.read_all(STATE_TOPIC, 10**6, timeout=3)
+    got.sort(key=lambda m: m.offset())
+    return [(m.key(), None if m.value() is None else json.loads(m.value())) for m in got]
+
+
+def published(b: Broker, expected: int) -> dict[tuple[bytes, int], Any]:
+    """(key, offset) -> record of every record of the users topic."""
+    got = b.read_all("users", expected, timeout=10)
+    assert len(got) == expected, len(got)
+    return {(m.key(), m.offset()): m for m in got}
+
+
+def test_incremental_via_kafka_publishes_only_what_is_new(
+    broker: Broker,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "users"
+    source.mkdir()
+    pq.write_table(users_table(range(1000), 1, 0), source / "part-0.parquet", row_group_size=300)
+    reg_path = tmp_path / "features.yaml"
+    reg_path.write_text(registry_text(broker.bootstrap, source))
+    registry = Registry.from_yaml(reg_path)
+    view = registry.view("users")
+    broker.create_topic("users", PARTITIONS)
+
+    # a dry run reads the (missing) state, creates nothing, publishes nothing
+    done = incremental_cli(reg_path, "--end", "2024-01-02", "--dry-run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "dry run" in done.stdout, done.stdout
+    assert not topic_exists(broker, STATE_TOPIC)
+
+    # run 1: everything before 2024-01-02; the store is never opened
+    unused = tmp_path / "never-opened"
+    done = incremental_cli(
+        reg_path, "--end", "2024-01-02", "--data-dir", str(unused), "--progress", "always"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1,000 published" in done.stdout, done.stdout
+    assert "from the beginning" in done.stdout, done.stdout
+    assert "2024-01-02T00:00:00.000000Z" in done.stdout, done.stdout
+    assert f"progress recorded in Kafka topic '{STATE_TOPIC}'" in done.stdout, done.stdout
+    # progress lines as in other runs (log lines when not on a terminal)
+    assert "publish users: 1,000 rows in window, 1,000 published" in done.stderr, done.stderr
+    assert "record users: watermark 2024-01-02T00:00:00.000000Z" in done.stderr, done.stderr
+    assert not unused.exists()
+    first = published(broker, 1000)
+    assert {k for k, _ in first} == {encode_key(view, [u]) for u in range(1000)}
+    states = state_records(broker)
+    assert len(states) == 1
+    key, state = states[0]
+    assert key == b"users/users"
+    assert state is not None
+    assert state["watermark"] == "2024-01-02T00:00:00.000000Z"
+    assert (state["published"], state["delta_version"]) == (1000, None)
+
+    # the source grows: 1,000 new users and new values of users 0..99 on Jan 2, and one late
+    # row timed before the watermark (event-time watermark: not published, as documented)
+    pq.write_table(
+        pa.concat_tables([users_table(range(1000, 2000), 2, 1), users_table(range(100), 2, 2)]),
+        source / "part-1.parquet",
+    )
+    pq.write_table(users_table(range(5000, 5001), 1, 9), source / "part-2.parquet")
+
+    # run 2 (end: now) publishes exactly the 1,100 new rows
+    done = incremental_cli(reg_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1,100 published" in done.stdout, done.stdout
+    assert "continuing from the watermark 2024-01-02T00:00:00.000000Z" in done.stdout
+    both = published(broker, 2100)
+    new = [m for (k, off), m in both.items() if (k, off) not in first]
+    want = {encode_key(view, [u]): u * 7 + 1 for u in range(1000, 2000)}
+    want.update({encode_key(view, [u]): u * 7 + 2 for u in range(100)})
+    assert {m.key(): json.loads(m.value())["seq"] for m in new} == want
+    assert len(new) == len(want)
+    for m in new:  # on the partition murmur2 gives the key, like every published record
+        assert m.partition() == partition_for_key(m.key(), PARTITIONS)
+    states = state_records(broker)
+    assert len(states) == 2
+    latest = states[-1][1]
+    assert latest is not None
+    assert latest["published"] == 1100
+    mark = dt.datetime.fromisoformat(latest["watermark"])
+    assert dt.datetime.now(dt.UTC) - mark < dt.timedelta(minutes=2)
+
+    # a sharded pair: shard 0 in-process, shard 1 through `ingest`; newest values everywhere
+    with Store(tmp_path / "shard0", registry) as s0:
+        loader = KafkaLoader(s0, shard=Shard(0, 2))
+        loader.start()
+        try:
+            assert loader.wait_caught_up(20), loader.stats()
+        finally:
+            assert loader.stop(10)
+        held0 = present(s0, [*range(2000), 5000])
+        assert s0.get_meta(watermark_key("users")) is None
+    done = ingest(reg_path, tmp_path / "shard1", "--shard-index", "1", "--shard-count", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    with Store(tmp_path / "shard1", registry) as s1:
+        held1 = present(s1, [*range(2000), 5000])
+    value = {u: u * 7 + (2 if u < 100 else 1 if u >= 1000 else 0) for u in range(2000)}
+    owner = {u: partition_for_key(encode_key(view, [u]), PARTITIONS) % 2 for u in range(2000)}
+    assert held0 == {u: v for u, v in value.items() if owner[u] == 0}
+    assert held1 == {u: v for u, v in value.items() if owner[u] == 1}
+
+    # a tombstone for the state key clears it: the next run publishes from the beginning
+    p = broker.producer()
+    p.produce(STATE_TOPIC, key=b"users/users", value=None)
+    assert p.flush(10) == 0
+    done = incremental_cli(reg_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2,101 published" in done.stdout, done.stdout
+
+
+def test_incremental_via_kafka_state_failure_republishes_harmlessly(
+    broker: Broker,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run that dies after publishing but before recording its watermark: the state is
+    unchanged, the next run publishes the same rows again, and the nodes end the same."""
+    from serving.errors import StorageError
+    from serving.publish_state import StateTopic
+
+    parquet = tmp_path / "users.parquet"
+    pq.write_table(users_table(range(300), 1, 0), parquet)
+    registry = Registry.from_yaml_text(registry_text(broker.bootstrap, parquet))
+    broker.create_topic("users", PARTITIONS)
+
+    def lost(self: StateTopic, producer: Any, state: Any) -> None:
+        raise StorageError("simulated crash before the state was recorded")
+
+    with monkeypatch.context() as m:
+        m.setattr(StateTopic, "record", lost)
+        with pytest.raises(StorageError, match="simulated crash"):
+            materialize_incremental(registry, via_kafka=True, end="2024-01-02", progress=False)
+    assert len(broker.read_all("users", 300)) == 300  # the rows went out
+    assert state_records(broker) == []  # the watermark did not
+
+    s = materialize_incremental(registry, via_kafka=True, end="2024-01-02", progress=False)
+    assert s["users"].published == 300
+    assert s["users"].watermark == dt.datetime(2024, 1, 2, tzinfo=dt.UTC)
+    assert len(broker.read_all("users", 600)) == 600
+    assert len(state_records(broker)) == 1
+    # a third run has nothing left to publish
+    s = materialize_incremental(registry, via_kafka=True, end="2024-01-02", progress=False)
+    assert s["users"].published == 0
+    assert any("already published up to 2024-01-02" in n for n in s["users"].notes)
+
+    with Store(tmp_path / "db", registry) as store:
+        loader = KafkaLoader(store)
+        loader.start()
+        try:
+            assert loader.wait_caught_up(20), loader.stats()
+        finally:
+            assert loader.stop(10)
+        assert loader.stats()["users"]["records"] == 600
+        assert present(store, list(range(300))) == {u: u * 7 for u in range(300)}
+
+
+def test_incremental_via_kafka_delta_versions(
+    broker: Broker,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    deltalake = pytest.importorskip("deltalake")
+    table = tmp_path / "users_delta"
+    deltalake.write_deltalake(table, users_table(range(500), 1, 0))  # v0
+    text = registry_text(broker.bootstrap, table).replace("{type: parquet,", "{type: delta,")
+    registry = Registry.from_yaml_text(text)
+    broker.create_topic("users", PARTITIONS)
+    s = materialize_incremental(registry, via_kafka=True, progress=False)
+    assert (s["users"].published, s["users"].delta_version) == (500, 0)
+    deltalake.write_deltalake(table, users_table(range(500, 800), 3, 1), mode="append")  # v1
+    s = materialize_incremental(registry, via_kafka=True, progress=False)
+    assert (s["users"].published, s["users"].delta_version) == (300, 1)
+    got = broker.read_all("users", 800)
+    assert len(got) == 800
+    view = registry.view("users")
+    assert {m.key() for m in got} == {encode_key(view, [u]) for u in range(800)}
+    states = state_records(broker)
+    assert [st["delta_version"] for _k, st in states if st is not None] == [0, 1]
+
+
+def test_incremental_via_kafka_errors(
+    broker: Broker,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    parquet = tmp_path / "users.parquet"
+    write_parquet(parquet)
+    no_stream = Registry.from_yaml_text(registry_text("127.0.0.1:1", parquet, stream=False))
+    with pytest.raises(InvalidArgumentError, match="'users' have none"):
+        materialize_incremental(no_stream, via_kafka=True, progress=False)
+    with pytest.raises(InvalidArgumentError, match="needs a Store"):
+        materialize_incremental(no_stream, progress=False)
+
+    reg_path = tmp_path / "features.yaml"
+    reg_path.write_text(registry_text(broker.bootstrap, parquet))
+    # the stream topic does not exist: nothing is published, no state topic is created
+    done = incremental_cli(reg_path)
+    assert done.returncode == 1, done.stdout
+    assert "stream topic 'users' does not exist" in done.stderr, done.stderr
+    assert not topic_exists(broker, STATE_TOPIC)
+
+    # brokers that do not answer: a clear error within the deadline
+    t0 = time.monotonic()
+    done = incremental_cli(
+        reg_path, "--bootstrap-servers", f"127.0.0.1:{free_port()}", "--kafka-timeout", "2"
+    )
+    assert done.returncode == 2, done.stdout
+    assert "cannot reach the Kafka brokers" in done.stderr, done.stderr
+    assert "within 2 s" in done.stderr, done.stderr
+    assert time.monotonic() - t0 < 30
+    assert done.stderr.count("\n") <= 2, done.stderr  # no librdkafka connection chatter
+
+    # the state topic can be named; a state record of another format is ignored
+    broker.create_topic("users", PARTITIONS)
+    p = broker.producer()
+    p.produce("team.state", key=b"users/users", value=b"not json")
+    assert p.flush(10) == 0
+    done = incremental_cli(reg_path, "--state-topic", "team.state", "--end", "2024-01-02")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2,000 published" in done.stdout, done.stdout
+    assert "recorded in topic 'team.state'" in done.stdout, done.stdout
+    assert not topic_exists(broker, STATE_TOPIC)

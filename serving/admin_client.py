@@ -34,16 +34,24 @@ def send_admin_job(
     *,
     what: str,
     data_dir: str,
+    held: bool = True,
 ) -> tuple[int, dict[str, Any] | None]:
     """POSTs ``body`` to ``server + path``; returns the CLI exit code and the answer.
 
-    Exit codes: 0 done, 1 the server refused (its message is printed), 2 no server answered.
+    ``held``: the local store was found held by another process (else the server was named
+    on the command line). Exit codes: 0 done, 1 the server refused (its message is printed), 2
+    no server answered.
     """
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     url = server.rstrip("/") + path
-    print(f"the store is held by a running server; sending the {what} to {url}", file=sys.stderr)
+    if held:
+        print(
+            f"the store is held by a running server; sending the {what} to {url}", file=sys.stderr
+        )
+    else:
+        print(f"sending the {what} to {url}", file=sys.stderr)
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=3600) as r:
@@ -56,5 +64,8 @@ def send_admin_job(
         print(f"error: the server refused the {what} (HTTP {e.code}): {message}", file=sys.stderr)
         return 1, None
     except (urllib.error.URLError, OSError) as e:
-        print(_IN_USE_MESSAGE.format(dir=data_dir, server=server, why=e), file=sys.stderr)
+        if held:
+            print(_IN_USE_MESSAGE.format(dir=data_dir, server=server, why=e), file=sys.stderr)
+        else:
+            print(f"error: no feature-serving server answered at {server} ({e})", file=sys.stderr)
         return 2, None

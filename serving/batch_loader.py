@@ -1732,9 +1732,10 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
         )
         p.add_argument(
             "--server",
-            default=os.environ.get("FS_SERVER_URL", "http://127.0.0.1:6566"),
-            help="when the store is held by a running server, send the job to its admin API "
-            "(default http://127.0.0.1:6566; env FS_SERVER_URL)",
+            metavar="URL",
+            help="run the job on this server (its admin API, its own store). Without it, the "
+            "store in --data-dir is opened here, and only when a server holds it is "
+            "FS_SERVER_URL (default http://127.0.0.1:6566) asked instead",
         )
         p.add_argument(
             "--api-key",
@@ -1762,8 +1763,11 @@ def _open(args: argparse.Namespace) -> Store:
         raise
 
 
-def _send_to_server(args: argparse.Namespace, incremental: bool, data_dir: str) -> int:
-    """The store is held by a server: run the job there through ``POST /admin/materialize``."""
+def _send_to_server(
+    args: argparse.Namespace, incremental: bool, data_dir: str, held: bool = True
+) -> int:
+    """Runs the job on a server through ``POST /admin/materialize``: the one holding the
+    store, or the one named by ``--server`` (``held=False``)."""
     body = {
         "views": args.views or None,
         "start": getattr(args, "start", None),
@@ -1774,7 +1778,13 @@ def _send_to_server(args: argparse.Namespace, incremental: bool, data_dir: str) 
         "as_of_version": args.as_of_version,
     }
     code, answer = send_admin_job(
-        args.server, args.api_key, "/admin/materialize", body, what="job", data_dir=data_dir
+        args.server,
+        args.api_key,
+        "/admin/materialize",
+        body,
+        what="job",
+        data_dir=data_dir,
+        held=held,
     )
     if answer is not None:
         print(answer["summary"])
@@ -1821,6 +1831,10 @@ def _run_via_kafka(args: argparse.Namespace, incremental: bool) -> int:
 def _run_cli(args: argparse.Namespace, incremental: bool) -> int:
     if getattr(args, "via_kafka", False):
         return _run_via_kafka(args, incremental)
+    if args.server is not None:  # a server named on the command line runs the job
+        data_dir = args.data_dir or os.environ.get("FS_DATA_DIR") or ".data/store"
+        return _send_to_server(args, incremental, data_dir, held=False)
+    args.server = os.environ.get("FS_SERVER_URL", "http://127.0.0.1:6566")
     try:
         store = _open(args)
     except _StoreInUse as e:

@@ -391,7 +391,13 @@ class ClusterChannels:
         self.down_seconds = down_seconds
         self.hedge_after = hedge_after
         self._credentials = credentials
-        self._options = list(options)
+        # answers can be large (1000 entities x 1000 features); gRPC's default cap is 4 MB
+        given = {k for k, _ in options}
+        self._options = list(options) + [
+            (k, -1)
+            for k in ("grpc.max_receive_message_length", "grpc.max_send_message_length")
+            if k not in given
+        ]
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._calls: dict[tuple[str, str], Any] = {}
         self._turn = {k: itertools.count() for k in cluster.shards}

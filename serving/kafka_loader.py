@@ -744,7 +744,13 @@ class _Source:
                 "dlq_topic": self.opts.dlq_topic,
                 **self.counters,
                 "lag": lag,
-                "lag_total": sum(v for v in lag.values() if v is not None),
+                # unknown (None) until the lag of every assigned partition is known: a
+                # partition not fetched yet may hold any number of records
+                "lag_total": (
+                    None
+                    if not lag or any(v is None for v in lag.values())
+                    else sum(v for v in lag.values() if v is not None)
+                ),
                 "offsets": dict(sorted(self.next.items())),
                 "newest_event_time": None if newest is None else newest / 1e6,
                 "seconds_since_last_record": (
@@ -938,7 +944,8 @@ class KafkaLoader:
         """Counters per view: records, applied, skipped_older, upserts, tombstones, ignored,
         errors, misrouted (records on another partition than their key's), dead_lettered,
         batches, failed_batches, resets; ``lag`` per partition (None
-        until the first fetch), ``lag_total``, ``offsets`` (next to apply), ``newest_event_time``
+        until the first fetch), ``lag_total`` (None until every assigned partition's lag is
+        known), ``offsets`` (next to apply), ``newest_event_time``
         (unix seconds), ``seconds_since_last_record``, ``last_error``, ``broker_up`` (the newest
         librdkafka statistics showed a broker connection up; None before the first),
         ``seconds_since_broker_contact`` (since statistics last showed one up, or since the

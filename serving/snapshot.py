@@ -99,11 +99,18 @@ def size(path: Path) -> tuple[int, int]:
 DEFAULT_SERVER = "http://127.0.0.1:6566"
 
 
-def _send_to_server(args: argparse.Namespace, data_dir: str) -> int:
-    """The store is held by a server: take the snapshot there (``POST /admin/snapshot``)."""
+def _send_to_server(args: argparse.Namespace, data_dir: str, held: bool = True) -> int:
+    """Takes the snapshot on a server (``POST /admin/snapshot``): the one holding the store,
+    or the one named by ``--server`` (``held=False``)."""
     body = {"path": os.path.abspath(args.out)}
     code, answer = send_admin_job(
-        args.server, args.api_key, "/admin/snapshot", body, what="snapshot", data_dir=data_dir
+        args.server,
+        args.api_key,
+        "/admin/snapshot",
+        body,
+        what="snapshot",
+        data_dir=data_dir,
+        held=held,
     )
     if answer is not None:
         print(json.dumps(answer))
@@ -115,7 +122,7 @@ def cmd_snapshot_create(args: argparse.Namespace) -> int:
     config = args.config or os.environ.get("FS_CONFIG") or "features.yaml"
     if args.server is not None:
         # a server named on the command line: snapshot its store, whatever --data-dir says
-        return _send_to_server(args, data_dir)
+        return _send_to_server(args, data_dir, held=False)
     args.server = os.environ.get("FS_SERVER_URL", DEFAULT_SERVER)
     try:
         dest = create(data_dir, config, args.out)

@@ -608,18 +608,31 @@ def test_cli_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         "a = p.parse_args(sys.argv[1:])\n"
         "sys.exit(a.func(a))\n"
     )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FS_SERVER_URL": "http://127.0.0.1:9"}
     with Store(data, Registry.from_yaml(config)):
         proc = subprocess.run(
-            [sys.executable, "-c", script, "materialize", "--server", "http://127.0.0.1:9", *base],
+            [sys.executable, "-c", script, "materialize", *base],
             check=False,
             capture_output=True,
             text=True,
             timeout=60,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env=env,
         )
     assert proc.returncode == 2, proc.stderr
     assert "in use by another process" in proc.stderr
     assert "no feature-serving server answered at http://127.0.0.1:9" in proc.stderr
+    # a server named with --server gets the job even though the local store is free
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "materialize", "--server", "http://127.0.0.1:9", *base],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "error: no feature-serving server answered at http://127.0.0.1:9" in proc.stderr
+    assert "in use" not in proc.stderr
     # bad input: message and exit code 1
     args = cli(["materialize", "--start", "2024-02-01", "--end", "2024-01-01", *base])
     assert args.func(args) == 1

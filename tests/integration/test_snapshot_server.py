@@ -97,7 +97,7 @@ def test_snapshot_of_a_serving_node_while_reads_go_on(tmp_path: Path) -> None:
         assert got["snapshot"] == str(snap1)
         assert got["files"] > 0
 
-        # through the CLI: the store is held by the server, so it asks the server
+        # through the CLI, naming the server
         snap2 = tmp_path / "snaps" / "cli"
         done = subprocess.run(
             [sys.executable, "-m", "serving", "snapshot", "create", "--config", str(config),
@@ -106,7 +106,7 @@ def test_snapshot_of_a_serving_node_while_reads_go_on(tmp_path: Path) -> None:
             check=False, capture_output=True, text=True, timeout=120, cwd=ROOT,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        assert "held by a running server" in done.stderr
+        assert f"sending the snapshot to {server.url}/admin/snapshot" in done.stderr
         assert json.loads(done.stdout)["snapshot"] == str(snap2)
 
         # refusals: an existing path, a relative path, a non-admin key

@@ -119,6 +119,10 @@ loadtest: sample ## Locust (HTTP + gRPC users) against a fresh server on the sam
 bench-serving: sample ## end-to-end wrk/h2load figures of the serving targets, ceiling in the same run (~6 min; BENCH_ARGS=--quick)
 	$(PY) loadtest/bench_serving.py --sample-dir $(SAMPLE_DIR) --ceiling $(BENCH_ARGS)
 
+.PHONY: bench-scale-out
+bench-scale-out: build ## W2 on one node vs two shards (router, client routing), one run (~9 min; BENCH_ARGS=--quick)
+	$(PY) loadtest/bench_scale_out.py $(BENCH_ARGS)
+
 .PHONY: clean
 clean: ## remove build output inside the clone (keeps the shared cargo cache)
 	rm -rf .data serving/_rust_core*.so serving/_proto/feature_serving serving/_proto/feast

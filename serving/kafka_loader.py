@@ -744,13 +744,7 @@ class _Source:
                 "dlq_topic": self.opts.dlq_topic,
                 **self.counters,
                 "lag": lag,
-                # unknown (None) until the lag of every assigned partition is known: a
-                # partition not fetched yet may hold any number of records
-                "lag_total": (
-                    None
-                    if not lag or any(v is None for v in lag.values())
-                    else sum(v for v in lag.values() if v is not None)
-                ),
+                "lag_total": self._lag_total(lag),
                 "offsets": dict(sorted(self.next.items())),
                 "newest_event_time": None if newest is None else newest / 1e6,
                 "seconds_since_last_record": (
@@ -760,6 +754,17 @@ class _Source:
                 "broker_up": self.broker_up,
                 "seconds_since_broker_contact": self._since_contact(),
             }
+
+    def _lag_total(self, lag: dict[int, int | None]) -> int | None:
+        """Messages behind on the assigned partitions; None (not caught up) while a partition's
+        lag is unknown and a broker is, or may be, reachable: it is known after the first
+        fetch, and until then the partition may hold any number of records. With the broker
+        known to be unreachable, partitions never fetched count as 0 and the server's
+        broker-timeout rule decides readiness (docs/reliability.md)."""
+        known = [v for v in lag.values() if v is not None]
+        if (not lag or len(known) < len(lag)) and self.broker_up is not False:
+            return None
+        return sum(known)
 
     def _since_contact(self) -> float | None:
         """Seconds since statistics last showed a broker connection up (since the start while
@@ -786,6 +791,8 @@ class _Source:
                     except Exception as e:  # broker down at start: retry
                         log.warning("kafka loader: view %s: %s", self.view.name, e)
                         assigned = False
+                        with self.lock:  # no statistics arrive before an assignment
+                            self.broker_up = False
                     next_refresh = now + _METADATA_REFRESH_S
                     self.verify_topic = True
                     if not assigned:
@@ -943,11 +950,11 @@ class KafkaLoader:
     def stats(self) -> dict[str, dict[str, Any]]:
         """Counters per view: records, applied, skipped_older, upserts, tombstones, ignored,
         errors, misrouted (records on another partition than their key's), dead_lettered,
-        batches, failed_batches, resets; ``lag`` per partition (None
-        until the first fetch), ``lag_total`` (None until every assigned partition's lag is
-        known), ``offsets`` (next to apply), ``newest_event_time``
-        (unix seconds), ``seconds_since_last_record``, ``last_error``, ``broker_up`` (the newest
-        librdkafka statistics showed a broker connection up; None before the first),
+        batches, failed_batches, resets; ``lag`` per partition (None until the first fetch),
+        ``lag_total`` (None while an assigned partition's lag is unknown and the broker is not
+        known to be down), ``offsets`` (next to apply), ``newest_event_time`` (unix seconds),
+        ``seconds_since_last_record``, ``last_error``, ``broker_up`` (the newest librdkafka
+        statistics showed a broker connection up; None before the first),
         ``seconds_since_broker_contact`` (since statistics last showed one up, or since the
         start; None when ``statistics.interval.ms`` is 0)."""
         return {s.view.name: s.snapshot() for s in self.sources}

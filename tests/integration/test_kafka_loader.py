@@ -460,3 +460,35 @@ def test_broker_restart_reconnects_and_catches_up(broker: Broker, store: Store) 
         assert loader.wait_caught_up(10), loader.stats()
     finally:
         loader.stop()
+
+
+def test_lag_is_unknown_not_zero_until_every_partition_was_fetched(
+    broker: Broker,  # noqa: F811
+    store: Store,
+) -> None:
+    """Readiness depends on lag_total: a loader that has not fetched yet must not report 0
+    (a new replica said ready while it still answered NOT_FOUND)."""
+    broker.create_topic("counters", 4)
+    view = store.registry.view("counters")
+    n = 3000
+    produce_rows(
+        broker.producer(),
+        view,
+        [{"user_id": u, "event_timestamp": BASE_US, "seq": u, "label": "x"} for u in range(n)],
+    )
+    loader = running_loader(store, "counters")
+    samples: list[tuple[int | None, int]] = []
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            st = loader.stats()["counters"]
+            samples.append((st["lag_total"], st["applied"]))
+            if st["applied"] == n and st["lag_total"] == 0:
+                break
+            time.sleep(0.002)
+    finally:
+        assert loader.stop(10)
+    assert samples[-1] == (0, n), samples[-5:]
+    assert samples[0][0] is None, samples[:5]  # before the first fetch: unknown
+    early_zero = [s for s in samples if s[0] == 0 and s[1] < n]
+    assert not early_zero, early_zero[:5]

@@ -60,7 +60,8 @@ __all__ = [
 #: full gRPC path of the node metadata RPC
 NODE_INFO_METHOD = "/feature_serving.v1.FeatureService/GetNodeInfo"
 
-_GRPC_ERRORS: dict[grpc.StatusCode, type[FeatureServingError]] = {
+#: the exception class of each gRPC status a node answers with
+GRPC_ERRORS: dict[grpc.StatusCode, type[FeatureServingError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
@@ -80,7 +81,7 @@ def error_from_rpc(e: grpc.RpcError) -> FeatureServingError:
     :class:`StorageError`, ``FAILED_PRECONDITION`` -> :class:`WrongShardError`, ...); the
     message is ``"<CODE>: <details>"``."""
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-    cls = _GRPC_ERRORS.get(code, FeatureServingError)
+    cls = GRPC_ERRORS.get(code, FeatureServingError)
     details = e.details() if hasattr(e, "details") else str(e)
     return cls(f"{code.name}: {details}")
 

@@ -21,28 +21,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 from prometheus_client import Counter, Gauge, Histogram
 
 from serving import __version__, _rust_core
 from serving.auth import Authenticator, KeyFile
-from serving.cluster import ClusterChannels, ClusterMap
+from serving.cluster import GRPC_ERRORS, ClusterChannels, ClusterMap
 from serving.config import ServeSettings
 from serving.errors import (
     DeadlineExceededError,
     FeatureServingError,
     InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
     SchemaError,
     ShardAnswerError,
     ShardUnavailableError,
@@ -53,14 +48,10 @@ from serving.errors import (
 from serving.metrics import LATENCY_BUCKETS, NS, ServingMetrics
 from serving.registry import Registry
 from serving.server import (
-    FEAST_SERVICE,
     JSON,
     V1_SERVICE,
     Frontend,
-    _AuthInterceptor,
-    _grpc_credentials,
     _principal,
-    _ssl_context,
 )
 
 log = logging.getLogger("serving.router")
@@ -69,13 +60,9 @@ log = logging.getLogger("serving.router")
 CELLS_METHOD = f"/{V1_SERVICE}/GetCells"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 
+#: a node's gRPC status -> what the router answers (the rest as a client maps them)
 _NODE_ERRORS: dict[grpc.StatusCode, type[FeatureServingError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
-    grpc.StatusCode.NOT_FOUND: NotFoundError,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
-    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    **GRPC_ERRORS,
     grpc.StatusCode.UNAVAILABLE: ShardUnavailableError,
     grpc.StatusCode.CANCELLED: ShardUnavailableError,
 }
@@ -144,9 +131,9 @@ class FeatureRouter(Frontend):
     """The router process: both frontends, over a :class:`ClusterChannels`."""
 
     def __init__(self, registry: Registry, cluster: ClusterMap, settings: ServeSettings) -> None:
+        super().__init__(settings)
         self._registry = registry
         self.cluster = cluster
-        self.settings = settings
         self.core = _rust_core.RouterCore(
             registry.to_core_json(),
             cluster.shard_count,
@@ -176,15 +163,7 @@ class FeatureRouter(Frontend):
         )
         #: per replica endpoint: did its last health check say SERVING
         self.replica_ready: dict[str, bool] = {}
-        self.grpc_port = 0
-        self.http_port = 0
-        self.ready = False
-        self._grpc: grpc.aio.Server | None = None
-        self._runner: web.AppRunner | None = None
-        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self._stopping = asyncio.Event()
         self._probe_task: asyncio.Task[None] | None = None
-        self._health_status: int | None = None
 
     @property
     def registry(self) -> Registry:
@@ -250,19 +229,14 @@ class FeatureRouter(Frontend):
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _http_app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.settings.max_message_bytes,
-            middlewares=[self._http_metrics, self._http_errors, self._http_auth],
-        )
-        app.router.add_post("/get-online-features", self._http_handler("feast_http"))
-        app.router.add_post("/v1/feature-vector", self._http_handler("v1_http"))
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/v1/feature-views", self._http_list_views)
+    def _serving_routes(self) -> dict[str, Callable[[web.Request], Awaitable[web.Response]]]:
+        return {
+            "/get-online-features": self._http_handler("feast_http"),
+            "/v1/feature-vector": self._http_handler("v1_http"),
+        }
+
+    def _extra_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/cluster", self._http_cluster)
-        return app
 
     def _http_handler(self, api: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
@@ -321,52 +295,12 @@ class FeatureRouter(Frontend):
 
         return self._grpc_unary(call, label, method)
 
-    def _grpc_server(self) -> grpc.aio.Server:
-        interceptors = (
-            [] if self.auth is None else [_AuthInterceptor(self.auth, self.settings, self.metrics)]
-        )
-        server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
-                ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    FEAST_SERVICE,
-                    {
-                        "GetOnlineFeatures": self._grpc_routed(
-                            "feast_grpc", "feast-grpc", "GetOnlineFeatures"
-                        ),
-                        "GetFeastServingInfo": self._grpc_unary(
-                            self._serving_info, "feast-grpc", "GetFeastServingInfo"
-                        ),
-                    },
-                ),
-                grpc.method_handlers_generic_handler(
-                    V1_SERVICE,
-                    {
-                        "GetFeatureVector": self._grpc_routed(
-                            "v1_grpc", "grpc", "GetFeatureVector"
-                        ),
-                        "ListFeatureViews": self._grpc_unary(
-                            self._list_views, "grpc", "ListFeatureViews"
-                        ),
-                        "ListFeatureServices": self._grpc_unary(
-                            self._list_services, "grpc", "ListFeatureServices"
-                        ),
-                    },
-                ),
-            )
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (FEAST_SERVICE, V1_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        return server
+    def _serving_methods(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        feast = {
+            "GetOnlineFeatures": self._grpc_routed("feast_grpc", "feast-grpc", "GetOnlineFeatures")
+        }
+        v1 = {"GetFeatureVector": self._grpc_routed("v1_grpc", "grpc", "GetFeatureVector")}
+        return feast, v1
 
     # -- replica health --------------------------------------------------------------------
 
@@ -398,15 +332,7 @@ class FeatureRouter(Frontend):
             self.replica_ready[endpoint] = ok
             self.channels.set_ready(endpoint, ok)
             self.router_metrics.replica_ready.labels(str(shard), endpoint).set(1 if ok else 0)
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if self.is_ready()
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        if status != self._health_status:
-            self._health_status = status
-            for name in ("", FEAST_SERVICE, V1_SERVICE):
-                await self._health.set(name, status)
+        await self._set_health(self.is_ready())
 
     async def _probe_loop(self) -> None:
         while self.ready:
@@ -417,31 +343,7 @@ class FeatureRouter(Frontend):
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        s = self.settings
-        for name in ("", FEAST_SERVICE, V1_SERVICE):
-            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._grpc = self._grpc_server()
-        address = f"{s.host}:{s.grpc_port}"
-        creds = _grpc_credentials(s)
-        self.grpc_port = (
-            self._grpc.add_secure_port(address, creds)
-            if creds is not None
-            else self._grpc.add_insecure_port(address)
-        )
-        if self.grpc_port == 0:
-            raise ResourceExhaustedError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
-        await self._grpc.start()
-        self._runner = web.AppRunner(
-            self._http_app(), access_log=None, shutdown_timeout=s.grace_seconds
-        )
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, s.host, s.http_port, reuse_address=True, ssl_context=_ssl_context(s)
-        )
-        await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else s.http_port
+        await self._listen()
         if self.auth is None:
             log.warning("routing WITHOUT authentication (--no-auth)")
         self.ready = True
@@ -450,7 +352,7 @@ class FeatureRouter(Frontend):
         log.info(
             "routing over %d shards on %s: gRPC port %d, HTTP port %d",
             self.cluster.shard_count,
-            s.host,
+            self.settings.host,
             self.grpc_port,
             self.http_port,
         )
@@ -459,30 +361,9 @@ class FeatureRouter(Frontend):
         self.ready = False
         if self._probe_task is not None:
             self._probe_task.cancel()
-        with contextlib.suppress(Exception):
-            await self._health.enter_graceful_shutdown()
-        grace = self.settings.grace_seconds
-        tasks: list[Awaitable[Any]] = []
-        if self._grpc is not None:
-            tasks.append(self._grpc.stop(grace))
-        if self._runner is not None:
-            tasks.append(self._runner.cleanup())
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._close_listeners()
         await self.channels.close()
         log.info("stopped")
-
-    def request_stop(self) -> None:
-        self._stopping.set()
-
-    async def run_until_stopped(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        await self.start()
-        try:
-            await self._stopping.wait()
-        finally:
-            await self.stop()
 
 
 def run(registry: Registry, cluster: ClusterMap, settings: ServeSettings) -> None:

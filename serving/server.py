@@ -18,10 +18,10 @@ import ssl
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from aiohttp import web
@@ -306,6 +306,162 @@ class Frontend(ABC):
     def registry(self) -> Registry:
         """The registry the frontend answers for."""
 
+    # -- lifecycle shared by the node and the router ----------------------------------------
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.grpc_port = 0
+        self.http_port = 0
+        self.ready = False
+        self._grpc: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health_status: int | None = None
+        self._stopping = asyncio.Event()
+
+    @abstractmethod
+    def _serving_routes(self) -> dict[str, Callable[[web.Request], Awaitable[web.Response]]]:
+        """HTTP POST routes of the serving APIs (Feast and v1)."""
+
+    @abstractmethod
+    def _serving_methods(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """gRPC method handlers of the serving APIs: (Feast service, v1 service)."""
+
+    @abstractmethod
+    async def _readyz(self, request: web.Request) -> web.Response: ...
+
+    @abstractmethod
+    def _extra_routes(self, app: web.Application) -> None:
+        """Adds the routes only this kind of frontend has."""
+
+    def _http_app(self) -> web.Application:
+        """The aiohttp application: serving routes, health, metrics, listings, extras."""
+        app = web.Application(
+            client_max_size=self.settings.max_message_bytes,
+            middlewares=[self._http_metrics, self._http_errors, self._http_auth],
+        )
+        for path, handler in self._serving_routes().items():
+            app.router.add_post(path, handler)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/v1/feature-views", self._http_list_views)
+        self._extra_routes(app)
+        return app
+
+    def _grpc_server(self) -> grpc.aio.Server:
+        """The gRPC server (not bound yet): the serving methods, the listings, health and
+        reflection, behind the auth interceptor."""
+        interceptors = (
+            [] if self.auth is None else [_AuthInterceptor(self.auth, self.settings, self.metrics)]
+        )
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        feast, v1 = self._serving_methods()
+        feast["GetFeastServingInfo"] = self._grpc_unary(
+            self._serving_info, "feast-grpc", "GetFeastServingInfo"
+        )
+        v1["ListFeatureViews"] = self._grpc_unary(self._list_views, "grpc", "ListFeatureViews")
+        v1["ListFeatureServices"] = self._grpc_unary(
+            self._list_services, "grpc", "ListFeatureServices"
+        )
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(FEAST_SERVICE, feast),
+                grpc.method_handlers_generic_handler(V1_SERVICE, v1),
+            )
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (FEAST_SERVICE, V1_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        return server
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Binds both ports and starts answering."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stops accepting, drains within the grace period, releases everything."""
+
+    async def _set_health(self, serving: bool) -> None:
+        """gRPC health of every service name: SERVING or NOT_SERVING (set when it changes)."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        if status != self._health_status:
+            self._health_status = status
+            for name in ("", FEAST_SERVICE, V1_SERVICE):
+                await self._health.set(name, status)
+
+    async def _listen(self) -> None:
+        """Binds gRPC and HTTP (ports 0: any free one; the bound ports are set)."""
+        s = self.settings
+        await self._set_health(False)
+        self._grpc = self._grpc_server()
+        address = f"{s.host}:{s.grpc_port}"
+        creds = _grpc_credentials(s)
+        self.grpc_port = (
+            self._grpc.add_secure_port(address, creds)
+            if creds is not None
+            else self._grpc.add_insecure_port(address)
+        )
+        if self.grpc_port == 0:
+            raise ResourceExhaustedError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
+        await self._grpc.start()
+        self._runner = web.AppRunner(
+            self._http_app(), access_log=None, shutdown_timeout=s.grace_seconds
+        )
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, s.host, s.http_port, reuse_address=True, ssl_context=_ssl_context(s)
+        )
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else s.http_port
+
+    async def _close_listeners(self, also: Iterable[Awaitable[Any]] = ()) -> None:
+        """Health NOT_SERVING, then gRPC and HTTP drain within the grace period, while
+        ``also`` (other shutdown work) runs alongside."""
+        with contextlib.suppress(Exception):
+            await self._health.enter_graceful_shutdown()
+        tasks: list[Awaitable[Any]] = list(also)
+        if self._grpc is not None:
+            tasks.append(self._grpc.stop(self.settings.grace_seconds))
+        if self._runner is not None:
+            tasks.append(self._runner.cleanup())
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run_until_stopped(
+        self, on_started: Callable[[Self], Awaitable[None]] | None = None
+    ) -> None:
+        """Starts, runs until SIGTERM / SIGINT (or :meth:`request_stop`), stops."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        try:
+            if on_started is not None:
+                await on_started(self)
+            await self._stopping.wait()
+        finally:
+            t0 = time.monotonic()
+            await self.stop()
+            log.info("drained and closed in %.2f s", time.monotonic() - t0)
+
     @web.middleware
     async def _http_metrics(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -501,8 +657,8 @@ class FeatureServer(Frontend):
     """Both frontends over one open :class:`Store`."""
 
     def __init__(self, store: Store, settings: ServeSettings) -> None:
+        super().__init__(settings)
         self.store = store
-        self.settings = settings
         self._core = store.core
         self._core.configure_serving(
             max_entities=settings.max_entities,
@@ -544,15 +700,7 @@ class FeatureServer(Frontend):
         if not settings.no_auth:
             keys = KeyFile(settings.keys_file or default_keys_file(settings.data_dir))
             self.auth = Authenticator(keys, self._core)
-        self.grpc_port = 0
-        self.http_port = 0
-        self.ready = False
-        self._grpc: grpc.aio.Server | None = None
-        self._runner: web.AppRunner | None = None
-        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self._stopping = asyncio.Event()
         self._health_task: asyncio.Task[None] | None = None
-        self._health_status: int | None = None
 
     @property
     def registry(self) -> Registry:
@@ -572,23 +720,18 @@ class FeatureServer(Frontend):
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _http_app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.settings.max_message_bytes,
-            middlewares=[self._http_metrics, self._http_errors, self._http_auth],
-        )
-        app.router.add_post("/get-online-features", self._http_handler("feast_http"))
-        app.router.add_post("/v1/feature-vector", self._http_handler("v1_http"))
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/v1/feature-views", self._http_list_views)
+    def _serving_routes(self) -> dict[str, Callable[[web.Request], Awaitable[web.Response]]]:
+        return {
+            "/get-online-features": self._http_handler("feast_http"),
+            "/v1/feature-vector": self._http_handler("v1_http"),
+        }
+
+    def _extra_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/node", self._http_node)
         app.router.add_post("/v1/push", self._http_push)
         app.router.add_post("/admin/materialize", self._admin_materialize)
         app.router.add_post("/admin/registry/reload", self._admin_reload_registry)
         app.router.add_post("/admin/snapshot", self._admin_snapshot)
-        return app
 
     def _loader_stats(self) -> list[dict[str, Any]]:
         """Batch-loader progress from the store's meta (watermarks, Delta versions) and the
@@ -890,54 +1033,17 @@ class FeatureServer(Frontend):
     async def _node_info(self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         return self.node_info().to_proto().SerializeToString()
 
-    def _grpc_server(self) -> grpc.aio.Server:
-        limit = self.settings.max_message_bytes
-        interceptors = (
-            [] if self.auth is None else [_AuthInterceptor(self.auth, self.settings, self.metrics)]
-        )
-        server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    FEAST_SERVICE,
-                    {
-                        "GetOnlineFeatures": self._grpc_core(
-                            "feast_grpc", "feast-grpc", "GetOnlineFeatures"
-                        ),
-                        "GetFeastServingInfo": self._grpc_unary(
-                            self._serving_info, "feast-grpc", "GetFeastServingInfo"
-                        ),
-                    },
-                ),
-                grpc.method_handlers_generic_handler(
-                    V1_SERVICE,
-                    {
-                        "GetFeatureVector": self._grpc_core("v1_grpc", "grpc", "GetFeatureVector"),
-                        # internal: a router's part of a request (serving/router.py)
-                        "GetCells": self._grpc_core("cells", "grpc", "GetCells"),
-                        "ListFeatureViews": self._grpc_unary(
-                            self._list_views, "grpc", "ListFeatureViews"
-                        ),
-                        "ListFeatureServices": self._grpc_unary(
-                            self._list_services, "grpc", "ListFeatureServices"
-                        ),
-                        "GetNodeInfo": self._grpc_unary(self._node_info, "grpc", "GetNodeInfo"),
-                    },
-                ),
-            )
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (FEAST_SERVICE, V1_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        return server
+    def _serving_methods(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        feast = {
+            "GetOnlineFeatures": self._grpc_core("feast_grpc", "feast-grpc", "GetOnlineFeatures")
+        }
+        v1 = {
+            "GetFeatureVector": self._grpc_core("v1_grpc", "grpc", "GetFeatureVector"),
+            # internal: a router's part of a request (serving/router.py)
+            "GetCells": self._grpc_core("cells", "grpc", "GetCells"),
+            "GetNodeInfo": self._grpc_unary(self._node_info, "grpc", "GetNodeInfo"),
+        }
+        return feast, v1
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -945,30 +1051,7 @@ class FeatureServer(Frontend):
         s = self.settings
         if self.guard is not None:
             self.guard.start(asyncio.get_running_loop())
-        for name in ("", FEAST_SERVICE, V1_SERVICE):
-            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._grpc = self._grpc_server()
-        address = f"{s.host}:{s.grpc_port}"
-        creds = _grpc_credentials(s)
-        self.grpc_port = (
-            self._grpc.add_secure_port(address, creds)
-            if creds is not None
-            else self._grpc.add_insecure_port(address)
-        )
-        if self.grpc_port == 0:
-            raise ResourceExhaustedError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
-        await self._grpc.start()
-        self._runner = web.AppRunner(
-            self._http_app(), access_log=None, shutdown_timeout=s.grace_seconds
-        )
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, s.host, s.http_port, reuse_address=True, ssl_context=_ssl_context(s)
-        )
-        await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else s.http_port
+        await self._listen()
         if s.ingest and any(v.stream_source for v in self.store.registry.feature_views.values()):
             from serving.kafka_loader import KafkaLoader
 
@@ -993,15 +1076,7 @@ class FeatureServer(Frontend):
         )
 
     async def _publish_health(self) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if self.is_ready()
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        if status != self._health_status:
-            self._health_status = status
-            for name in ("", FEAST_SERVICE, V1_SERVICE):
-                await self._health.set(name, status)
+        await self._set_health(self.is_ready())
 
     async def _watch_health(self) -> None:
         """gRPC health follows readiness: SERVING only while the Kafka lag is small."""
@@ -1014,43 +1089,17 @@ class FeatureServer(Frontend):
         self.ready = False
         if self._health_task is not None:
             self._health_task.cancel()
-        with contextlib.suppress(Exception):
-            await self._health.enter_graceful_shutdown()
         grace = self.settings.grace_seconds
-        tasks = []
-        for loader in self.loaders:
-            # Stops after the current batch: rows and offsets applied together.
-            tasks.append(asyncio.to_thread(loader.stop, grace))
-        if self._grpc is not None:
-            tasks.append(self._grpc.stop(grace))
-        if self._runner is not None:
-            tasks.append(self._runner.cleanup())
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Loaders stop after the current batch: rows and offsets applied together.
+        await self._close_listeners(
+            asyncio.to_thread(loader.stop, grace) for loader in self.loaders
+        )
         if self.guard is not None:
             self.guard.stop()
         if self.batcher is not None:
             self.batcher.close()
         self.store.close()
         log.info("stopped")
-
-    def request_stop(self) -> None:
-        self._stopping.set()
-
-    async def run_until_stopped(
-        self, on_started: Callable[[FeatureServer], Awaitable[None]] | None = None
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        await self.start()
-        try:
-            if on_started is not None:
-                await on_started(self)
-            await self._stopping.wait()
-        finally:
-            t0 = time.monotonic()
-            await self.stop()
-            log.info("drained and closed in %.2f s", time.monotonic() - t0)
 
 
 def _read(path: str) -> bytes:

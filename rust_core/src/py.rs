@@ -209,13 +209,8 @@ impl PyStore {
         max_features: usize,
         json_float32_shortest: bool,
     ) {
-        *self.serve_cfg.write() = ServeConfig {
-            limits: Limits {
-                max_entities,
-                max_features,
-            },
-            json_float32_shortest,
-        };
+        *self.serve_cfg.write() =
+            ServeConfig::new(max_entities, max_features, json_float32_shortest);
     }
 
     /// Makes `serve` refuse entities of other shards: this node is shard `index` of `count`,

@@ -3,7 +3,6 @@
 
 use crate::catalog::Catalog;
 use crate::py::{parse_api, scope_of, to_py_err};
-use crate::query::Limits;
 use crate::route::{Routed, Router};
 use crate::scope::Scope;
 use crate::serve::ServeConfig;
@@ -80,13 +79,8 @@ impl PyRouter {
         max_features: usize,
         json_float32_shortest: bool,
     ) {
-        *self.serve_cfg.write() = ServeConfig {
-            limits: Limits {
-                max_entities,
-                max_features,
-            },
-            json_float32_shortest,
-        };
+        *self.serve_cfg.write() =
+            ServeConfig::new(max_entities, max_features, json_float32_shortest);
     }
 
     /// Registers the read scope of an API key: `views=None` reads everything.

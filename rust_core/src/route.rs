@@ -40,7 +40,7 @@ use crate::proto::v1;
 use crate::query::{dense_f32, encode_keys, Cell, CellSource, ColPos, Entities, Selector};
 use crate::row::ValueRef;
 use crate::scope::Scope;
-use crate::serve::{prepare_in, Api, Parsed, Prepared, ServeConfig, V1Opts};
+use crate::serve::{prepare_in, v1_entities, Api, Parsed, Prepared, ServeConfig, V1Opts};
 use crate::types::{DType, KeyType, Status};
 use ahash::AHashMap;
 use prost::Message as _;
@@ -622,23 +622,12 @@ pub fn encode_cells(p: &Prepared, cells: &impl CellSource) -> Vec<u8> {
 
 /// Parses a `GetCellsRequest`; also returns the feature service to check scopes against.
 pub(crate) fn parse_cells_request(body: &[u8]) -> Result<(Parsed, Option<String>)> {
-    use v1::entity_column::Values;
     let req = v1::GetCellsRequest::decode(body)
         .map_err(|e| invalid!("malformed GetCellsRequest: {e}"))?;
     if req.refs.is_empty() {
         return Err(invalid!("GetCellsRequest names no features"));
     }
-    let mut columns = Vec::with_capacity(req.entities.len());
-    for (name, c) in req.entities {
-        let col = match c.values {
-            Some(Values::Int64Values(v)) => KeyColumn::Int64(v.values),
-            Some(Values::Int32Values(v)) => KeyColumn::Int32(v.values),
-            Some(Values::StringValues(v)) => KeyColumn::Str(v.values),
-            Some(Values::BytesValues(v)) => KeyColumn::Bytes(v.values),
-            None => return Err(invalid!("entities['{name}'] has no values")),
-        };
-        columns.push((name, col));
-    }
+    let columns = v1_entities(req.entities)?;
     let service = Some(req.feature_service).filter(|s| !s.is_empty());
     Ok((
         (

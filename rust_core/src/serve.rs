@@ -93,6 +93,19 @@ pub struct ServeConfig {
     pub json_float32_shortest: bool,
 }
 
+impl ServeConfig {
+    #[must_use]
+    pub fn new(max_entities: usize, max_features: usize, json_float32_shortest: bool) -> Self {
+        Self {
+            limits: Limits {
+                max_entities,
+                max_features,
+            },
+            json_float32_shortest,
+        }
+    }
+}
+
 /// Which API a body belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
@@ -764,23 +777,13 @@ fn feast_key_column(name: &str, vals: Vec<feast::Value>) -> Result<KeyColumn> {
     })
 }
 
-fn parse_v1_proto(body: &[u8]) -> Result<Parsed> {
+/// The entity columns of a v1 (or `GetCells`) request.
+pub(crate) fn v1_entities(
+    entities: std::collections::BTreeMap<String, v1::EntityColumn>,
+) -> Result<Vec<(String, KeyColumn)>> {
     use v1::entity_column::Values;
-    use v1::get_feature_vector_request::Selector as S;
-    let req = v1::GetFeatureVectorRequest::decode(body)
-        .map_err(|e| invalid!("malformed GetFeatureVectorRequest: {e}"))?;
-    let sel = match req.selector {
-        Some(S::FeatureService(s)) => Selector::Service(s),
-        Some(S::Features(f)) => Selector::Refs(f.refs),
-        None => return Err(invalid!("set either features or feature_service")),
-    };
-    let dense = match v1::Layout::try_from(req.layout) {
-        Ok(v1::Layout::Columns) => false,
-        Ok(v1::Layout::Dense) => true,
-        Err(_) => return Err(invalid!("unknown layout {}", req.layout)),
-    };
-    let mut columns = Vec::with_capacity(req.entities.len());
-    for (name, c) in req.entities {
+    let mut columns = Vec::with_capacity(entities.len());
+    for (name, c) in entities {
         let col = match c.values {
             Some(Values::Int64Values(v)) => KeyColumn::Int64(v.values),
             Some(Values::Int32Values(v)) => KeyColumn::Int32(v.values),
@@ -795,6 +798,24 @@ fn parse_v1_proto(body: &[u8]) -> Result<Parsed> {
         };
         columns.push((name, col));
     }
+    Ok(columns)
+}
+
+fn parse_v1_proto(body: &[u8]) -> Result<Parsed> {
+    use v1::get_feature_vector_request::Selector as S;
+    let req = v1::GetFeatureVectorRequest::decode(body)
+        .map_err(|e| invalid!("malformed GetFeatureVectorRequest: {e}"))?;
+    let sel = match req.selector {
+        Some(S::FeatureService(s)) => Selector::Service(s),
+        Some(S::Features(f)) => Selector::Refs(f.refs),
+        None => return Err(invalid!("set either features or feature_service")),
+    };
+    let dense = match v1::Layout::try_from(req.layout) {
+        Ok(v1::Layout::Columns) => false,
+        Ok(v1::Layout::Dense) => true,
+        Err(_) => return Err(invalid!("unknown layout {}", req.layout)),
+    };
+    let columns = v1_entities(req.entities)?;
     Ok((
         sel,
         Entities { columns },

@@ -240,16 +240,7 @@ class FeatureRouter(Frontend):
 
     def _http_handler(self, api: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
-            ctype = request.content_type
-            if ctype not in (JSON, "application/octet-stream") and request.headers.get(
-                "Content-Type"
-            ):
-                raise InvalidArgumentError(
-                    f"unsupported content type '{ctype}'; send application/json"
-                )
-            body = await request.read()
-            p = request.get("principal")
-            scope = None if p is None or p.read_all else p.scope_id
+            body, scope = await self._serving_body(request)
             out = await self.route(api, body, scope, request.headers.get("Authorization"), None)
             return web.Response(body=out, content_type=JSON)
 

@@ -334,6 +334,18 @@ class Frontend(ABC):
     def _extra_routes(self, app: web.Application) -> None:
         """Adds the routes only this kind of frontend has."""
 
+    @staticmethod
+    async def _serving_body(request: web.Request) -> tuple[bytes, int | None]:
+        """The body of a serving request and the caller's read scope (None: everything)."""
+        ctype = request.content_type
+        # Feast's SDK and curl -d send application/json or no type; anything else is a
+        # client mistake worth naming.
+        if ctype not in (JSON, "application/octet-stream") and request.headers.get("Content-Type"):
+            raise InvalidArgumentError(f"unsupported content type '{ctype}'; send application/json")
+        body = await request.read()
+        p = request.get("principal")
+        return body, None if p is None or p.read_all else p.scope_id
+
     def _http_app(self) -> web.Application:
         """The aiohttp application: serving routes, health, metrics, listings, extras."""
         app = web.Application(
@@ -922,18 +934,7 @@ class FeatureServer(Frontend):
         guard = self.guard
 
         async def handle(request: web.Request) -> web.Response:
-            ctype = request.content_type
-            # Feast's SDK and curl -d send application/json or no type; anything else is a
-            # client mistake worth naming.
-            if ctype not in (JSON, "application/octet-stream") and request.headers.get(
-                "Content-Type"
-            ):
-                raise InvalidArgumentError(
-                    f"unsupported content type '{ctype}'; send application/json"
-                )
-            body = await request.read()
-            p = request.get("principal")
-            scope = None if p is None or p.read_all else p.scope_id
+            body, scope = await self._serving_body(request)
             if batcher is not None:
                 if guard is not None:
                     guard.check_hard()

@@ -35,8 +35,8 @@ table gives medians across rounds and the ratio routed / single:
 
 Results: ``.benchmarks/scale-out/<UTC time>.json`` and a Markdown table on stdout.
 Options: ``--quick`` (1 s runs, 1 s warm-ups, one round: a smoke run, figures meaningless),
-``--seconds``, ``--warmup``, ``--rounds``, ``--entities``, ``--out``, ``--keep`` (keep the
-temporary directory).
+``--seconds``, ``--warmup``, ``--rounds``, ``--entities``, ``--only``, ``--out``, ``--keep``
+(keep the temporary directory), ``--report JSON`` (print the tables of a saved run again).
 """
 
 from __future__ import annotations
@@ -652,6 +652,52 @@ def table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def cpu_breakdown(rounds: list[dict[str, Any]], measures: list[Measure]) -> str:
+    """Median CPU ms per request of each process, per measurement and side."""
+    lines = [
+        "| measurement | single node | router | shard0 | shard1 | Python client | total |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in measures:
+        for side in ("single", "routed"):
+            per: dict[str, list[float]] = {}
+            for rnd in rounds:
+                r = rnd[m.id][side]
+                n = max(1, int(r["requests"]))
+                for name, secs in r["server_cpu_s"].items():
+                    per.setdefault(name, []).append(secs * 1000 / n)
+                if "client_cpu_ms_per_request" in r:
+                    per.setdefault("client", []).append(float(r["client_cpu_ms_per_request"]))
+            med = {k: statistics.median(v) for k, v in per.items()}
+            cells = [
+                f"{med[k]:.2f}" if k in med else "-"
+                for k in ("single", "router", "shard0", "shard1", "client")
+            ]
+            who = "single" if side == "single" else ("client" if m.kind == "client" else "router")
+            lines.append(f"| {m.label}, {who} | {' | '.join(cells)} | {sum(med.values()):.2f} |")
+    return "\n".join(lines)
+
+
+def report(doc: dict[str, Any]) -> None:
+    """The tables of a run (also what ``--report FILE`` prints for a saved run)."""
+    measures = [m for m in MEASURES if m.id in doc["rounds"][0]]
+    print(table(doc["summary"]))
+    print("\nCPU ms per request by process (medians; 'total' adds the columns):\n")
+    print(cpu_breakdown(doc["rounds"], measures))
+    host = doc["host"]
+    print(
+        f"\nmedians of {doc['rounds_n']} round(s), {doc['seconds']} s each after "
+        f"{doc['warmup_s']} s warm-ups; load average before / after: "
+        f"{host['loadavg_before'][0]:.2f} / {host['loadavg_after'][0]:.2f}, per round "
+        + " / ".join(f"{r['loadavg'][0]:.2f}" for r in doc["rounds"])
+        + f" ({host['cpus']} CPUs, shared by every process); idle CPU (cores): "
+        + ", ".join(f"{n} {v:.3f}" for n, v in doc["idle_cpu_cores"].items())
+        + "; RSS at the end (MB): "
+        + ", ".join(f"{n} {v:.0f}" for n, v in doc["rss_mb_at_end"].items() if v is not None)
+        + (f"; {doc['errors']} ERRORS" if doc.get("errors") else "")
+    )
+
+
 def short(r: dict[str, Any]) -> str:
     out = (
         f"{r['rps']:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
@@ -674,7 +720,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", choices=MEASURE_IDS, help="measure only these")
     p.add_argument("--out", type=Path, help="JSON result (default .benchmarks/scale-out/TS.json)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--report", type=Path, metavar="JSON", help="print the tables of a saved run")
     args = p.parse_args(argv)
+    if args.report:
+        report(json.loads(args.report.read_text()))
+        return 0
     seconds = args.seconds or (1 if args.quick else 10)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     n_rounds = args.rounds or (1 if args.quick else 3)
@@ -689,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     started = dt.datetime.now(dt.UTC)
     load_before = os.getloadavg()
+    git = bs.git_info()
     rounds: list[dict[str, Any]] = []
     with (
         cluster_up(args) as c,
@@ -733,19 +784,11 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
 
     summary = summarize(rounds, measures)
-    print()
-    print(table(summary))
     errors = sum(
         int(rnd_[m.id][side].get("errors") or 0)
         for rnd_ in rounds
         for m in measures
         for side in ("single", "routed")
-    )
-    print(
-        f"\nmedians of {n_rounds} round(s), {seconds} s each after {warmup} s warm-ups; "
-        f"load average before / after: {load_before[0]:.2f} / {load_after[0]:.2f} "
-        f"({os.cpu_count()} CPUs, shared by every process)"
-        + (f"; {errors} ERRORS" if errors else "")
     )
     doc = {
         "time": started.isoformat(timespec="seconds"),
@@ -770,7 +813,8 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_before": load_before,
             "loadavg_after": load_after,
         },
-        "git": bs.git_info(),
+        "git": git,
+        "errors": errors,
         "checks": checks,
         "idle_cpu_cores": idle,
         "rss_mb_at_end": rss,
@@ -781,9 +825,15 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO / ".benchmarks" / "scale-out" / f"{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
+    print()
+    report(doc)
     print(f"saved {out}")
     return 0 if errors == 0 else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: every process this run started was stopped\n")
+        sys.exit(130)

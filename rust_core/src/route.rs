@@ -196,13 +196,21 @@ impl Router {
                 .collect();
             key_cols.sort_unstable();
             key_cols.dedup();
-            let refs: Vec<String> = group_cols[g]
-                .iter()
-                .map(|&c| {
-                    let col = &plan.columns[c];
-                    format!("{}:{}", plan.views[col.view].def.name, col.feature)
-                })
-                .collect();
+            // The references are the same in every part of the group: encoded once. Protobuf
+            // messages concatenate (repeated fields and map entries append), so each part is
+            // these bytes followed by the encoding of its own entities.
+            let refs = v1::GetCellsRequest {
+                refs: group_cols[g]
+                    .iter()
+                    .map(|&c| {
+                        let col = &plan.columns[c];
+                        format!("{}:{}", plan.views[col.view].def.name, col.feature)
+                    })
+                    .collect(),
+                feature_service: service.clone(),
+                ..Default::default()
+            }
+            .encode_to_vec();
             let mut where_ = vec![(0u32, 0u32); n];
             for (shard, members) in by_shard.iter().enumerate() {
                 if members.is_empty() {
@@ -212,8 +220,7 @@ impl Router {
                 for (r, &i) in members.iter().enumerate() {
                     where_[i] = (part, r as u32);
                 }
-                let req = v1::GetCellsRequest {
-                    refs: refs.clone(),
+                let rows_of_part = v1::GetCellsRequest {
                     entities: key_cols
                         .iter()
                         .map(|&k| {
@@ -221,11 +228,14 @@ impl Router {
                             (name.clone(), entity_column(col, members))
                         })
                         .collect::<BTreeMap<_, _>>(),
-                    feature_service: service.clone(),
+                    ..Default::default()
                 };
+                let mut body = Vec::with_capacity(refs.len() + rows_of_part.encoded_len());
+                body.extend_from_slice(&refs);
+                rows_of_part.encode(&mut body).expect("a Vec grows");
                 parts.push(Part {
                     shard: shard as u32,
-                    body: req.encode_to_vec(),
+                    body,
                 });
                 part_shape.push((g, members.len()));
             }
@@ -349,6 +359,13 @@ impl CellSource for Gathered<'_> {
 
     #[inline]
     fn f32(&self, c: usize, cp: ColPos, e: usize) -> (f32, Status, i64) {
+        let (part, r) = self.rows[cp.view][e];
+        let (part, r) = (&self.parts[part as usize], r as usize);
+        let col = &part.cols[cp.pos];
+        if col.dtype == DType::Float32 && col.statuses[r] == Status::Present as u8 {
+            let x = f32::from_le_bytes(col.values[r * 4..r * 4 + 4].try_into().expect("4"));
+            return (x, Status::Present, part.ts[col.view][r]);
+        }
         dense_f32(self.cell(c, cp, e))
     }
 }
@@ -357,7 +374,7 @@ impl CellSource for Gathered<'_> {
 struct PartCells<'a> {
     n: usize,
     /// Per view: n event timestamps.
-    ts: Vec<&'a [u8]>,
+    ts: Vec<Vec<i64>>,
     cols: Vec<ColCells<'a>>,
 }
 
@@ -454,7 +471,12 @@ impl<'a> PartCells<'a> {
         let n_views = r.u32()? as usize;
         let mut ts = Vec::with_capacity(n_views);
         for _ in 0..n_views {
-            ts.push(r.take(n * 8)?);
+            ts.push(
+                r.take(n * 8)?
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().expect("8")))
+                    .collect(),
+            );
         }
         let n_cols = r.u32()? as usize;
         if n_cols != expect.len() {
@@ -516,8 +538,7 @@ impl<'a> PartCells<'a> {
     #[inline]
     fn cell(&self, c: usize, r: usize) -> Cell<'a> {
         let col = &self.cols[c];
-        let event_ts =
-            i64::from_le_bytes(self.ts[col.view][r * 8..r * 8 + 8].try_into().expect("8"));
+        let event_ts = self.ts[col.view][r];
         let status = status_of(col.statuses[r]).unwrap_or(Status::NotFound);
         if status != Status::Present {
             return Cell {
@@ -924,6 +945,76 @@ mod tests {
             matches!(e, CoreError::PermissionDenied(ref m) if m.contains("not part of feature service 'svc'")),
             "{e}"
         );
+    }
+
+    /// Prints the router's costs for W2 (100 x 200 float32): route (split), a node's cells
+    /// answer, merge into the v1 dense proto and into Feast JSON. `cargo test --release --lib
+    /// route_w2_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing; run in release with --ignored --nocapture"]
+    fn route_w2_timing() {
+        use std::time::Instant;
+        let (_d, store) = fixture(20_000, 200);
+        let r = router(200, parts());
+        let refs: Vec<String> = (0..200).map(|i| format!("user_profile:f{i:03}")).collect();
+        let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
+        let ids: Vec<i64> = (0..100).map(|i| i * 197 % 20_000).collect();
+        let dense = v1_req(
+            &refs,
+            vec![(
+                "user_id",
+                Values::Int64Values(v1::Int64Column {
+                    values: ids.clone(),
+                }),
+            )],
+            v1::Layout::Dense,
+        )
+        .encode_to_vec();
+        let quoted: Vec<String> = refs.iter().map(|r| format!("\"{r}\"")).collect();
+        let json = format!(
+            r#"{{"features":[{}],"entities":{{"user_id":{}}}}}"#,
+            quoted.join(","),
+            serde_json::to_string(&ids).unwrap()
+        );
+        for (name, api, body) in [
+            ("v1 dense proto", Api::V1Grpc, dense),
+            ("feast json", Api::FeastHttp, json.into_bytes()),
+        ] {
+            let n = 2000;
+            let t = Instant::now();
+            for _ in 0..n {
+                std::hint::black_box(r.route(api, &body, &cfg(), None, 0).unwrap());
+            }
+            let split = t.elapsed() / n;
+            let routed = r.route(api, &body, &cfg(), None, 0).unwrap();
+            let t = Instant::now();
+            let answers: Vec<Vec<u8>> = routed
+                .parts
+                .iter()
+                .map(|p| {
+                    serve(&store, Api::Cells, &p.body, &cfg(), NOW)
+                        .unwrap()
+                        .body
+                })
+                .collect();
+            let node = t.elapsed();
+            let slices: Vec<&[u8]> = answers.iter().map(Vec::as_slice).collect();
+            let t = Instant::now();
+            for _ in 0..n {
+                std::hint::black_box(routed.merge(&slices, &cfg()).unwrap());
+            }
+            let merge = t.elapsed() / n;
+            let t = Instant::now();
+            for _ in 0..n {
+                std::hint::black_box(local(&store, api, &body));
+            }
+            let one = t.elapsed() / n;
+            println!(
+                "{name}: route {split:?}, {} parts answered in {node:?}, merge {merge:?}; one node \
+                 end to end {one:?}",
+                routed.parts.len()
+            );
+        }
     }
 
     fn serve_scoped_cells(store: &Store, body: &[u8], scope: &Scope) -> Result<Vec<u8>> {

@@ -323,8 +323,15 @@ def test_three_node_cluster_through_router_and_client(cluster: Cluster) -> None:
         assert not load.failures, load.failures[:5]
         assert before > 10, before
         assert load.done > before + 10, (before, load.done)
-        time.sleep(0.6)  # a probe round
-        assert ready_shards(ready_body(router)) == {"0": 1, "1": 1}
+        wait_for_replicas(
+            router,
+            "0",
+            {
+                f"127.0.0.1:{shard0a.grpc}": False,
+                f"127.0.0.1:{shard0b.grpc}": True,
+                f"127.0.0.1:{spare_port}": False,
+            },
+        )
 
     # 5. a fresh replica restored from a snapshot of a serving node catches up and serves
     # the newest values: snapshot shard0b through its admin API, then newer records arrive
@@ -341,8 +348,15 @@ def test_three_node_cluster_through_router_and_client(cluster: Cluster) -> None:
     gen = {u: 2 if u in set(newer) else 1 for u in range(N)}
     wait_until(shard0c, mine[0][:500], 2, cluster.reader)
     stop_server(shard0b)  # shard 0 is now served by the restored replica alone
-    wait_for_ready_shards(router, {"0": 1, "1": 1})
-    assert ready_body(router)["shards"]["0"][f"127.0.0.1:{spare_port}"] is True
+    wait_for_replicas(
+        router,
+        "0",
+        {
+            f"127.0.0.1:{shard0a.grpc}": False,
+            f"127.0.0.1:{shard0b.grpc}": False,
+            f"127.0.0.1:{spare_port}": True,
+        },
+    )
     wait_until(router, mine[1][:500], 2, cluster.reader)
     for lo in range(0, N, 1000):
         part = users[lo : lo + 1000]
@@ -394,10 +408,13 @@ def ready_shards(body: Any) -> dict[str, int]:
     return {k: sum(1 for ok in v.values() if ok) for k, v in body["shards"].items()}
 
 
-def wait_for_ready_shards(router: Server, want: dict[str, int], timeout: float = 15) -> None:
+def wait_for_replicas(
+    router: Server, shard: str, want: dict[str, bool], timeout: float = 15
+) -> None:
+    """Until the router's health checks see exactly ``want`` for the shard's replicas."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if ready_shards(ready_body(router)) == want:
+        if ready_body(router)["shards"][shard] == want:
             return
         time.sleep(0.1)
     raise AssertionError(f"router replicas {ready_body(router)} != {want}")

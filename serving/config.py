@@ -104,6 +104,12 @@ class ServeSettings:
     #: API key the router presents to the nodes' health checks (data calls carry the
     #: caller's own key); empty when the nodes answer health without a key (open_health)
     node_api_key: str = ""
+    #: TLS from the router to the nodes: the CA (PEM) that signed the nodes' certificates
+    #: (turns TLS on), and a client certificate and key for nodes that require one
+    #: (`serve --tls-client-ca`)
+    node_tls_ca: str = ""
+    node_tls_cert: str = ""
+    node_tls_key: str = ""
     #: cluster map file (YAML or JSON, docs/scale-out.md "Cluster map"): every shard's replica
     #: endpoints, which the node hands out through GetNodeInfo / GET /v1/node so clients can
     #: route (and `route` routes by); on a sharded node its shard count and topic partitions must
@@ -344,3 +350,12 @@ def add_route_flags(p: argparse.ArgumentParser) -> None:
         help="interval of the router's health checks of every replica (default 1)",
     )
     p.add_argument("--node-api-key", help="key for the nodes' health checks when they require one")
+    p.add_argument(
+        "--node-tls-ca",
+        metavar="PEM",
+        help="talk TLS to the nodes, verifying their certificates with this CA",
+    )
+    p.add_argument(
+        "--node-tls-cert", metavar="PEM", help="client certificate for nodes that require one"
+    )
+    p.add_argument("--node-tls-key", metavar="PEM", help="private key of --node-tls-cert")

@@ -52,6 +52,7 @@ from serving.server import (
     V1_SERVICE,
     Frontend,
     _principal,
+    _read,
 )
 
 log = logging.getLogger("serving.router")
@@ -93,6 +94,20 @@ def sharded_views(registry: Registry, topic_partitions: int) -> dict[str, int]:
         for v in registry.feature_views.values()
         if v.stream_source is not None
     }
+
+
+def node_credentials(s: ServeSettings) -> grpc.ChannelCredentials | None:
+    """TLS credentials for the router's channels to the nodes (None: plaintext)."""
+    if not s.node_tls_ca:
+        if s.node_tls_cert or s.node_tls_key:
+            raise InvalidArgumentError("--node-tls-cert/--node-tls-key need --node-tls-ca")
+        return None
+    if bool(s.node_tls_cert) != bool(s.node_tls_key):
+        raise InvalidArgumentError("give both --node-tls-cert and --node-tls-key, or neither")
+    ca = _read(s.node_tls_ca)
+    if s.node_tls_cert:
+        return grpc.ssl_channel_credentials(ca, _read(s.node_tls_key), _read(s.node_tls_cert))
+    return grpc.ssl_channel_credentials(ca)
 
 
 class RouterMetrics:
@@ -164,6 +179,7 @@ class FeatureRouter(Frontend):
             cluster,
             down_seconds=settings.route_down_seconds,
             hedge_after=settings.route_hedge_after_ms / 1000 or None,
+            credentials=node_credentials(settings),
         )
         #: per replica endpoint: did its last health check say SERVING
         self.replica_ready: dict[str, bool] = {}

@@ -480,24 +480,13 @@ def test_router_refuses_what_it_cannot_answer(tmp_path: Path) -> None:
 
         # a map whose only replica is not running: the router starts, is not ready, refuses
         cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{dead}']\n")
-        http = free_port()
-        with (tmp_path / "router2.log").open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "serving", "route", "--config", str(ours),
-                 "--cluster-map", str(cmap), "--no-auth", "--http-port", str(http),
-                 "--grpc-port", str(free_port()), "--route-timeout-ms", "300"],
-                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-            )  # fmt: skip
-        procs.append(Server(proc, http, 0, tmp_path / "router2.log"))
-        lone = procs[-1]
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                body = ready_body(lone)
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline, (tmp_path / "router2.log").read_text()
-                time.sleep(0.1)
+        lone = start_cli(
+            ["route", "--config", str(ours), "--cluster-map", str(cmap), "--no-auth",
+             "--route-timeout-ms", "300"],
+            tmp_path / "router2.log", ready=False,
+        )  # fmt: skip
+        procs.append(lone)
+        body = ready_body(lone)
         assert body["status"] == "not ready", body
         status, got = lone.post(
             "/get-online-features", {"features": ["users:seq"], "entities": {"user_id": [1]}}
@@ -521,3 +510,76 @@ def test_router_refuses_what_it_cannot_answer(tmp_path: Path) -> None:
         )  # fmt: skip
         assert done.returncode != 0, done
         assert msg in done.stderr, done.stderr[-1000:]
+
+
+def test_router_talks_mutual_tls_to_nodes(tmp_path: Path) -> None:
+    """Nodes serving TLS with client certificates required: the router reaches them with
+    --node-tls-ca/--node-tls-cert/--node-tls-key, and without them the shard is unreachable."""
+    import shutil
+
+    from tests.integration.test_auth import _make_certs
+
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is required (Debian package openssl)")
+    _make_certs(tmp_path)
+    config = tmp_path / "features.yaml"
+    config.write_text(PLAIN_REGISTRY.replace("DTYPE", "int64"))
+    with Store(tmp_path / "db", Registry.from_yaml(config)) as store:
+        store.write(
+            "users",
+            pa.table(
+                {
+                    "user_id": pa.array([1, 2], pa.int64()),
+                    "event_timestamp": pa.array([T0 * 10**6] * 2, pa.timestamp("us", tz="UTC")),
+                    "seq": pa.array([10, 20], pa.int64()),
+                }
+            ),
+        )
+    tls = [
+        "--tls-cert", str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key"),
+        "--tls-client-ca", str(tmp_path / "ca.pem"),
+    ]  # fmt: skip
+    http, grpc_port = free_port(), free_port()
+    with (tmp_path / "node.log").open("wb") as out:
+        node = Server(
+            subprocess.Popen(
+                [sys.executable, "-m", "serving", "serve", "--config", str(config),
+                 "--data-dir", str(tmp_path / "db"), "--no-auth", "--http-port", str(http),
+                 "--grpc-port", str(grpc_port), *tls],
+                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+            ),
+            http, grpc_port, tmp_path / "node.log",
+        )  # fmt: skip
+    procs = [node]
+    try:
+        cmap = tmp_path / "cluster.yaml"
+        cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{grpc_port}']\n")
+        router = start_cli(
+            ["route", "--config", str(config), "--cluster-map", str(cmap), "--no-auth",
+             "--node-tls-ca", str(tmp_path / "ca.pem"),
+             "--node-tls-cert", str(tmp_path / "client.pem"),
+             "--node-tls-key", str(tmp_path / "client.key")],
+            tmp_path / "router.log",
+        )  # fmt: skip
+        procs.append(router)
+        status, got = router.post(
+            "/get-online-features", {"features": ["users:seq"], "entities": {"user_id": [2, 1]}}
+        )
+        assert status == 200, got
+        assert got["results"][1]["values"] == [20, 10]
+        # the same router without a client certificate cannot reach the node
+        plain = start_cli(
+            ["route", "--config", str(config), "--cluster-map", str(cmap), "--no-auth",
+             "--node-tls-ca", str(tmp_path / "ca.pem"), "--route-timeout-ms", "500"],
+            tmp_path / "router2.log", ready=False,
+        )  # fmt: skip
+        procs.append(plain)
+        assert ready_body(plain)["status"] == "not ready"
+        status, got = plain.post(
+            "/get-online-features", {"features": ["users:seq"], "entities": {"user_id": [1]}}
+        )
+        assert status == 503, got
+        assert got["error"]["code"] == "shard_unavailable"
+    finally:
+        for p in procs:
+            stop_server(p)

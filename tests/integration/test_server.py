@@ -105,10 +105,15 @@ def start_server(
 
 
 def start_cli(
-    args: list[str], log: Path, http: int | None = None, grpc_port: int | None = None
+    args: list[str],
+    log: Path,
+    http: int | None = None,
+    grpc_port: int | None = None,
+    *,
+    ready: bool = True,
 ) -> Server:
     """Starts ``python -m serving ARGS --http-port .. --grpc-port ..`` (a node or a router)
-    and waits until its /readyz answers 200."""
+    and waits until its /readyz answers 200 (``ready=False``: answers at all)."""
     http, grpc_port = http or free_port(), grpc_port or free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -124,6 +129,10 @@ def start_cli(
             with urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz", timeout=1) as r:
                 if r.status == 200:
                     return Server(proc, http, grpc_port, log)
+        except urllib.error.HTTPError:
+            if not ready:
+                return Server(proc, http, grpc_port, log)
+            time.sleep(0.1)
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.1)
     proc.kill()

@@ -369,7 +369,8 @@ class ClusterChannels:
     marked down are tried last, not skipped. A replica that has not answered within
     ``hedge_after`` seconds gets a hedge: the same call to the next replica that is up; the
     first answer wins and the other call is cancelled (at most one hedge per call; none with a
-    single replica or ``hedge_after=None``). All of it within one deadline, ``timeout``. Other
+    single replica or ``hedge_after=None``; at most ``hedge_budget`` hedges per call over
+    time, with ``hedge_burst`` in reserve). All of it within one deadline, ``timeout``. Other
     errors (``INVALID_ARGUMENT``, ``FAILED_PRECONDITION`` / wrong_shard, ``PERMISSION_DENIED``,
     ``DEADLINE_EXCEEDED``, ...) are raised as the :class:`grpc.aio.AioRpcError`, not retried.
 
@@ -383,14 +384,26 @@ class ClusterChannels:
         *,
         down_seconds: float = 5.0,
         hedge_after: float | None = 0.05,
+        hedge_budget: float = 0.1,
+        hedge_burst: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         if hedge_after is not None and hedge_after < 0:
             raise InvalidArgumentError(f"hedge_after must be >= 0 or None, got {hedge_after}")
+        if hedge_budget < 0 or hedge_burst < 0:
+            raise InvalidArgumentError("hedge_budget and hedge_burst must be >= 0")
         self.cluster = cluster
         self.down_seconds = down_seconds
         self.hedge_after = hedge_after
+        #: hedges are a budget, not a reflex: each call earns ``hedge_budget`` of a hedge (up
+        #: to ``hedge_burst`` saved), each hedge spends one. When every replica is slow
+        #: (overload), hedging everything would double the load; the budget caps it.
+        self.hedge_budget = hedge_budget
+        self.hedge_burst = hedge_burst
+        self._hedge_tokens = hedge_burst
+        #: hedges sent, and hedges a slow call did not get because the budget was spent
+        self.hedges = {"sent": 0, "over_budget": 0}
         self._credentials = credentials
         # answers can be large (1000 entities x 1000 features); gRPC's default cap is 4 MB
         given = {k for k, _ in options}
@@ -500,6 +513,7 @@ class ClusterChannels:
         """Sends ``body`` to a replica of ``shard`` (``method``: a full gRPC path such as
         ``/feature_serving.v1.FeatureService/GetFeatureVector``) and returns the answer's
         bytes; ``timeout`` bounds the whole call, fail-over and hedge included."""
+        self._hedge_tokens = min(self.hedge_burst, self._hedge_tokens + self.hedge_budget)
         order = self._order(shard)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -590,9 +604,15 @@ class ClusterChannels:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if not done:
-                    # the attempt in flight is slow: the same call to another replica too
+                    # the attempt in flight is slow: the same call to another replica too,
+                    # if the budget allows
                     hedged = True
+                    if self._hedge_tokens < 1:
+                        self.hedges["over_budget"] += 1
+                        continue
                     if deadline is None or deadline - loop.time() > 0:
+                        self._hedge_tokens -= 1
+                        self.hedges["sent"] += 1
                         launch(None if deadline is None else deadline - loop.time())
                     continue
                 # an answer first, whatever else finished at the same time

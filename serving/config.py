@@ -97,6 +97,9 @@ class ServeSettings:
     #: send a part also to another replica of its shard when the first has not answered
     #: within this many milliseconds (0 = never hedge)
     route_hedge_after_ms: float = 50.0
+    #: ... but hedge at most this fraction of parts over time (plus a reserve of 10): when
+    #: every replica is slow (overload), unbounded hedging would double the load
+    route_hedge_budget: float = 0.1
     #: a replica that refused a connection is avoided for this long
     route_down_seconds: float = 5.0
     #: how often the router health-checks every replica (not SERVING = avoided)
@@ -338,6 +341,11 @@ def add_route_flags(p: argparse.ArgumentParser) -> None:
         "--route-hedge-after-ms",
         type=float,
         help="also ask another replica when one has not answered within this (default 50; 0 = off)",
+    )
+    p.add_argument(
+        "--route-hedge-budget",
+        type=float,
+        help="hedge at most this fraction of parts over time (default 0.1)",
     )
     p.add_argument(
         "--route-down-seconds",

@@ -22,13 +22,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from serving import __version__, _rust_core
 from serving.auth import Authenticator, KeyFile
@@ -146,6 +148,24 @@ class RouterMetrics:
         )
 
 
+class HedgeCollector(Collector):
+    """The channels' hedge counts, read when Prometheus scrapes."""
+
+    def __init__(self, channels: ClusterChannels) -> None:
+        self.channels = channels
+
+    def collect(self) -> Iterator[Metric]:
+        c = CounterMetricFamily(
+            f"{NS}_router_hedges",
+            "Slow parts also sent to another replica (sent), or not because the hedge budget "
+            "was spent (over_budget)",
+            labels=["outcome"],
+        )
+        for outcome, n in self.channels.hedges.items():
+            c.add_metric([outcome], n)
+        yield c
+
+
 class FeatureRouter(Frontend):
     """The router process: both frontends, over a :class:`ClusterChannels`."""
 
@@ -179,8 +199,10 @@ class FeatureRouter(Frontend):
             cluster,
             down_seconds=settings.route_down_seconds,
             hedge_after=settings.route_hedge_after_ms / 1000 or None,
+            hedge_budget=settings.route_hedge_budget,
             credentials=node_credentials(settings),
         )
+        self.metrics.add_collector(HedgeCollector(self.channels))
         #: per replica endpoint: did its last health check say SERVING
         self.replica_ready: dict[str, bool] = {}
         self._probe_task: asyncio.Task[None] | None = None

@@ -333,6 +333,32 @@ def test_three_node_cluster_through_router_and_client(cluster: Cluster) -> None:
             },
         )
 
+    # the router's own metrics, through Prometheus' parser
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(router.url + "/metrics", timeout=10) as r:
+        families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+    parts = {s.labels["shard"]: s.value for s in families["feature_serving_router_parts"].samples}
+    assert min(parts["0"], parts["1"]) > 100, parts
+    counts = [
+        s.value
+        for s in families["feature_serving_router_part_seconds"].samples
+        if s.name.endswith("_count")
+    ]
+    assert sum(counts) >= parts["0"] - sum(
+        s.value for s in families["feature_serving_router_part_errors"].samples
+    )
+    ready = {
+        s.labels["endpoint"]: s.value
+        for s in families["feature_serving_router_replica_ready"].samples
+    }
+    assert ready[f"127.0.0.1:{shard0a.grpc}"] == 0
+    assert ready[f"127.0.0.1:{shard0b.grpc}"] == 1
+    assert {s.labels["outcome"] for s in families["feature_serving_router_hedges"].samples} == {
+        "sent",
+        "over_budget",
+    }
+
     # 5. a fresh replica restored from a snapshot of a serving node catches up and serves
     # the newest values: snapshot shard0b through its admin API, then newer records arrive
     snap = cluster.tmp / "snaps" / "shard0"

@@ -605,6 +605,26 @@ def test_hedging_when_a_replica_is_slow(env: Env) -> None:
 
         asyncio.run(hedged())
         assert slow.started >= 3  # round robin gave it calls 1 and 3 first
+        wait_until(lambda: slow.cancelled == slow.started)
+
+        # hedges are budgeted: with one in reserve and none earned, the first slow call is
+        # hedged and the next one waits for the slow replica (here: past its deadline)
+        async def budgeted() -> None:
+            ch = ClusterChannels(cluster, hedge_after=0.05, hedge_budget=0.0, hedge_burst=1.0)
+            try:
+                outcomes = []
+                for _ in range(4):  # round robin: the slow replica is first for 2 of them
+                    try:
+                        await ch.call(0, METHOD, dense_body(mine), metadata=md, timeout=0.5)
+                        outcomes.append("ok")
+                    except grpc.aio.AioRpcError as e:
+                        outcomes.append(e.code().name)
+                assert outcomes.count("DEADLINE_EXCEEDED") == 1, outcomes
+                assert ch.hedges == {"sent": 1, "over_budget": 1}
+            finally:
+                await ch.close()
+
+        asyncio.run(budgeted())
         # every call it got was cancelled once the other replica had answered
         wait_until(lambda: slow.cancelled == slow.started)
         assert slow.answered == 0

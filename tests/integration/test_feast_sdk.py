@@ -25,7 +25,7 @@ import pytest
 from serving import Registry, Store
 from serving.auth import KeyFile
 from serving.sample import generate, user_profile_value
-from tests.integration.test_server import Server, start_server, stop_server
+from tests.integration.test_server import Server, start_cli, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -225,12 +225,23 @@ def feast_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     token = keys.create("feast-profile", read=["user_profile"])[0]
 
     open_server = start_server(config, tmp / "db", tmp / "open.log")
+    started = [open_server]
     try:
         authed = start_server(
             config, tmp / "db_authed", tmp / "authed.log", "--keys-file", str(tmp / "keys.json")
         )
+        started.append(authed)
+        # a router in front of the open server (one shard; these views are not sharded)
+        cmap = tmp / "cluster.yaml"
+        cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{open_server.grpc}']\n")
+        router = start_cli(
+            ["route", "--config", str(config), "--cluster-map", str(cmap), "--no-auth"],
+            tmp / "router.log",
+        )
+        started.append(router)
     except BaseException:
-        stop_server(open_server)
+        for server in started:
+            stop_server(server)
         raise
     try:
         repo = tmp / "repo"
@@ -249,15 +260,19 @@ def feast_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
         authed_repo = tmp / "authed_repo"
         auth = f"auth:\n  type: oidc\n  token_env_var: {KEY_ENV}\n"
         write_repo(authed_repo, authed, registry, auth)
+        # The same Feast registry, the online store pointed at the router.
+        router_repo = tmp / "router_repo"
+        write_repo(router_repo, router, registry)
         yield {
             "repo": repo,
             "authed_repo": authed_repo,
+            "router_repo": router_repo,
             "token": token,
             "account": account.to_pylist(),
         }
     finally:
-        stop_server(authed)
-        stop_server(open_server)
+        for server in reversed(started):
+            stop_server(server)
 
 
 def test_sdk_get_online_features(feast_env: dict[str, Any]) -> None:
@@ -383,3 +398,26 @@ def test_sdk_auth_sends_our_api_key(feast_env: dict[str, Any]) -> None:
     assert "permission_denied" in out_of_scope["error"]
     assert "401" in bad_key["error"], bad_key
     assert "unauthenticated" in bad_key["error"]
+
+
+def test_sdk_through_the_router_gets_the_same_answers(feast_env: dict[str, Any]) -> None:
+    """`feature-serving route` in front of the server: the SDK, unchanged, gets what it gets
+    from the server itself (docs/scale-out.md, "Router")."""
+    fields = ["country", "age", "lifetime_orders", "is_premium", "balance", "signup_ts",
+              "avatar_sha", "embedding"]  # fmt: skip
+    calls = [
+        {
+            "features": ["user_profile:f003", "user_profile:f000"],
+            "rows": [{"user_id": u} for u in [1, 7, N_USERS - 1, MISSING, 0]],
+        },
+        {"service": "user_profile_svc", "rows": {"user_id": [2, MISSING]}, "full": True},
+        {
+            "features": [f"user_account:{f}" for f in fields],
+            "rows": [{"user_id": u} for u in [0, 1, 2, MISSING]],
+        },
+        {"features": ["user_profile:nope"], "rows": [{"user_id": 1}]},
+    ]
+    direct = run_sdk(feast_env["repo"], calls)["calls"]
+    routed = run_sdk(feast_env["router_repo"], calls)["calls"]
+    assert "error" not in direct[0], direct[0]
+    assert routed == direct

@@ -137,9 +137,7 @@ class RouterMetrics:
             registry=reg,
         )
         #: per shard: its parts counter and latency histogram (label lookups cost ~5 us)
-        self.per_shard = {
-            k: (self.parts.labels(str(k)), self.part_latency.labels(str(k))) for k in shards
-        }
+        self.per_shard = self.shard_children(shards)
         self.replica_ready = Gauge(
             f"{NS}_router_replica_ready",
             "1 if the router's last health check of a replica said SERVING, else 0",
@@ -147,11 +145,14 @@ class RouterMetrics:
             registry=reg,
         )
 
+    def shard_children(self, shards: Sequence[int]) -> dict[int, tuple[Any, Any]]:
+        return {k: (self.parts.labels(str(k)), self.part_latency.labels(str(k))) for k in shards}
+
 
 class HedgeCollector(Collector):
     """The channels' hedge counts, read when Prometheus scrapes."""
 
-    def __init__(self, channels: ClusterChannels) -> None:
+    def __init__(self, channels: Callable[[], ClusterChannels]) -> None:
         self.channels = channels
 
     def collect(self) -> Iterator[Metric]:
@@ -161,7 +162,7 @@ class HedgeCollector(Collector):
             "was spent (over_budget)",
             labels=["outcome"],
         )
-        for outcome, n in self.channels.hedges.items():
+        for outcome, n in self.channels().hedges.items():
             c.add_metric([outcome], n)
         yield c
 
@@ -195,14 +196,8 @@ class FeatureRouter(Frontend):
                 )
             self.auth = Authenticator(KeyFile(settings.keys_file), self.core)
         self.timeout = settings.route_timeout_ms / 1000
-        self.channels = ClusterChannels(
-            cluster,
-            down_seconds=settings.route_down_seconds,
-            hedge_after=settings.route_hedge_after_ms / 1000 or None,
-            hedge_budget=settings.route_hedge_budget,
-            credentials=node_credentials(settings),
-        )
-        self.metrics.add_collector(HedgeCollector(self.channels))
+        self.channels = self._channels_for(cluster)
+        self.metrics.add_collector(HedgeCollector(lambda: self.channels))
         #: per replica endpoint: did its last health check say SERVING
         self.replica_ready: dict[str, bool] = {}
         self._probe_task: asyncio.Task[None] | None = None
@@ -210,6 +205,61 @@ class FeatureRouter(Frontend):
     @property
     def registry(self) -> Registry:
         return self._registry
+
+    def _channels_for(self, cluster: ClusterMap) -> ClusterChannels:
+        s = self.settings
+        return ClusterChannels(
+            cluster,
+            down_seconds=s.route_down_seconds,
+            hedge_after=s.route_hedge_after_ms / 1000 or None,
+            hedge_budget=s.route_hedge_budget,
+            credentials=node_credentials(s),
+        )
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-reads the registry file and the cluster map file and routes the requests that
+        follow by them. Both are read and checked before anything is swapped; requests in
+        flight finish on the old channels, which close once the longest of them is over."""
+        s = self.settings
+        registry = Registry.from_yaml(s.config)
+        cluster = ClusterMap.load(s.cluster_map) if s.cluster_map else self.cluster
+        self.core.reload(
+            registry.to_core_json(),
+            cluster.shard_count,
+            sharded_views(registry, cluster.topic_partitions),
+        )
+        self._registry = registry
+        changed = cluster != self.cluster
+        if changed:
+            for shard, endpoints in self.cluster.shards.items():
+                for e in endpoints:
+                    with contextlib.suppress(KeyError):
+                        self.router_metrics.replica_ready.remove(str(shard), e)
+            old = self.channels
+            self.channels = self._channels_for(cluster)
+            self.channels.hedges = old.hedges
+            self.cluster = cluster
+            self.router_metrics.per_shard = self.router_metrics.shard_children(
+                sorted(cluster.shards)
+            )
+            self.replica_ready = {}
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.timeout + 1.0, lambda: loop.create_task(old.close()))
+            await self.probe_replicas()
+        log.info(
+            "reloaded: %d feature views, cluster map %s",
+            len(registry.feature_views),
+            "changed" if changed else "unchanged",
+        )
+        return {
+            "feature_views": sorted(registry.feature_views),
+            "cluster_changed": changed,
+            "cluster": cluster.to_dict(),
+        }
+
+    async def _admin_reload(self, request: web.Request) -> web.Response:
+        self._require_admin(request)
+        return web.json_response(await self.reload())
 
     # -- the routed call -------------------------------------------------------------------
 
@@ -279,6 +329,7 @@ class FeatureRouter(Frontend):
 
     def _extra_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/cluster", self._http_cluster)
+        app.router.add_post("/admin/reload", self._admin_reload)
 
     def _http_handler(self, api: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:

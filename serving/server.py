@@ -334,6 +334,13 @@ class Frontend(ABC):
     def _extra_routes(self, app: web.Application) -> None:
         """Adds the routes only this kind of frontend has."""
 
+    def _require_admin(self, request: web.Request) -> None:
+        p = self._principal(request)
+        if self.auth is not None:
+            if p is None:
+                raise UnauthenticatedError("missing API key")
+            p.require_admin()
+
     @staticmethod
     async def _serving_body(request: web.Request) -> tuple[bytes, int | None]:
         """The body of a serving request and the caller's read scope (None: everything)."""
@@ -787,13 +794,6 @@ class FeatureServer(Frontend):
                         lag[(str(st.get("topic", view)), int(partition))] = int(n)
             out.append({"loader": "kafka", "views": kviews, "lag": lag})
         return out
-
-    def _require_admin(self, request: web.Request) -> None:
-        p = self._principal(request)
-        if self.auth is not None:
-            if p is None:
-                raise UnauthenticatedError("missing API key")
-            p.require_admin()
 
     async def _json_body(self, request: web.Request) -> dict[str, Any]:
         try:

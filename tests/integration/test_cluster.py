@@ -609,3 +609,79 @@ def test_router_talks_mutual_tls_to_nodes(tmp_path: Path) -> None:
     finally:
         for p in procs:
             stop_server(p)
+
+
+def test_router_reloads_registry_and_cluster_map(tmp_path: Path) -> None:
+    """POST /admin/reload (admin key): a new cluster map moves the traffic, a new registry
+    makes a view routable; a broken file changes nothing."""
+    config = tmp_path / "features.yaml"
+    both = PLAIN_REGISTRY.replace("DTYPE", "int64") + (
+        "  - name: extra\n    entities: [user]\n    features: [{name: z, dtype: int64}]\n"
+    )
+    config.write_text(both)
+    nodes = []
+    for name, base in (("a", 100), ("b", 200)):
+        with Store(tmp_path / name, Registry.from_yaml(config)) as store:
+            for view, col in (("users", "seq"), ("extra", "z")):
+                store.write(
+                    view,
+                    pa.table(
+                        {
+                            "user_id": pa.array([1], pa.int64()),
+                            "event_timestamp": pa.array([T0 * 10**6], pa.timestamp("us", tz="UTC")),
+                            col: pa.array([base], pa.int64()),
+                        }
+                    ),
+                )
+    keys = KeyFile(tmp_path / "keys.json")
+    reader, _ = keys.create("reader", read=["*"])
+    admin, _ = keys.create("ops", read=["*"], admin=True)
+    procs: list[Server] = []
+    try:
+        for name in ("a", "b"):
+            args = ["serve", "--config", str(config), "--data-dir", str(tmp_path / name)]
+            nodes.append(start_cli([*args, "--no-auth"], tmp_path / f"{name}.log"))
+            procs.append(nodes[-1])
+        router_config = tmp_path / "router.yaml"
+        router_config.write_text(PLAIN_REGISTRY.replace("DTYPE", "int64"))  # no view 'extra'
+        cmap = tmp_path / "cluster.yaml"
+        cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{nodes[0].grpc}']\n")
+        router = start_cli(
+            ["route", "--config", str(router_config), "--cluster-map", str(cmap),
+             "--keys-file", str(tmp_path / "keys.json")],
+            tmp_path / "router.log",
+        )  # fmt: skip
+        procs.append(router)
+
+        def seq(view: str = "users", feature: str = "seq") -> tuple[int, Any]:
+            return post(
+                router,
+                "/get-online-features",
+                {"features": [f"{view}:{feature}"], "entities": {"user_id": [1]}},
+                reader,
+            )
+
+        assert seq()[1]["results"][1]["values"] == [100]
+        assert seq("extra", "z")[0] == 404
+        # a non-admin key may not reload
+        status, got = post(router, "/admin/reload", {}, reader)
+        assert status == 403, got
+        # a broken map: refused, nothing changed
+        cmap.write_text("topic_partitions: 1\nshards: {1: ['127.0.0.1:1']}\n")
+        status, got = post(router, "/admin/reload", {}, admin)
+        assert status == 400, got
+        assert seq()[1]["results"][1]["values"] == [100]
+        # node b, and the registry with 'extra'
+        cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{nodes[1].grpc}']\n")
+        router_config.write_text(both)
+        status, got = post(router, "/admin/reload", {}, admin)
+        assert status == 200, got
+        assert got["cluster_changed"] is True
+        assert got["feature_views"] == ["extra", "users"]
+        assert seq()[1]["results"][1]["values"] == [200]
+        assert seq("extra", "z")[1]["results"][1]["values"] == [200]
+        body = ready_body(router)
+        assert body["shards"] == {"0": {f"127.0.0.1:{nodes[1].grpc}": True}}, body
+    finally:
+        for p in procs:
+            stop_server(p)

@@ -31,6 +31,7 @@ from tests.integration.test_server import (
     TEST_REGISTRY,
     Server,
     free_port,
+    start_cli,
     start_server,
     stop_server,
 )
@@ -44,8 +45,14 @@ METRICS_PY = ROOT / "serving" / "metrics.py"
 #: metric families that only have samples when a Kafka loader runs in the server (none does in
 #: these tests): they are checked against the names serving/metrics.py declares instead
 LOADER_ONLY = frozenset(
-    {"feature_serving_kafka_lag_messages", "feature_serving_loader_dead_letters"}
+    {
+        "feature_serving_kafka_lag_messages",
+        "feature_serving_loader_dead_letters",
+        "feature_serving_kafka_misrouted_records",
+    }
 )
+#: families only a router (`feature-serving route`) exposes: checked against a router's /metrics
+ROUTER_ONLY_PREFIX = "feature_serving_router_"
 UNKNOWN_USER = 10**9
 
 _ANCHOR = '    features: [{name: "f{000..199}", dtype: float32}]\n'
@@ -286,6 +293,20 @@ def test_every_metric_in_dashboard_and_rules_is_exposed(env: Env) -> None:
     s = env.server
     lookup(s, ["user_profile:f000", "item_stats:ctr"], {"user_id": [1], "item_id": ["item-1"]})
     with_samples, empty = exposed_names(scrape(s))
+    # a router in front of the node, for the router's own families
+    cmap = env.tmp / "cluster.yaml"
+    cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{s.grpc}']\n")
+    router = start_cli(
+        ["route", "--config", str(env.tmp / "features.yaml"), "--cluster-map", str(cmap),
+         "--no-auth"],
+        env.tmp / "router.log",
+    )  # fmt: skip
+    try:
+        assert lookup(router, ["user_profile:f000"], {"user_id": [1]}) == 200
+        routed, routed_empty = exposed_names(scrape(router))
+    finally:
+        stop_server(router)
+    assert any(n.startswith(ROUTER_ONLY_PREFIX) for n in routed), routed
     declared = METRICS_PY.read_text()
     used = {
         "dashboard": {n for e in dashboard_exprs() for n in _NAME.findall(e)},
@@ -295,6 +316,9 @@ def test_every_metric_in_dashboard_and_rules_is_exposed(env: Env) -> None:
     assert len(used["alerts"]) >= 8, used
     for where, names in used.items():
         for name in sorted(names):
+            if name.startswith(ROUTER_ONLY_PREFIX):
+                assert name in routed or name in routed_empty, f"{where} uses {name}: not exposed"
+                continue
             if name in with_samples:
                 continue
             # The Kafka loader's families are declared (HELP / TYPE) but have no samples

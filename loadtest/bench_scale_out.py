@@ -336,7 +336,12 @@ def cluster_up(args: argparse.Namespace) -> Iterator[Cluster]:
             json.dumps(
                 {
                     "topic_partitions": PARTITIONS,
-                    "shards": {str(k): [p.target] for k, p in enumerate(shards)},
+                    # both addresses: the router sends its parts over the nodes' HTTP port
+                    # (its default transport when the map gives them)
+                    "shards": {
+                        str(k): [{"grpc": p.target, "http": f"127.0.0.1:{p.http}"}]
+                        for k, p in enumerate(shards)
+                    },
                 }
             )
         )

@@ -20,16 +20,20 @@ when the first is slow, all within one deadline. The routing clients
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import json
 import math
 import os
 import re
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import grpc.aio
 import yaml
@@ -131,6 +135,10 @@ class ClusterMap:
 
     shards: dict[int, list[str]]
     topic_partitions: int
+    #: gRPC endpoint -> HTTP address ("host:port") of the same replica, where the map gives
+    #: one (``{grpc: ..., http: ...}`` entries); a router sends its parts over HTTP to shards
+    #: whose replicas all have one
+    http: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.shards, Mapping) or not self.shards:
@@ -140,6 +148,7 @@ class ClusterMap:
             )
         _int(self.topic_partitions, "topic_partitions", 1)
         shards: dict[int, list[str]] = {}
+        http = {str(g): str(h) for g, h in (self.http or {}).items()}
         for key, eps in self.shards.items():
             k = _shard_index(key)
             if k in shards:
@@ -150,7 +159,21 @@ class ClusterMap:
                 )
             if not eps:
                 raise ClusterMapError(f"shard {k} has no endpoint")
-            shards[k] = [_check_endpoint(k, ep) for ep in eps]
+            shards[k] = []
+            for ep in eps:
+                if isinstance(ep, Mapping):
+                    extra = sorted(str(x) for x in ep if x not in ("grpc", "http"))
+                    if extra or "grpc" not in ep:
+                        raise ClusterMapError(
+                            f"shard {k}: an endpoint is 'host:port' or {{grpc: 'host:port', "
+                            f"http: 'host:port'}}, got {dict(ep)!r}"
+                        )
+                    grpc_ep = _check_endpoint(k, ep["grpc"])
+                    if "http" in ep:
+                        http[grpc_ep] = _check_endpoint(k, ep["http"])
+                    shards[k].append(grpc_ep)
+                else:
+                    shards[k].append(_check_endpoint(k, ep))
         n = len(shards)
         if sorted(shards) != list(range(n)):
             missing = sorted(set(range(n)) - set(shards))
@@ -165,8 +188,20 @@ class ClusterMap:
                     where = "twice in shard" if owner[ep] == k else f"in shards {owner[ep]} and"
                     raise ClusterMapError(f"endpoint {ep} is listed {where} {k}")
                 owner[ep] = k
+        stray = sorted(set(http) - set(owner))
+        if stray:
+            raise ClusterMapError(f"HTTP addresses given for endpoints not in the map: {stray}")
         # normalized: int keys in index order, plain lists (the caller's objects are not kept)
         object.__setattr__(self, "shards", {k: list(shards[k]) for k in range(n)})
+        object.__setattr__(self, "http", http)
+
+    def http_of(self, shard: int) -> list[str] | None:
+        """The HTTP addresses of a shard's replicas (in ``shards`` order), or None unless the
+        map gives one for every replica of the shard."""
+        eps = self.shards[shard]
+        if not all(ep in self.http for ep in eps):
+            return None
+        return [self.http[ep] for ep in eps]
 
     @property
     def shard_count(self) -> int:
@@ -201,7 +236,10 @@ class ClusterMap:
         reads; ``json.dumps`` turns the indices into strings, which it reads too)."""
         return {
             "topic_partitions": self.topic_partitions,
-            "shards": {k: list(eps) for k, eps in self.shards.items()},
+            "shards": {
+                k: [{"grpc": ep, "http": self.http[ep]} if ep in self.http else ep for ep in eps]
+                for k, eps in self.shards.items()
+            },
         }
 
     @classmethod
@@ -220,17 +258,23 @@ class ClusterMap:
     def to_proto(self) -> pb.ClusterMap:
         msg = pb.ClusterMap(topic_partitions=self.topic_partitions)
         for k, eps in self.shards.items():
-            msg.shards.add(index=k, endpoints=eps)
+            msg.shards.add(
+                index=k,
+                endpoints=eps,
+                http_endpoints=[self.http.get(ep, "") for ep in eps] if self.http else [],
+            )
         return msg
 
     @classmethod
     def from_proto(cls, msg: pb.ClusterMap) -> ClusterMap:
         shards: dict[int, list[str]] = {}
+        http: dict[str, str] = {}
         for s in msg.shards:
             if s.index in shards:
                 raise ClusterMapError(f"shard {s.index} is listed twice")
             shards[s.index] = list(s.endpoints)
-        return cls(shards=shards, topic_partitions=msg.topic_partitions)
+            http.update((g, h) for g, h in zip(s.endpoints, s.http_endpoints, strict=False) if h)
+        return cls(shards=shards, topic_partitions=msg.topic_partitions, http=http)
 
     @classmethod
     def fetch(
@@ -523,7 +567,7 @@ class ClusterChannels:
             for ep in order:
                 left = self._left(deadline, loop, shard, failures)
                 try:
-                    out: bytes = await self._callable(ep, method)(body, timeout=left, metadata=md)
+                    out = await self._attempt(ep, method, body, md, left)
                 except grpc.aio.AioRpcError as e:
                     if e.code() != grpc.StatusCode.UNAVAILABLE:
                         raise
@@ -640,3 +684,107 @@ class ClusterChannels:
         self._calls.clear()
         for ch in channels:
             await ch.close(None)
+
+
+def _status_of_code() -> dict[str, grpc.StatusCode]:
+    """``serving.errors`` code (the JSON error body's) -> gRPC status, from the classes."""
+    out: dict[str, grpc.StatusCode] = {}
+    todo: list[type[FeatureServingError]] = [FeatureServingError]
+    while todo:
+        cls = todo.pop()
+        out.setdefault(cls.code, grpc.StatusCode[cls.grpc_status])
+        todo.extend(cls.__subclasses__())
+    return out
+
+
+_STATUS_OF_CODE = _status_of_code()
+_STATUS_OF_HTTP = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+class HttpClusterChannels(ClusterChannels):
+    """:class:`ClusterChannels` whose calls of the methods in ``http_paths`` go to a replica's
+    HTTP address (``ClusterMap.http``) as ``POST <path>`` over keep-alive connections, when the
+    map gives the replica one; everything else goes over gRPC as before.
+
+    An aiohttp call costs the caller about half the CPU of a ``grpc.aio`` call, and a node
+    answers HTTP at about 3x the rate of gRPC (docs/benchmarks.md, "Scale-out"). Failures are
+    raised as the :class:`grpc.aio.AioRpcError` of the matching status (the node's JSON error
+    code, else its HTTP status; connection failures UNAVAILABLE, timeouts DEADLINE_EXCEEDED),
+    so fail-over, hedging and the callers' error handling are the same on both transports.
+    """
+
+    def __init__(
+        self,
+        cluster: ClusterMap,
+        *,
+        http_paths: Mapping[str, str],
+        ssl_context: ssl.SSLContext | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(cluster, **options)
+        self._paths = dict(http_paths)
+        self._ssl = ssl_context
+        self._scheme = "https" if ssl_context is not None else "http"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _attempt(
+        self,
+        endpoint: str,
+        method: str,
+        body: bytes,
+        metadata: tuple[tuple[str, str], ...] | None,
+        timeout: float | None,
+    ) -> bytes:
+        address = self.cluster.http.get(endpoint)
+        path = self._paths.get(method)
+        if address is None or path is None:
+            return await super()._attempt(endpoint, method, body, metadata, timeout)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl or False),
+                skip_auto_headers=("User-Agent",),
+            )
+        headers = {"Content-Type": "application/octet-stream", **dict(metadata or ())}
+        url = f"{self._scheme}://{address}{path}"
+        try:
+            async with self._session.post(
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as r:
+                data = await r.read()
+                status = r.status
+        except TimeoutError:
+            raise _rpc_error(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"{address}: no answer in time"
+            ) from None
+        except aiohttp.ClientError as e:
+            raise _rpc_error(grpc.StatusCode.UNAVAILABLE, f"{address}: {e}") from None
+        if status == 200:
+            return data
+        code, message = "", data.decode("utf-8", "replace")
+        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+            err = json.loads(data)["error"]
+            code, message = str(err["code"]), str(err["message"])
+        grpc_code = _STATUS_OF_CODE.get(code) or _STATUS_OF_HTTP.get(
+            status, grpc.StatusCode.INTERNAL
+        )
+        raise _rpc_error(grpc_code, message)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        await super().close()

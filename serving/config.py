@@ -100,6 +100,10 @@ class ServeSettings:
     #: ... but hedge at most this fraction of parts over time (plus a reserve of 10): when
     #: every replica is slow (overload), unbounded hedging would double the load
     route_hedge_budget: float = 0.1
+    #: how a router sends parts to the nodes: `auto` over HTTP to replicas whose HTTP
+    #: address the cluster map gives (half the CPU of gRPC per part, docs/benchmarks.md),
+    #: gRPC to the others; `grpc` always gRPC; `http` requires every HTTP address
+    route_transport: str = "auto"
     #: a replica that refused a connection is avoided for this long
     route_down_seconds: float = 5.0
     #: how often the router health-checks every replica (not SERVING = avoided)
@@ -341,6 +345,12 @@ def add_route_flags(p: argparse.ArgumentParser) -> None:
         "--route-hedge-after-ms",
         type=float,
         help="also ask another replica when one has not answered within this (default 50; 0 = off)",
+    )
+    p.add_argument(
+        "--route-transport",
+        choices=("auto", "grpc", "http"),
+        help="parts to the nodes over HTTP where the map gives HTTP addresses (auto, default), "
+        "always gRPC, or always HTTP",
     )
     p.add_argument(
         "--route-hedge-budget",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
@@ -34,7 +35,7 @@ from prometheus_client.registry import Collector
 
 from serving import __version__, _rust_core
 from serving.auth import Authenticator, KeyFile
-from serving.cluster import GRPC_ERRORS, ClusterChannels, ClusterMap
+from serving.cluster import GRPC_ERRORS, ClusterChannels, ClusterMap, HttpClusterChannels
 from serving.config import ServeSettings
 from serving.errors import (
     DeadlineExceededError,
@@ -61,6 +62,8 @@ log = logging.getLogger("serving.router")
 
 #: the node method that answers a router's part of a request (raw cells, see rust_core/src/route.rs)
 CELLS_METHOD = f"/{V1_SERVICE}/GetCells"
+#: the same over a node's HTTP port
+CELLS_PATH = "/v1/cells"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 
 #: a node's gRPC status -> what the router answers (the rest as a client maps them)
@@ -110,6 +113,16 @@ def node_credentials(s: ServeSettings) -> grpc.ChannelCredentials | None:
     if s.node_tls_cert:
         return grpc.ssl_channel_credentials(ca, _read(s.node_tls_key), _read(s.node_tls_cert))
     return grpc.ssl_channel_credentials(ca)
+
+
+def node_ssl_context(s: ServeSettings) -> ssl.SSLContext | None:
+    """The TLS context of the HTTP parts (the same files as :func:`node_credentials`)."""
+    if node_credentials(s) is None:
+        return None
+    ctx = ssl.create_default_context(cafile=s.node_tls_ca)
+    if s.node_tls_cert:
+        ctx.load_cert_chain(s.node_tls_cert, s.node_tls_key)
+    return ctx
 
 
 class RouterMetrics:
@@ -207,13 +220,34 @@ class FeatureRouter(Frontend):
         return self._registry
 
     def _channels_for(self, cluster: ClusterMap) -> ClusterChannels:
+        """Channels to the cluster's replicas: parts over HTTP to replicas whose HTTP address
+        the map gives (``--route-transport auto``, the default, or ``http``, which requires
+        one for every replica), over gRPC otherwise; health checks always over gRPC."""
         s = self.settings
-        return ClusterChannels(
+        options: dict[str, Any] = {
+            "down_seconds": s.route_down_seconds,
+            "hedge_after": s.route_hedge_after_ms / 1000 or None,
+            "hedge_budget": s.route_hedge_budget,
+            "credentials": node_credentials(s),
+        }
+        if s.route_transport not in ("auto", "grpc", "http"):
+            raise InvalidArgumentError(
+                f"--route-transport must be auto, grpc or http, not {s.route_transport!r}"
+            )
+        if s.route_transport == "grpc":
+            return ClusterChannels(cluster, **options)
+        if s.route_transport == "http":
+            missing = [e for e in cluster.endpoints if e not in cluster.http]
+            if missing:
+                raise InvalidArgumentError(
+                    f"--route-transport http: the cluster map gives no HTTP address for "
+                    f"{missing} (write {{grpc: 'host:port', http: 'host:port'}})"
+                )
+        return HttpClusterChannels(
             cluster,
-            down_seconds=s.route_down_seconds,
-            hedge_after=s.route_hedge_after_ms / 1000 or None,
-            hedge_budget=s.route_hedge_budget,
-            credentials=node_credentials(s),
+            http_paths={CELLS_METHOD: CELLS_PATH},
+            ssl_context=node_ssl_context(s),
+            **options,
         )
 
     async def reload(self) -> dict[str, Any]:

@@ -60,6 +60,7 @@ OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 HTTP_ROUTES = {
     "/get-online-features": ("feast-http", "get-online-features"),
     "/v1/feature-vector": ("http", "feature-vector"),
+    "/v1/cells": ("http", "cells"),
 }
 
 
@@ -743,6 +744,8 @@ class FeatureServer(Frontend):
         return {
             "/get-online-features": self._http_handler("feast_http"),
             "/v1/feature-vector": self._http_handler("v1_http"),
+            # internal: a router's part of a request over HTTP (serving/router.py)
+            "/v1/cells": self._http_handler("cells", "application/octet-stream"),
         }
 
     def _extra_routes(self, app: web.Application) -> None:
@@ -928,7 +931,9 @@ class FeatureServer(Frontend):
         self._configure_sharding()
         return web.json_response({"changes": changes})
 
-    def _http_handler(self, api: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _http_handler(
+        self, api: str, content_type: str = JSON
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
         serve = self._core.serve
         batcher = self.batcher
         guard = self.guard
@@ -943,7 +948,7 @@ class FeatureServer(Frontend):
                 out = await guard.serve_overflow(api, body, scope)
             else:
                 out = serve(api, body, scope)
-            return web.Response(body=out, content_type=JSON)
+            return web.Response(body=out, content_type=content_type)
 
         return handle
 

@@ -230,3 +230,35 @@ def test_every_replica_unreachable_is_unavailable_naming_shard_and_endpoints() -
 def test_hedge_after_must_not_be_negative() -> None:
     with pytest.raises(InvalidArgumentError, match="hedge_after"):
         ClusterChannels(ClusterMap.from_dict(GOOD), hedge_after=-1)
+
+
+def test_http_addresses_in_the_map() -> None:
+    """Endpoints may name their replica's HTTP address too ({grpc, http}); a shard has HTTP
+    addresses only when every replica has one; they survive dict, JSON, YAML and proto."""
+    d = {
+        "topic_partitions": 4,
+        "shards": {
+            0: [{"grpc": "a:6565", "http": "a:6566"}, {"grpc": "b:6565", "http": "b:6566"}],
+            1: [{"grpc": "c:6565", "http": "c:6566"}, "d:6565"],
+        },
+    }
+    m = ClusterMap.from_dict(d)
+    assert m.shards == {0: ["a:6565", "b:6565"], 1: ["c:6565", "d:6565"]}
+    assert m.http_of(0) == ["a:6566", "b:6566"]
+    assert m.http_of(1) is None  # d has none
+    assert m.to_dict()["shards"][1] == [{"grpc": "c:6565", "http": "c:6566"}, "d:6565"]
+    assert ClusterMap.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    assert ClusterMap.from_proto(m.to_proto()) == m
+    plain = ClusterMap.from_dict({"topic_partitions": 4, "shards": {0: ["a:6565"]}})
+    assert plain.http == {}
+    assert plain.http_of(0) is None
+    assert ClusterMap.from_proto(plain.to_proto()) == plain
+    for bad, message in [
+        ({"grpc": "a:6565", "http": "nope"}, "not 'host:port'"),
+        ({"http": "a:6566"}, "an endpoint is 'host:port' or"),
+        ({"grpc": "a:6565", "https": "a:6566"}, "an endpoint is 'host:port' or"),
+    ]:
+        with pytest.raises(ClusterMapError, match=message):
+            ClusterMap.from_dict({"topic_partitions": 1, "shards": {0: [bad]}})
+    with pytest.raises(ClusterMapError, match="not in the map"):
+        ClusterMap({0: ["a:6565"]}, 1, http={"z:1": "z:2"})

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import random
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -107,13 +108,20 @@ class Cluster:
         self.admin, _ = keys.create("ops", read=["*"], admin=True)
         self.procs: list[Server] = []
 
-    def node(self, name: str, shard: int, *extra: str, grpc_port: int | None = None) -> Server:
+    def node(
+        self,
+        name: str,
+        shard: int,
+        *extra: str,
+        grpc_port: int | None = None,
+        http_port: int | None = None,
+    ) -> Server:
         server = start_cli(
             ["serve", "--config", str(self.config), "--data-dir", str(self.tmp / name),
              "--keys-file", str(self.keys_file), "--max-ready-lag", "0",
              "--shard-index", str(shard), "--shard-count", str(SHARDS),
              "--topic-partitions", str(PARTITIONS), *extra],
-            self.tmp / f"{name}.log", grpc_port=grpc_port,
+            self.tmp / f"{name}.log", http_port, grpc_port,
         )  # fmt: skip
         self.procs.append(server)
         return server
@@ -186,11 +194,16 @@ def wait_until(server: Server, users: list[int], gen: int, key: str, timeout: fl
     raise AssertionError(f"{server.url} did not reach generation {gen}: {str(got)[:400]}")
 
 
-def write_cluster_map(path: Path, shards: dict[int, list[int]]) -> ClusterMap:
+def write_cluster_map(path: Path, shards: dict[int, list[tuple[int, int]]]) -> ClusterMap:
+    """The map of (gRPC port, HTTP port) replicas per shard, both addresses given: the
+    router sends its parts over HTTP (the default transport with HTTP addresses)."""
     cmap = ClusterMap.from_dict(
         {
             "topic_partitions": PARTITIONS,
-            "shards": {k: [f"127.0.0.1:{p}" for p in ports] for k, ports in shards.items()},
+            "shards": {
+                k: [{"grpc": f"127.0.0.1:{g}", "http": f"127.0.0.1:{h}"} for g, h in ports]
+                for k, ports in shards.items()
+            },
         }
     )
     path.write_text(json.dumps(cmap.to_dict()))
@@ -255,10 +268,18 @@ def test_three_node_cluster_through_router_and_client(cluster: Cluster) -> None:
 
     # The map also names a third shard-0 replica that does not run yet: the router starts
     # ready (every shard has a SERVING replica) and avoids the missing one.
-    spare_port = free_port()
+    spare_port, spare_http = free_port(), free_port()
     cmap_path = cluster.tmp / "cluster.json"
     cmap = write_cluster_map(
-        cmap_path, {0: [shard0a.grpc, shard0b.grpc, spare_port], 1: [shard1.grpc]}
+        cmap_path,
+        {
+            0: [
+                (shard0a.grpc, shard0a.http),
+                (shard0b.grpc, shard0b.http),
+                (spare_port, spare_http),
+            ],
+            1: [(shard1.grpc, shard1.http)],
+        },
     )
     router = cluster.router(cmap_path)
     assert ready_shards(ready_body(router)) == {"0": 2, "1": 1}
@@ -359,6 +380,16 @@ def test_three_node_cluster_through_router_and_client(cluster: Cluster) -> None:
         "over_budget",
     }
 
+    # the parts went over the nodes' HTTP port (the map gives HTTP addresses)
+    with urllib.request.urlopen(shard1.url + "/metrics", timeout=10) as r:
+        node_families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+    cells = [
+        s.value
+        for s in node_families["feature_serving_requests"].samples
+        if s.labels.get("method") == "cells" and s.labels.get("api") == "http"
+    ]
+    assert sum(cells) > 100, cells
+
     # 5. a fresh replica restored from a snapshot of a serving node catches up and serves
     # the newest values: snapshot shard0b through its admin API, then newer records arrive
     snap = cluster.tmp / "snaps" / "shard0"
@@ -370,7 +401,9 @@ def test_three_node_cluster_through_router_and_client(cluster: Cluster) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     newer = mine[0][:500] + mine[1][:500]
     produce_rows(cluster.producer, cluster.view, rows(newer, 2))
-    shard0c = cluster.node("shard0c", 0, "--restore-from", str(snap), grpc_port=spare_port)
+    shard0c = cluster.node(
+        "shard0c", 0, "--restore-from", str(snap), grpc_port=spare_port, http_port=spare_http
+    )
     gen = {u: 2 if u in set(newer) else 1 for u in range(N)}
     wait_until(shard0c, mine[0][:500], 2, cluster.reader)
     stop_server(shard0b)  # shard 0 is now served by the restored replica alone
@@ -538,9 +571,11 @@ def test_router_refuses_what_it_cannot_answer(tmp_path: Path) -> None:
         assert msg in done.stderr, done.stderr[-1000:]
 
 
-def test_router_talks_mutual_tls_to_nodes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_router_talks_mutual_tls_to_nodes(tmp_path: Path, transport: str) -> None:
     """Nodes serving TLS with client certificates required: the router reaches them with
-    --node-tls-ca/--node-tls-cert/--node-tls-key, and without them the shard is unreachable."""
+    --node-tls-ca/--node-tls-cert/--node-tls-key, over gRPC or (the map giving the node's HTTP
+    address) HTTPS, and without a client certificate the shard is unreachable."""
     import shutil
 
     from tests.integration.test_auth import _make_certs
@@ -579,9 +614,15 @@ def test_router_talks_mutual_tls_to_nodes(tmp_path: Path) -> None:
     procs = [node]
     try:
         cmap = tmp_path / "cluster.yaml"
-        cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{grpc_port}']\n")
+        entry = (
+            f"{{grpc: '127.0.0.1:{grpc_port}', http: '127.0.0.1:{http}'}}"
+            if transport == "http"
+            else f"'127.0.0.1:{grpc_port}'"
+        )
+        cmap.write_text(f"topic_partitions: 1\nshards:\n  0: [{entry}]\n")
         router = start_cli(
             ["route", "--config", str(config), "--cluster-map", str(cmap), "--no-auth",
+             "--route-transport", transport,
              "--node-tls-ca", str(tmp_path / "ca.pem"),
              "--node-tls-cert", str(tmp_path / "client.pem"),
              "--node-tls-key", str(tmp_path / "client.key")],
@@ -593,6 +634,21 @@ def test_router_talks_mutual_tls_to_nodes(tmp_path: Path) -> None:
         )
         assert status == 200, got
         assert got["results"][1]["values"] == [20, 10]
+        with urllib.request.urlopen(router.url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        # the node counted the part on the transport the router chose
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        ctx.load_cert_chain(str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
+        with urllib.request.urlopen(
+            f"https://127.0.0.1:{http}/metrics", timeout=10, context=ctx
+        ) as r:
+            node_text = r.read().decode()
+        method = 'method="cells"' if transport == "http" else 'method="GetCells"'
+        assert any(
+            line.startswith("feature_serving_requests_total{") and method in line
+            for line in node_text.splitlines()
+        ), node_text[-2000:]
+        assert "feature_serving_router_parts_total" in text
         # the same router without a client certificate cannot reach the node
         plain = start_cli(
             ["route", "--config", str(config), "--cluster-map", str(cmap), "--no-auth",

@@ -261,6 +261,12 @@ def add_frontend_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC and HTTP over TLS")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates (mutual TLS)")
+    p.add_argument(
+        "--max-loop-lag-ms",
+        type=float,
+        help="refuse serving requests (429 / RESOURCE_EXHAUSTED) while the event loop is more "
+        "than this behind (default 100; 0 = off)",
+    )
 
 
 def add_serve_flags(p: argparse.ArgumentParser) -> None:
@@ -291,12 +297,6 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, help="requests per batched call (default 64)")
     p.add_argument(
         "--max-queue", type=int, help="queued requests before 429 / RESOURCE_EXHAUSTED (512)"
-    )
-    p.add_argument(
-        "--max-loop-lag-ms",
-        type=float,
-        help="refuse serving requests (429 / RESOURCE_EXHAUSTED) while the event loop is more "
-        "than this behind (default 100; 0 = off)",
     )
     p.add_argument(
         "--shard-index",

@@ -41,6 +41,7 @@ from serving.errors import (
     DeadlineExceededError,
     FeatureServingError,
     InvalidArgumentError,
+    ResourceExhaustedError,
     SchemaError,
     ShardAnswerError,
     ShardUnavailableError,
@@ -54,6 +55,7 @@ from serving.server import (
     JSON,
     V1_SERVICE,
     Frontend,
+    LoopLagGuard,
     _principal,
     _read,
 )
@@ -211,6 +213,12 @@ class FeatureRouter(Frontend):
         self.timeout = settings.route_timeout_ms / 1000
         self.channels = self._channels_for(cluster)
         self.metrics.add_collector(HedgeCollector(lambda: self.channels))
+        #: overload guard: requests that start while the event loop is more than
+        #: --max-loop-lag-ms behind are refused at once (429 / RESOURCE_EXHAUSTED), which
+        #: bounds the queueing delay of admitted ones; None when 0
+        self.guard = (
+            LoopLagGuard(settings.max_loop_lag_ms / 1000) if settings.max_loop_lag_ms > 0 else None
+        )
         #: per replica endpoint: did its last health check say SERVING
         self.replica_ready: dict[str, bool] = {}
         self._probe_task: asyncio.Task[None] | None = None
@@ -306,6 +314,9 @@ class FeatureRouter(Frontend):
         timeout: float | None,
     ) -> bytes:
         """Splits, fans out, merges. ``timeout``: the caller's remaining deadline (seconds)."""
+        if self.guard is not None and self.guard.behind():
+            self.guard.shed += 1
+            raise ResourceExhaustedError("router overloaded: event loop behind; retry with backoff")
         routed = self.core.route(api, body, scope)
         parts = routed.parts()
         budget = self.timeout if timeout is None else min(timeout, self.timeout)
@@ -461,6 +472,8 @@ class FeatureRouter(Frontend):
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.guard is not None:
+            self.guard.start(asyncio.get_running_loop())
         await self._listen()
         if self.auth is None:
             log.warning("routing WITHOUT authentication (--no-auth)")
@@ -480,6 +493,8 @@ class FeatureRouter(Frontend):
         if self._probe_task is not None:
             self._probe_task.cancel()
         await self._close_listeners()
+        if self.guard is not None:
+            self.guard.stop()
         await self.channels.close()
         log.info("stopped")
 

@@ -114,3 +114,43 @@ def test_scopes_are_checked_before_splitting_and_travel_with_the_parts(
         core.route("feast_http", body, 7)
     with pytest.raises(InvalidArgumentError, match="a router does not answer GetCells"):
         core.route("cells", parts[0][1])
+
+
+def test_router_refuses_at_once_while_its_event_loop_is_behind(tmp_path: Path) -> None:
+    """The router's overload guard (--max-loop-lag-ms): a request that starts while the loop
+    is behind is refused with RESOURCE_EXHAUSTED before any part is sent."""
+    import asyncio
+
+    from serving.cluster import ClusterMap
+    from serving.config import ServeSettings
+    from serving.errors import ResourceExhaustedError
+    from serving.router import FeatureRouter
+
+    config = tmp_path / "features.yaml"
+    config.write_text(REGISTRY)
+    registry = Registry.from_yaml(config)
+    cluster = ClusterMap({0: ["127.0.0.1:9"]}, 1)  # nothing listens: no part may be sent
+    body = json.dumps({"features": ["users:seq"], "entities": {"user_id": [1]}}).encode()
+
+    async def scenario() -> None:
+        router = FeatureRouter(registry, cluster, ServeSettings(no_auth=True, max_loop_lag_ms=20))
+        assert router.guard is not None
+        loop = asyncio.get_running_loop()
+        router.guard.start(loop)
+        try:
+            router.guard.due = loop.time() - 1.0  # the loop is a second behind its timer
+            with pytest.raises(ResourceExhaustedError, match="router overloaded"):
+                await router.route("feast_http", body, None, None, 1.0)
+            assert router.guard.shed == 1
+            sent = router.metrics.registry.get_sample_value(
+                "feature_serving_router_parts_total", {"shard": "0"}
+            )
+            assert sent == 0  # no part was sent
+        finally:
+            router.guard.stop()
+            await router.channels.close()
+        off = FeatureRouter(registry, cluster, ServeSettings(no_auth=True, max_loop_lag_ms=0))
+        assert off.guard is None
+        await off.channels.close()
+
+    asyncio.run(scenario())

@@ -45,7 +45,6 @@ from serving.errors import (
     SchemaError,
     ShardAnswerError,
     ShardUnavailableError,
-    StorageError,
     UnauthenticatedError,
     WrongShardError,
 )
@@ -84,13 +83,13 @@ def node_error(shard: int, e: grpc.aio.AioRpcError) -> FeatureServingError:
         if "belongs to shard" in details:
             return WrongShardError(f"{details} (the router's cluster map sent it to shard {shard})")
         return SchemaError(details)
-    if code == grpc.StatusCode.UNAVAILABLE and "storage" in details.lower():
-        return StorageError(details)
     cls = _NODE_ERRORS.get(code)
     if cls is None:
         return ShardAnswerError(f"shard {shard} answered {code.name}: {details}")
-    if cls is ShardUnavailableError:
-        return ShardUnavailableError(f"shard {shard}: {details}")
+    if cls is ShardUnavailableError and not details.startswith(f"shard {shard}:"):
+        # UNAVAILABLE from ClusterChannels names the shard and the replicas tried already;
+        # a replica's own UNAVAILABLE (a storage error, a stopping node) was failed over
+        details = f"shard {shard}: {details}"
     return cls(details)
 
 

@@ -30,6 +30,11 @@ class ServeSettings:
     host: str = "127.0.0.1"
     grpc_port: int = 6565
     http_port: int = 6566
+    #: listen backlog of the HTTP port: connections the kernel completes while the event loop
+    #: is busy. aiohttp's default of 128 overflows under a burst of new connections at
+    #: overload, and a dropped SYN costs the client a 1 s retransmit (capped by the kernel's
+    #: net.core.somaxconn)
+    http_backlog: int = 1024
     #: RAM budget of the hot tier (0 disables it) and of RocksDB's block cache
     hot_tier_bytes: int = 256 << 20
     block_cache_bytes: int = 256 << 20
@@ -225,6 +230,9 @@ def add_frontend_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 6565; 0 = any free)")
     p.add_argument("--http-port", type=int, help="HTTP port (default 6566; 0 = any free)")
+    p.add_argument(
+        "--http-backlog", type=int, help="listen backlog of the HTTP port (default 1024)"
+    )
     p.add_argument("--max-entities", type=int, help="entities per request (default 1000)")
     p.add_argument("--max-features", type=int, help="features per request (default 1000)")
     p.add_argument("--max-message-bytes", type=int, help="request size limit (default 16 MiB)")

@@ -443,7 +443,12 @@ class Frontend(ABC):
         )
         await self._runner.setup()
         site = web.TCPSite(
-            self._runner, s.host, s.http_port, reuse_address=True, ssl_context=_ssl_context(s)
+            self._runner,
+            s.host,
+            s.http_port,
+            reuse_address=True,
+            ssl_context=_ssl_context(s),
+            backlog=s.http_backlog,
         )
         await site.start()
         server = getattr(site, "_server", None)

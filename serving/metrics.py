@@ -104,10 +104,12 @@ class CoreCollector(Collector):
         core: Any,
         views: Callable[[], dict[str, int]],
         loaders: Callable[[], list[dict[str, Any]]] | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self._core = core
         self._views_ttl = views
         self._loaders = loaders
+        self._ready = ready
 
     def collect(self) -> Iterator[Metric]:
         if self._core.closed:
@@ -191,6 +193,13 @@ class CoreCollector(Collector):
         for view, seconds in self._views_ttl().items():
             ttl.add_metric([view], seconds)
         yield ttl
+        if self._ready is not None:
+            yield GaugeMetricFamily(
+                f"{NS}_ready",
+                "1 while the node is ready (what /readyz and gRPC health answer: store open, "
+                "Kafka loaders caught up), else 0",
+                value=1 if self._ready() else 0,
+            )
         if self._loaders is not None:
             yield from _loader_metrics(self._loaders())
 
@@ -218,6 +227,12 @@ def _loader_metrics(loaders: list[dict[str, Any]]) -> Iterator[Metric]:
         "Records whose key belongs to another partition than the one they arrived on (a "
         "producer not using partitioner=murmur2_random); see loader.misrouted",
         labels=["view", "topic"],
+    )
+    silence = GaugeMetricFamily(
+        f"{NS}_kafka_seconds_since_broker_contact",
+        "Seconds since the view's Kafka loader last had a broker connection up (about 1 s at "
+        "most while connected)",
+        labels=["view"],
     )
     lag = GaugeMetricFamily(
         f"{NS}_kafka_lag_messages",
@@ -247,6 +262,8 @@ def _loader_metrics(loaders: list[dict[str, Any]]) -> Iterator[Metric]:
                 dead.add_metric([view], v["dead_lettered"])
             if "misrouted" in v:
                 misrouted.add_metric([view, str(v.get("topic", view))], v["misrouted"])
+            if v.get("seconds_since_broker_contact") is not None:
+                silence.add_metric([view], v["seconds_since_broker_contact"])
             if v.get("last_success"):
                 last_run.add_metric([view], v["last_success"])
             if v.get("watermark"):
@@ -255,4 +272,5 @@ def _loader_metrics(loaders: list[dict[str, Any]]) -> Iterator[Metric]:
                 delta_version.add_metric([view], v["delta_version"])
         for (topic, partition), value in ld.get("lag", {}).items():
             lag.add_metric([topic, str(partition)], value)
-    yield from (applied, skipped, errors, dead, misrouted, lag, last_run, watermark, delta_version)
+    yield from (applied, skipped, errors, dead, misrouted, silence, lag)
+    yield from (last_run, watermark, delta_version)

@@ -30,7 +30,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2
 from prometheus_client import Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from serving import __version__, _rust_core
@@ -163,13 +163,19 @@ class RouterMetrics:
         return {k: (self.parts.labels(str(k)), self.part_latency.labels(str(k))) for k in shards}
 
 
-class HedgeCollector(Collector):
-    """The channels' hedge counts, read when Prometheus scrapes."""
+class RouterCollector(Collector):
+    """The channels' hedge counts and the router's readiness, read when Prometheus scrapes."""
 
-    def __init__(self, channels: Callable[[], ClusterChannels]) -> None:
+    def __init__(self, channels: Callable[[], ClusterChannels], ready: Callable[[], bool]) -> None:
         self.channels = channels
+        self.ready = ready
 
     def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            f"{NS}_ready",
+            "1 while the router is ready (/readyz 200: every shard has a SERVING replica), else 0",
+            value=1 if self.ready() else 0,
+        )
         c = CounterMetricFamily(
             f"{NS}_router_hedges",
             "Slow parts also sent to another replica (sent), or not because the hedge budget "
@@ -211,7 +217,7 @@ class FeatureRouter(Frontend):
             self.auth = Authenticator(KeyFile(settings.keys_file), self.core)
         self.timeout = settings.route_timeout_ms / 1000
         self.channels = self._channels_for(cluster)
-        self.metrics.add_collector(HedgeCollector(lambda: self.channels))
+        self.metrics.add_collector(RouterCollector(lambda: self.channels, self.is_ready))
         #: overload guard: requests that start while the event loop is more than
         #: --max-loop-lag-ms behind are refused at once (429 / RESOURCE_EXHAUSTED), which
         #: bounds the queueing delay of admitted ones; None when 0

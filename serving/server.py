@@ -697,6 +697,7 @@ class FeatureServer(Frontend):
                 self._core,
                 lambda: {v.name: v.ttl_seconds for v in self.store.registry.feature_views.values()},
                 self._loader_stats,
+                self.is_ready,
             )
         )
         self.batcher: RequestBatcher | None = None
@@ -796,6 +797,7 @@ class FeatureServer(Frontend):
                     "dead_lettered": st.get("dead_lettered", 0),
                     "misrouted": st.get("misrouted", 0),
                     "topic": str(st.get("topic", view)),
+                    "seconds_since_broker_contact": st.get("seconds_since_broker_contact"),
                 }
                 for partition, n in (st.get("lag") or {}).items():
                     if n is not None:

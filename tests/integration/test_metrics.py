@@ -49,6 +49,7 @@ LOADER_ONLY = frozenset(
         "feature_serving_kafka_lag_messages",
         "feature_serving_loader_dead_letters",
         "feature_serving_kafka_misrouted_records",
+        "feature_serving_kafka_seconds_since_broker_contact",
     }
 )
 #: families only a router (`feature-serving route`) exposes: checked against a router's /metrics
@@ -303,10 +304,14 @@ def test_every_metric_in_dashboard_and_rules_is_exposed(env: Env) -> None:
     )  # fmt: skip
     try:
         assert lookup(router, ["user_profile:f000"], {"user_id": [1]}) == 200
-        routed, routed_empty = exposed_names(scrape(router))
+        router_text = scrape(router)
+        routed, routed_empty = exposed_names(router_text)
     finally:
         stop_server(router)
     assert any(n.startswith(ROUTER_ONLY_PREFIX) for n in routed), routed
+    # readiness as a gauge on both (FeatureServingNotReady): node and router are ready here
+    assert "\nfeature_serving_ready 1.0\n" in scrape(s)
+    assert "\nfeature_serving_ready 1.0\n" in router_text
     declared = METRICS_PY.read_text()
     used = {
         "dashboard": {n for e in dashboard_exprs() for n in _NAME.findall(e)},

@@ -113,6 +113,14 @@ def test_serving_answers_whole_rows_during_ingestion(
         with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
             text = r.read().decode()
         assert 'feature_serving_kafka_lag_messages{partition="0",topic="live"} 0.0' in text
+        assert "\nfeature_serving_ready 1.0\n" in text
+        silence = [
+            float(ln.split()[-1])
+            for ln in text.splitlines()
+            if ln.startswith('feature_serving_kafka_seconds_since_broker_contact{view="live"}')
+        ]
+        assert silence
+        assert 0 <= silence[0] < 5, silence
 
         def counter(name: str) -> float:
             prefix = f'feature_serving_loader_{name}_total{{loader="kafka",view="live"}}'

@@ -22,6 +22,7 @@ from reliability.helpers import (
     feast_body,
     generation_table,
     http,
+    scrape,
     wait_until,
     write_config,
 )
@@ -78,6 +79,23 @@ def watch(url: str, grpc_target: str, stop: threading.Event, obs: Observations) 
             time.sleep(0.02)
 
 
+def gauges(url: str) -> dict[str, float]:
+    """/metrics through Prometheus' own parser: readiness and the view's broker silence."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(scrape(url)):
+        for sample in fam.samples:
+            if sample.name == "feature_serving_ready":
+                out["ready"] = sample.value
+            if (
+                sample.name == "feature_serving_kafka_seconds_since_broker_contact"
+                and sample.labels == {"view": "profile"}
+            ):
+                out["silence"] = sample.value
+    return out
+
+
 def test_broker_outage_and_empty_restart(broker: Broker, tmp_path: Path) -> None:  # noqa: F811
     broker.create_topic("profile", PARTITIONS)
     config = write_config(tmp_path, n_features=NF, bootstrap=broker.bootstrap)
@@ -128,6 +146,7 @@ def test_broker_outage_and_empty_restart(broker: Broker, tmp_path: Path) -> None
         t_kill = time.monotonic()
         broker.stop()  # SIGKILL by PID; the port stays free for the restart
         time.sleep(OUTAGE_S)
+        in_outage = gauges(server.url)
         t_up = time.monotonic()
         broker.start()
         broker.create_topic("profile", PARTITIONS)
@@ -139,6 +158,7 @@ def test_broker_outage_and_empty_restart(broker: Broker, tmp_path: Path) -> None
         t_applied = time.monotonic()
         wait_until(ready_and_caught_up, 15, "ready again, lag 0, broker connected")
         t_ready = time.monotonic()
+        after = gauges(server.url)
         # gRPC health follows readiness within its 1 s refresh
         wait_until(lambda: obs.health[-1][1] == SERVING, 5, "gRPC health SERVING again")
     finally:
@@ -179,6 +199,12 @@ def test_broker_outage_and_empty_restart(broker: Broker, tmp_path: Path) -> None
     assert min(not_serving) <= BROKER_TIMEOUT_S + 3.5, not_serving
     assert obs.ready[-1][1] == 200
     assert obs.health[-1][1] == SERVING
+    # ... and the same in /metrics, for alerting (FeatureServingNotReady,
+    # FeatureServingKafkaBrokerUnreachable in docs/ops/alerts.yml)
+    assert in_outage["ready"] == 0, in_outage
+    assert in_outage["silence"] > OUTAGE_S - 1.5, in_outage
+    assert after["ready"] == 1, after
+    assert after["silence"] < 1.5, after
     # the loader noticed that the restarted broker's log is a new one and re-read it
     assert "re-reading" in server.log.read_text()
 

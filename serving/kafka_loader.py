@@ -59,6 +59,7 @@ import pyarrow as pa
 
 from serving import _rust_core
 from serving.errors import InvalidArgumentError, StorageError
+from serving.logs import RepeatFilter
 from serving.registry import EVENT_TIMESTAMP, FeatureView, StreamSource
 from serving.sharding import Shard
 from serving.store import Store
@@ -123,6 +124,11 @@ _MAX_BACKOFF_S = 10.0
 #: librdkafka reports every failed reconnect (many a second while a broker is down): log the
 #: first, then at most one line this often with the number left out
 _ERROR_LOG_INTERVAL_S = 10.0
+#: librdkafka's own lines (``logger`` of every client): repeats collapsed, since a client logs
+#: each failed connection attempt, about 20 a second while a broker is down
+_RDKAFKA_LOG = logging.getLogger("serving.kafka.rdkafka")
+if not any(isinstance(f, RepeatFilter) for f in _RDKAFKA_LOG.filters):
+    _RDKAFKA_LOG.addFilter(RepeatFilter(_ERROR_LOG_INTERVAL_S))
 #: what the loader does with a record whose entity key belongs to another partition than the one
 #: it arrived on (``loader.misrouted``): apply it anyway (default), skip it, or dead-letter it
 MISROUTED_ACTIONS = ("apply", "skip", "dlq")
@@ -330,7 +336,7 @@ class _Source:
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap,
             "client.id": f"feature-serving-{self.view.name}",
-            "logger": logging.getLogger("serving.kafka.rdkafka"),
+            "logger": _RDKAFKA_LOG,
         }
         return conf
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
 import time
 from typing import Any
 
-__all__ = ["TEXT_FORMAT", "JsonFormatter", "setup_logging"]
+__all__ = ["TEXT_FORMAT", "JsonFormatter", "RepeatFilter", "setup_logging"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -59,6 +61,45 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
         return json.dumps(out, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+class RepeatFilter(logging.Filter):
+    """Collapses repeated lines: of the records whose messages are equal up to their numbers
+    (ports, ids, milliseconds), the first passes, then none for ``interval_s`` seconds; the
+    next one after that passes with the count of those left out appended.
+
+    For librdkafka's own lines: while a broker is down it logs every failed connection
+    attempt, about 20 a second per client, which buries everything else in the log.
+    """
+
+    _NUMBER = re.compile(r"\d+")
+    _MAX_KEYS = 1000
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.interval = interval_s
+        self._lock = threading.Lock()
+        #: message shape -> (when the last one passed, how many were left out since)
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        key = f"{record.levelno}:{self._NUMBER.sub('#', message)}"
+        now = time.monotonic()
+        with self._lock:
+            passed, left_out = self._seen.get(key, (-float("inf"), 0))
+            if now - passed < self.interval:
+                self._seen[key] = (passed, left_out + 1)
+                return False
+            if len(self._seen) >= self._MAX_KEYS:
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+        if left_out:
+            record.msg = (
+                f"{message} ({left_out} similar lines in the last {now - passed:.0f} s not logged)"
+            )
+            record.args = None
+        return True
 
 
 def setup_logging(level: str, fmt: str = "json") -> None:

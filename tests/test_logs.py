@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.logs import JsonFormatter, setup_logging
+from serving.logs import JsonFormatter, RepeatFilter, setup_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,3 +115,76 @@ def test_cli_logs_json_by_default_and_text_on_request(tmp_path: Path) -> None:
         env={**env, "FS_LOG_FORMAT": "text"}, check=True,
     )  # fmt: skip
     assert r.stderr.rstrip().endswith("WARNING serving.x: hello")
+
+
+def test_repeat_filter_collapses_lines_equal_up_to_numbers(
+    captured: tuple[logging.Logger, io.StringIO], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logger, stream = captured
+    f = RepeatFilter(10.0)
+    logger.addFilter(f)
+    clock = [100.0]
+    monkeypatch.setattr("serving.logs.time.monotonic", lambda: clock[0])
+    try:
+        for i in range(50):  # 5 s of a line every 0.1 s, its numbers changing
+            logger.error("Connect to 127.0.0.1:%d failed (after %dms)", 40000 + i, i)
+            clock[0] += 0.1
+        logger.error("something else")
+        clock[0] = 111.0
+        logger.error("Connect to 127.0.0.1:1 failed (after 3ms)")
+        logger.warning("Connect to 127.0.0.1:1 failed (after 3ms)")  # another level passes
+    finally:
+        logger.removeFilter(f)
+    msgs = [json.loads(line)["msg"] for line in stream.getvalue().splitlines()]
+    assert msgs == [
+        "Connect to 127.0.0.1:40000 failed (after 0ms)",
+        "something else",
+        "Connect to 127.0.0.1:1 failed (after 3ms) (49 similar lines in the last 11 s not logged)",
+        "Connect to 127.0.0.1:1 failed (after 3ms)",
+    ]
+
+
+def test_librdkafka_connection_failures_are_collapsed() -> None:
+    """A real librdkafka consumer on a port nobody listens on logs each failed connection
+    attempt (about 20 a second); through the loader's logger a few lines get out."""
+    import socket
+    import time
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from serving.kafka_loader import _RDKAFKA_LOG, CONSUMER_DEFAULTS
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    got: list[logging.LogRecord] = []
+    raw: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record)
+
+    class Count(logging.Filter):  # sees every record, before the RepeatFilter
+        def filter(self, record: logging.LogRecord) -> bool:
+            raw.append(record)
+            return True
+
+    handler, count = Keep(), Count()
+    _RDKAFKA_LOG.filters.insert(0, count)
+    _RDKAFKA_LOG.addHandler(handler)
+    try:
+        conf = {"bootstrap.servers": f"127.0.0.1:{port}", "group.id": "g", **CONSUMER_DEFAULTS}
+        c = Consumer({**conf, "logger": _RDKAFKA_LOG})
+        c.assign([TopicPartition("t", 0, 0)])
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            c.consume(100, 0.05)
+        c.close()
+    finally:
+        _RDKAFKA_LOG.removeHandler(handler)
+        _RDKAFKA_LOG.removeFilter(count)
+    failed = [r for r in raw if "failed" in r.getMessage()]
+    assert len(failed) >= 10, [r.getMessage() for r in raw]
+    assert 1 <= len([r for r in got if "failed" in r.getMessage()]) <= 3, [
+        r.getMessage() for r in got
+    ]

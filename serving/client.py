@@ -20,6 +20,7 @@ import asyncio
 import base64
 import json
 import os
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -33,7 +34,13 @@ import numpy.typing as npt
 
 from serving import _rust_core
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
-from serving.cluster import ClusterChannels, ClusterMap, ClusterMapError, error_from_rpc
+from serving.cluster import (
+    ClusterChannels,
+    ClusterMap,
+    ClusterMapError,
+    error_from_rpc,
+    open_channel,
+)
 from serving.cluster import fetch_node_info as _fetch_node_info
 from serving.errors import (
     DeadlineExceededError,
@@ -159,15 +166,23 @@ class FeatureClient:
         transport: str = "grpc",
         api_key: str | None = None,
         timeout: float = 1.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``credentials``: TLS for gRPC (``grpc.ssl_channel_credentials(ca, key, cert)``;
+        key and certificate for a server that requires client certificates).
+        ``ssl_context``: for HTTP to an ``https://`` target signed by a private CA
+        (``ssl.create_default_context(cafile=...)``, plus ``load_cert_chain`` for mutual TLS).
+        """
         if transport not in ("grpc", "http"):
             raise InvalidArgumentError("transport must be 'grpc' or 'http'")
         self.target, self.transport, self.timeout = target, transport, timeout
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self._ssl_context = ssl_context
         self._channel: grpc.Channel | None = None
         self._call: Any = None
         if transport == "grpc":
-            self._channel = grpc.insecure_channel(target)
+            self._channel = open_channel(target, credentials)
             self._call = self._channel.unary_unary(
                 METHOD,
                 request_serializer=pb.GetFeatureVectorRequest.SerializeToString,
@@ -188,7 +203,9 @@ class FeatureClient:
             headers={"Content-Type": "application/json", **dict(self._metadata)},
         )
         try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
+            with urllib.request.urlopen(
+                req, timeout=timeout or self.timeout, context=self._ssl_context
+            ) as r:
                 return dict(json.loads(r.read()))
         except urllib.error.HTTPError as e:
             try:
@@ -276,11 +293,21 @@ class AsyncFeatureClient:
     """asyncio client over one ``grpc.aio`` channel."""
 
     def __init__(
-        self, target: str = "127.0.0.1:6565", *, api_key: str | None = None, timeout: float = 1.0
+        self,
+        target: str = "127.0.0.1:6565",
+        *,
+        api_key: str | None = None,
+        timeout: float = 1.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """``credentials``: TLS, as for :class:`FeatureClient`."""
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target)
+        )
         self._call = self._channel.unary_unary(
             METHOD,
             request_serializer=pb.GetFeatureVectorRequest.SerializeToString,
@@ -503,10 +530,11 @@ def _bootstrap(
     api_key: str | None,
     timeout: float,
     join_keys: Sequence[tuple[str, str]] | None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> tuple[ClusterMap, list[tuple[str, str]]]:
     """The cluster map a node hands out (GetNodeInfo) and, unless given, the routing join keys:
     those of the node's sharded views (ListFeatureViews), which must all have the same."""
-    info = _fetch_node_info(endpoint, api_key=api_key, timeout=timeout)
+    info = _fetch_node_info(endpoint, api_key=api_key, timeout=timeout, credentials=credentials)
     if info.cluster is None:
         raise ClusterMapError(
             f"node {endpoint} has no cluster map (start it with --cluster-map FILE)"
@@ -518,7 +546,7 @@ def _bootstrap(
             f"node {endpoint} has no sharded view to take the routing join keys from: give "
             "join_keys"
         )
-    with grpc.insecure_channel(endpoint) as channel:
+    with open_channel(endpoint, credentials) as channel:
         call = channel.unary_unary(
             "/feature_serving.v1.FeatureService/ListFeatureViews",
             request_serializer=pb.ListFeatureViewsRequest.SerializeToString,
@@ -609,9 +637,10 @@ class AsyncShardedFeatureClient:
         **options: Any,
     ) -> AsyncShardedFeatureClient:
         """From the cluster map node ``endpoint`` was started with (``GetNodeInfo``). Without
-        ``join_keys``, those of the node's sharded views (which must share one entity)."""
+        ``join_keys``, those of the node's sharded views (which must share one entity).
+        ``credentials`` (TLS) serve the bootstrap calls as well as the shards' channels."""
         cluster, keys = await asyncio.to_thread(
-            _bootstrap, endpoint, api_key, bootstrap_timeout, join_keys
+            _bootstrap, endpoint, api_key, bootstrap_timeout, join_keys, options.get("credentials")
         )
         return cls(cluster, join_keys=keys, api_key=api_key, **options)
 
@@ -766,8 +795,11 @@ class ShardedFeatureClient:
         **options: Any,
     ) -> ShardedFeatureClient:
         """From the cluster map node ``endpoint`` was started with (``GetNodeInfo``). Without
-        ``join_keys``, those of the node's sharded views (which must share one entity)."""
-        cluster, keys = _bootstrap(endpoint, api_key, bootstrap_timeout, join_keys)
+        ``join_keys``, those of the node's sharded views (which must share one entity).
+        ``credentials`` (TLS) serve the bootstrap calls as well as the shards' channels."""
+        cluster, keys = _bootstrap(
+            endpoint, api_key, bootstrap_timeout, join_keys, options.get("credentials")
+        )
         return cls(cluster, join_keys=keys, api_key=api_key, **options)
 
     @property

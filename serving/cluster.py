@@ -59,6 +59,7 @@ __all__ = [
     "NodeInfo",
     "error_from_rpc",
     "fetch_node_info",
+    "open_channel",
 ]
 
 #: full gRPC path of the node metadata RPC
@@ -278,12 +279,18 @@ class ClusterMap:
 
     @classmethod
     def fetch(
-        cls, endpoint: str, *, api_key: str | None = None, timeout: float = 5.0
+        cls,
+        endpoint: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 5.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> ClusterMap:
         """The cluster map a node was started with (``serve --cluster-map``), through its
-        ``GetNodeInfo`` RPC. Raises :class:`ClusterMapError` when the node has none, and the
-        call's error (:func:`error_from_rpc`) when the node does not answer."""
-        info = fetch_node_info(endpoint, api_key=api_key, timeout=timeout)
+        ``GetNodeInfo`` RPC (over TLS with ``credentials``). Raises :class:`ClusterMapError`
+        when the node has none, and the call's error (:func:`error_from_rpc`) when the node
+        does not answer."""
+        info = fetch_node_info(endpoint, api_key=api_key, timeout=timeout, credentials=credentials)
         if info.cluster is None:
             raise ClusterMapError(
                 f"node {endpoint} has no cluster map (start it with --cluster-map FILE)"
@@ -376,10 +383,26 @@ def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
 
-def fetch_node_info(endpoint: str, *, api_key: str | None = None, timeout: float = 5.0) -> NodeInfo:
-    """A node's ``GetNodeInfo`` (blocking); gRPC errors are raised as
-    :class:`FeatureServingError` (:func:`error_from_rpc`)."""
-    with grpc.insecure_channel(endpoint) as channel:
+def open_channel(
+    endpoint: str, credentials: grpc.ChannelCredentials | None = None, options: Any = ()
+) -> grpc.Channel:
+    """A blocking channel to ``endpoint``: TLS with ``credentials``
+    (``grpc.ssl_channel_credentials(ca, key, cert)``), else plaintext."""
+    if credentials is not None:
+        return grpc.secure_channel(endpoint, credentials, options)
+    return grpc.insecure_channel(endpoint, options)
+
+
+def fetch_node_info(
+    endpoint: str,
+    *,
+    api_key: str | None = None,
+    timeout: float = 5.0,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> NodeInfo:
+    """A node's ``GetNodeInfo`` (blocking; over TLS with ``credentials``); gRPC errors are
+    raised as :class:`FeatureServingError` (:func:`error_from_rpc`)."""
+    with open_channel(endpoint, credentials) as channel:
         call = channel.unary_unary(
             NODE_INFO_METHOD,
             request_serializer=pb.GetNodeInfoRequest.SerializeToString,

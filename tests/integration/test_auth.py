@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import ssl
@@ -22,6 +23,7 @@ from serving._proto.feast.serving import ServingService_pb2 as feast_pb2
 from serving._proto.feast.types import Value_pb2
 from serving._proto.feature_serving.v1 import feature_service_pb2 as v1
 from serving.auth import KeyFile
+from serving.client import AsyncFeatureClient
 from tests.integration.test_server import TEST_REGISTRY, Server, start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -294,6 +296,16 @@ def test_tls_and_mutual_tls(authed: dict[str, Any], tmp_path: Path, mutual: bool
         with grpc.secure_channel(f"127.0.0.1:{server.grpc}", creds) as ch:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+        # the project's asyncio client over (mutual) TLS
+        async def via_async_client() -> float:
+            async with AsyncFeatureClient(
+                f"127.0.0.1:{server.grpc}", credentials=creds, timeout=5
+            ) as client:
+                m = await client.get_dense({"user_id": [1]}, ["user_profile:f000"])
+                return float(m.values[0, 0])
+
+        assert asyncio.run(via_async_client()) == 0.0
         if mutual:
             # No client certificate: refused by both listeners.
             bare = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -34,7 +35,7 @@ from serving import Registry, Store
 from serving.auth import KeyFile
 from serving.client import FeatureClient, ShardedFeatureClient
 from serving.cluster import ClusterMap
-from serving.errors import PermissionDeniedError
+from serving.errors import FeatureServingError, PermissionDeniedError
 from serving.kafka_loader import encode_key, produce_rows
 from serving.sharding import shard_for_key
 from tests.integration.test_scale_out_serve import kafka_rows_applied
@@ -601,25 +602,25 @@ def test_router_talks_mutual_tls_to_nodes(tmp_path: Path, transport: str) -> Non
         "--tls-client-ca", str(tmp_path / "ca.pem"),
     ]  # fmt: skip
     http, grpc_port = free_port(), free_port()
+    cmap = tmp_path / "cluster.yaml"
+    entry = (
+        f"{{grpc: '127.0.0.1:{grpc_port}', http: '127.0.0.1:{http}'}}"
+        if transport == "http"
+        else f"'127.0.0.1:{grpc_port}'"
+    )
+    cmap.write_text(f"topic_partitions: 1\nshards:\n  0: [{entry}]\n")
     with (tmp_path / "node.log").open("wb") as out:
         node = Server(
             subprocess.Popen(
                 [sys.executable, "-m", "serving", "serve", "--config", str(config),
                  "--data-dir", str(tmp_path / "db"), "--no-auth", "--http-port", str(http),
-                 "--grpc-port", str(grpc_port), *tls],
+                 "--grpc-port", str(grpc_port), "--cluster-map", str(cmap), *tls],
                 stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
             ),
             http, grpc_port, tmp_path / "node.log",
         )  # fmt: skip
     procs = [node]
     try:
-        cmap = tmp_path / "cluster.yaml"
-        entry = (
-            f"{{grpc: '127.0.0.1:{grpc_port}', http: '127.0.0.1:{http}'}}"
-            if transport == "http"
-            else f"'127.0.0.1:{grpc_port}'"
-        )
-        cmap.write_text(f"topic_partitions: 1\nshards:\n  0: [{entry}]\n")
         router = start_cli(
             ["route", "--config", str(config), "--cluster-map", str(cmap), "--no-auth",
              "--route-transport", transport,
@@ -649,6 +650,35 @@ def test_router_talks_mutual_tls_to_nodes(tmp_path: Path, transport: str) -> Non
             for line in node_text.splitlines()
         ), node_text[-2000:]
         assert "feature_serving_router_parts_total" in text
+        # the project's clients over mutual TLS: a routing client bootstrapped from the node
+        # (GetNodeInfo over TLS too), and a plain one
+        creds = grpc.ssl_channel_credentials(
+            (tmp_path / "ca.pem").read_bytes(),
+            (tmp_path / "client.key").read_bytes(),
+            (tmp_path / "client.pem").read_bytes(),
+        )
+        with ShardedFeatureClient.from_node(
+            f"127.0.0.1:{grpc_port}", join_keys=[("user_id", "int64")], credentials=creds
+        ) as sharded:
+            got_cols = sharded.get_features({"user_id": [2, 1]}, ["users:seq"])
+            assert list(got_cols.columns["users:seq"]) == [20, 10]
+        with FeatureClient(f"127.0.0.1:{grpc_port}", credentials=creds) as client:
+            assert list(
+                client.get_features({"user_id": [1]}, ["users:seq"]).columns["users:seq"]
+            ) == [10]
+        with FeatureClient(
+            f"https://127.0.0.1:{http}", transport="http", ssl_context=ctx
+        ) as client:
+            assert list(
+                client.get_features({"user_id": [2]}, ["users:seq"]).columns["users:seq"]
+            ) == [20]
+        with pytest.raises(FeatureServingError):  # no client certificate
+            ShardedFeatureClient.from_node(
+                f"127.0.0.1:{grpc_port}",
+                join_keys=[("user_id", "int64")],
+                credentials=grpc.ssl_channel_credentials((tmp_path / "ca.pem").read_bytes()),
+                bootstrap_timeout=2.0,
+            )
         # the same router without a client certificate cannot reach the node
         plain = start_cli(
             ["route", "--config", str(config), "--cluster-map", str(cmap), "--no-auth",

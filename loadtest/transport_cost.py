@@ -1,6 +1,7 @@
-"""Caller-side CPU of one small call to a node: grpc.aio unary vs aiohttp keep-alive POST.
+"""Caller-side CPU of one small call to a node: grpc.aio unary, aiohttp keep-alive POST, and
+the router's own HTTP/1.1 client (``serving.cluster._Http1Pool``, keep-alive POST).
 
-Measures what a router (or any asyncio caller) pays per call for the two transports a node
+Measures what a router (or any asyncio caller) pays per call for the transports a node
 offers, on this machine: a node is started on a one-row store (no auth, no request metrics),
 then 3,000 calls per transport are made by 4 concurrent tasks on uvloop, after 200 warm-up
 calls, twice each, interleaved. Prints CPU microseconds per call of this process and wall
@@ -29,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from serving import Registry, Store  # noqa: E402
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb  # noqa: E402
+from serving.cluster import _Http1Pool  # noqa: E402
 from tests.integration.test_server import start_cli, stop_server  # noqa: E402
 
 REGISTRY = """
@@ -106,8 +108,26 @@ def main() -> int:
                 await asyncio_gather(worker)
                 return (cpu() - c0) / CALLS, (time.perf_counter() - t0) / CALLS
 
+        async def via_router_http() -> tuple[float, float]:
+            pool = _Http1Pool(f"127.0.0.1:{node.http}", None)
+            path, headers = b"/get-online-features", b"Content-Type: application/json\r\n"
+            for _ in range(WARMUP):
+                status, _ = await pool.post(path, http_body, headers)
+                assert status == 200
+            c0, t0 = cpu(), time.perf_counter()
+
+            async def worker() -> None:
+                for _ in range(CALLS // TASKS):
+                    await pool.post(path, http_body, headers)
+
+            await asyncio_gather(worker)
+            out = (cpu() - c0) / CALLS, (time.perf_counter() - t0) / CALLS
+            pool.close()
+            return out
+
+        transports = (("grpc.aio", via_grpc), ("aiohttp", via_http), ("router", via_router_http))
         try:
-            for name, fn in (("grpc.aio", via_grpc), ("aiohttp", via_http)) * 2:
+            for name, fn in transports * 2:
                 c, w = uvloop.run(fn())
                 print(f"{name:9s} {c * 1e6:5.0f} us CPU per call, {w * 1e6:5.0f} us wall per call")
         finally:

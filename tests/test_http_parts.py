@@ -6,7 +6,7 @@ next one, the node's errors mapped to gRPC statuses, deadlines, and answers it c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -102,122 +102,97 @@ def run(fn: Callable[[], Any]) -> Any:
     return asyncio.run(fn())
 
 
-def test_keep_alive_reuses_one_connection_per_concurrent_call() -> None:
+def with_pool(scenario: Callable[[Node, _Http1Pool], Awaitable[None]], **server: Any) -> None:
+    """Runs ``scenario`` against a fresh node (aiohttp ``AppRunner`` options ``server``) and a
+    pool of connections to it, and closes both."""
+
     async def go() -> None:
         n = Node()
-        await n.start()
+        await n.start(**server)
         pool = _Http1Pool(f"127.0.0.1:{n.port}", None)
         try:
-            for i in range(20):
-                assert await pool.post(b"/v1/cells", b"%d" % i, b"") == (200, b"echo:%d" % i)
-            assert len(n.peers) == 1
-            got = await asyncio.gather(*(pool.post(b"/v1/cells", b"x" * i, b"") for i in range(5)))
-            assert got == [(200, b"echo:" + b"x" * i) for i in range(5)]
-            assert len(n.peers) <= 5
-            # a large answer arrives in many reads
-            big = bytes(range(256)) * 3000
-            assert await pool.post(b"/v1/cells", big, b"") == (200, b"echo:" + big)
+            await scenario(n, pool)
         finally:
             pool.close()
             await n.stop()
 
-    run(go)
+    asyncio.run(go())
+
+
+def test_keep_alive_reuses_one_connection_per_concurrent_call() -> None:
+    async def scenario(n: Node, pool: _Http1Pool) -> None:
+        for i in range(20):
+            assert await pool.post(b"/v1/cells", b"%d" % i, b"") == (200, b"echo:%d" % i)
+        assert len(n.peers) == 1
+        got = await asyncio.gather(*(pool.post(b"/v1/cells", b"x" * i, b"") for i in range(5)))
+        assert got == [(200, b"echo:" + b"x" * i) for i in range(5)]
+        assert len(n.peers) <= 5
+        # a large answer arrives in many reads
+        big = bytes(range(256)) * 3000
+        assert await pool.post(b"/v1/cells", big, b"") == (200, b"echo:" + big)
+
+    with_pool(scenario)
 
 
 def test_idle_connection_closed_by_the_node_is_replaced() -> None:
-    async def go() -> None:
-        n = Node()
-        await n.start(keepalive_timeout=0.05)
-        pool = _Http1Pool(f"127.0.0.1:{n.port}", None)
-        try:
-            assert await pool.post(b"/v1/cells", b"a", b"") == (200, b"echo:a")
-            await asyncio.sleep(0.3)  # the node closed the idle connection meanwhile
-            assert await pool.post(b"/v1/cells", b"b", b"") == (200, b"echo:b")
-            assert len(n.peers) == 2
-        finally:
-            pool.close()
-            await n.stop()
+    async def scenario(n: Node, pool: _Http1Pool) -> None:
+        assert await pool.post(b"/v1/cells", b"a", b"") == (200, b"echo:a")
+        await asyncio.sleep(0.3)  # the node closed the idle connection meanwhile
+        assert await pool.post(b"/v1/cells", b"b", b"") == (200, b"echo:b")
+        assert len(n.peers) == 2
 
-    run(go)
+    with_pool(scenario, keepalive_timeout=0.05)
 
 
 def test_reused_connection_dropped_before_answering_is_retried_once() -> None:
-    async def go() -> None:
-        n = Node()
-        await n.start()
-        pool = _Http1Pool(f"127.0.0.1:{n.port}", None)
-        try:
-            assert await pool.post(b"/second-dropped", b"", b"") == (200, b"ok")
-            # reused, dropped unanswered, sent again on a new connection
-            assert await pool.post(b"/second-dropped", b"", b"") == (200, b"ok")
-            assert len(n.peers) == 2
-            # a node dropping every request: the retry is once, then the error
-            with pytest.raises(ConnectionError):
-                await pool.post(b"/dropped", b"", b"")
-            assert len(n.peers) == 3
-            assert not pool.idle
-            with pytest.raises(ConnectionError):  # a new connection: not retried
-                await pool.post(b"/dropped", b"", b"")
-            assert len(n.peers) == 4
-        finally:
-            pool.close()
-            await n.stop()
+    async def scenario(n: Node, pool: _Http1Pool) -> None:
+        assert await pool.post(b"/second-dropped", b"", b"") == (200, b"ok")
+        # reused, dropped unanswered, sent again on a new connection
+        assert await pool.post(b"/second-dropped", b"", b"") == (200, b"ok")
+        assert len(n.peers) == 2
+        # a node dropping every request: the retry is once, then the error
+        with pytest.raises(ConnectionError):
+            await pool.post(b"/dropped", b"", b"")
+        assert len(n.peers) == 3
+        assert not pool.idle
+        with pytest.raises(ConnectionError):  # a new connection: not retried
+            await pool.post(b"/dropped", b"", b"")
+        assert len(n.peers) == 4
 
-    run(go)
+    with_pool(scenario)
 
 
 def test_connection_close_answer_is_not_reused() -> None:
-    async def go() -> None:
-        n = Node()
-        await n.start()
-        pool = _Http1Pool(f"127.0.0.1:{n.port}", None)
-        try:
-            assert await pool.post(b"/close", b"", b"") == (200, b"bye")
-            assert not pool.idle
-            assert await pool.post(b"/v1/cells", b"c", b"") == (200, b"echo:c")
-            assert len(n.peers) == 2
-        finally:
-            pool.close()
-            await n.stop()
+    async def scenario(n: Node, pool: _Http1Pool) -> None:
+        assert await pool.post(b"/close", b"", b"") == (200, b"bye")
+        assert not pool.idle
+        assert await pool.post(b"/v1/cells", b"c", b"") == (200, b"echo:c")
+        assert len(n.peers) == 2
 
-    run(go)
+    with_pool(scenario)
 
 
 def test_cancelled_call_does_not_leak_its_answer_into_the_next() -> None:
-    async def go() -> None:
-        n = Node()
-        await n.start()
-        pool = _Http1Pool(f"127.0.0.1:{n.port}", None)
-        try:
-            task = asyncio.ensure_future(pool.post(b"/slow", b"old", b""))
-            await asyncio.sleep(0.05)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert not pool.idle  # the connection with an answer still owed was dropped
-            assert await pool.post(b"/v1/cells", b"new", b"") == (200, b"echo:new")
-            await asyncio.sleep(0.4)  # the slow answer is sent now, to a closed connection
-            assert await pool.post(b"/v1/cells", b"newer", b"") == (200, b"echo:newer")
-        finally:
-            pool.close()
-            await n.stop()
+    async def scenario(n: Node, pool: _Http1Pool) -> None:
+        task = asyncio.ensure_future(pool.post(b"/slow", b"old", b""))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not pool.idle  # the connection with an answer still owed was dropped
+        assert await pool.post(b"/v1/cells", b"new", b"") == (200, b"echo:new")
+        await asyncio.sleep(0.4)  # the slow answer is sent now, to a closed connection
+        assert await pool.post(b"/v1/cells", b"newer", b"") == (200, b"echo:newer")
 
-    run(go)
+    with_pool(scenario)
 
 
 def test_chunked_answer_is_a_protocol_error() -> None:
-    async def go() -> None:
-        n = Node()
-        await n.start()
-        pool = _Http1Pool(f"127.0.0.1:{n.port}", None)
-        try:
-            with pytest.raises(ConnectionError, match="unexpected HTTP answer head"):
-                await pool.post(b"/chunked", b"", b"")
-        finally:
-            pool.close()
-            await n.stop()
+    async def scenario(n: Node, pool: _Http1Pool) -> None:
+        with pytest.raises(ConnectionError, match="unexpected HTTP answer head"):
+            await pool.post(b"/chunked", b"", b"")
 
-    run(go)
+    with_pool(scenario)
 
 
 def _channels(port: int) -> HttpClusterChannels:

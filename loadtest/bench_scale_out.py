@@ -28,7 +28,8 @@ table gives medians across rounds and the ratio routed / single:
   c=1 and c=32, single node vs router;
 - client routing: ``AsyncShardedFeatureClient.get_dense`` over the two shards vs
   ``AsyncFeatureClient.get_dense`` against the single node, in this process, sequential (c=1)
-  and 32 concurrent tasks, random 100-user batches;
+  and 32 concurrent tasks, random 100-user batches; and the same client given the registry
+  (``registry=``: split and merge in Rust, cells parts over the shards' HTTP ports);
 - CPU seconds (``/proc/<pid>/stat``) of the server processes per request: router + both shards
   (router rows), both shards (client rows), the single node; and, for the client rows, this
   process's own CPU per request.
@@ -104,7 +105,7 @@ feature_views:
 class Measure:
     id: str
     label: str
-    kind: str  # http | grpc | client
+    kind: str  # http | grpc | client | cells (client with registry=)
     conns: int
 
 
@@ -115,6 +116,9 @@ MEASURES = [
     Measure("grpc_w2_c32", "gRPC v1 dense W2, c=32", "grpc", 32),
     Measure("client_w2_c1", "Python client get_dense W2, c=1", "client", 1),
     Measure("client_w2_c32", "Python client get_dense W2, 32 tasks", "client", 32),
+    # the same client given the registry: split and merge in Rust, cells over HTTP
+    Measure("cells_w2_c1", "Python client get_dense W2 (registry=), c=1", "cells", 1),
+    Measure("cells_w2_c32", "Python client get_dense W2 (registry=), 32 tasks", "cells", 32),
 ]
 MEASURE_IDS = [m.id for m in MEASURES]
 
@@ -393,11 +397,24 @@ def verify(c: Cluster, frame: bytes) -> dict[str, Any]:
             AsyncShardedFeatureClient(
                 sharded_map(c), join_keys=[("user_id", "int64")], timeout=10
             ) as many,
+            AsyncShardedFeatureClient(
+                sharded_http_map(c),
+                join_keys=[("user_id", "int64")],
+                timeout=10,
+                registry=c.config,
+            ) as cells,
         ):
             for lo in range(0, len(c.ids), CHECK_CHUNK):
                 part = c.ids[lo : lo + CHECK_CHUNK]
                 m1 = await one.get_dense({"user_id": part}, FEATURES)
                 m2 = await many.get_dense({"user_id": part}, FEATURES)
+                m3 = await cells.get_dense({"user_id": part}, FEATURES)
+                if not (
+                    m3.feature_names == m1.feature_names
+                    and m3.values.tobytes() == m1.values.tobytes()
+                    and m3.statuses.tobytes() == m1.statuses.tobytes()
+                ):
+                    raise RuntimeError(f"client routing with registry=: differs in ids {lo}..")
                 if m1.feature_names != m2.feature_names:
                     raise RuntimeError("client routing: feature names differ")
                 if not (
@@ -413,7 +430,8 @@ def verify(c: Cluster, frame: bytes) -> dict[str, Any]:
         "http_w2_bytes": len(a),
         "grpc_w2_bytes": len(ga),
         "checked": "router HTTP and gRPC W2 answers byte for byte the single node's; every "
-        "id through AsyncShardedFeatureClient equal to the single node and the formula",
+        "id through AsyncShardedFeatureClient (with and without registry=) equal to the single "
+        "node and the formula",
     }
 
 
@@ -422,6 +440,24 @@ def sharded_map(c: Cluster) -> ClusterMap:
     return ClusterMap(
         shards={k: [c.procs[f"shard{k}"].target] for k in range(SHARDS)},
         topic_partitions=PARTITIONS,
+    )
+
+
+def sharded_http_map(c: Cluster) -> ClusterMap:
+    """The same with each shard's HTTP address (cells parts over HTTP)."""
+    return ClusterMap.from_dict(
+        {
+            "topic_partitions": PARTITIONS,
+            "shards": {
+                k: [
+                    {
+                        "grpc": c.procs[f"shard{k}"].target,
+                        "http": f"127.0.0.1:{c.procs[f'shard{k}'].http}",
+                    }
+                ]
+                for k in range(SHARDS)
+            },
+        }
     )
 
 
@@ -498,7 +534,14 @@ async def drive(
 
 
 def run_client(
-    c: Cluster, routed: bool, *, conns: int, seconds: int, warmup: int, batches: list[list[int]]
+    c: Cluster,
+    routed: bool,
+    *,
+    conns: int,
+    seconds: int,
+    warmup: int,
+    batches: list[list[int]],
+    cells: bool = False,
 ) -> dict[str, Any]:
     from serving.client import AsyncFeatureClient, AsyncShardedFeatureClient
 
@@ -510,7 +553,14 @@ def run_client(
 
     async def go() -> dict[str, Any]:
         client: AsyncFeatureClient | AsyncShardedFeatureClient
-        if routed:
+        if routed and cells:
+            client = AsyncShardedFeatureClient(
+                sharded_http_map(c),
+                join_keys=[("user_id", "int64")],
+                timeout=10,
+                registry=c.config,
+            )
+        elif routed:
             client = AsyncShardedFeatureClient(
                 sharded_map(c), join_keys=[("user_id", "int64")], timeout=10
             )
@@ -535,10 +585,10 @@ def run_client(
         r["server_cpu_cores"] = sum(per.values()) / elapsed
         r["client_cpu_ms_per_request"] = (own1 - own0) * 1000 / n
         r["client_cpu_cores"] = (own1 - own0) / elapsed
-        r["command"] = (
-            f"{'AsyncShardedFeatureClient (2 shards)' if routed else 'AsyncFeatureClient'}"
-            f".get_dense, {conns} task(s), {seconds} s"
-        )
+        name = "AsyncFeatureClient"
+        if routed:
+            name = f"AsyncShardedFeatureClient (2 shards{', registry=' if cells else ''})"
+        r["command"] = f"{name}.get_dense, {conns} task(s), {seconds} s"
         return r
 
     return asyncio.run(go())
@@ -556,8 +606,16 @@ def measure_one(
     batches: list[list[int]],
     tmp: Path,
 ) -> dict[str, Any]:
-    if m.kind == "client":
-        return run_client(c, routed, conns=m.conns, seconds=seconds, warmup=warmup, batches=batches)
+    if m.kind in ("client", "cells"):
+        return run_client(
+            c,
+            routed,
+            conns=m.conns,
+            seconds=seconds,
+            warmup=warmup,
+            batches=batches,
+            cells=m.kind == "cells",
+        )
     t = c.procs["router" if routed else "single"]
     pids = (
         {"router": t.pid, **{f"shard{k}": c.procs[f"shard{k}"].pid for k in range(SHARDS)}}
@@ -636,7 +694,7 @@ def summarize(rounds: list[dict[str, Any]], measures: list[Measure]) -> list[dic
                     "ratio": r / s if s else None,
                     "single_rounds": vals["single"],
                     "routed_rounds": vals["routed"],
-                    "routed_by": "client" if m.kind == "client" else "router",
+                    "routed_by": "client" if m.kind in ("client", "cells") else "router",
                 }
             )
     return out
@@ -678,7 +736,11 @@ def cpu_breakdown(rounds: list[dict[str, Any]], measures: list[Measure]) -> str:
                 f"{med[k]:.2f}" if k in med else "-"
                 for k in ("single", "router", "shard0", "shard1", "client")
             ]
-            who = "single" if side == "single" else ("client" if m.kind == "client" else "router")
+            who = (
+                "single"
+                if side == "single"
+                else ("client" if m.kind in ("client", "cells") else "router")
+            )
             lines.append(f"| {m.label}, {who} | {' | '.join(cells)} | {sum(med.values()):.2f} |")
     return "\n".join(lines)
 
@@ -770,7 +832,11 @@ def main(argv: list[str] | None = None) -> int:
                 res[m.id] = {}
                 for routed in order:
                     side = "routed" if routed else "single"
-                    who = ("client" if m.kind == "client" else "router") if routed else "single"
+                    who = (
+                        ("client" if m.kind in ("client", "cells") else "router")
+                        if routed
+                        else "single"
+                    )
                     print(
                         f"round {i + 1}/{n_rounds} {m.label}, {who}: warm-up {warmup} s, "
                         f"{seconds} s ...",

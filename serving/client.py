@@ -35,11 +35,15 @@ import numpy.typing as npt
 from serving import _rust_core
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
 from serving.cluster import (
+    CELLS_METHOD,
+    CELLS_PATH,
     ClusterChannels,
     ClusterMap,
     ClusterMapError,
+    HttpClusterChannels,
     error_from_rpc,
     open_channel,
+    sharded_views,
 )
 from serving.cluster import fetch_node_info as _fetch_node_info
 from serving.errors import (
@@ -53,6 +57,7 @@ from serving.errors import (
     UnauthenticatedError,
     WrongShardError,
 )
+from serving.registry import Registry
 from serving.store import DenseResult
 
 METHOD = "/feature_serving.v1.FeatureService/GetFeatureVector"
@@ -588,6 +593,14 @@ class AsyncShardedFeatureClient:
     call). Other errors are raised as :class:`~serving.errors.FeatureServingError`
     (``WrongShardError``, ``DeadlineExceededError``, ...); a shard with no replica answering
     raises ``StorageError`` naming the shard and its endpoints.
+
+    With ``registry`` (the cluster's ``features.yaml``, or a :class:`~serving.Registry`) the
+    client routes as ``feature-serving route`` does: the request is split and the answers
+    merged in Rust (:class:`serving._rust_core.RouterCore`), and the parts are raw cells
+    (``GetCells``), sent to a replica's HTTP port when the map gives it (``ssl_context`` for
+    nodes serving TLS), else over gRPC. Same answers, a fraction of the CPU on the caller and
+    on the nodes (docs/benchmarks.md, "Scale-out"); the registry must be the nodes' (a node
+    answering other types is an error, never a misread value).
     """
 
     def __init__(
@@ -602,18 +615,41 @@ class AsyncShardedFeatureClient:
         hedge_after: float | None = 0.05,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        registry: str | os.PathLike[str] | Registry | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._routing = _Routing(cluster, topic_partitions, join_keys)
         self.cluster = self._routing.cluster
         self.timeout = timeout
         self._metadata = _metadata(api_key)
-        self.channels = ClusterChannels(
-            self.cluster,
-            down_seconds=down_seconds,
-            hedge_after=hedge_after,
-            credentials=credentials,
-            options=options,
+        #: split and merge in Rust (with a registry), else per-shard GetFeatureVector calls
+        self._core: Any = None
+        channel_options: dict[str, Any] = {
+            "down_seconds": down_seconds,
+            "hedge_after": hedge_after,
+            "credentials": credentials,
+            "options": options,
+        }
+        if registry is None:
+            self.channels = ClusterChannels(self.cluster, **channel_options)
+            return
+        reg = registry if isinstance(registry, Registry) else Registry.from_yaml(registry)
+        self._core = _rust_core.RouterCore(
+            reg.to_core_json(),
+            self.cluster.shard_count,
+            sharded_views(reg, self.cluster.topic_partitions),
         )
+        # the nodes enforce their own limits; the client does not guess them
+        self._core.configure_serving(max_entities=1 << 30, max_features=1 << 30)
+        if self.cluster.http:
+            self.channels = HttpClusterChannels(
+                self.cluster,
+                http_paths={CELLS_METHOD: CELLS_PATH},
+                ssl_context=ssl_context,
+                **channel_options,
+            )
+        else:
+            self.channels = ClusterChannels(self.cluster, **channel_options)
 
     @classmethod
     def from_cluster_map(
@@ -700,6 +736,37 @@ class AsyncShardedFeatureClient:
             for k, out in zip(bodies, outs, strict=True)
         }
 
+    async def _routed(
+        self,
+        entities: Entities,
+        features: Sequence[str] | None,
+        feature_service: str | None,
+        dense: bool,
+        timeout: float | None,
+    ) -> pb.GetFeatureVectorResponse:
+        """The request split in Rust, its cells parts sent concurrently, merged in Rust."""
+        body = _request(entities, features, feature_service, dense).SerializeToString()
+        routed = self._core.route("v1_grpc", body, None)
+        t = timeout or self.timeout
+        calls = [
+            self.channels.call(k, CELLS_METHOD, part, metadata=self._metadata, timeout=t)
+            for k, part in routed.parts()
+        ]
+        try:
+            if len(calls) == 1:
+                answers = [await calls[0]]
+            else:
+                tasks = [asyncio.ensure_future(c) for c in calls]
+                try:
+                    answers = await asyncio.gather(*tasks)
+                except BaseException:
+                    for task in tasks:
+                        task.cancel()
+                    raise
+        except grpc.aio.AioRpcError as e:
+            raise error_from_rpc(e) from None
+        return pb.GetFeatureVectorResponse.FromString(routed.merge(answers))
+
     async def get_dense(
         self,
         entities: Entities,
@@ -709,6 +776,8 @@ class AsyncShardedFeatureClient:
         timeout: float | None = None,
     ) -> DenseResult:
         """:meth:`FeatureClient.get_dense` over the cluster, rows in request order."""
+        if self._core is not None:
+            return _dense(await self._routed(entities, features, feature_service, True, timeout))
         p, answers = await self._ask(entities, features, feature_service, True, timeout)
         return _merge_dense(p, {k: _dense(r) for k, r in answers.items()})
 
@@ -721,6 +790,9 @@ class AsyncShardedFeatureClient:
         timeout: float | None = None,
     ) -> ColumnsResult:
         """:meth:`FeatureClient.get_features` over the cluster, rows in request order."""
+        if self._core is not None:
+            resp = await self._routed(entities, features, feature_service, False, timeout)
+            return _columns(resp)
         p, answers = await self._ask(entities, features, feature_service, False, timeout)
         return _merge_columns(p, {k: _columns(r) for k, r in answers.items()})
 
@@ -756,6 +828,8 @@ class ShardedFeatureClient:
         hedge_after: float | None = 0.05,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        registry: str | os.PathLike[str] | Registry | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._client = AsyncShardedFeatureClient(
             cluster,
@@ -767,6 +841,8 @@ class ShardedFeatureClient:
             hedge_after=hedge_after,
             credentials=credentials,
             options=options,
+            registry=registry,
+            ssl_context=ssl_context,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fs-route", daemon=True)

@@ -31,11 +31,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 import yaml
+
+if TYPE_CHECKING:
+    from serving.registry import Registry
 
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
 from serving.errors import (
@@ -63,6 +66,10 @@ __all__ = [
 
 #: full gRPC path of the node metadata RPC
 NODE_INFO_METHOD = "/feature_serving.v1.FeatureService/GetNodeInfo"
+#: the node method that answers a router's part of a request (raw cells, see
+#: rust_core/src/route.rs), and the same over a node's HTTP port
+CELLS_METHOD = "/feature_serving.v1.FeatureService/GetCells"
+CELLS_PATH = "/v1/cells"
 
 #: the exception class of each gRPC status a node answers with
 GRPC_ERRORS: dict[grpc.StatusCode, type[FeatureServingError]] = {
@@ -380,6 +387,15 @@ class NodeInfo:
 
 def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
+def sharded_views(registry: Registry, topic_partitions: int) -> dict[str, int]:
+    """Views the nodes shard (those with a stream source) -> partition count of the topic."""
+    return {
+        v.name: topic_partitions
+        for v in registry.feature_views.values()
+        if v.stream_source is not None
+    }
 
 
 def open_channel(

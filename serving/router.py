@@ -35,7 +35,15 @@ from prometheus_client.registry import Collector
 
 from serving import __version__, _rust_core
 from serving.auth import Authenticator, KeyFile
-from serving.cluster import GRPC_ERRORS, ClusterChannels, ClusterMap, HttpClusterChannels
+from serving.cluster import (
+    CELLS_METHOD,
+    CELLS_PATH,
+    GRPC_ERRORS,
+    ClusterChannels,
+    ClusterMap,
+    HttpClusterChannels,
+    sharded_views,
+)
 from serving.config import ServeSettings
 from serving.errors import (
     DeadlineExceededError,
@@ -52,7 +60,6 @@ from serving.metrics import LATENCY_BUCKETS, NS, ServingMetrics
 from serving.registry import Registry
 from serving.server import (
     JSON,
-    V1_SERVICE,
     Frontend,
     LoopLagGuard,
     _principal,
@@ -61,10 +68,6 @@ from serving.server import (
 
 log = logging.getLogger("serving.router")
 
-#: the node method that answers a router's part of a request (raw cells, see rust_core/src/route.rs)
-CELLS_METHOD = f"/{V1_SERVICE}/GetCells"
-#: the same over a node's HTTP port
-CELLS_PATH = "/v1/cells"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 
 #: a node's gRPC status -> what the router answers (the rest as a client maps them)
@@ -91,15 +94,6 @@ def node_error(shard: int, e: grpc.aio.AioRpcError) -> FeatureServingError:
         # a replica's own UNAVAILABLE (a storage error, a stopping node) was failed over
         details = f"shard {shard}: {details}"
     return cls(details)
-
-
-def sharded_views(registry: Registry, topic_partitions: int) -> dict[str, int]:
-    """Views the nodes shard (those with a stream source) -> partition count of the topic."""
-    return {
-        v.name: topic_partitions
-        for v in registry.feature_views.values()
-        if v.stream_source is not None
-    }
 
 
 def node_credentials(s: ServeSettings) -> grpc.ChannelCredentials | None:

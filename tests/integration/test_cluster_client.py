@@ -45,7 +45,7 @@ from serving.client import (
     ShardedFeatureClient,
 )
 from serving.cluster import ClusterChannels, ClusterMap, ClusterMapError, fetch_node_info
-from serving.errors import StorageError, UnauthenticatedError
+from serving.errors import PermissionDeniedError, StorageError, UnauthenticatedError
 from serving.kafka_loader import encode_key, produce_rows
 from serving.sharding import shard_for_key
 from serving.store import DenseResult
@@ -423,6 +423,63 @@ def test_clients_answer_every_key_in_both_layouts(env: Env) -> None:
             )
 
     asyncio.run(run())
+
+
+def cells_total(server: Server) -> float:
+    """The node's count of raw-cells parts answered (HTTP ``cells`` and gRPC ``GetCells``)."""
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("feature_serving_requests_total{")
+        and ('method="cells"' in line or 'method="GetCells"' in line)
+    )
+
+
+def test_clients_with_the_registry_route_like_the_router(env: Env) -> None:
+    """``registry=``: split and merge in Rust, cells parts over the nodes' HTTP ports (a map
+    with HTTP addresses) or gRPC (the env's map): every key right, the same answers as the
+    GetFeatureVector path, the caller's key enforced by the nodes."""
+    users = list(range(N))[::-1]  # both shards interleaved, not in key order
+    key = env.keys["reader"]
+    with_http = ClusterMap.from_dict(
+        {
+            "topic_partitions": PARTITIONS,
+            "shards": {
+                shard: [
+                    {"grpc": env.endpoint(name), "http": f"127.0.0.1:{env.nodes[name].http}"}
+                    for name in names
+                ]
+                for shard, names in ((0, ("0a", "0b")), (1, ("1",)))
+            },
+        }
+    )
+    with ShardedFeatureClient(env.cluster, join_keys=JOIN_KEYS, api_key=key, timeout=5) as plain:
+        want_dense = plain.get_dense({"user_id": users[:700]}, ["users:seq"])
+    for cluster in (with_http, env.cluster):
+        before = sum(cells_total(env.nodes[n]) for n in ("0a", "0b", "1"))
+        with ShardedFeatureClient(
+            cluster, join_keys=JOIN_KEYS, api_key=key, timeout=5, registry=env.config
+        ) as client:
+            for batch in (users[:700], users[700:1400], users[1400:]):
+                check_columns(client.get_features({"user_id": batch}, FEATURES), batch)
+            got = client.get_dense({"user_id": users[:700]}, ["users:seq"])
+            assert got.values.tobytes() == want_dense.values.tobytes()
+            assert got.statuses.tobytes() == want_dense.statuses.tobytes()
+            only1 = env.keys_of(1)[:300]  # one shard only: one part
+            check_dense(client.get_dense({"user_id": only1}, ["users:seq"]), only1)
+            unknown = client.get_dense({"user_id": [N + 5, 3]}, ["users:seq"])
+            assert unknown.statuses[:, 0].tolist() == [3, 1]  # NOT_FOUND, then PRESENT
+        after = sum(cells_total(env.nodes[n]) for n in ("0a", "0b", "1"))
+        assert after - before >= 2 * 4 + 1  # two parts per split request, one for only1
+        with (
+            ShardedFeatureClient(
+                cluster, join_keys=JOIN_KEYS, api_key=env.keys["bare"], registry=env.config
+            ) as bare,
+            pytest.raises(PermissionDeniedError),
+        ):
+            bare.get_dense({"user_id": [1, 2]}, ["users:seq"])
 
 
 # -- fail-over --------------------------------------------------------------------------------

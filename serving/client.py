@@ -700,6 +700,29 @@ class AsyncShardedFeatureClient:
         """Replicas of ``shard`` not currently marked down (:class:`ClusterChannels`)."""
         return self.channels.up_replicas(shard)
 
+    async def _fan_out(
+        self, method: str, parts: Sequence[tuple[int, bytes]], timeout: float | None
+    ) -> list[bytes]:
+        """Each ``(shard, body)`` to a replica of its shard, concurrently, within one deadline;
+        the answers in the same order. One part failing cancels the others."""
+        t = timeout or self.timeout
+        calls = [
+            self.channels.call(k, method, body, metadata=self._metadata, timeout=t)
+            for k, body in parts
+        ]
+        try:
+            if len(calls) == 1:
+                return [await calls[0]]
+            tasks = [asyncio.ensure_future(c) for c in calls]
+            try:
+                return list(await asyncio.gather(*tasks))
+            except BaseException:
+                for task in tasks:  # one part failed: the others are not waited for
+                    task.cancel()
+                raise
+        except grpc.aio.AioRpcError as e:
+            raise error_from_rpc(e) from None
+
     async def _ask(
         self,
         entities: Entities,
@@ -713,24 +736,7 @@ class AsyncShardedFeatureClient:
             k: _request(part, features, feature_service, dense).SerializeToString()
             for k, part in p.entities.items()
         }
-        t = timeout or self.timeout
-        calls = [
-            self.channels.call(k, METHOD, body, metadata=self._metadata, timeout=t)
-            for k, body in bodies.items()
-        ]
-        try:
-            if len(calls) == 1:
-                outs = [await calls[0]]
-            else:
-                tasks = [asyncio.ensure_future(c) for c in calls]
-                try:
-                    outs = await asyncio.gather(*tasks)
-                except BaseException:
-                    for task in tasks:  # one part failed: the others are not waited for
-                        task.cancel()
-                    raise
-        except grpc.aio.AioRpcError as e:
-            raise error_from_rpc(e) from None
+        outs = await self._fan_out(METHOD, list(bodies.items()), timeout)
         return p, {
             k: pb.GetFeatureVectorResponse.FromString(out)
             for k, out in zip(bodies, outs, strict=True)
@@ -747,24 +753,7 @@ class AsyncShardedFeatureClient:
         """The request split in Rust, its cells parts sent concurrently, merged in Rust."""
         body = _request(entities, features, feature_service, dense).SerializeToString()
         routed = self._core.route("v1_grpc", body, None)
-        t = timeout or self.timeout
-        calls = [
-            self.channels.call(k, CELLS_METHOD, part, metadata=self._metadata, timeout=t)
-            for k, part in routed.parts()
-        ]
-        try:
-            if len(calls) == 1:
-                answers = [await calls[0]]
-            else:
-                tasks = [asyncio.ensure_future(c) for c in calls]
-                try:
-                    answers = await asyncio.gather(*tasks)
-                except BaseException:
-                    for task in tasks:
-                        task.cancel()
-                    raise
-        except grpc.aio.AioRpcError as e:
-            raise error_from_rpc(e) from None
+        answers = await self._fan_out(CELLS_METHOD, routed.parts(), timeout)
         return pb.GetFeatureVectorResponse.FromString(routed.merge(answers))
 
     async def get_dense(

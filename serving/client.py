@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import json
 import os
 import ssl
 import threading
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -184,6 +184,11 @@ class FeatureClient:
         self.target, self.transport, self.timeout = target, transport, timeout
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._ssl_context = ssl_context
+        #: HTTP transport: one keep-alive connection per calling thread
+        self._local = threading.local()
+        self._conns: list[http.client.HTTPConnection] = []
+        base = target if "://" in target else f"http://{target}"
+        self._path = urllib.parse.urlsplit(base).path.rstrip("/") + "/v1/feature-vector"
         self._channel: grpc.Channel | None = None
         self._call: Any = None
         if transport == "grpc":
@@ -200,24 +205,60 @@ class FeatureClient:
         except grpc.RpcError as e:
             raise _raise_grpc(e) from None
 
+    def _connection(self) -> http.client.HTTPConnection:
+        """This thread's keep-alive connection to the node (one per thread: a blocking
+        connection carries one request at a time)."""
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            url = urllib.parse.urlsplit(
+                self.target if "://" in self.target else f"http://{self.target}"
+            )
+            if url.scheme == "https":
+                conn = http.client.HTTPSConnection(
+                    url.hostname or "", url.port, context=self._ssl_context
+                )
+            else:
+                conn = http.client.HTTPConnection(url.hostname or "", url.port)
+            self._local.conn = conn
+            self._conns.append(conn)
+        return conn
+
     def _http(self, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-        url = self.target if "://" in self.target else f"http://{self.target}"
-        req = urllib.request.Request(
-            url.rstrip("/") + "/v1/feature-vector",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", **dict(self._metadata)},
-        )
-        try:
-            with urllib.request.urlopen(
-                req, timeout=timeout or self.timeout, context=self._ssl_context
-            ) as r:
-                return dict(json.loads(r.read()))
-        except urllib.error.HTTPError as e:
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **dict(self._metadata)}
+        for attempt in (0, 1):
+            conn = self._connection()
+            conn.timeout = timeout or self.timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(conn.timeout)
+            reused = conn.sock is not None
             try:
-                msg = json.loads(e.read())["error"]["message"]
+                conn.request("POST", self._path, body=data, headers=headers)
+                r = conn.getresponse()
+                raw = r.read()
+            except (ConnectionResetError, BrokenPipeError) as e:  # RemoteDisconnected too
+                conn.close()
+                if reused and attempt == 0:  # the node closed the idle connection: again
+                    continue
+                raise StorageError(f"UNAVAILABLE: {self.target}: {e}") from None
+            except TimeoutError:
+                conn.close()
+                raise DeadlineExceededError(
+                    f"DEADLINE_EXCEEDED: {self.target} did not answer in {conn.timeout} s"
+                ) from None
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                raise StorageError(f"UNAVAILABLE: {self.target}: {e}") from None
+            if r.will_close:
+                conn.close()
+            if r.status == 200:
+                return dict(json.loads(raw))
+            try:
+                msg = json.loads(raw)["error"]["message"]
             except (ValueError, KeyError, TypeError):
-                msg = str(e)
-            raise _HTTP_ERRORS.get(e.code, FeatureServingError)(msg) from None
+                msg = f"HTTP {r.status}: {raw[:200]!r}"
+            raise _HTTP_ERRORS.get(r.status, FeatureServingError)(msg)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _http_body(
@@ -286,6 +327,9 @@ class FeatureClient:
     def close(self) -> None:
         if self._channel is not None:
             self._channel.close()
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
 
     def __enter__(self) -> FeatureClient:
         return self

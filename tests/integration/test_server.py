@@ -29,7 +29,12 @@ from serving._proto.feast.serving import ServingService_pb2 as feast_pb2
 from serving._proto.feast.types import Value_pb2
 from serving._proto.feature_serving.v1 import feature_service_pb2 as v1
 from serving.client import FeatureClient
-from serving.errors import InvalidArgumentError, NotFoundError
+from serving.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NotFoundError,
+    StorageError,
+)
 from serving.sample import generate, user_profile_value
 
 pytestmark = pytest.mark.integration
@@ -326,6 +331,63 @@ def test_client_dense_and_columns(env: dict[str, Any], transport: str) -> None:
         assert list(cols.columns["item_stats:title"]) == ['Red "shoe" ü', "x"]
         assert cols.statuses.tolist() == [[1, 1], [2, 1]]
         assert float(cols.columns["item_stats:ctr"][0]) == 0.25
+
+
+def test_http_client_keeps_one_connection_per_thread(env: dict[str, Any]) -> None:
+    """FeatureClient(transport="http"): keep-alive (one connection per calling thread, not per
+    call), the node's errors as FeatureServingError subclasses, a dead or slow node as
+    StorageError / DeadlineExceededError."""
+    s: Server = env["server"]
+    feats = ["user_profile:f000"]
+    with FeatureClient(f"127.0.0.1:{s.http}", transport="http", timeout=5) as client:
+        socks = set()
+        for u in range(1, 6):
+            assert client.get_dense({"user_id": [u]}, feats).values[0, 0] == expected(u, 0)
+            socks.add(id(client._local.conn.sock))
+        assert len(socks) == 1  # the same socket for every call
+        with pytest.raises(NotFoundError, match="nope"):
+            client.get_dense({"user_id": [1]}, ["nope:f1"])
+        # the connection survives an error answer
+        assert client.get_dense({"user_id": [2]}, feats).values[0, 0] == expected(2, 0)
+        assert id(client._local.conn.sock) in socks
+        # a node-closed idle connection is replaced without an error
+        client._local.conn.sock.shutdown(socket.SHUT_RDWR)
+        assert client.get_dense({"user_id": [3]}, feats).values[0, 0] == expected(3, 0)
+        got: list[float] = []
+        threads = [
+            threading.Thread(
+                target=lambda u=u: got.append(
+                    float(client.get_dense({"user_id": [u]}, feats).values[0, 0])
+                )
+            )
+            for u in (7, 8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(got) == sorted([expected(7, 0), expected(8, 0)])
+        assert len(client._conns) == 3  # this thread's and one per other thread
+    # nothing listening: StorageError (UNAVAILABLE), as over gRPC
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with (
+        FeatureClient(f"127.0.0.1:{port}", transport="http", timeout=2) as dead,
+        pytest.raises(StorageError, match="UNAVAILABLE"),
+    ):
+        dead.get_dense({"user_id": [1]}, feats)
+    # a listener that never answers: DeadlineExceededError
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        with (
+            FeatureClient(
+                f"127.0.0.1:{mute.getsockname()[1]}", transport="http", timeout=0.3
+            ) as slow,
+            pytest.raises(DeadlineExceededError),
+        ):
+            slow.get_dense({"user_id": [1]}, feats)
 
 
 def test_health_and_reflection(env: dict[str, Any]) -> None:

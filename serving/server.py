@@ -1087,6 +1087,30 @@ class FeatureServer(Frontend):
         log.info(
             "serving on %s: gRPC port %d, HTTP port %d", s.host, self.grpc_port, self.http_port
         )
+        self._check_own_entry()
+
+    def _check_own_entry(self) -> None:
+        """Warns when the cluster map names no endpoint of this node's shard on this node's
+        ports: clients and routers that route by the map would never reach it. Only ports are
+        compared (host names differ by network: a pod, its service, a load balancer)."""
+        shard = self.settings.shard()
+        if self.cluster is None or shard is None:
+            return
+        endpoints = self.cluster.shards.get(shard.index, [])
+        ports = {e.rpartition(":")[2] for e in endpoints}
+        ports |= {
+            a.rpartition(":")[2] for e in endpoints if (a := self.cluster.http.get(e)) is not None
+        }
+        if str(self.grpc_port) not in ports and str(self.http_port) not in ports:
+            log.warning(
+                "the cluster map lists shard %d at %s, none on this node's ports (gRPC %d, "
+                "HTTP %d): clients and routers that route by the map will not send this node "
+                "any request (behind port mapping this is expected)",
+                shard.index,
+                ", ".join(endpoints) or "no endpoint",
+                self.grpc_port,
+                self.http_port,
+            )
 
     async def _publish_health(self) -> None:
         await self._set_health(self.is_ready())

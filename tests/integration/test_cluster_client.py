@@ -335,6 +335,23 @@ def test_serve_refuses_a_cluster_map_that_does_not_fit(tmp_path: Path) -> None:
     assert not (tmp_path / "store").exists()
 
 
+def test_node_warns_when_the_map_does_not_list_it(env: Env) -> None:
+    """A node whose ports are on none of its shard's endpoints in its cluster map says so at
+    start (routing by the map would never reach it); the map's own nodes do not."""
+    warning = "none on this node's ports"
+    for name in ("0a", "0b", "1"):
+        assert warning not in (env.tmp / f"{name}.log").read_text()
+    stray = env.start("stray", *env.shard_flags(1), "--cluster-map", str(env.map_path))
+    try:
+        log = (env.tmp / "stray.log").read_text()
+        assert warning in log, log[-2000:]
+        assert f"lists shard 1 at {env.endpoint('1')}" in log
+    finally:
+        stop_server(stray)
+        env.servers.remove(stray)
+        del env.nodes["stray"]
+
+
 # -- ClusterChannels --------------------------------------------------------------------------
 
 

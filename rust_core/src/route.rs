@@ -734,6 +734,15 @@ mod tests {
         routed.merge(&slices, &cfg()).unwrap()
     }
 
+    /// Every part of `routed` answered by `store` (not sharded) as raw cells.
+    fn cells_answers(store: &Store, routed: &Routed) -> Vec<Vec<u8>> {
+        routed
+            .parts
+            .iter()
+            .map(|p| serve(store, Api::Cells, &p.body, &cfg(), NOW).unwrap().body)
+            .collect()
+    }
+
     fn local(store: &Store, api: Api, body: &[u8]) -> Vec<u8> {
         serve(store, api, body, &cfg(), NOW).unwrap().body
     }
@@ -848,15 +857,7 @@ mod tests {
         let r = router(2, parts());
         let body = br#"{"features":["user_profile:f000","user_profile:f001"],"entities":{"user_id":[1,2,3,4,5,6]}}"#;
         let routed = r.route(Api::FeastHttp, body, &cfg(), None, 0).unwrap();
-        let answers: Vec<Vec<u8>> = routed
-            .parts
-            .iter()
-            .map(|p| {
-                serve(&store, Api::Cells, &p.body, &cfg(), NOW)
-                    .unwrap()
-                    .body
-            })
-            .collect();
+        let answers = cells_answers(&store, &routed);
         let slices: Vec<&[u8]> = answers.iter().map(Vec::as_slice).collect();
         assert!(routed.merge(&slices, &cfg()).is_ok());
         // Too few answers, truncated, trailing bytes.
@@ -890,11 +891,7 @@ mod tests {
             false,
         )
         .unwrap();
-        let answers: Vec<Vec<u8>> = routed
-            .parts
-            .iter()
-            .map(|p| serve(&node, Api::Cells, &p.body, &cfg(), NOW).unwrap().body)
-            .collect();
+        let answers = cells_answers(&node, &routed);
         let slices: Vec<&[u8]> = answers.iter().map(Vec::as_slice).collect();
         let e = routed.merge(&slices, &cfg()).unwrap_err();
         assert!(
@@ -988,15 +985,7 @@ mod tests {
             let split = t.elapsed() / n;
             let routed = r.route(api, &body, &cfg(), None, 0).unwrap();
             let t = Instant::now();
-            let answers: Vec<Vec<u8>> = routed
-                .parts
-                .iter()
-                .map(|p| {
-                    serve(&store, Api::Cells, &p.body, &cfg(), NOW)
-                        .unwrap()
-                        .body
-                })
-                .collect();
+            let answers = cells_answers(&store, &routed);
             let node = t.elapsed();
             let slices: Vec<&[u8]> = answers.iter().map(Vec::as_slice).collect();
             let t = Instant::now();

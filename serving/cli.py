@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from serving import __version__
-from serving.auth import KeyFile, default_keys_file
 from serving.config import ServeSettings, add_route_flags, add_serve_flags, load_settings
 from serving.errors import FeatureServingError, InvalidArgumentError, StorageError
+from serving.frontend.auth import KeyFile, default_keys_file
 from serving.registry import Registry
 from serving.store import Store
 
@@ -64,7 +64,7 @@ def _setup_logging(level: str, default_format: str = "json") -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from serving.server import run
+    from serving.frontend.node import run
 
     s = _settings(args)
     _setup_logging(s.log_level)
@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_route(args: argparse.Namespace) -> int:
     from serving.cluster import ClusterMap
-    from serving.router import run
+    from serving.frontend.router import run
 
     s = _settings(args)
     _setup_logging(s.log_level)
@@ -117,7 +117,7 @@ async def _show_answers(server: object) -> None:
     import aiohttp
 
     from serving.client import AsyncFeatureClient
-    from serving.server import FeatureServer
+    from serving.frontend.node import FeatureServer
 
     assert isinstance(server, FeatureServer)
     host, http, grpc_port = server.settings.host, server.http_port, server.grpc_port
@@ -157,8 +157,8 @@ with FeatureClient("{host}:{grpc_port}"{key_arg}) as client:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Loads the sample (make sample wrote it) and serves it, showing real answers."""
-    from serving.batch_loader import materialize
-    from serving.server import run
+    from serving.frontend.node import run
+    from serving.loaders.batch import materialize
 
     s = _settings(args)
     # The demo has no Kafka broker; `serve` runs the stream sources' loaders.
@@ -298,10 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_key_commands(sub, common)
 
-    from serving import batch_loader
+    from serving.loaders import batch as batch_loader
 
     batch_loader.add_commands(sub, common)
-    from serving import kafka_loader
+    from serving.loaders import kafka as kafka_loader
 
     kafka_loader.add_commands(sub, common)
     from serving import snapshot

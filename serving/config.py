@@ -16,7 +16,7 @@ from serving.errors import InvalidArgumentError
 from serving.sharding import Shard
 
 if TYPE_CHECKING:
-    from serving.cluster import ClusterMap
+    from serving.cluster.map import ClusterMap
 
 ENV_PREFIX = "FS_"
 
@@ -151,7 +151,7 @@ class ServeSettings:
         shard settings: a sharded node's map must have its shard count and topic partitions."""
         if not self.cluster_map:
             return None
-        from serving.cluster import ClusterMap
+        from serving.cluster.map import ClusterMap
 
         cluster = ClusterMap.load(self.cluster_map)
         shard = self.shard()

@@ -119,7 +119,71 @@ class ShardUnavailableError(FeatureServingError):
     code = "shard_unavailable"
 
 
+#: every class of the hierarchy. Where several share a status, the first listed is the one a
+#: status alone is read back as (a client or a router sees only the status, or a JSON body whose
+#: ``code`` is unknown to it):
+#:
+#: - INVALID_ARGUMENT / 400: InvalidArgumentError (RegistryError is a special case of it);
+#: - FAILED_PRECONDITION / 409: WrongShardError, since on the serving path (the only calls
+#:   clients and routers make) a node answers it only for an entity another shard owns;
+#:   SchemaError comes from registry changes (admin routes, ``Store.apply_registry``);
+#: - UNAVAILABLE / 503: StorageError, what a node answers; ShardUnavailableError is made by a
+#:   router (``serving.frontend.router`` reads a node's UNAVAILABLE as one itself);
+#: - INTERNAL / 500: FeatureServingError (ShardAnswerError has its own HTTP status, 502).
+#:
+#: A JSON error body names its class exactly (``code`` is unique): read it first where a body
+#: is at hand (:func:`error_class`).
+ERROR_CLASSES: tuple[type[FeatureServingError], ...] = (
+    FeatureServingError,
+    InvalidArgumentError,
+    RegistryError,
+    NotFoundError,
+    WrongShardError,
+    SchemaError,
+    StorageError,
+    ShardUnavailableError,
+    UnauthenticatedError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    DeadlineExceededError,
+    ShardAnswerError,
+)
+
+_BY_CODE: dict[str, type[FeatureServingError]] = {c.code: c for c in ERROR_CLASSES}
+_BY_GRPC: dict[str, type[FeatureServingError]] = {}
+_BY_HTTP: dict[int, type[FeatureServingError]] = {}
+for _cls in ERROR_CLASSES:
+    _BY_GRPC.setdefault(_cls.grpc_status, _cls)
+    _BY_HTTP.setdefault(_cls.http_status, _cls)
+del _cls
+assert len(_BY_CODE) == len(ERROR_CLASSES), "error codes must be unique"
+
+
+def error_class(
+    *, code: str | None = None, http_status: int | None = None, grpc_status: str | None = None
+) -> type[FeatureServingError]:
+    """The class an answer's error is raised as: by its JSON ``code`` when known, else by its
+    HTTP status, else by its gRPC status name (``"UNAVAILABLE"``); FeatureServingError when
+    none of them names a class (see :data:`ERROR_CLASSES` for shared statuses)."""
+    cls = _BY_CODE.get(code) if code is not None else None
+    if cls is None and http_status is not None:
+        cls = _BY_HTTP.get(http_status)
+    if cls is None and grpc_status is not None:
+        cls = _BY_GRPC.get(grpc_status)
+    return cls or FeatureServingError
+
+
+def grpc_status_of(*, code: str | None = None, http_status: int | None = None) -> str | None:
+    """The gRPC status name an HTTP error answer stands for (its JSON ``code`` first, then its
+    HTTP status); None when neither names a class."""
+    cls = _BY_CODE.get(code) if code is not None else None
+    if cls is None and http_status is not None:
+        cls = _BY_HTTP.get(http_status)
+    return None if cls is None else cls.grpc_status
+
+
 __all__ = [
+    "ERROR_CLASSES",
     "DeadlineExceededError",
     "FeatureServingError",
     "InvalidArgumentError",
@@ -133,4 +197,6 @@ __all__ = [
     "StorageError",
     "UnauthenticatedError",
     "WrongShardError",
+    "error_class",
+    "grpc_status_of",
 ]

@@ -22,7 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from serving import __version__
+from serving import __version__, _rust_core
 
 NS = "feature_serving"
 STATUS_NAMES = ("INVALID", "PRESENT", "NULL_VALUE", "NOT_FOUND", "OUTSIDE_MAX_AGE")
@@ -101,7 +101,7 @@ class CoreCollector(Collector):
 
     def __init__(
         self,
-        core: Any,
+        core: _rust_core.Store,
         views: Callable[[], dict[str, int]],
         loaders: Callable[[], list[dict[str, Any]]] | None = None,
         ready: Callable[[], bool] | None = None,

@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from serving import batch_loader as bl
 from serving.errors import InvalidArgumentError
+from serving.loaders import batch as bl
+from serving.loaders.batch import meta as blm
 from serving.registry import Registry
 from serving.sample import BASE_TIME, generate, user_profile_schema
 from serving.store import FieldStatus, Store
@@ -85,7 +86,7 @@ def profile_table(ids: Sequence[int] | np.ndarray, ts: dt.datetime, shift: int =
     values = expected(ids, shift)
     cols: list[pa.Array] = [
         pa.array(ids, pa.int64()),
-        pa.array(np.full(len(ids), bl._micros(ts)), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        pa.array(np.full(len(ids), blm._micros(ts)), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
     ]
     cols.extend(pa.array(values[:, i]) for i in range(N_F))
     return pa.Table.from_arrays(cols, schema=user_profile_schema())
@@ -188,7 +189,7 @@ def write_hive(root: Path, days: Sequence[dt.datetime], per_day: int = 50) -> No
         # timestamps spread over the day, so statistics alone would not prune
         t = profile_table(ids, day)
         spread = pa.array(
-            [bl._micros(day) + k * 3_600_000_000 // per_day * 23 for k in range(per_day)],
+            [blm._micros(day) + k * 3_600_000_000 // per_day * 23 for k in range(per_day)],
             pa.int64(),
         ).cast(pa.timestamp("us", tz="UTC"))
         t = t.set_column(1, "event_timestamp", spread)
@@ -600,7 +601,7 @@ def test_cli_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     # a store held by another process (a running server): a clear message and exit code 2
     script = (
         "import argparse, sys\n"
-        "from serving import batch_loader as bl\n"
+        "from serving.loaders import batch as bl\n"
         "common = argparse.ArgumentParser(add_help=False)\n"
         "common.add_argument('--config'); common.add_argument('--data-dir')\n"
         "p = argparse.ArgumentParser()\n"

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from serving import batch_loader as bl
+from serving.loaders import batch as bl
 from serving.registry import Registry
 from serving.sample import BASE_TIME, user_profile_schema
 from serving.store import FieldStatus, Store
@@ -68,7 +68,7 @@ def registry_for(path: Path) -> Registry:
 CHILD = textwrap.dedent(
     """
     import sys
-    from serving import batch_loader as bl
+    from serving.loaders import batch as bl
     from serving.registry import Registry
     from serving.store import Store
 

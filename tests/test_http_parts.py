@@ -14,7 +14,8 @@ import grpc.aio
 import pytest
 from aiohttp import web
 
-from serving.cluster import ClusterMap, HttpClusterChannels, _Http1Pool
+from serving.cluster import ClusterMap, HttpClusterChannels
+from serving.cluster.http1 import _Http1Pool
 
 METHOD = "/feature_serving.v1.FeatureService/GetCells"
 

@@ -13,9 +13,9 @@ import pytest
 
 from serving import Registry, Store, _rust_core
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
+from serving.cluster.map import sharded_views
 from serving.errors import InvalidArgumentError, PermissionDeniedError, ShardAnswerError
-from serving.kafka_loader import encode_key
-from serving.router import sharded_views
+from serving.loaders.kafka import encode_key
 from serving.sharding import shard_for_key
 
 REGISTRY = """
@@ -124,7 +124,7 @@ def test_router_refuses_at_once_while_its_event_loop_is_behind(tmp_path: Path) -
     from serving.cluster import ClusterMap
     from serving.config import ServeSettings
     from serving.errors import ResourceExhaustedError
-    from serving.router import FeatureRouter
+    from serving.frontend.router import FeatureRouter
 
     config = tmp_path / "features.yaml"
     config.write_text(REGISTRY)

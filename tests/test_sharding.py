@@ -7,7 +7,7 @@ import pytest
 
 from serving import _rust_core
 from serving.errors import InvalidArgumentError
-from serving.kafka_loader import LoaderOptions
+from serving.loaders.kafka import LoaderOptions
 from serving.registry import StreamSource
 from serving.sharding import Shard, partition_for_key, partitions_for_keys, shard_for_key
 

@@ -25,7 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from serving import batch_loader as bl
+from serving.loaders import batch as bl
+from serving.loaders.batch import api as bla
+from serving.loaders.batch import delta as bld
+from serving.loaders.batch import plan as blp
+from serving.loaders.batch import read as blr
 from serving.registry import Registry
 from serving.sample import generate, user_profile_value
 from serving.store import FieldStatus, Store
@@ -105,9 +109,9 @@ def test_materialize(
     assert res.values[:, 0].tolist() == [user_profile_value(int(u), 1) for u in probe]
 
     # where the time goes: the read pipeline alone, then Store.write alone
-    plan = bl._new_plan(store, reg.view("user_profile"), None, None)
+    plan = bla._new_plan(store, reg.view("user_profile"), None, None)
     if kind == "delta":
-        bl._plan_delta(
+        bld._plan_delta(
             plan,
             version=None,
             synced=None,
@@ -116,9 +120,9 @@ def test_materialize(
             on_error="fail",
         )
     else:
-        bl._plan_parquet(plan, prune_partitions=True, on_error="fail")
+        blp._plan_parquet(plan, prune_partitions=True, on_error="fail")
     t0 = time.perf_counter()
-    batches = [p.batch for _u, p in bl._prepared(plan, build=True, batch_rows=bl.BATCH_ROWS)]
+    batches = [p.batch for _u, p in blr._prepared(plan, build=True, batch_rows=bl.BATCH_ROWS)]
     read_s = time.perf_counter() - t0
     store.close()
     shutil.rmtree(db, ignore_errors=True)

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 
-from serving.kafka_loader import KafkaLoader, encode_key
+from serving.loaders.kafka import KafkaLoader, encode_key
 from serving.registry import Registry
 from serving.store import Store
 

@@ -108,7 +108,7 @@ class Broker:
     def producer(self, **conf: Any) -> Any:
         from confluent_kafka import Producer
 
-        from serving.kafka_loader import PRODUCER_DEFAULTS
+        from serving.loaders.kafka import PRODUCER_DEFAULTS
 
         return Producer({"bootstrap.servers": self.bootstrap, **PRODUCER_DEFAULTS, **conf})
 

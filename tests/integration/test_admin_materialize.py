@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from serving.auth import KeyFile
+from serving.frontend.auth import KeyFile
 from tests.integration.test_server import ROOT, start_server, stop_server
 
 pytestmark = pytest.mark.integration

@@ -32,11 +32,11 @@ import pytest
 
 from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 from serving import Registry, Store
-from serving.auth import KeyFile
 from serving.client import FeatureClient, ShardedFeatureClient
 from serving.cluster import ClusterMap
 from serving.errors import FeatureServingError, PermissionDeniedError
-from serving.kafka_loader import encode_key, produce_rows
+from serving.frontend.auth import KeyFile
+from serving.loaders.kafka import encode_key, produce_rows
 from serving.sharding import shard_for_key
 from tests.integration.test_scale_out_serve import kafka_rows_applied
 from tests.integration.test_server import ROOT, Server, free_port, start_cli, stop_server

@@ -36,7 +36,6 @@ import serving
 from integration.kafka_fixtures import Broker, tansu_binary
 from serving import Registry
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
-from serving.auth import KeyFile
 from serving.client import (
     METHOD,
     AsyncShardedFeatureClient,
@@ -46,7 +45,8 @@ from serving.client import (
 )
 from serving.cluster import ClusterChannels, ClusterMap, ClusterMapError, fetch_node_info
 from serving.errors import PermissionDeniedError, StorageError, UnauthenticatedError
-from serving.kafka_loader import encode_key, produce_rows
+from serving.frontend.auth import KeyFile
+from serving.loaders.kafka import encode_key, produce_rows
 from serving.sharding import shard_for_key
 from serving.store import DenseResult
 from tests.integration.test_server import ROOT, Server, free_port, start_server, stop_server

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving import Registry, Store
-from serving.auth import KeyFile
+from serving.frontend.auth import KeyFile
 from serving.sample import generate, user_profile_value
 from tests.integration.test_server import Server, start_cli, start_server, stop_server
 

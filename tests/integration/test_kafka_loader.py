@@ -20,7 +20,7 @@ import pytest
 
 from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 from serving import Registry, Store
-from serving.kafka_loader import (
+from serving.loaders.kafka import (
     KafkaLoader,
     encode_key,
     offset_key,

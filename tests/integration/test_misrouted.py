@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 from serving import Registry, Store
 from serving.errors import InvalidArgumentError
-from serving.kafka_loader import (
+from serving.loaders.kafka import (
     MISROUTED_HINT,
     PRODUCER_DEFAULTS,
     KafkaLoader,

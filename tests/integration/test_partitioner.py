@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient
 
 from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 from serving import Registry
-from serving.kafka_loader import PRODUCER_DEFAULTS, encode_key, produce_rows
+from serving.loaders.kafka import PRODUCER_DEFAULTS, encode_key, produce_rows
 from serving.sharding import partition_for_key, partitions_for_keys
 
 pytestmark = pytest.mark.integration

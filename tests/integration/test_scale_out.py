@@ -15,7 +15,7 @@ import pytest
 from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 from serving import Registry, Store
 from serving.errors import InvalidArgumentError
-from serving.kafka_loader import KafkaLoader, encode_key, offset_key, produce_rows
+from serving.loaders.kafka import KafkaLoader, encode_key, offset_key, produce_rows
 from serving.sharding import Shard, partition_for_key
 from serving.snapshot import restore
 

@@ -17,7 +17,7 @@ from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixtur
 from serving import Registry, Store
 from serving.client import FeatureClient
 from serving.errors import WrongShardError
-from serving.kafka_loader import KafkaLoader, encode_key, produce_rows
+from serving.loaders.kafka import KafkaLoader, encode_key, produce_rows
 from serving.sharding import shard_for_key
 from tests.integration.test_server import ROOT, Server, start_server, stop_server
 

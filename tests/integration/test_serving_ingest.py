@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 
 from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 from serving import Registry
-from serving.kafka_loader import PRODUCER_DEFAULTS, produce_rows
+from serving.loaders.kafka import PRODUCER_DEFAULTS, produce_rows
 from tests.integration.test_server import start_server, stop_server
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from serving import Registry, Store
-from serving.auth import KeyFile
+from serving.frontend.auth import KeyFile
 from serving.snapshot import restore
 from tests.integration.test_admin_materialize import post
 from tests.integration.test_server import ROOT, start_server, stop_server

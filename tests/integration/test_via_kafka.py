@@ -19,10 +19,10 @@ import pytest
 from integration.kafka_fixtures import Broker, broker, free_port  # noqa: F401 - the fixture
 from integration.test_scale_out import PARTITIONS, ingest, present
 from serving import Registry, Store
-from serving.batch_loader import materialize, materialize_incremental, watermark_key
 from serving.errors import InvalidArgumentError
-from serving.kafka_loader import KafkaLoader, encode_key
-from serving.publish_state import STATE_TOPIC
+from serving.loaders.batch import materialize, materialize_incremental, watermark_key
+from serving.loaders.kafka import KafkaLoader, encode_key
+from serving.loaders.publish_state import STATE_TOPIC
 from serving.sharding import Shard, partition_for_key
 
 pytestmark = pytest.mark.integration
@@ -396,7 +396,7 @@ def test_incremental_via_kafka_state_failure_republishes_harmlessly(
     """A run that dies after publishing but before recording its watermark: the state is
     unchanged, the next run publishes the same rows again, and the nodes end the same."""
     from serving.errors import StorageError
-    from serving.publish_state import StateTopic
+    from serving.loaders.publish_state import StateTopic
 
     parquet = tmp_path / "users.parquet"
     pq.write_table(users_table(range(300), 1, 0), parquet)

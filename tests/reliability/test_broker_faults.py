@@ -27,7 +27,7 @@ from reliability.helpers import (
     write_config,
 )
 from serving import Registry
-from serving.kafka_loader import produce_rows
+from serving.loaders.kafka import produce_rows
 from tests.integration.test_server import start_server, stop_server
 
 pytestmark = pytest.mark.integration

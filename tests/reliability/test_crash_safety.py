@@ -30,8 +30,8 @@ from reliability.helpers import (
     write_config,
 )
 from serving import Registry, Store
-from serving.auth import KeyFile
-from serving.kafka_loader import offset_key, produce_rows
+from serving.frontend.auth import KeyFile
+from serving.loaders.kafka import offset_key, produce_rows
 from tests.integration.test_server import start_server, stop_server
 
 pytestmark = pytest.mark.integration

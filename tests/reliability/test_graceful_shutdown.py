@@ -17,7 +17,7 @@ from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixtur
 
 from reliability.helpers import feast_body, http, wait_until, write_config
 from serving import Registry, Store
-from serving.kafka_loader import offset_key, produce_rows
+from serving.loaders.kafka import offset_key, produce_rows
 from tests.integration.test_server import start_server
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from reliability.helpers import metric, preload, scrape, write_config
-from serving.server import LoopLagGuard
+from serving.frontend.admission import LoopLagGuard
 from tests.integration.test_server import Server, start_server, stop_server
 
 pytestmark = pytest.mark.integration

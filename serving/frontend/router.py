@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
@@ -34,16 +33,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from serving import __version__, _rust_core
-from serving.auth import Authenticator, KeyFile
-from serving.cluster import (
-    CELLS_METHOD,
-    CELLS_PATH,
-    GRPC_ERRORS,
-    ClusterChannels,
-    ClusterMap,
-    HttpClusterChannels,
-    sharded_views,
-)
+from serving.cluster.channels import ClusterChannels, HttpClusterChannels
+from serving.cluster.map import ClusterMap, sharded_views
+from serving.cluster.rpc import CELLS_METHOD, CELLS_PATH
 from serving.config import ServeSettings
 from serving.errors import (
     DeadlineExceededError,
@@ -55,27 +47,24 @@ from serving.errors import (
     ShardUnavailableError,
     UnauthenticatedError,
     WrongShardError,
+    error_class,
 )
+from serving.frontend.admission import LoopLagGuard
+from serving.frontend.auth import Authenticator, KeyFile
+from serving.frontend.base import Frontend
+from serving.frontend.endpoints import JSON, Endpoint
+from serving.frontend.grpc_auth import principal
+from serving.frontend.tls import node_credentials, node_ssl_context
 from serving.metrics import LATENCY_BUCKETS, NS, ServingMetrics
 from serving.registry import Registry
-from serving.server import (
-    JSON,
-    Frontend,
-    LoopLagGuard,
-    _principal,
-    _read,
-)
 
 log = logging.getLogger("serving.router")
 
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 
-#: a node's gRPC status -> what the router answers (the rest as a client maps them)
-_NODE_ERRORS: dict[grpc.StatusCode, type[FeatureServingError]] = {
-    **GRPC_ERRORS,
-    grpc.StatusCode.UNAVAILABLE: ShardUnavailableError,
-    grpc.StatusCode.CANCELLED: ShardUnavailableError,
-}
+#: a node's gRPC statuses the router answers otherwise than a client reads them: the shard
+#: (not the router's store) is unavailable; the rest as ``serving.errors.error_class`` says
+_SHARD_UNAVAILABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 
 def node_error(shard: int, e: grpc.aio.AioRpcError) -> FeatureServingError:
@@ -86,38 +75,17 @@ def node_error(shard: int, e: grpc.aio.AioRpcError) -> FeatureServingError:
         if "belongs to shard" in details:
             return WrongShardError(f"{details} (the router's cluster map sent it to shard {shard})")
         return SchemaError(details)
-    cls = _NODE_ERRORS.get(code)
-    if cls is None:
+    if code in _SHARD_UNAVAILABLE:
+        cls: type[FeatureServingError] = ShardUnavailableError
+    else:
+        cls = error_class(grpc_status=code.name)
+    if cls is FeatureServingError:
         return ShardAnswerError(f"shard {shard} answered {code.name}: {details}")
     if cls is ShardUnavailableError and not details.startswith(f"shard {shard}:"):
         # UNAVAILABLE from ClusterChannels names the shard and the replicas tried already;
         # a replica's own UNAVAILABLE (a storage error, a stopping node) was failed over
         details = f"shard {shard}: {details}"
     return cls(details)
-
-
-def node_credentials(s: ServeSettings) -> grpc.ChannelCredentials | None:
-    """TLS credentials for the router's channels to the nodes (None: plaintext)."""
-    if not s.node_tls_ca:
-        if s.node_tls_cert or s.node_tls_key:
-            raise InvalidArgumentError("--node-tls-cert/--node-tls-key need --node-tls-ca")
-        return None
-    if bool(s.node_tls_cert) != bool(s.node_tls_key):
-        raise InvalidArgumentError("give both --node-tls-cert and --node-tls-key, or neither")
-    ca = _read(s.node_tls_ca)
-    if s.node_tls_cert:
-        return grpc.ssl_channel_credentials(ca, _read(s.node_tls_key), _read(s.node_tls_cert))
-    return grpc.ssl_channel_credentials(ca)
-
-
-def node_ssl_context(s: ServeSettings) -> ssl.SSLContext | None:
-    """The TLS context of the HTTP parts (the same files as :func:`node_credentials`)."""
-    if node_credentials(s) is None:
-        return None
-    ctx = ssl.create_default_context(cafile=s.node_tls_ca)
-    if s.node_tls_cert:
-        ctx.load_cert_chain(s.node_tls_cert, s.node_tls_key)
-    return ctx
 
 
 class RouterMetrics:
@@ -365,17 +333,13 @@ class FeatureRouter(Frontend):
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _serving_routes(self) -> dict[str, Callable[[web.Request], Awaitable[web.Response]]]:
-        return {
-            "/get-online-features": self._http_handler("feast_http"),
-            "/v1/feature-vector": self._http_handler("v1_http"),
-        }
-
     def _extra_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/cluster", self._http_cluster)
         app.router.add_post("/admin/reload", self._admin_reload)
 
-    def _http_handler(self, api: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _http_serving(self, endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Response]]:
+        api = endpoint.api
+
         async def handle(request: web.Request) -> web.Response:
             body, scope = await self._serving_body(request)
             out = await self.route(api, body, scope, request.headers.get("Authorization"), None)
@@ -408,9 +372,13 @@ class FeatureRouter(Frontend):
 
     # -- gRPC ------------------------------------------------------------------------------
 
-    def _grpc_routed(self, api: str, label: str, method: str) -> grpc.RpcMethodHandler[Any, Any]:
+    def _grpc_serving(
+        self, endpoint: Endpoint
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]:
+        api = endpoint.api
+
         async def call(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            p = _principal.get()
+            p = principal.get()
             if p is None and self.auth is not None:
                 raise UnauthenticatedError("missing API key")
             scope = None if p is None or p.read_all else p.scope_id
@@ -421,14 +389,7 @@ class FeatureRouter(Frontend):
                     break
             return await self.route(api, request, scope, authorization, context.time_remaining())
 
-        return self._grpc_unary(call, label, method)
-
-    def _serving_methods(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        feast = {
-            "GetOnlineFeatures": self._grpc_routed("feast_grpc", "feast-grpc", "GetOnlineFeatures")
-        }
-        v1 = {"GetFeatureVector": self._grpc_routed("v1_grpc", "grpc", "GetFeatureVector")}
-        return feast, v1
+        return call
 
     # -- replica health --------------------------------------------------------------------
 

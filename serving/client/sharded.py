@@ -1,423 +1,46 @@
-"""Python client for model servers.
-
-``FeatureClient`` (blocking) and ``AsyncFeatureClient`` (asyncio) call ``GetFeatureVector`` over
-gRPC (default) or ``POST /v1/feature-vector`` over HTTP. The dense layout returns one numpy
-float32 matrix built straight from the response bytes, without a Python object per value::
-
-    with FeatureClient("127.0.0.1:6565") as client:
-        m = client.get_dense({"user_id": [1, 2, 3]}, feature_service="user_profile_all")
-        m.values.shape  # (3, 200)
-
-``ShardedFeatureClient`` (blocking) and ``AsyncShardedFeatureClient`` (asyncio) route over a
-sharded cluster (docs/scale-out.md): they split a batch by owning shard, ask the shards
+"""Clients of a sharded cluster (docs/scale-out.md): split a batch by owning shard, ask the shards
 concurrently, merge the answers back in request order, fail over to another replica of a shard
-that is unavailable and hedge to another replica when one is slow (``serving.cluster``).
-"""
+that is unavailable and hedge to another replica when one is slow (``serving.cluster``)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import http.client
-import json
 import os
 import ssl
 import threading
-import urllib.parse
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-import numpy.typing as npt
 
 from serving import _rust_core
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
-from serving.cluster import (
-    CELLS_METHOD,
-    CELLS_PATH,
-    ClusterChannels,
-    ClusterMap,
-    ClusterMapError,
-    HttpClusterChannels,
-    error_from_rpc,
-    open_channel,
-    sharded_views,
+from serving.client.codec import (
+    METHOD,
+    ColumnsResult,
+    Entities,
+    _as_list,
+    _columns,
+    _dense,
+    _request,
 )
-from serving.cluster import fetch_node_info as _fetch_node_info
+from serving.cluster.channels import ClusterChannels, HttpClusterChannels
+from serving.cluster.map import ClusterMap, ClusterMapError, sharded_views
+from serving.cluster.map import fetch_node_info as _fetch_node_info
+from serving.cluster.rpc import CELLS_METHOD, CELLS_PATH, _metadata, error_from_rpc, open_channel
 from serving.errors import (
-    DeadlineExceededError,
     FeatureServingError,
     InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
-    StorageError,
-    UnauthenticatedError,
-    WrongShardError,
 )
 from serving.registry import Registry
 from serving.store import DenseResult
 
-METHOD = "/feature_serving.v1.FeatureService/GetFeatureVector"
-_STATUS_NAMES = {"INVALID": 0, "PRESENT": 1, "NULL_VALUE": 2, "NOT_FOUND": 3, "OUTSIDE_MAX_AGE": 4}
-_HTTP_ERRORS: dict[int, type[FeatureServingError]] = {
-    400: InvalidArgumentError,
-    401: UnauthenticatedError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    409: WrongShardError,
-    429: ResourceExhaustedError,
-    503: StorageError,
-    504: DeadlineExceededError,
-}
-
-
-@dataclass(frozen=True)
-class ColumnsResult:
-    """Typed columns: one numpy array (or list, for strings / bytes) per feature."""
-
-    feature_names: list[str]
-    columns: dict[str, Any]
-    #: ``[entities x features]`` FieldStatus values
-    statuses: npt.NDArray[np.uint8]
-    #: ``[entities x features]`` event timestamps in microseconds (0 where none)
-    event_timestamps: npt.NDArray[np.int64] | None
-
-
-def _request(
-    entities: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
-    features: Sequence[str] | None,
-    feature_service: str | None,
-    dense: bool,
-) -> pb.GetFeatureVectorRequest:
-    if (features is None) == (feature_service is None):
-        raise InvalidArgumentError("give either features or feature_service")
-    req = pb.GetFeatureVectorRequest(
-        include_statuses=True,
-        include_event_timestamps=not dense,
-        layout=pb.LAYOUT_DENSE if dense else pb.LAYOUT_COLUMNS,
-    )
-    if feature_service is not None:
-        req.feature_service = feature_service
-    else:
-        req.features.refs.extend(features or [])
-    for name, values in entities.items():
-        vals = list(values.tolist() if isinstance(values, np.ndarray) else values)
-        col = req.entities[name]
-        if all(isinstance(v, str) for v in vals):
-            col.string_values.values.extend(vals)
-        elif all(isinstance(v, bytes) for v in vals):
-            col.bytes_values.values.extend(vals)
-        elif all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
-            col.int64_values.values.extend(vals)
-        else:
-            raise InvalidArgumentError(
-                f"entity column '{name}': values must be all ints, all strings or all bytes"
-            )
-    return req
-
-
-def _dense(resp: pb.GetFeatureVectorResponse) -> DenseResult:
-    d = resp.dense
-    return DenseResult(
-        feature_names=list(resp.feature_names),
-        values=np.frombuffer(d.values, dtype="<f4").reshape(d.rows, d.cols),
-        statuses=np.frombuffer(d.statuses, dtype=np.uint8).reshape(d.rows, d.cols),
-    )
-
-
-def _columns(resp: pb.GetFeatureVectorResponse) -> ColumnsResult:
-    n, names = resp.num_entities, list(resp.feature_names)
-    cols: dict[str, Any] = {}
-    statuses = np.zeros((n, len(names)), dtype=np.uint8)
-    ts = np.zeros((n, len(names)), dtype=np.int64)
-    for j, (name, c) in enumerate(zip(names, resp.columns, strict=True)):
-        kind = c.WhichOneof("values")
-        if kind == "float_array_values":
-            fa = c.float_array_values
-            cols[name] = np.array(fa.values, dtype=np.float32).reshape(n, fa.dim)
-        elif kind is None:
-            cols[name] = np.zeros(n, dtype=np.float32)
-        else:
-            values = getattr(c, kind).values
-            dtype = {
-                "bool_values": np.bool_,
-                "int32_values": np.int32,
-                "int64_values": np.int64,
-                "float_values": np.float32,
-                "double_values": np.float64,
-                "timestamp_values": np.int64,
-            }.get(kind)
-            cols[name] = np.array(values, dtype=dtype) if dtype else list(values)
-        statuses[:, j] = np.frombuffer(c.statuses, dtype=np.uint8)
-        if len(c.event_timestamps):
-            ts[:, j] = c.event_timestamps
-    return ColumnsResult(names, cols, statuses, ts)
-
-
-#: gRPC errors as FeatureServingError (``UNAVAILABLE`` -> StorageError, ...): serving.cluster
-_raise_grpc = error_from_rpc
-
-
-class FeatureClient:
-    """Blocking client; reuse one per process (it keeps one gRPC channel / HTTP base URL)."""
-
-    def __init__(
-        self,
-        target: str = "127.0.0.1:6565",
-        *,
-        transport: str = "grpc",
-        api_key: str | None = None,
-        timeout: float = 1.0,
-        credentials: grpc.ChannelCredentials | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        """``credentials``: TLS for gRPC (``grpc.ssl_channel_credentials(ca, key, cert)``;
-        key and certificate for a server that requires client certificates).
-        ``ssl_context``: for HTTP to an ``https://`` target signed by a private CA
-        (``ssl.create_default_context(cafile=...)``, plus ``load_cert_chain`` for mutual TLS).
-        """
-        if transport not in ("grpc", "http"):
-            raise InvalidArgumentError("transport must be 'grpc' or 'http'")
-        self.target, self.transport, self.timeout = target, transport, timeout
-        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self._ssl_context = ssl_context
-        #: HTTP transport: one keep-alive connection per calling thread
-        self._local = threading.local()
-        self._conns: list[http.client.HTTPConnection] = []
-        base = target if "://" in target else f"http://{target}"
-        self._path = urllib.parse.urlsplit(base).path.rstrip("/") + "/v1/feature-vector"
-        self._channel: grpc.Channel | None = None
-        self._call: Any = None
-        if transport == "grpc":
-            self._channel = open_channel(target, credentials)
-            self._call = self._channel.unary_unary(
-                METHOD,
-                request_serializer=pb.GetFeatureVectorRequest.SerializeToString,
-                response_deserializer=pb.GetFeatureVectorResponse.FromString,
-            )
-
-    def _grpc(self, req: pb.GetFeatureVectorRequest, timeout: float | None) -> Any:
-        try:
-            return self._call(req, timeout=timeout or self.timeout, metadata=self._metadata)
-        except grpc.RpcError as e:
-            raise _raise_grpc(e) from None
-
-    def _connection(self) -> http.client.HTTPConnection:
-        """This thread's keep-alive connection to the node (one per thread: a blocking
-        connection carries one request at a time)."""
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            url = urllib.parse.urlsplit(
-                self.target if "://" in self.target else f"http://{self.target}"
-            )
-            if url.scheme == "https":
-                conn = http.client.HTTPSConnection(
-                    url.hostname or "", url.port, context=self._ssl_context
-                )
-            else:
-                conn = http.client.HTTPConnection(url.hostname or "", url.port)
-            self._local.conn = conn
-            self._conns.append(conn)
-        return conn
-
-    def _http(self, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", **dict(self._metadata)}
-        for attempt in (0, 1):
-            conn = self._connection()
-            conn.timeout = timeout or self.timeout
-            if conn.sock is not None:
-                conn.sock.settimeout(conn.timeout)
-            reused = conn.sock is not None
-            try:
-                conn.request("POST", self._path, body=data, headers=headers)
-                r = conn.getresponse()
-                raw = r.read()
-            except (ConnectionResetError, BrokenPipeError) as e:  # RemoteDisconnected too
-                conn.close()
-                if reused and attempt == 0:  # the node closed the idle connection: again
-                    continue
-                raise StorageError(f"UNAVAILABLE: {self.target}: {e}") from None
-            except TimeoutError:
-                conn.close()
-                raise DeadlineExceededError(
-                    f"DEADLINE_EXCEEDED: {self.target} did not answer in {conn.timeout} s"
-                ) from None
-            except (OSError, http.client.HTTPException) as e:
-                conn.close()
-                raise StorageError(f"UNAVAILABLE: {self.target}: {e}") from None
-            if r.will_close:
-                conn.close()
-            if r.status == 200:
-                return dict(json.loads(raw))
-            try:
-                msg = json.loads(raw)["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                msg = f"HTTP {r.status}: {raw[:200]!r}"
-            raise _HTTP_ERRORS.get(r.status, FeatureServingError)(msg)
-        raise AssertionError("unreachable")
-
-    @staticmethod
-    def _http_body(
-        entities: Mapping[str, Any],
-        features: Sequence[str] | None,
-        service: str | None,
-        dense: bool,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "entities": {
-                k: [base64.b64encode(x).decode() if isinstance(x, bytes) else x for x in v]
-                for k, v in ((k, list(np.asarray(v).tolist())) for k, v in entities.items())
-            },
-            "include_statuses": True,
-            "include_event_timestamps": not dense,
-            "layout": "dense" if dense else "columns",
-        }
-        if service is not None:
-            body["feature_service"] = service
-        else:
-            body["features"] = list(features or [])
-        return body
-
-    def get_dense(
-        self,
-        entities: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
-        features: Sequence[str] | None = None,
-        *,
-        feature_service: str | None = None,
-        timeout: float | None = None,
-    ) -> DenseResult:
-        """Numeric features as one ``[entities x features]`` float32 matrix, NaN where a value
-        is not PRESENT (see ``statuses``)."""
-        if self.transport == "http":
-            r = self._http(self._http_body(entities, features, feature_service, True), timeout)
-            d = r["dense"]
-            vals = np.array(
-                [[np.nan if v is None else v for v in row] for row in d["values"]],
-                dtype=np.float32,
-            ).reshape(d["rows"], d["cols"])
-            st = np.array(
-                [[_STATUS_NAMES[s] for s in row] for row in d["statuses"]], dtype=np.uint8
-            ).reshape(d["rows"], d["cols"])
-            return DenseResult(list(r["feature_names"]), vals, st)
-        return _dense(self._grpc(_request(entities, features, feature_service, True), timeout))
-
-    def get_features(
-        self,
-        entities: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
-        features: Sequence[str] | None = None,
-        *,
-        feature_service: str | None = None,
-        timeout: float | None = None,
-    ) -> ColumnsResult:
-        """Typed columns of any feature types, plus statuses and event timestamps."""
-        if self.transport == "http":
-            r = self._http(self._http_body(entities, features, feature_service, False), timeout)
-            names = list(r["feature_names"])
-            cols = {n: c["values"] for n, c in zip(names, r["columns"], strict=True)}
-            st = np.array(
-                [[_STATUS_NAMES[s] for s in c["statuses"]] for c in r["columns"]], dtype=np.uint8
-            ).T.reshape(r["num_entities"], len(names))
-            return ColumnsResult(names, cols, st, None)
-        return _columns(self._grpc(_request(entities, features, feature_service, False), timeout))
-
-    def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-        conns, self._conns = self._conns, []
-        for conn in conns:
-            conn.close()
-
-    def __enter__(self) -> FeatureClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncFeatureClient:
-    """asyncio client over one ``grpc.aio`` channel."""
-
-    def __init__(
-        self,
-        target: str = "127.0.0.1:6565",
-        *,
-        api_key: str | None = None,
-        timeout: float = 1.0,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        """``credentials``: TLS, as for :class:`FeatureClient`."""
-        self.timeout = timeout
-        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self._channel = (
-            grpc.aio.secure_channel(target, credentials)
-            if credentials is not None
-            else grpc.aio.insecure_channel(target)
-        )
-        self._call = self._channel.unary_unary(
-            METHOD,
-            request_serializer=pb.GetFeatureVectorRequest.SerializeToString,
-            response_deserializer=pb.GetFeatureVectorResponse.FromString,
-        )
-
-    async def _grpc(self, req: pb.GetFeatureVectorRequest, timeout: float | None) -> Any:
-        try:
-            return await self._call(req, timeout=timeout or self.timeout, metadata=self._metadata)
-        except grpc.RpcError as e:
-            raise _raise_grpc(e) from None
-
-    async def get_dense(
-        self,
-        entities: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
-        features: Sequence[str] | None = None,
-        *,
-        feature_service: str | None = None,
-        timeout: float | None = None,
-    ) -> DenseResult:
-        return _dense(
-            await self._grpc(_request(entities, features, feature_service, True), timeout)
-        )
-
-    async def get_features(
-        self,
-        entities: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
-        features: Sequence[str] | None = None,
-        *,
-        feature_service: str | None = None,
-        timeout: float | None = None,
-    ) -> ColumnsResult:
-        return _columns(
-            await self._grpc(_request(entities, features, feature_service, False), timeout)
-        )
-
-    async def close(self) -> None:
-        await self._channel.close(None)
-
-    async def __aenter__(self) -> AsyncFeatureClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
-# -- routing over a sharded cluster ---------------------------------------------------------
-
-Entities = Mapping[str, Sequence[Any] | npt.NDArray[Any]]
 #: what the sharded clients take as a cluster: a ClusterMap, or shard index -> endpoints (with
 #: ``topic_partitions`` given separately)
 Cluster = ClusterMap | Mapping[int, Sequence[str]]
 _T = TypeVar("_T")
-
-
-def _as_list(values: Sequence[Any] | npt.NDArray[Any]) -> list[Any]:
-    return list(values.tolist() if isinstance(values, np.ndarray) else values)
-
-
-def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
 
 @dataclass(frozen=True)
@@ -667,7 +290,7 @@ class AsyncShardedFeatureClient:
         self.timeout = timeout
         self._metadata = _metadata(api_key)
         #: split and merge in Rust (with a registry), else per-shard GetFeatureVector calls
-        self._core: Any = None
+        self._core: _rust_core.RouterCore | None = None
         channel_options: dict[str, Any] = {
             "down_seconds": down_seconds,
             "hedge_after": hedge_after,
@@ -795,6 +418,7 @@ class AsyncShardedFeatureClient:
         timeout: float | None,
     ) -> pb.GetFeatureVectorResponse:
         """The request split in Rust, its cells parts sent concurrently, merged in Rust."""
+        assert self._core is not None
         body = _request(entities, features, feature_service, dense).SerializeToString()
         routed = self._core.route("v1_grpc", body, None)
         answers = await self._fan_out(CELLS_METHOD, routed.parts(), timeout)
@@ -849,34 +473,9 @@ class ShardedFeatureClient:
     the loop and the channels.
     """
 
-    def __init__(
-        self,
-        cluster: Cluster,
-        *,
-        topic_partitions: int | None = None,
-        join_keys: Sequence[tuple[str, str]],
-        api_key: str | None = None,
-        timeout: float = 1.0,
-        down_seconds: float = 5.0,
-        hedge_after: float | None = 0.05,
-        credentials: grpc.ChannelCredentials | None = None,
-        options: Sequence[tuple[str, Any]] = (),
-        registry: str | os.PathLike[str] | Registry | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self._client = AsyncShardedFeatureClient(
-            cluster,
-            topic_partitions=topic_partitions,
-            join_keys=join_keys,
-            api_key=api_key,
-            timeout=timeout,
-            down_seconds=down_seconds,
-            hedge_after=hedge_after,
-            credentials=credentials,
-            options=options,
-            registry=registry,
-            ssl_context=ssl_context,
-        )
+    def __init__(self, cluster: Cluster, **options: Any) -> None:
+        """The arguments of :class:`AsyncShardedFeatureClient`, which does the work."""
+        self._client = AsyncShardedFeatureClient(cluster, **options)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fs-route", daemon=True)
         self._thread.start()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serving import _rust_core
 from serving.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -177,7 +178,7 @@ class Principal:
 class Authenticator:
     """Verifies ``Authorization: Bearer <key>`` headers against the keys file."""
 
-    def __init__(self, keys_file: KeyFile, core: Any) -> None:
+    def __init__(self, keys_file: KeyFile, core: _rust_core.Store | _rust_core.RouterCore) -> None:
         self._file = keys_file
         self._core = core
         self._by_id: dict[str, ApiKey] = {}

@@ -1,0 +1,15 @@
+"""The serving processes' frontends: gRPC (grpc.aio) and HTTP (aiohttp) on one asyncio loop.
+
+Python handles the envelope only (routing, content type, deadline, errors). The request body goes
+to the Rust core as bytes and the response body comes back as bytes: decoding entity keys,
+lookups, TTL and encoding happen in one call with the GIL released.
+
+- ``endpoints``: THE endpoint table (HTTP path or gRPC method -> core API, metric labels,
+  content type);
+- ``base``: what both frontends share (middlewares, gRPC wrapping, health, lifecycle);
+- ``node``: ``FeatureServer``, a node over one store (``feature-serving serve``), with its admin
+  routes (``admin``) and its admission (``admission``: loop-lag guard, batcher, one dispatch);
+- ``router``: ``FeatureRouter``, one endpoint in front of a sharded cluster
+  (``feature-serving route``);
+- ``auth`` (API keys, scopes), ``grpc_auth`` (the interceptor), ``tls``.
+"""

@@ -1,0 +1,529 @@
+"""What every serving frontend shares (a node's ``FeatureServer``, the ``FeatureRouter``).
+
+The serving endpoints come from the endpoint table (``serving.frontend.endpoints``); each
+frontend says how it answers one (:meth:`Frontend._http_serving`, :meth:`Frontend._grpc_serving`).
+Around them: the HTTP middlewares (request metrics, errors as JSON, API keys), the gRPC method
+wrapper (errors as statuses, metrics, deadlines), health, readiness, ``/metrics`` and the
+listings, and the lifecycle (bind, drain, stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Self
+
+import grpc
+from aiohttp import web
+from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
+from aiohttp.web_protocol import RequestPayloadError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving import __version__
+from serving._proto.feast.serving import ServingService_pb2 as feast_pb2
+from serving._proto.feature_serving.v1 import feature_service_pb2 as v1_pb2
+from serving.config import ServeSettings
+from serving.errors import (
+    DeadlineExceededError,
+    FeatureServingError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+)
+from serving.frontend.auth import Authenticator, Principal
+from serving.frontend.endpoints import (
+    ENDPOINTS,
+    FEAST_SERVICE,
+    HTTP_ENDPOINTS,
+    JSON,
+    OCTET_STREAM,
+    OPEN_HTTP_PATHS,
+    V1_SERVICE,
+    Endpoint,
+)
+from serving.frontend.grpc_auth import AuthInterceptor
+from serving.frontend.tls import server_credentials, server_ssl_context
+from serving.metrics import ServingMetrics
+from serving.registry import Registry
+
+log = logging.getLogger("serving.server")
+
+
+def rejection_reason(e: FeatureServingError) -> str | None:
+    """Why a request was refused before any lookup, for the rejected-requests counter."""
+    if isinstance(e, UnauthenticatedError | PermissionDeniedError):
+        return "auth"
+    if isinstance(e, ResourceExhaustedError):
+        return "overload"
+    if isinstance(e, DeadlineExceededError):
+        return "deadline"
+    if "the limit is" in e.message:
+        return "limit"
+    if isinstance(e, InvalidArgumentError):
+        return "invalid"
+    return None
+
+
+_DTYPE_NAMES = {
+    "bool": v1_pb2.DTYPE_BOOL,
+    "int32": v1_pb2.DTYPE_INT32,
+    "int64": v1_pb2.DTYPE_INT64,
+    "float32": v1_pb2.DTYPE_FLOAT,
+    "float64": v1_pb2.DTYPE_DOUBLE,
+    "string": v1_pb2.DTYPE_STRING,
+    "bytes": v1_pb2.DTYPE_BYTES,
+    "timestamp": v1_pb2.DTYPE_TIMESTAMP,
+    "float32_array": v1_pb2.DTYPE_FLOAT_ARRAY,
+}
+
+
+#: Content-Encodings aiohttp decodes before a handler reads the body; it leaves any other as it
+#: came, which would hand the core a body it cannot read
+_DECODED_ENCODINGS = frozenset(
+    ["identity", "gzip", "deflate"] + ["br"] * HAS_BROTLI + ["zstd"] * HAS_ZSTD
+)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """A request's body, decoded as its ``Content-Encoding`` says. An encoding aiohttp does not
+    decode answers 415, a body that is not valid in its encoding 400, both naming the header
+    (aiohttp raises a bare ``RequestPayloadError`` for the latter, which answered 500)."""
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is not None and encoding.lower() not in _DECODED_ENCODINGS:
+        raise web.HTTPUnsupportedMediaType(
+            text=f"Content-Encoding '{encoding}' is not supported; send the body with "
+            f"Content-Encoding {', '.join(sorted(_DECODED_ENCODINGS - {'identity'}))} or none"
+        )
+    try:
+        return await request.read()
+    except RequestPayloadError:
+        raise InvalidArgumentError(
+            f"the body is not valid {encoding} data (header Content-Encoding: {encoding})"
+        ) from None
+
+
+def _json_error(status: int, code: str, message: str) -> web.Response:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    return web.Response(status=status, body=body, content_type=JSON)
+
+
+class Frontend(ABC):
+    """What every serving frontend shares (a node's `FeatureServer`, the `FeatureRouter`):
+    HTTP middlewares (metrics, errors, auth), gRPC method wrapping, health and listing
+    endpoints. Subclasses set ``settings``, ``metrics``, ``auth`` and provide ``registry``."""
+
+    settings: ServeSettings
+    metrics: ServingMetrics
+    auth: Authenticator | None
+
+    @property
+    @abstractmethod
+    def registry(self) -> Registry:
+        """The registry the frontend answers for."""
+
+    # -- lifecycle shared by the node and the router ----------------------------------------
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.grpc_port = 0
+        self.http_port = 0
+        self.ready = False
+        self._grpc: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health_status: int | None = None
+        self._stopping = asyncio.Event()
+
+    #: whether this frontend answers the table's ``node_only`` endpoints
+    answers_node_only = False
+
+    @abstractmethod
+    def _http_serving(self, endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """The HTTP handler of a serving endpoint of the table."""
+
+    @abstractmethod
+    def _grpc_serving(
+        self, endpoint: Endpoint
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]:
+        """The gRPC call of a serving endpoint of the table (wrapped by :meth:`_grpc_unary`)."""
+
+    def _extra_grpc_methods(self) -> dict[tuple[str, str], grpc.RpcMethodHandler[Any, Any]]:
+        """gRPC methods only this kind of frontend has: (service, method) -> handler."""
+        return {}
+
+    @abstractmethod
+    async def _readyz(self, request: web.Request) -> web.Response: ...
+
+    @abstractmethod
+    def _extra_routes(self, app: web.Application) -> None:
+        """Adds the routes only this kind of frontend has."""
+
+    def _require_admin(self, request: web.Request) -> None:
+        p = self._principal(request)
+        if self.auth is not None:
+            if p is None:
+                raise UnauthenticatedError("missing API key")
+            p.require_admin()
+
+    @staticmethod
+    async def _serving_body(request: web.Request) -> tuple[bytes, int | None]:
+        """The body of a serving request and the caller's read scope (None: everything)."""
+        ctype = request.content_type
+        # Feast's SDK and curl -d send application/json or no type; anything else is a
+        # client mistake worth naming.
+        if ctype not in (JSON, OCTET_STREAM) and request.headers.get("Content-Type"):
+            raise InvalidArgumentError(f"unsupported content type '{ctype}'; send application/json")
+        body = await read_body(request)
+        p = request.get("principal")
+        return body, None if p is None or p.read_all else p.scope_id
+
+    @staticmethod
+    async def _json_body(request: web.Request) -> dict[str, Any]:
+        """The JSON object body of an admin or push request (``{}`` when empty)."""
+        try:
+            body = json.loads(await read_body(request) or b"{}")
+        except ValueError as e:
+            raise InvalidArgumentError(f"malformed JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise InvalidArgumentError("the body must be a JSON object")
+        return body
+
+    def _http_app(self) -> web.Application:
+        """The aiohttp application: serving routes, health, metrics, listings, extras."""
+        app = web.Application(
+            client_max_size=self.settings.max_message_bytes,
+            middlewares=[self._http_metrics, self._http_errors, self._http_auth],
+        )
+        for e in ENDPOINTS:
+            if e.transport == "http" and (self.answers_node_only or not e.node_only):
+                app.router.add_post(e.path, self._http_serving(e))
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/v1/feature-views", self._http_list_views)
+        self._extra_routes(app)
+        return app
+
+    def _grpc_server(self) -> grpc.aio.Server:
+        """The gRPC server (not bound yet): the serving methods, the listings, health and
+        reflection, behind the auth interceptor."""
+        interceptors = (
+            [] if self.auth is None else [AuthInterceptor(self.auth, self.settings, self.metrics)]
+        )
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        methods: dict[tuple[str, str], grpc.RpcMethodHandler[Any, Any]] = {
+            (e.path, e.grpc_method): self._grpc_unary(self._grpc_serving(e), e.label, e.method)
+            for e in ENDPOINTS
+            if e.transport == "grpc" and (self.answers_node_only or not e.node_only)
+        }
+        methods[FEAST_SERVICE, "GetFeastServingInfo"] = self._grpc_unary(
+            self._serving_info, "feast-grpc", "GetFeastServingInfo"
+        )
+        methods[V1_SERVICE, "ListFeatureViews"] = self._grpc_unary(
+            self._list_views, "grpc", "ListFeatureViews"
+        )
+        methods[V1_SERVICE, "ListFeatureServices"] = self._grpc_unary(
+            self._list_services, "grpc", "ListFeatureServices"
+        )
+        methods.update(self._extra_grpc_methods())
+        services: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
+        for (service, method), handler in methods.items():
+            services.setdefault(service, {})[method] = handler
+        server.add_generic_rpc_handlers(
+            tuple(grpc.method_handlers_generic_handler(n, h) for n, h in services.items())
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (FEAST_SERVICE, V1_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        return server
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Binds both ports and starts answering."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stops accepting, drains within the grace period, releases everything."""
+
+    async def _set_health(self, serving: bool) -> None:
+        """gRPC health of every service name: SERVING or NOT_SERVING (set when it changes)."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        if status != self._health_status:
+            self._health_status = status
+            for name in ("", FEAST_SERVICE, V1_SERVICE):
+                await self._health.set(name, status)
+
+    async def _listen(self) -> None:
+        """Binds gRPC and HTTP (ports 0: any free one; the bound ports are set)."""
+        s = self.settings
+        await self._set_health(False)
+        self._grpc = self._grpc_server()
+        address = f"{s.host}:{s.grpc_port}"
+        creds = server_credentials(s)
+        self.grpc_port = (
+            self._grpc.add_secure_port(address, creds)
+            if creds is not None
+            else self._grpc.add_insecure_port(address)
+        )
+        if self.grpc_port == 0:
+            raise ResourceExhaustedError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
+        await self._grpc.start()
+        self._runner = web.AppRunner(
+            self._http_app(), access_log=None, shutdown_timeout=s.grace_seconds
+        )
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner,
+            s.host,
+            s.http_port,
+            reuse_address=True,
+            ssl_context=server_ssl_context(s),
+            backlog=s.http_backlog,
+        )
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else s.http_port
+
+    async def _close_listeners(self, also: Iterable[Awaitable[Any]] = ()) -> None:
+        """Health NOT_SERVING, then gRPC and HTTP drain within the grace period, while
+        ``also`` (other shutdown work) runs alongside."""
+        with contextlib.suppress(Exception):
+            await self._health.enter_graceful_shutdown()
+        tasks: list[Awaitable[Any]] = list(also)
+        if self._grpc is not None:
+            tasks.append(self._grpc.stop(self.settings.grace_seconds))
+        if self._runner is not None:
+            tasks.append(self._runner.cleanup())
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run_until_stopped(
+        self, on_started: Callable[[Self], Awaitable[None]] | None = None
+    ) -> None:
+        """Starts, runs until SIGTERM / SIGINT (or :meth:`request_stop`), stops."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        try:
+            if on_started is not None:
+                await on_started(self)
+            await self._stopping.wait()
+        finally:
+            t0 = time.monotonic()
+            await self.stop()
+            log.info("drained and closed in %.2f s", time.monotonic() - t0)
+
+    @web.middleware
+    async def _http_metrics(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        endpoint = HTTP_ENDPOINTS.get(request.path)
+        if endpoint is None or not self.settings.request_metrics:
+            return await handler(request)
+        api, method = endpoint.label, endpoint.method
+        gauge = self.metrics.in_flight.labels(api)
+        gauge.inc()
+        t0 = time.perf_counter()
+        code = "500"
+        try:
+            resp = await handler(request)
+            code = str(resp.status)
+        except asyncio.CancelledError:
+            code = "499"  # the client went away
+            raise
+        finally:
+            elapsed = time.perf_counter() - t0
+            gauge.dec()
+            self.metrics.observe(api, method, code, elapsed)
+        if resp.status >= 400:
+            err = request.get("error")
+            reason = rejection_reason(err) if isinstance(err, FeatureServingError) else None
+            if reason is not None:
+                self.metrics.rejected.labels(api, reason).inc()
+            if isinstance(err, UnauthenticatedError):
+                self.metrics.auth_failures.inc()
+        self._maybe_log_slow(api, method, code, elapsed, request.headers.get("X-Request-Id"))
+        return resp
+
+    def _maybe_log_slow(
+        self, api: str, method: str, code: str, elapsed: float, request_id: str | None
+    ) -> None:
+        limit = self.settings.slow_request_ms
+        if limit > 0 and elapsed * 1000 > limit:
+            log.warning(
+                "slow request",
+                extra={
+                    "request_id": request_id or uuid.uuid4().hex,
+                    "api": api,
+                    "method": method,
+                    "code": code,
+                    "duration_ms": round(elapsed * 1000, 3),
+                },
+            )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @web.middleware
+    async def _http_auth(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self.auth is not None and not (
+            self.settings.open_health and request.path in OPEN_HTTP_PATHS
+        ):
+            request["principal"] = self.auth.authenticate(request.headers.get("Authorization"))
+        return await handler(request)
+
+    @staticmethod
+    def _principal(request: web.Request) -> Principal | None:
+        p = request.get("principal")
+        return p if isinstance(p, Principal) else None
+
+    @web.middleware
+    async def _http_errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except FeatureServingError as e:
+            request["error"] = e
+            return _json_error(e.http_status, e.code, e.message)
+        except web.HTTPRequestEntityTooLarge:
+            return _json_error(
+                413,
+                "message_too_large",
+                f"request body exceeds {self.settings.max_message_bytes} bytes",
+            )
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            return _json_error(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path)
+            return _json_error(500, "internal", "internal error; see the server log")
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _http_list_views(self, _request: web.Request) -> web.Response:
+        reg = self.registry
+        return web.json_response(
+            {
+                "feature_views": [
+                    {
+                        "name": v.name,
+                        "join_keys": [{"name": k.name, "dtype": k.dtype} for k in v.join_keys],
+                        "features": [
+                            {"name": f.name, "dtype": f.dtype, "dim": f.dim} for f in v.features
+                        ],
+                        "ttl_seconds": v.ttl_seconds,
+                    }
+                    for v in reg.feature_views.values()
+                ],
+                "feature_services": [
+                    {"name": s.name, "features": [str(r) for r in s.features]}
+                    for s in reg.feature_services.values()
+                ],
+            }
+        )
+
+    def _grpc_unary(
+        self,
+        fn: Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]],
+        api: str = "grpc",
+        method: str = "",
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """Bytes in, bytes out (no Python protobuf objects), errors mapped and requests
+        counted in one place."""
+        metrics = self.metrics
+        gauge = metrics.in_flight.labels(api)
+        if not self.settings.request_metrics:
+
+            async def bare(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+                try:
+                    return await fn(request, context)
+                except FeatureServingError as e:
+                    await context.abort(grpc.StatusCode[e.grpc_status], e.message)
+                    raise AssertionError("unreachable: abort raises") from None
+
+            return grpc.unary_unary_rpc_method_handler(bare)
+
+        async def handler(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            t0 = time.perf_counter()
+            gauge.inc()
+            code = "INTERNAL"
+            try:
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExceededError("the deadline expired before the request started")
+                out = await fn(request, context)
+                code = "OK"
+                return out
+            except FeatureServingError as e:
+                code = e.grpc_status
+                reason = rejection_reason(e)
+                if reason is not None:
+                    metrics.rejected.labels(api, reason).inc()
+                await context.abort(grpc.StatusCode[e.grpc_status], e.message)
+                raise AssertionError("unreachable: abort raises") from None
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            finally:
+                gauge.dec()
+                elapsed = time.perf_counter() - t0
+                metrics.observe(api, method, code, elapsed)
+                self._maybe_log_slow(api, method, code, elapsed, None)
+
+        return grpc.unary_unary_rpc_method_handler(handler)
+
+    async def _serving_info(
+        self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        return feast_pb2.GetFeastServingInfoResponse(version=__version__).SerializeToString()
+
+    async def _list_views(self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        resp = v1_pb2.ListFeatureViewsResponse()
+        for v in self.registry.feature_views.values():
+            info = resp.feature_views.add(name=v.name, ttl_seconds=v.ttl_seconds)
+            for k in v.join_keys:
+                info.join_keys.add(name=k.name, dtype=_DTYPE_NAMES[k.dtype])
+            for f in v.features:
+                info.features.add(name=f.name, dtype=_DTYPE_NAMES[f.dtype], dim=f.dim or 0)
+        return resp.SerializeToString()
+
+    async def _list_services(
+        self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        resp = v1_pb2.ListFeatureServicesResponse()
+        for s in self.registry.feature_services.values():
+            resp.feature_services.add(name=s.name, refs=[str(r) for r in s.features])
+        return resp.SerializeToString()

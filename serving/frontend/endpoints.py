@@ -1,0 +1,58 @@
+"""THE endpoint table: every serving endpoint of a frontend, HTTP and gRPC, and what it does.
+
+A serving request's body goes to the Rust core as bytes, with the endpoint's core ``api``
+(``serve(store, api, body, config, caller)`` in ``rust_core``), and the core's answer bytes go
+back with the endpoint's content type; the metric labels are the endpoint's. A node answers
+every endpoint here (through ``serving.frontend.admission``); a router answers those that are
+not ``node_only`` (through ``FeatureRouter.route``). The other endpoints (health, metrics,
+listings, admin) are not core calls; ``serving.frontend.base`` and the frontends add them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+FEAST_SERVICE = "feast.serving.ServingService"
+V1_SERVICE = "feature_serving.v1.FeatureService"
+JSON = "application/json"
+OCTET_STREAM = "application/octet-stream"
+#: HTTP paths answered without a key when `open_health` is set
+OPEN_HTTP_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+#: gRPC methods answered without a key when `open_health` is set
+OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One serving endpoint: an HTTP POST path or a gRPC method, and the core call behind it."""
+
+    transport: Literal["http", "grpc"]
+    #: the HTTP path, or the gRPC service's name
+    path: str
+    #: gRPC method name ("" for HTTP)
+    grpc_method: str
+    #: what the Rust core parses the body as and encodes the answer as
+    api: str
+    #: metric labels: the ``api`` and ``method`` of ``feature_serving_requests_total``
+    label: str
+    method: str
+    #: HTTP: the answer's content type (gRPC answers are protobuf bytes)
+    content_type: str = JSON
+    #: only nodes answer it (a router's part of a request: raw cells, rust_core/src/route.rs)
+    node_only: bool = False
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("http", "/get-online-features", "", "feast_http", "feast-http", "get-online-features"),
+    Endpoint("http", "/v1/feature-vector", "", "v1_http", "http", "feature-vector"),
+    Endpoint("http", "/v1/cells", "", "cells", "http", "cells", OCTET_STREAM, node_only=True),
+    Endpoint(
+        "grpc", FEAST_SERVICE, "GetOnlineFeatures", "feast_grpc", "feast-grpc", "GetOnlineFeatures"
+    ),
+    Endpoint("grpc", V1_SERVICE, "GetFeatureVector", "v1_grpc", "grpc", "GetFeatureVector"),
+    Endpoint("grpc", V1_SERVICE, "GetCells", "cells", "grpc", "GetCells", node_only=True),
+)
+
+#: HTTP path -> its endpoint (the request metrics middleware looks paths up here)
+HTTP_ENDPOINTS = {e.path: e for e in ENDPOINTS if e.transport == "http"}

@@ -1,0 +1,331 @@
+"""A node: the frontends over one open store (``feature-serving serve``).
+
+Per serving request (the endpoint table, ``serving.frontend.endpoints``): the body and the
+caller's read scope go to :class:`~serving.frontend.admission.Admission`, which runs the Rust
+core's ``serve`` (GIL released) inline or off the loop; the answer bytes go back as they are.
+Beside them: ``/readyz`` and gRPC health follow the Kafka loaders' lag, ``GetNodeInfo`` /
+``GET /v1/node`` tell routers and clients about the shard, and the admin routes
+(``serving.frontend.admin``) run batch jobs, snapshots, pushes and registry reloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from serving import __version__, _rust_core
+from serving.cluster.map import NodeInfo
+from serving.config import ServeSettings
+from serving.errors import (
+    InvalidArgumentError,
+    UnauthenticatedError,
+)
+from serving.frontend.admin import NodeAdmin
+from serving.frontend.admission import Admission
+from serving.frontend.auth import Authenticator, KeyFile, default_keys_file
+from serving.frontend.base import Frontend
+from serving.frontend.endpoints import V1_SERVICE, Endpoint
+from serving.frontend.grpc_auth import principal
+from serving.metrics import CoreCollector, ServingMetrics
+from serving.registry import Registry
+from serving.store import Store
+
+log = logging.getLogger("serving.server")
+
+
+class FeatureServer(NodeAdmin, Frontend):
+    """Both frontends over one open :class:`Store`."""
+
+    answers_node_only = True
+
+    def __init__(self, store: Store, settings: ServeSettings) -> None:
+        super().__init__(settings)
+        self.store = store
+        self._core = store.core
+        self._core.configure_serving(
+            max_entities=settings.max_entities,
+            max_features=settings.max_features,
+            json_float32_shortest=settings.json_float32_shortest,
+        )
+        self.metrics = ServingMetrics()
+        self.metrics.describe_build(rocksdb=_rust_core.ROCKSDB_BINDING, core=_rust_core.__version__)
+        self.metrics.add_collector(
+            CoreCollector(
+                self._core,
+                lambda: {v.name: v.ttl_seconds for v in self.store.registry.feature_views.values()},
+                self._loader_stats,
+                self.is_ready,
+            )
+        )
+        #: how serving requests run: inline, batched, or off the loop while it is behind
+        self.admission = Admission(self._core, settings)
+        #: per view: time of the last batch job this server ran, and the rows those jobs applied
+        self.batch_runs: dict[str, float] = {}
+        self.batch_totals: dict[str, dict[str, int]] = {}
+        #: this node's shard (None: not sharded; no ownership check at all)
+        self.shard = settings.shard()
+        self._configure_sharding()
+        #: the cluster map handed out by GetNodeInfo / GET /v1/node (None: not given)
+        self.cluster = settings.cluster()
+        #: background loaders (Kafka) started with the server; each has start/stop/stats
+        self.loaders: list[Any] = []
+        self.auth: Authenticator | None = None
+        if not settings.no_auth:
+            keys = KeyFile(settings.keys_file or default_keys_file(settings.data_dir))
+            self.auth = Authenticator(keys, self._core)
+        self._health_task: asyncio.Task[None] | None = None
+
+    @property
+    def registry(self) -> Registry:
+        return self.store.registry
+
+    def _configure_sharding(self) -> None:
+        """Ownership check in the Rust serving path: only views with a stream source are
+        sharded (their keys are spread over the topic's partitions)."""
+        if self.shard is None:
+            return
+        views = {
+            v.name: self.settings.topic_partitions
+            for v in self.store.registry.feature_views.values()
+            if v.stream_source is not None
+        }
+        self._core.configure_sharding((self.shard.index, self.shard.count, views))
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def _extra_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1/node", self._http_node)
+        self._admin_routes(app)
+
+    def _loader_stats(self) -> list[dict[str, Any]]:
+        """Batch-loader progress from the store's meta (watermarks, Delta versions) and the
+        jobs this server ran; Kafka loaders add theirs."""
+        from serving.loaders import batch as batch_loader
+
+        views: dict[str, dict[str, Any]] = {}
+        for v in self.store.registry.feature_views.values():
+            if v.batch_source is None:
+                continue
+            entry: dict[str, Any] = {}
+            raw = self.store.get_meta(batch_loader.watermark_key(v.name))
+            if raw:
+                with contextlib.suppress(ValueError, InvalidArgumentError):
+                    t = batch_loader.parse_time(raw.decode())
+                    if t is not None:
+                        entry["watermark"] = t.timestamp()
+            raw = self.store.get_meta(batch_loader.delta_version_key(v.name))
+            if raw:
+                with contextlib.suppress(ValueError):
+                    entry["delta_version"] = int(raw.decode())
+            if v.name in self.batch_runs:
+                entry["last_success"] = self.batch_runs[v.name]
+            entry.update(self.batch_totals.get(v.name, {}))
+            views[v.name] = entry
+        out: list[dict[str, Any]] = [{"loader": "batch", "views": views}]
+        for loader in self.loaders:
+            kviews: dict[str, dict[str, Any]] = {}
+            lag: dict[tuple[str, int], int] = {}
+            for view, st in loader.stats().items():
+                kviews[view] = {
+                    "applied": st.get("applied", 0),
+                    "skipped_older": st.get("skipped_older", 0),
+                    "errors": st.get("errors", 0),
+                    "dead_lettered": st.get("dead_lettered", 0),
+                    "misrouted": st.get("misrouted", 0),
+                    "topic": str(st.get("topic", view)),
+                    "seconds_since_broker_contact": st.get("seconds_since_broker_contact"),
+                }
+                for partition, n in (st.get("lag") or {}).items():
+                    if n is not None:
+                        lag[(str(st.get("topic", view)), int(partition))] = int(n)
+            out.append({"loader": "kafka", "views": kviews, "lag": lag})
+        return out
+
+    def _http_serving(self, endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Response]]:
+        dispatch = self.admission.dispatch
+        api, content_type = endpoint.api, endpoint.content_type
+
+        async def handle(request: web.Request) -> web.Response:
+            body, scope = await self._serving_body(request)
+            out = await dispatch(api, body, scope)
+            return web.Response(body=out, content_type=content_type)
+
+        return handle
+
+    def loader_lag(self) -> dict[str, int | None]:
+        """Kafka lag per view: None until the first fetch told the log end, and None while the
+        loader has had no broker connection for more than ``broker_timeout_seconds`` (the
+        cached log end it would be computed from is stale then)."""
+        timeout = self.settings.broker_timeout_seconds
+        out: dict[str, int | None] = {}
+        for loader in self.loaders:
+            for view, st in loader.stats().items():
+                silent = st.get("seconds_since_broker_contact")
+                stale = timeout > 0 and silent is not None and silent > timeout
+                out[view] = None if stale else st.get("lag_total")
+        return out
+
+    def broker_silence(self) -> dict[str, float | None]:
+        """Seconds since each Kafka loader last saw a broker connection up (about 1 s at
+        most while connected; None when it does not track connections)."""
+        out: dict[str, float | None] = {}
+        for loader in self.loaders:
+            for view, st in loader.stats().items():
+                silent = st.get("seconds_since_broker_contact")
+                out[view] = None if silent is None else round(silent, 1)
+        return out
+
+    def is_ready(self) -> bool:
+        lag = self.loader_lag()
+        caught_up = all(v is not None and v <= self.settings.max_ready_lag for v in lag.values())
+        return self.ready and not self.store.closed and caught_up
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        ready = self.is_ready()
+        return web.json_response(
+            {
+                "status": "ready" if ready else "not ready",
+                "store_open": not self.store.closed,
+                "kafka_lag": self.loader_lag(),
+                "kafka_seconds_since_broker_contact": self.broker_silence(),
+            },
+            status=200 if ready else 503,
+        )
+
+    def node_info(self) -> NodeInfo:
+        """What GetNodeInfo and GET /v1/node answer: shard, readiness, loader lag, cluster map."""
+        sharded: list[str] = []
+        if self.shard is not None:
+            sharded = sorted(
+                v.name for v in self.store.registry.feature_views.values() if v.stream_source
+            )
+        return NodeInfo(
+            version=__version__,
+            shard_index=self.shard.index if self.shard is not None else 0,
+            shard_count=self.shard.count if self.shard is not None else 0,
+            topic_partitions=self.settings.topic_partitions if self.shard is not None else 0,
+            sharded_views=tuple(sharded),
+            ready=self.is_ready(),
+            loader_lag=dict(sorted(self.loader_lag().items())),
+            cluster=self.cluster,
+        )
+
+    async def _http_node(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.node_info().to_dict())
+
+    def _grpc_serving(
+        self, endpoint: Endpoint
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]:
+        dispatch = self.admission.dispatch
+        api = endpoint.api
+
+        async def call(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            p = principal.get()
+            if p is None and self.auth is not None:
+                raise UnauthenticatedError("missing API key")
+            scope = None if p is None or p.read_all else p.scope_id
+            return await dispatch(api, request, scope, context.time_remaining())
+
+        return call
+
+    async def _node_info(self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return self.node_info().to_proto().SerializeToString()
+
+    def _extra_grpc_methods(self) -> dict[tuple[str, str], grpc.RpcMethodHandler[Any, Any]]:
+        return {
+            (V1_SERVICE, "GetNodeInfo"): self._grpc_unary(self._node_info, "grpc", "GetNodeInfo")
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        self.admission.start(asyncio.get_running_loop())
+        await self._listen()
+        if s.ingest and any(v.stream_source for v in self.store.registry.feature_views.values()):
+            from serving.loaders.kafka.loader import KafkaLoader
+
+            loader = KafkaLoader(
+                self.store,
+                shard=self.shard,
+                expected_partitions=self.settings.topic_partitions or None,
+            )
+            loader.start()
+            self.loaders.append(loader)
+        if self.auth is None:
+            log.warning(
+                "serving WITHOUT authentication (--no-auth): any local process can read every "
+                "feature; use API keys outside local experiments"
+            )
+        self.ready = True
+        await self._publish_health()
+        if self.loaders:
+            self._health_task = asyncio.create_task(self._watch_health())
+        log.info(
+            "serving on %s: gRPC port %d, HTTP port %d", s.host, self.grpc_port, self.http_port
+        )
+        self._check_own_entry()
+
+    def _check_own_entry(self) -> None:
+        """Warns when the cluster map names no endpoint of this node's shard on this node's
+        ports: clients and routers that route by the map would never reach it. Only ports are
+        compared (host names differ by network: a pod, its service, a load balancer)."""
+        shard = self.settings.shard()
+        if self.cluster is None or shard is None:
+            return
+        endpoints = self.cluster.shards.get(shard.index, [])
+        ports = {e.rpartition(":")[2] for e in endpoints}
+        ports |= {
+            a.rpartition(":")[2] for e in endpoints if (a := self.cluster.http.get(e)) is not None
+        }
+        if str(self.grpc_port) not in ports and str(self.http_port) not in ports:
+            log.warning(
+                "the cluster map lists shard %d at %s, none on this node's ports (gRPC %d, "
+                "HTTP %d): clients and routers that route by the map will not send this node "
+                "any request (behind port mapping this is expected)",
+                shard.index,
+                ", ".join(endpoints) or "no endpoint",
+                self.grpc_port,
+                self.http_port,
+            )
+
+    async def _publish_health(self) -> None:
+        await self._set_health(self.is_ready())
+
+    async def _watch_health(self) -> None:
+        """gRPC health follows readiness: SERVING only while the Kafka lag is small."""
+        while self.ready:
+            await self._publish_health()
+            await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        """Stops accepting, lets in-flight requests finish within the grace period, closes."""
+        self.ready = False
+        if self._health_task is not None:
+            self._health_task.cancel()
+        grace = self.settings.grace_seconds
+        # Loaders stop after the current batch: rows and offsets applied together.
+        await self._close_listeners(
+            asyncio.to_thread(loader.stop, grace) for loader in self.loaders
+        )
+        self.admission.stop()
+        self.store.close()
+        log.info("stopped")
+
+
+def run(
+    store: Store,
+    settings: ServeSettings,
+    on_started: Callable[[FeatureServer], Awaitable[None]] | None = None,
+) -> None:
+    """Serves until SIGTERM / SIGINT on uvloop (measured faster than asyncio's default loop)."""
+    import uvloop
+
+    server = FeatureServer(store, settings)
+    uvloop.run(server.run_until_stopped(on_started))

@@ -1,0 +1,254 @@
+"""``feature-serving materialize`` and ``materialize-incremental``: in this process, through the
+server that has the store open (``/admin/materialize``), or via Kafka."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from serving.admin_client import send_admin_job, store_in_use
+from serving.errors import FeatureServingError, InvalidArgumentError, StorageError
+from serving.loaders.batch.api import materialize, materialize_incremental
+from serving.loaders.batch.meta import BATCH_ROWS
+from serving.loaders.batch.publish import _RDKAFKA_LOG, KAFKA_TIMEOUT_S
+from serving.loaders.publish_state import STATE_TOPIC
+from serving.registry import Registry
+from serving.store import Store
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _shared_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "views", nargs="*", metavar="VIEW", help="feature views (default: all with a batch_source)"
+    )
+    p.add_argument(
+        "--on-error",
+        choices=("fail", "skip"),
+        default="fail",
+        help="fail: validate everything first and write nothing on bad input (default); "
+        "skip: skip bad rows, count them and list the first few",
+    )
+    p.add_argument("--dry-run", action="store_true", help="validate the sources, write nothing")
+    p.add_argument(
+        "--as-of-version", type=int, metavar="N", help="Delta sources: read table version N"
+    )
+    p.add_argument(
+        "--batch-rows", type=int, default=BATCH_ROWS, help=f"rows per batch (default {BATCH_ROWS})"
+    )
+    p.add_argument(
+        "--no-partition-pruning",
+        dest="prune_partitions",
+        action="store_false",
+        help="read every date partition (when partitions are not the event's UTC date)",
+    )
+    p.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress reporting on stderr (auto: bar on a terminal, log lines otherwise)",
+    )
+
+
+def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Registers ``materialize`` and ``materialize-incremental`` on the CLI's subparsers.
+
+    ``common`` already defines ``--config`` and ``--data-dir``.
+    """
+    m = subparsers.add_parser(
+        "materialize",
+        parents=[common],
+        help="load rows of a time window from the batch sources",
+        description="Load rows with START <= event timestamp < END from each view's batch "
+        "source (Parquet file / directory / hive dataset, or Delta table) into the store.",
+    )
+    _shared_flags(m)
+    m.add_argument("--start", help="window start, inclusive (ISO 8601, 'now', 'now-2d')")
+    m.add_argument("--end", help="window end, exclusive (default: unbounded)")
+    m.add_argument(
+        "--via-kafka",
+        action="store_true",
+        help="publish the rows to each view's stream_source topic instead of writing the "
+        "store, so every shard and replica applies them (needs only the registry; no "
+        "watermark is recorded)",
+    )
+    m.set_defaults(func=cmd_materialize)
+    inc = subparsers.add_parser(
+        "materialize-incremental",
+        parents=[common],
+        help="load what is new since the last run (watermark / Delta version)",
+        description="Load everything since each view's last successful run: Parquet by "
+        "event-time watermark up to END (default now), Delta by table version.",
+    )
+    _shared_flags(inc)
+    inc.add_argument("--end", help="Parquet sources: load up to this time (default now)")
+    inc.add_argument(
+        "--via-kafka",
+        action="store_true",
+        help="publish what is new since the last published watermark / Delta version to each "
+        "view's stream_source topic instead of writing the store (needs only the registry); "
+        "the new watermark is recorded in --state-topic once the broker acknowledged every "
+        "record",
+    )
+    inc.add_argument(
+        "--state-topic",
+        default=os.environ.get("FS_BATCH_STATE_TOPIC", STATE_TOPIC),
+        help=f"--via-kafka: the compacted topic holding the published watermarks, on the "
+        f"cluster of each view's stream topic; created if missing (default {STATE_TOPIC}; "
+        f"env FS_BATCH_STATE_TOPIC)",
+    )
+    inc.set_defaults(func=cmd_materialize_incremental)
+    for p in (m, inc):
+        p.add_argument(
+            "--bootstrap-servers",
+            help="--via-kafka: override every stream source's bootstrap servers",
+        )
+        p.add_argument(
+            "--kafka-timeout",
+            type=float,
+            default=KAFKA_TIMEOUT_S,
+            metavar="SECONDS",
+            help=f"--via-kafka: give up when the brokers do not answer within this time "
+            f"(default {KAFKA_TIMEOUT_S:g})",
+        )
+        p.add_argument(
+            "--server",
+            metavar="URL",
+            help="run the job on this server (its admin API, its own store). Without it, the "
+            "store in --data-dir is opened here, and only when a server holds it is "
+            "FS_SERVER_URL (default http://127.0.0.1:6566) asked instead",
+        )
+        p.add_argument(
+            "--api-key",
+            default=os.environ.get("FS_API_KEY"),
+            help="admin API key for --server (env FS_API_KEY)",
+        )
+
+
+class _StoreInUse(Exception):
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+
+
+def _open(args: argparse.Namespace) -> Store:
+    data_dir = getattr(args, "data_dir", None) or os.environ.get("FS_DATA_DIR") or ".data/store"
+    config = getattr(args, "config", None) or os.environ.get("FS_CONFIG") or "features.yaml"
+    kwargs: dict[str, Any] = {}
+    if getattr(args, "hot_tier_bytes", None) is not None:
+        kwargs["hot_tier_bytes"] = int(args.hot_tier_bytes)
+    try:
+        return Store(data_dir, config, **kwargs)
+    except StorageError as e:
+        if store_in_use(e):
+            raise _StoreInUse(data_dir) from None
+        raise
+
+
+def _send_to_server(
+    args: argparse.Namespace, incremental: bool, data_dir: str, held: bool = True
+) -> int:
+    """Runs the job on a server through ``POST /admin/materialize``: the one holding the
+    store, or the one named by ``--server`` (``held=False``)."""
+    body = {
+        "views": args.views or None,
+        "start": getattr(args, "start", None),
+        "end": args.end,
+        "incremental": incremental,
+        "on_error": args.on_error,
+        "dry_run": args.dry_run,
+        "as_of_version": args.as_of_version,
+    }
+    code, answer = send_admin_job(
+        args.server,
+        args.api_key,
+        "/admin/materialize",
+        body,
+        what="job",
+        data_dir=data_dir,
+        held=held,
+    )
+    if answer is not None:
+        print(answer["summary"])
+    return code
+
+
+def _run_via_kafka(args: argparse.Namespace, incremental: bool) -> int:
+    """``materialize[-incremental] --via-kafka``: needs the registry only, never opens the
+    store (so it works while a server holds it, or where there is none). Exit codes: 1 bad
+    input, 2 brokers unreachable or records / state not acknowledged."""
+    config = getattr(args, "config", None) or os.environ.get("FS_CONFIG") or "features.yaml"
+    progress = {"always": True, "never": False}.get(args.progress, True)
+    # librdkafka logs every failed connection attempt; the run's own error names the problem
+    _RDKAFKA_LOG.setLevel(logging.CRITICAL)
+    common: dict[str, Any] = {
+        "as_of_version": args.as_of_version,
+        "on_error": args.on_error,
+        "dry_run": args.dry_run,
+        "progress": progress,
+        "batch_rows": args.batch_rows,
+        "prune_partitions": args.prune_partitions,
+        "via_kafka": True,
+        "bootstrap_servers": args.bootstrap_servers,
+        "kafka_timeout": args.kafka_timeout,
+    }
+    try:
+        registry = Registry.from_yaml(config)
+        if incremental:
+            summary = materialize_incremental(
+                registry, args.views or None, end=args.end, state_topic=args.state_topic, **common
+            )
+        else:
+            summary = materialize(registry, args.views or None, args.start, args.end, **common)
+    except StorageError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    except FeatureServingError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
+
+
+def _run_cli(args: argparse.Namespace, incremental: bool) -> int:
+    if getattr(args, "via_kafka", False):
+        return _run_via_kafka(args, incremental)
+    if args.server is not None:  # a server named on the command line runs the job
+        data_dir = args.data_dir or os.environ.get("FS_DATA_DIR") or ".data/store"
+        return _send_to_server(args, incremental, data_dir, held=False)
+    args.server = os.environ.get("FS_SERVER_URL", "http://127.0.0.1:6566")
+    try:
+        store = _open(args)
+    except _StoreInUse as e:
+        return _send_to_server(args, incremental, e.data_dir)
+    progress = {"always": True, "never": False}.get(args.progress, True)
+    common: dict[str, Any] = {
+        "as_of_version": args.as_of_version,
+        "on_error": args.on_error,
+        "dry_run": args.dry_run,
+        "progress": progress,
+        "batch_rows": args.batch_rows,
+        "prune_partitions": args.prune_partitions,
+    }
+    try:
+        with store:
+            if incremental:
+                summary = materialize_incremental(store, args.views or None, end=args.end, **common)
+            else:
+                summary = materialize(store, args.views or None, args.start, args.end, **common)
+    except InvalidArgumentError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    return _run_cli(args, incremental=False)
+
+
+def cmd_materialize_incremental(args: argparse.Namespace) -> int:
+    return _run_cli(args, incremental=True)

@@ -4,7 +4,7 @@ Every line carries ``ts`` (RFC 3339, UTC, milliseconds), ``level``, ``logger`` a
 whatever the caller passed as ``extra=`` (``request_id``, ``api``, ``method``, ``code``,
 ``duration_ms`` on the slow-request line), and ``exc`` with the traceback when there is one::
 
-    {"ts": "2026-01-02T03:04:05.678Z", "level": "WARNING", "logger": "serving.frontend.node",
+    {"ts": "2026-01-02T03:04:05.678Z", "level": "WARNING", "logger": "serving.server",
      "msg": "slow request", "request_id": "9f0c...", "api": "feast-http", ...}
 
 `setup_logging(level, "text")` keeps the classic one-line text format for people reading a

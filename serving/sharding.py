@@ -10,17 +10,23 @@ producer helpers, the loader and clients share one implementation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from serving import _rust_core
 from serving.errors import InvalidArgumentError
 
+if TYPE_CHECKING:
+    from serving.registry import Registry
+
 __all__ = [
+    "Ownership",
     "Shard",
     "partition_for_key",
     "partitions_for_keys",
     "shard_for_key",
+    "sharded_views",
 ]
 
 
@@ -87,3 +93,26 @@ class Shard:
 
     def __str__(self) -> str:
         return f"shard {self.index} of {self.count}"
+
+
+def sharded_views(registry: Registry, topic_partitions: int) -> dict[str, int]:
+    """Views the nodes shard (those with a stream source) -> partition count of the topic."""
+    return {
+        v.name: topic_partitions
+        for v in registry.feature_views.values()
+        if v.stream_source is not None
+    }
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """What a sharded node checks on every read (``Store.configure_sharding``): it is ``shard``,
+    and the keys of ``views`` are spread over a topic of ``views[name]`` partitions; an entity
+    of such a view that another shard owns is answered ``WrongShardError``."""
+
+    shard: Shard
+    views: Mapping[str, int]
+
+    def to_core(self) -> tuple[int, int, dict[str, int]]:
+        """The argument of the Rust core's ``configure_sharding``."""
+        return self.shard.index, self.shard.count, dict(self.views)

@@ -13,10 +13,9 @@ import pytest
 
 from serving import Registry, Store, _rust_core
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
-from serving.cluster.map import sharded_views
 from serving.errors import InvalidArgumentError, PermissionDeniedError, ShardAnswerError
 from serving.loaders.kafka import encode_key
-from serving.sharding import shard_for_key
+from serving.sharding import shard_for_key, sharded_views
 
 REGISTRY = """
 project: r

@@ -13,11 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
-from serving.errors import (
-    FeatureServingError,
-    InvalidArgumentError,
-    error_class,
-)
+from serving.errors import FeatureServingError, InvalidArgumentError, error_class
 from serving.store import DenseResult
 
 METHOD = "/feature_serving.v1.FeatureService/GetFeatureVector"

@@ -28,11 +28,7 @@ from serving.client.codec import (
     _request,
 )
 from serving.cluster.rpc import _metadata, error_from_rpc, open_channel
-from serving.errors import (
-    DeadlineExceededError,
-    InvalidArgumentError,
-    StorageError,
-)
+from serving.errors import DeadlineExceededError, InvalidArgumentError, StorageError
 from serving.store import DenseResult
 
 

@@ -27,14 +27,12 @@ from serving.client.codec import (
     _request,
 )
 from serving.cluster.channels import ClusterChannels, HttpClusterChannels
-from serving.cluster.map import ClusterMap, ClusterMapError, sharded_views
+from serving.cluster.map import ClusterMap, ClusterMapError
 from serving.cluster.map import fetch_node_info as _fetch_node_info
 from serving.cluster.rpc import CELLS_METHOD, CELLS_PATH, _metadata, error_from_rpc, open_channel
-from serving.errors import (
-    FeatureServingError,
-    InvalidArgumentError,
-)
+from serving.errors import FeatureServingError, InvalidArgumentError
 from serving.registry import Registry
+from serving.sharding import sharded_views
 from serving.store import DenseResult
 
 #: what the sharded clients take as a cluster: a ClusterMap, or shard index -> endpoints (with

@@ -12,20 +12,15 @@ import math
 import ssl
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import grpc.aio
 
-if TYPE_CHECKING:
-    pass
 from serving.cluster.http1 import _Http1Pool
 from serving.cluster.map import ClusterMap
 from serving.cluster.rpc import _rpc_error
-from serving.errors import (
-    InvalidArgumentError,
-    grpc_status_of,
-)
+from serving.errors import InvalidArgumentError, grpc_status_of
 
 #: HTTP statuses a node's HTTP port can answer that no serving.errors class has: aiohttp's
 #: body limit (gRPC answers an oversized message RESOURCE_EXHAUSTED), and a proxy in front of

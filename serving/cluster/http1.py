@@ -5,10 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
 
 
 class _Http1(asyncio.Protocol):

@@ -8,19 +8,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import grpc.aio
 import yaml
 
-if TYPE_CHECKING:
-    from serving.registry import Registry
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
 from serving.cluster.rpc import NODE_INFO_METHOD, _metadata, error_from_rpc, open_channel
-from serving.errors import (
-    InvalidArgumentError,
-)
+from serving.errors import InvalidArgumentError
 
 # host:port, [v6]:port; a target with a scheme (dns:///..., unix:...) is taken as it is
 _ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})$")
@@ -312,15 +308,6 @@ class NodeInfo:
             loader_lag={e.view: e.lag if e.HasField("lag") else None for e in msg.loader_lag},
             cluster=ClusterMap.from_proto(msg.cluster) if msg.HasField("cluster") else None,
         )
-
-
-def sharded_views(registry: Registry, topic_partitions: int) -> dict[str, int]:
-    """Views the nodes shard (those with a stream source) -> partition count of the topic."""
-    return {
-        v.name: topic_partitions
-        for v in registry.feature_views.values()
-        if v.stream_source is not None
-    }
 
 
 def fetch_node_info(

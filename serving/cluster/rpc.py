@@ -3,17 +3,12 @@ failed calls read back as :class:`~serving.errors.FeatureServingError`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import grpc.aio
 
-if TYPE_CHECKING:
-    pass
-from serving.errors import (
-    FeatureServingError,
-    error_class,
-)
+from serving.errors import FeatureServingError, error_class
 
 #: full gRPC path of the node metadata RPC
 NODE_INFO_METHOD = "/feature_serving.v1.FeatureService/GetNodeInfo"

@@ -13,10 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from serving import _rust_core
 from serving.config import ServeSettings
-from serving.errors import (
-    DeadlineExceededError,
-    ResourceExhaustedError,
-)
+from serving.errors import DeadlineExceededError, ResourceExhaustedError
 
 
 class LoopLagGuard:

@@ -10,9 +10,7 @@ from typing import Any
 import grpc
 
 from serving.config import ServeSettings
-from serving.errors import (
-    FeatureServingError,
-)
+from serving.errors import FeatureServingError
 from serving.frontend.auth import Authenticator, Principal
 from serving.frontend.endpoints import OPEN_GRPC_PREFIXES
 from serving.metrics import ServingMetrics

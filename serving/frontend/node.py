@@ -22,10 +22,7 @@ from aiohttp import web
 from serving import __version__, _rust_core
 from serving.cluster.map import NodeInfo
 from serving.config import ServeSettings
-from serving.errors import (
-    InvalidArgumentError,
-    UnauthenticatedError,
-)
+from serving.errors import InvalidArgumentError, UnauthenticatedError
 from serving.frontend.admin import NodeAdmin
 from serving.frontend.admission import Admission
 from serving.frontend.auth import Authenticator, KeyFile, default_keys_file
@@ -34,6 +31,7 @@ from serving.frontend.endpoints import V1_SERVICE, Endpoint
 from serving.frontend.grpc_auth import principal
 from serving.metrics import CoreCollector, ServingMetrics
 from serving.registry import Registry
+from serving.sharding import Ownership, sharded_views
 from serving.store import Store
 
 log = logging.getLogger("serving.server")
@@ -90,12 +88,8 @@ class FeatureServer(NodeAdmin, Frontend):
         sharded (their keys are spread over the topic's partitions)."""
         if self.shard is None:
             return
-        views = {
-            v.name: self.settings.topic_partitions
-            for v in self.store.registry.feature_views.values()
-            if v.stream_source is not None
-        }
-        self._core.configure_sharding((self.shard.index, self.shard.count, views))
+        views = sharded_views(self.store.registry, self.settings.topic_partitions)
+        self._core.configure_sharding(Ownership(self.shard, views).to_core())
 
     # -- HTTP ------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 
 from serving import __version__, _rust_core
 from serving.cluster.channels import ClusterChannels, HttpClusterChannels
-from serving.cluster.map import ClusterMap, sharded_views
+from serving.cluster.map import ClusterMap
 from serving.cluster.rpc import CELLS_METHOD, CELLS_PATH
 from serving.config import ServeSettings
 from serving.errors import (
@@ -57,6 +57,7 @@ from serving.frontend.grpc_auth import principal
 from serving.frontend.tls import node_credentials, node_ssl_context
 from serving.metrics import LATENCY_BUCKETS, NS, ServingMetrics
 from serving.registry import Registry
+from serving.sharding import sharded_views
 
 log = logging.getLogger("serving.router")
 

@@ -8,9 +8,7 @@ from pathlib import Path
 import grpc
 
 from serving.config import ServeSettings
-from serving.errors import (
-    InvalidArgumentError,
-)
+from serving.errors import InvalidArgumentError
 
 
 def read_tls_file(path: str) -> bytes:

@@ -93,22 +93,33 @@ _DECODED_ENCODINGS = frozenset(
 )
 
 
-async def read_body(request: web.Request) -> bytes:
-    """A request's body, decoded as its ``Content-Encoding`` says. An encoding aiohttp does not
-    decode answers 415, a body that is not valid in its encoding 400, both naming the header
-    (aiohttp raises a bare ``RequestPayloadError`` for the latter, which answered 500)."""
+def check_encoding(request: web.Request) -> str | None:
+    """The request's ``Content-Encoding`` (None: none); one aiohttp does not decode answers 415
+    naming the header."""
     encoding = request.headers.get("Content-Encoding")
     if encoding is not None and encoding.lower() not in _DECODED_ENCODINGS:
         raise web.HTTPUnsupportedMediaType(
             text=f"Content-Encoding '{encoding}' is not supported; send the body with "
             f"Content-Encoding {', '.join(sorted(_DECODED_ENCODINGS - {'identity'}))} or none"
         )
+    return encoding
+
+
+def invalid_encoding(encoding: str | None) -> InvalidArgumentError:
+    """What a body that is not valid in its encoding answers (aiohttp raises a bare
+    ``RequestPayloadError``, which would answer 500): 400 naming the header."""
+    return InvalidArgumentError(
+        f"the body is not valid {encoding} data (header Content-Encoding: {encoding})"
+    )
+
+
+async def read_body(request: web.Request) -> bytes:
+    """A request's body, decoded as its ``Content-Encoding`` says (:func:`check_encoding`)."""
+    encoding = check_encoding(request)
     try:
         return await request.read()
     except RequestPayloadError:
-        raise InvalidArgumentError(
-            f"the body is not valid {encoding} data (header Content-Encoding: {encoding})"
-        ) from None
+        raise invalid_encoding(encoding) from None
 
 
 def _json_error(status: int, code: str, message: str) -> web.Response:
@@ -182,7 +193,12 @@ class Frontend(ABC):
         # client mistake worth naming.
         if ctype not in (JSON, OCTET_STREAM) and request.headers.get("Content-Type"):
             raise InvalidArgumentError(f"unsupported content type '{ctype}'; send application/json")
-        body = await read_body(request)
+        # read_body's steps inline: this is every serving request's path
+        encoding = check_encoding(request)
+        try:
+            body = await request.read()
+        except RequestPayloadError:
+            raise invalid_encoding(encoding) from None
         p = request.get("principal")
         return body, None if p is None or p.read_all else p.scope_id
 

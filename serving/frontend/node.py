@@ -147,7 +147,9 @@ class FeatureServer(NodeAdmin, Frontend):
 
         async def handle(request: web.Request) -> web.Response:
             body, scope = await self._serving_body(request)
-            out = await dispatch(api, body, scope)
+            out = dispatch(api, body, scope)
+            if not isinstance(out, bytes):
+                out = await out
             return web.Response(body=out, content_type=content_type)
 
         return handle
@@ -224,7 +226,8 @@ class FeatureServer(NodeAdmin, Frontend):
             if p is None and self.auth is not None:
                 raise UnauthenticatedError("missing API key")
             scope = None if p is None or p.read_all else p.scope_id
-            return await dispatch(api, request, scope, context.time_remaining())
+            out = dispatch(api, request, scope, context.time_remaining())
+            return out if isinstance(out, bytes) else await out
 
         return call
 

@@ -32,7 +32,7 @@ class ColumnsResult:
     event_timestamps: npt.NDArray[np.int64] | None
 
 
-def _request(
+def build_request(
     entities: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
     features: Sequence[str] | None,
     feature_service: str | None,
@@ -65,7 +65,7 @@ def _request(
     return req
 
 
-def _dense(resp: pb.GetFeatureVectorResponse) -> DenseResult:
+def dense_result(resp: pb.GetFeatureVectorResponse) -> DenseResult:
     d = resp.dense
     return DenseResult(
         feature_names=list(resp.feature_names),
@@ -74,7 +74,7 @@ def _dense(resp: pb.GetFeatureVectorResponse) -> DenseResult:
     )
 
 
-def _columns(resp: pb.GetFeatureVectorResponse) -> ColumnsResult:
+def columns_result(resp: pb.GetFeatureVectorResponse) -> ColumnsResult:
     n, names = resp.num_entities, list(resp.feature_names)
     cols: dict[str, Any] = {}
     statuses = np.zeros((n, len(names)), dtype=np.uint8)
@@ -103,7 +103,7 @@ def _columns(resp: pb.GetFeatureVectorResponse) -> ColumnsResult:
     return ColumnsResult(names, cols, statuses, ts)
 
 
-def _http_body(
+def http_body(
     entities: Mapping[str, Any],
     features: Sequence[str] | None,
     service: str | None,
@@ -125,7 +125,7 @@ def _http_body(
     return body
 
 
-def _dense_json(r: dict[str, Any]) -> DenseResult:
+def dense_from_json(r: dict[str, Any]) -> DenseResult:
     """A ``layout: dense`` JSON answer as :class:`DenseResult` (NaN where no value)."""
     d = r["dense"]
     vals = np.array(
@@ -138,7 +138,7 @@ def _dense_json(r: dict[str, Any]) -> DenseResult:
     return DenseResult(list(r["feature_names"]), vals, st)
 
 
-def _columns_json(r: dict[str, Any]) -> ColumnsResult:
+def columns_from_json(r: dict[str, Any]) -> ColumnsResult:
     """A ``layout: columns`` JSON answer as :class:`ColumnsResult` (values as JSON lists)."""
     names = list(r["feature_names"])
     cols = {n: c["values"] for n, c in zip(names, r["columns"], strict=True)}
@@ -148,7 +148,7 @@ def _columns_json(r: dict[str, Any]) -> ColumnsResult:
     return ColumnsResult(names, cols, st, None)
 
 
-def _http_error(status: int, raw: bytes) -> FeatureServingError:
+def http_error(status: int, raw: bytes) -> FeatureServingError:
     """An HTTP error answer as the class its JSON ``code`` names (else its status's)."""
     code = None
     try:
@@ -162,5 +162,5 @@ def _http_error(status: int, raw: bytes) -> FeatureServingError:
 Entities = Mapping[str, Sequence[Any] | npt.NDArray[Any]]
 
 
-def _as_list(values: Sequence[Any] | npt.NDArray[Any]) -> list[Any]:
+def as_list(values: Sequence[Any] | npt.NDArray[Any]) -> list[Any]:
     return list(values.tolist() if isinstance(values, np.ndarray) else values)

@@ -19,15 +19,15 @@ from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
 from serving.client.codec import (
     METHOD,
     ColumnsResult,
-    _columns,
-    _columns_json,
-    _dense,
-    _dense_json,
-    _http_body,
-    _http_error,
-    _request,
+    build_request,
+    columns_from_json,
+    columns_result,
+    dense_from_json,
+    dense_result,
+    http_body,
+    http_error,
 )
-from serving.cluster.rpc import _metadata, error_from_rpc, open_channel
+from serving.cluster.rpc import auth_metadata, error_from_rpc, open_channel
 from serving.errors import DeadlineExceededError, InvalidArgumentError, StorageError
 from serving.store import DenseResult
 
@@ -53,7 +53,7 @@ class FeatureClient:
         if transport not in ("grpc", "http"):
             raise InvalidArgumentError("transport must be 'grpc' or 'http'")
         self.target, self.transport, self.timeout = target, transport, timeout
-        self._metadata = _metadata(api_key)
+        self._metadata = auth_metadata(api_key)
         self._ssl_context = ssl_context
         #: HTTP transport: one keep-alive connection per calling thread
         self._local = threading.local()
@@ -124,7 +124,7 @@ class FeatureClient:
                 conn.close()
             if r.status == 200:
                 return dict(json.loads(raw))
-            raise _http_error(r.status, raw)
+            raise http_error(r.status, raw)
         raise AssertionError("unreachable")
 
     def get_dense(
@@ -138,9 +138,11 @@ class FeatureClient:
         """Numeric features as one ``[entities x features]`` float32 matrix, NaN where a value
         is not PRESENT (see ``statuses``)."""
         if self.transport == "http":
-            body = _http_body(entities, features, feature_service, True)
-            return _dense_json(self._http(body, timeout))
-        return _dense(self._grpc(_request(entities, features, feature_service, True), timeout))
+            body = http_body(entities, features, feature_service, True)
+            return dense_from_json(self._http(body, timeout))
+        return dense_result(
+            self._grpc(build_request(entities, features, feature_service, True), timeout)
+        )
 
     def get_features(
         self,
@@ -152,9 +154,11 @@ class FeatureClient:
     ) -> ColumnsResult:
         """Typed columns of any feature types, plus statuses and event timestamps."""
         if self.transport == "http":
-            body = _http_body(entities, features, feature_service, False)
-            return _columns_json(self._http(body, timeout))
-        return _columns(self._grpc(_request(entities, features, feature_service, False), timeout))
+            body = http_body(entities, features, feature_service, False)
+            return columns_from_json(self._http(body, timeout))
+        return columns_result(
+            self._grpc(build_request(entities, features, feature_service, False), timeout)
+        )
 
     def close(self) -> None:
         if self._channel is not None:
@@ -183,7 +187,7 @@ class AsyncFeatureClient:
     ) -> None:
         """``credentials``: TLS, as for :class:`FeatureClient`."""
         self.timeout = timeout
-        self._metadata = _metadata(api_key)
+        self._metadata = auth_metadata(api_key)
         self._channel = (
             grpc.aio.secure_channel(target, credentials)
             if credentials is not None
@@ -209,8 +213,8 @@ class AsyncFeatureClient:
         feature_service: str | None = None,
         timeout: float | None = None,
     ) -> DenseResult:
-        return _dense(
-            await self._grpc(_request(entities, features, feature_service, True), timeout)
+        return dense_result(
+            await self._grpc(build_request(entities, features, feature_service, True), timeout)
         )
 
     async def get_features(
@@ -221,8 +225,8 @@ class AsyncFeatureClient:
         feature_service: str | None = None,
         timeout: float | None = None,
     ) -> ColumnsResult:
-        return _columns(
-            await self._grpc(_request(entities, features, feature_service, False), timeout)
+        return columns_result(
+            await self._grpc(build_request(entities, features, feature_service, False), timeout)
         )
 
     async def close(self) -> None:

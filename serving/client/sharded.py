@@ -21,15 +21,21 @@ from serving.client.codec import (
     METHOD,
     ColumnsResult,
     Entities,
-    _as_list,
-    _columns,
-    _dense,
-    _request,
+    as_list,
+    build_request,
+    columns_result,
+    dense_result,
 )
 from serving.cluster.channels import ClusterChannels, HttpClusterChannels
 from serving.cluster.map import ClusterMap, ClusterMapError
 from serving.cluster.map import fetch_node_info as _fetch_node_info
-from serving.cluster.rpc import CELLS_METHOD, CELLS_PATH, _metadata, error_from_rpc, open_channel
+from serving.cluster.rpc import (
+    CELLS_METHOD,
+    CELLS_PATH,
+    auth_metadata,
+    error_from_rpc,
+    open_channel,
+)
 from serving.errors import FeatureServingError, InvalidArgumentError
 from serving.registry import Registry
 from serving.sharding import sharded_views
@@ -93,7 +99,7 @@ class _Routing:
         missing = [k for k in self.join_keys if k not in entities]
         if missing:
             raise InvalidArgumentError(f"entities: missing routing join key(s) {missing}")
-        columns = [_as_list(entities[k]) for k in self.join_keys]
+        columns = [as_list(entities[k]) for k in self.join_keys]
         keys = _rust_core.encode_entity_keys(self.dtypes, columns)
         parts = _rust_core.partitions_for_keys(keys, self.cluster.topic_partitions)
         n = self.cluster.shard_count
@@ -103,7 +109,7 @@ class _Routing:
         shards = self.shards_of(entities)
         if not shards:
             raise InvalidArgumentError("no entities given")
-        cols = {name: _as_list(v) for name, v in entities.items()}
+        cols = {name: as_list(v) for name, v in entities.items()}
         uneven = {name: len(c) for name, c in cols.items() if len(c) != len(shards)}
         if uneven:
             raise InvalidArgumentError(
@@ -223,7 +229,9 @@ def _bootstrap(
             response_deserializer=pb.ListFeatureViewsResponse.FromString,
         )
         try:
-            views = call(pb.ListFeatureViewsRequest(), timeout=timeout, metadata=_metadata(api_key))
+            views = call(
+                pb.ListFeatureViewsRequest(), timeout=timeout, metadata=auth_metadata(api_key)
+            )
         except grpc.RpcError as e:
             raise error_from_rpc(e) from None
     keys = {
@@ -286,7 +294,7 @@ class AsyncShardedFeatureClient:
         self._routing = _Routing(cluster, topic_partitions, join_keys)
         self.cluster = self._routing.cluster
         self.timeout = timeout
-        self._metadata = _metadata(api_key)
+        self._metadata = auth_metadata(api_key)
         #: split and merge in Rust (with a registry), else per-shard GetFeatureVector calls
         self._core: _rust_core.RouterCore | None = None
         channel_options: dict[str, Any] = {
@@ -398,7 +406,7 @@ class AsyncShardedFeatureClient:
     ) -> tuple[_Parts, dict[int, pb.GetFeatureVectorResponse]]:
         p = self._routing.split(entities)
         bodies = {
-            k: _request(part, features, feature_service, dense).SerializeToString()
+            k: build_request(part, features, feature_service, dense).SerializeToString()
             for k, part in p.entities.items()
         }
         outs = await self._fan_out(METHOD, list(bodies.items()), timeout)
@@ -417,7 +425,7 @@ class AsyncShardedFeatureClient:
     ) -> pb.GetFeatureVectorResponse:
         """The request split in Rust, its cells parts sent concurrently, merged in Rust."""
         assert self._core is not None
-        body = _request(entities, features, feature_service, dense).SerializeToString()
+        body = build_request(entities, features, feature_service, dense).SerializeToString()
         routed = self._core.route("v1_grpc", body, None)
         answers = await self._fan_out(CELLS_METHOD, routed.parts(), timeout)
         return pb.GetFeatureVectorResponse.FromString(routed.merge(answers))
@@ -432,9 +440,11 @@ class AsyncShardedFeatureClient:
     ) -> DenseResult:
         """:meth:`FeatureClient.get_dense` over the cluster, rows in request order."""
         if self._core is not None:
-            return _dense(await self._routed(entities, features, feature_service, True, timeout))
+            return dense_result(
+                await self._routed(entities, features, feature_service, True, timeout)
+            )
         p, answers = await self._ask(entities, features, feature_service, True, timeout)
-        return _merge_dense(p, {k: _dense(r) for k, r in answers.items()})
+        return _merge_dense(p, {k: dense_result(r) for k, r in answers.items()})
 
     async def get_features(
         self,
@@ -447,9 +457,9 @@ class AsyncShardedFeatureClient:
         """:meth:`FeatureClient.get_features` over the cluster, rows in request order."""
         if self._core is not None:
             resp = await self._routed(entities, features, feature_service, False, timeout)
-            return _columns(resp)
+            return columns_result(resp)
         p, answers = await self._ask(entities, features, feature_service, False, timeout)
-        return _merge_columns(p, {k: _columns(r) for k, r in answers.items()})
+        return _merge_columns(p, {k: columns_result(r) for k, r in answers.items()})
 
     async def close(self) -> None:
         await self.channels.close()

@@ -19,7 +19,7 @@ import grpc.aio
 
 from serving.cluster.http1 import _Http1Pool
 from serving.cluster.map import ClusterMap
-from serving.cluster.rpc import _rpc_error
+from serving.cluster.rpc import rpc_error
 from serving.errors import InvalidArgumentError, grpc_status_of
 
 #: HTTP statuses a node's HTTP port can answer that no serving.errors class has: aiohttp's
@@ -164,7 +164,7 @@ class ClusterChannels:
         left = deadline - loop.time()
         if left <= 0:
             tried = f" (unavailable: {'; '.join(failures)})" if failures else ""
-            raise _rpc_error(
+            raise rpc_error(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"shard {shard}: the deadline expired before a replica answered{tried}",
             )
@@ -172,7 +172,7 @@ class ClusterChannels:
 
     @staticmethod
     def _all_failed(shard: int, failures: list[str]) -> grpc.aio.AioRpcError:
-        return _rpc_error(
+        return rpc_error(
             grpc.StatusCode.UNAVAILABLE,
             f"shard {shard}: no replica answered ({'; '.join(failures)})",
         )
@@ -363,17 +363,17 @@ class HttpClusterChannels(ClusterChannels):
         for k, v in metadata or ():
             line = f"{k}: {v}\r\n".encode("latin-1", "replace")
             if line.count(b"\n") != 1 or line.count(b"\r") != 1:
-                raise _rpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"bad header {k!r}")
+                raise rpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"bad header {k!r}")
             headers += line
         try:
             async with asyncio.timeout(timeout):
                 status, data = await pool.post(path, body, headers)
         except TimeoutError:
-            raise _rpc_error(
+            raise rpc_error(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"{address}: no answer in time"
             ) from None
         except (OSError, ssl.SSLError) as e:  # ConnectionError is an OSError
-            raise _rpc_error(grpc.StatusCode.UNAVAILABLE, f"{address}: {e}") from None
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"{address}: {e}") from None
         if status == 200:
             return data
         code, message = "", data.decode("utf-8", "replace")
@@ -383,7 +383,7 @@ class HttpClusterChannels(ClusterChannels):
         name = grpc_status_of(code=code, http_status=status) or _TRANSPORT_STATUS.get(
             status, "INTERNAL"
         )
-        raise _rpc_error(grpc.StatusCode[name], message)
+        raise rpc_error(grpc.StatusCode[name], message)
 
     async def close(self) -> None:
         pools, self._pools = self._pools, {}

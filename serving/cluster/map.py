@@ -15,7 +15,7 @@ import grpc.aio
 import yaml
 
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
-from serving.cluster.rpc import NODE_INFO_METHOD, _metadata, error_from_rpc, open_channel
+from serving.cluster.rpc import NODE_INFO_METHOD, auth_metadata, error_from_rpc, open_channel
 from serving.errors import InvalidArgumentError
 
 # host:port, [v6]:port; a target with a scheme (dns:///..., unix:...) is taken as it is
@@ -326,7 +326,7 @@ def fetch_node_info(
             response_deserializer=pb.GetNodeInfoResponse.FromString,
         )
         try:
-            resp = call(pb.GetNodeInfoRequest(), timeout=timeout, metadata=_metadata(api_key))
+            resp = call(pb.GetNodeInfoRequest(), timeout=timeout, metadata=auth_metadata(api_key))
         except grpc.RpcError as e:
             raise error_from_rpc(e) from None
     return NodeInfo.from_proto(resp)

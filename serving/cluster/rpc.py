@@ -28,7 +28,7 @@ def error_from_rpc(e: grpc.RpcError) -> FeatureServingError:
     return cls(f"{code.name}: {details}")
 
 
-def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
 
@@ -42,5 +42,5 @@ def open_channel(
     return grpc.insecure_channel(endpoint, options)
 
 
-def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)

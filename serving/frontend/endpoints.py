@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from serving.cluster.rpc import CELLS_PATH
+
 FEAST_SERVICE = "feast.serving.ServingService"
 V1_SERVICE = "feature_serving.v1.FeatureService"
 JSON = "application/json"
@@ -46,7 +48,7 @@ class Endpoint:
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("http", "/get-online-features", "", "feast_http", "feast-http", "get-online-features"),
     Endpoint("http", "/v1/feature-vector", "", "v1_http", "http", "feature-vector"),
-    Endpoint("http", "/v1/cells", "", "cells", "http", "cells", OCTET_STREAM, node_only=True),
+    Endpoint("http", CELLS_PATH, "", "cells", "http", "cells", OCTET_STREAM, node_only=True),
     Endpoint(
         "grpc", FEAST_SERVICE, "GetOnlineFeatures", "feast_grpc", "feast-grpc", "GetOnlineFeatures"
     ),

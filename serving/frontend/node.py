@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from aiohttp import web
@@ -33,6 +33,9 @@ from serving.metrics import CoreCollector, ServingMetrics
 from serving.registry import Registry
 from serving.sharding import Ownership, sharded_views
 from serving.store import Store
+
+if TYPE_CHECKING:
+    from serving.loaders.kafka.loader import KafkaLoader
 
 log = logging.getLogger("serving.server")
 
@@ -72,7 +75,7 @@ class FeatureServer(NodeAdmin, Frontend):
         #: the cluster map handed out by GetNodeInfo / GET /v1/node (None: not given)
         self.cluster = settings.cluster()
         #: background loaders (Kafka) started with the server; each has start/stop/stats
-        self.loaders: list[Any] = []
+        self.loaders: list[KafkaLoader] = []
         self.auth: Authenticator | None = None
         if not settings.no_auth:
             keys = KeyFile(settings.keys_file or default_keys_file(settings.data_dir))

@@ -22,9 +22,10 @@ from serving.cluster.map import ClusterMap
 from serving.cluster.rpc import rpc_error
 from serving.errors import InvalidArgumentError, grpc_status_of
 
-#: HTTP statuses a node's HTTP port can answer that no serving.errors class has: aiohttp's
-#: body limit (gRPC answers an oversized message RESOURCE_EXHAUSTED), and a proxy in front of
-#: the node that could not reach it (UNAVAILABLE: fail over to another replica)
+#: HTTP statuses without a JSON error code that a node's HTTP port can answer and that are not
+#: a node's serving.errors class: aiohttp's body limit (gRPC answers an oversized message
+#: RESOURCE_EXHAUSTED), and a proxy in front of the node that could not reach it (UNAVAILABLE:
+#: fail over to another replica; 502 is ShardAnswerError's status, which only routers answer)
 _TRANSPORT_STATUS = {413: "RESOURCE_EXHAUSTED", 502: "UNAVAILABLE"}
 
 
@@ -380,8 +381,11 @@ class HttpClusterChannels(ClusterChannels):
         with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
             err = json.loads(data)["error"]
             code, message = str(err["code"]), str(err["message"])
-        name = grpc_status_of(code=code, http_status=status) or _TRANSPORT_STATUS.get(
-            status, "INTERNAL"
+        name = (
+            grpc_status_of(code=code)
+            or _TRANSPORT_STATUS.get(status)
+            or grpc_status_of(http_status=status)
+            or "INTERNAL"
         )
         raise rpc_error(grpc.StatusCode[name], message)
 

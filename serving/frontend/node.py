@@ -26,7 +26,6 @@ from serving.errors import InvalidArgumentError, UnauthenticatedError
 from serving.frontend.admin import NodeAdmin
 from serving.frontend.admission import Admission
 from serving.frontend.auth import Authenticator, KeyFile, default_keys_file
-from serving.frontend.base import Frontend
 from serving.frontend.endpoints import V1_SERVICE, Endpoint
 from serving.frontend.grpc_auth import principal
 from serving.metrics import CoreCollector, ServingMetrics
@@ -40,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("serving.server")
 
 
-class FeatureServer(NodeAdmin, Frontend):
+class FeatureServer(NodeAdmin):
     """Both frontends over one open :class:`Store`."""
 
     answers_node_only = True
@@ -103,20 +102,20 @@ class FeatureServer(NodeAdmin, Frontend):
     def _loader_stats(self) -> list[dict[str, Any]]:
         """Batch-loader progress from the store's meta (watermarks, Delta versions) and the
         jobs this server ran; Kafka loaders add theirs."""
-        from serving.loaders import batch as batch_loader
+        from serving.loaders.batch import meta
 
         views: dict[str, dict[str, Any]] = {}
         for v in self.store.registry.feature_views.values():
             if v.batch_source is None:
                 continue
             entry: dict[str, Any] = {}
-            raw = self.store.get_meta(batch_loader.watermark_key(v.name))
+            raw = self.store.get_meta(meta.watermark_key(v.name))
             if raw:
                 with contextlib.suppress(ValueError, InvalidArgumentError):
-                    t = batch_loader.parse_time(raw.decode())
+                    t = meta.parse_time(raw.decode())
                     if t is not None:
                         entry["watermark"] = t.timestamp()
-            raw = self.store.get_meta(batch_loader.delta_version_key(v.name))
+            raw = self.store.get_meta(meta.delta_version_key(v.name))
             if raw:
                 with contextlib.suppress(ValueError):
                     entry["delta_version"] = int(raw.decode())

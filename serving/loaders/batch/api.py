@@ -35,9 +35,6 @@ from serving.loaders.publish_state import STATE_TOPIC, PublishState
 from serving.registry import FeatureView, Registry
 from serving.store import Store
 
-# --------------------------------------------------------------------------------------------
-# public API
-
 
 def _kafka_target(
     selected: list[FeatureView], kafka: _KafkaTarget, *, dry_run: bool

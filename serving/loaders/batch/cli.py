@@ -18,9 +18,6 @@ from serving.loaders.publish_state import STATE_TOPIC
 from serving.registry import Registry
 from serving.store import Store
 
-# --------------------------------------------------------------------------------------------
-# CLI
-
 
 def _shared_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(

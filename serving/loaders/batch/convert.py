@@ -18,9 +18,6 @@ from serving.loaders.batch.meta import _CAST_ERRORS, _US_UTC, MAX_REPORTED_ERROR
 from serving.loaders.batch.plan import _Plan, _Unit
 from serving.loaders.batch.summary import RowError
 
-# --------------------------------------------------------------------------------------------
-# per-batch conversion and checks
-
 
 def _bisect_cast(
     arr: pa.Array, target: pa.DataType, fn: Callable[[pa.Array], pa.Array]

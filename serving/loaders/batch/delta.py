@@ -14,8 +14,6 @@ from serving.errors import InvalidArgumentError
 from serving.loaders.batch.meta import OnError
 from serving.loaders.batch.plan import _build_units, _Plan
 
-# -- Delta -----------------------------------------------------------------------------------
-
 
 def _deltalake() -> Any:
     try:

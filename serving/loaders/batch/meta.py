@@ -13,6 +13,7 @@ from serving.errors import InvalidArgumentError
 from serving.registry import parse_ttl
 from serving.store import Store
 
+#: rows per record batch read from a file (the store splits writes at the same size)
 BATCH_ROWS = 65_536
 #: bad rows listed in a summary (all are counted)
 MAX_REPORTED_ERRORS = 5

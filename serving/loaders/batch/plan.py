@@ -20,9 +20,6 @@ from serving.loaders.batch.summary import ViewSummary
 from serving.loaders.publish_state import PublishState
 from serving.registry import EVENT_TIMESTAMP, FeatureView
 
-# --------------------------------------------------------------------------------------------
-# plan
-
 
 @dataclass
 class _RowGroup:

@@ -18,9 +18,6 @@ from serving.loaders.batch.summary import RowError, ViewSummary
 from serving.loaders.progress import Progress, format_count
 from serving.store import Store, WriteStats
 
-# --------------------------------------------------------------------------------------------
-# reading
-
 
 def _scan(unit: _Unit, columns: list[str], batch_rows: int) -> Iterator[tuple[int, pa.RecordBatch]]:
     """``(first row within the file, batch)`` over the unit's row groups, in file order."""

@@ -7,9 +7,6 @@ from dataclasses import dataclass, field
 
 from serving.loaders.progress import format_count, format_duration
 
-# --------------------------------------------------------------------------------------------
-# summary
-
 
 @dataclass(frozen=True)
 class RowError:

@@ -15,9 +15,6 @@ from serving.loaders.kafka.loader import KafkaLoader, log
 from serving.sharding import Shard
 from serving.store import Store
 
-# --------------------------------------------------------------------------------------------
-# CLI
-
 
 def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Registers ``ingest`` on the CLI's subparsers (``common`` defines --config, --data-dir)."""

@@ -16,9 +16,6 @@ from serving.store import Store
 
 log = logging.getLogger("serving.kafka")
 
-# --------------------------------------------------------------------------------------------
-# the loader
-
 
 class KafkaLoader:
     """Consumes the stream sources of ``views`` (default: every online view with one) into

@@ -15,9 +15,6 @@ from serving import _rust_core
 from serving.errors import InvalidArgumentError
 from serving.registry import EVENT_TIMESTAMP, FeatureView
 
-# --------------------------------------------------------------------------------------------
-# producing (tests, benchmarks, backfills from Python)
-
 
 def encode_key(view: FeatureView, values: Sequence[int | str | bytes]) -> bytes:
     """The record key of an entity of ``view``: its join-key values in the view's order,

@@ -32,9 +32,6 @@ from serving.store import Store
 
 log = logging.getLogger("serving.kafka")
 
-# --------------------------------------------------------------------------------------------
-# one source
-
 
 class _DeadLetterError(Exception):
     pass

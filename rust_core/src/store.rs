@@ -7,8 +7,8 @@
 
 use crate::catalog::{evolve, Catalog, Evolution, PhysicalSchema, RegistrySpec, ViewDef};
 use crate::error::{CoreError, Result};
-use crate::hot::{HotStats, HotTier, RowBytes};
-use crate::row::{supersedes, RowView};
+use crate::hot::{HotStats, HotTier};
+use crate::row::{supersedes, RowBytes};
 use ahash::AHashMap;
 use parking_lot::{Mutex, RwLock};
 use rocksdb::{
@@ -358,7 +358,9 @@ impl Store {
         Ok(stats)
     }
 
-    /// Reads the rows of `keys` (hot-tier keys). `None` for absent or deleted entities.
+    /// Reads the stored rows of `keys` (hot-tier keys): `None` for absent entities; tombstones
+    /// are returned as stored, so that the reader parses each row's header once
+    /// ([`crate::row::ReadRow::live`] drops them).
     pub fn lookup(&self, view: &ViewDef, keys: &[Vec<u8>]) -> Result<Vec<Option<RowBytes>>> {
         let mut out: Vec<Option<RowBytes>> = vec![None; keys.len()];
         let mut miss = Vec::new();
@@ -366,7 +368,7 @@ impl Store {
             Some(hot) => {
                 for (i, k) in keys.iter().enumerate() {
                     match hot.get(k) {
-                        Some(r) => out[i] = live(r),
+                        Some(r) => out[i] = stored(r),
                         None => miss.push(i),
                     }
                 }
@@ -393,7 +395,7 @@ impl Store {
             if let Some(hot) = &self.hot {
                 hot.fill(keys[i].clone(), row.clone(), versions[j]);
             }
-            out[i] = live(row);
+            out[i] = stored(row);
         }
         Ok(out)
     }
@@ -478,30 +480,28 @@ impl Store {
     }
 }
 
-/// A stored row that answers as present data: not absent, not a tombstone.
-fn live(r: RowBytes) -> Option<RowBytes> {
-    match RowView::new(&r) {
-        Some(v) if !v.is_tombstone() => Some(r),
-        _ => None,
-    }
+/// The hot tier caches a known absence as an empty row.
+fn stored(r: RowBytes) -> Option<RowBytes> {
+    (!r.is_empty()).then_some(r)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::KeyColumn;
-    use crate::query::{self, Entities};
-    use crate::row::BatchRowWriter;
+    use crate::row::{BatchRowWriter, ReadRow};
 
     const REGISTRY: &str = r#"{"project":"t","feature_views":[{"name":"v","join_keys":[{"name":"id","dtype":"int64"}],"features":[{"name":"f","dtype":"float32"}]}]}"#;
 
     fn keys(store: &Store, ids: &[i64]) -> Vec<Vec<u8>> {
         let cat = store.catalog();
-        let def = cat.view("v").unwrap();
-        let ents = Entities {
-            columns: vec![("id".into(), KeyColumn::Int64(ids.to_vec()))],
-        };
-        query::encode_keys(def, &[0], &ents, ids.len()).unwrap()
+        let prefix = cat.view("v").unwrap().hot_prefix();
+        ids.iter()
+            .map(|id| {
+                let mut k = prefix.to_vec();
+                crate::key::encode_i64(*id, &mut k);
+                k
+            })
+            .collect()
     }
 
     fn write(store: &Store, ids: &[i64], ts: i64, offset: &str) {
@@ -522,7 +522,9 @@ mod tests {
         let rows = store
             .lookup(cat.view("v").unwrap(), &keys(store, ids))
             .unwrap();
-        rows.iter().filter(|r| r.is_some()).count()
+        rows.into_iter()
+            .filter(|r| r.clone().and_then(ReadRow::live).is_some())
+            .count()
     }
 
     #[test]

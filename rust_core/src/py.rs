@@ -188,6 +188,7 @@ impl PyStore {
             hot_tier_bytes,
             block_cache_bytes,
             sync_writes,
+            ..StoreOptions::default()
         };
         let store = py
             .allow_threads(|| Store::open(&path, &registry_json, opts, force))

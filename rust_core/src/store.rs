@@ -36,6 +36,9 @@ pub struct StoreOptions {
     /// fsync the WAL on every write. Off by default: a write that returned survives a crash of
     /// the process (the WAL is in the OS page cache), not a power loss of the machine.
     pub sync_writes: bool,
+    /// Threads for RocksDB's background jobs (flushes, compactions). `None`: the environment
+    /// variable `FS_ROCKSDB_PARALLELISM`, else the cores available to the process.
+    pub rocksdb_parallelism: Option<usize>,
 }
 
 impl Default for StoreOptions {
@@ -44,8 +47,29 @@ impl Default for StoreOptions {
             hot_tier_bytes: 256 << 20,
             block_cache_bytes: 256 << 20,
             sync_writes: false,
+            rocksdb_parallelism: None,
         }
     }
+}
+
+pub const PARALLELISM_ENV: &str = "FS_ROCKSDB_PARALLELISM";
+
+/// RocksDB's background threads: the setting, else `env` (the value of [`PARALLELISM_ENV`]),
+/// else the cores available. Background jobs share these cores with the serving threads, so
+/// the cores the process may use are the ceiling; a host that serves under heavy writes may
+/// want fewer.
+fn parallelism(setting: Option<usize>, env: Option<&str>) -> Result<usize> {
+    if let Some(n) = setting.filter(|n| *n > 0) {
+        return Ok(n);
+    }
+    if let Some(v) = env.map(str::trim).filter(|v| !v.is_empty()) {
+        return v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            CoreError::InvalidArgument(format!(
+                "{PARALLELISM_ENV} must be a whole number of threads, at least 1; got '{v}'"
+            ))
+        });
+    }
+    Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -98,15 +122,17 @@ fn cf_options(cache: &Cache) -> Options {
     o
 }
 
-fn db_options() -> Options {
+fn db_options(opts: &StoreOptions) -> Result<Options> {
+    let env = std::env::var(PARALLELISM_ENV).ok();
+    let threads =
+        i32::try_from(parallelism(opts.rocksdb_parallelism, env.as_deref())?).unwrap_or(i32::MAX);
     let mut o = Options::default();
     o.create_if_missing(true);
     o.create_missing_column_families(true);
-    // The machine has 2 cores; the server's threads share them with background jobs.
-    o.increase_parallelism(2);
-    o.set_max_background_jobs(2);
+    o.increase_parallelism(threads);
+    o.set_max_background_jobs(threads);
     o.set_keep_log_file_num(4);
-    o
+    Ok(o)
 }
 
 fn storage_err(path: &Path, e: &rocksdb::Error) -> CoreError {
@@ -127,7 +153,7 @@ impl Store {
     pub fn open(path: &Path, spec_json: &str, opts: StoreOptions, force: bool) -> Result<Self> {
         let spec = RegistrySpec::from_json(spec_json)?;
         let block_cache = Cache::new_lru_cache(opts.block_cache_bytes as usize);
-        let db_opts = db_options();
+        let db_opts = db_options(&opts)?;
         if path.exists() && !path.is_dir() {
             return Err(CoreError::Storage(format!(
                 "data directory '{}' exists but is not a directory; give the path of a \
@@ -525,6 +551,19 @@ mod tests {
         rows.into_iter()
             .filter(|r| r.clone().and_then(ReadRow::live).is_some())
             .count()
+    }
+
+    #[test]
+    fn parallelism_from_setting_env_or_cores() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(parallelism(Some(3), Some("5")).unwrap(), 3);
+        assert_eq!(parallelism(None, Some(" 5 ")).unwrap(), 5);
+        assert_eq!(parallelism(Some(0), None).unwrap(), cores);
+        assert_eq!(parallelism(None, Some("")).unwrap(), cores);
+        for bad in ["0", "two", "-1"] {
+            let e = parallelism(None, Some(bad)).unwrap_err();
+            assert!(e.to_string().contains("FS_ROCKSDB_PARALLELISM"), "{e}");
+        }
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub(crate) fn fixture(users: i64, n_features: usize) -> (tempfile::TempDir, Stor
         hot_tier_bytes: 64 << 20,
         block_cache_bytes: 8 << 20,
         sync_writes: false,
+        ..StoreOptions::default()
     };
     let store = Store::open(dir.path(), &registry(n_features), opts, false).unwrap();
     let ids: Vec<i64> = (0..users).collect();

@@ -103,13 +103,16 @@ test: lint test-rust feast-venv ## lint, then every Rust and Python test
 	$(PY) -m pytest -q
 
 .PHONY: bench
-bench: build ## pytest-benchmark suites, saved and compared with the previous run (docs/benchmarks.md)
+bench: build ## pytest-benchmark suites (saved, compared with the previous run), then the Rust criterion benches (docs/benchmarks.md)
 	@# --benchmark-compare only once a previous run was saved (it warns otherwise, and
 	@# warnings are errors in this project's pytest settings).
 	$(PY) -m pytest -q -m benchmark --benchmark-enable tests/benchmarks \
 	  --benchmark-columns=min,median,mean,max,rounds --benchmark-sort=name \
 	  --benchmark-autosave --benchmark-storage=.benchmarks \
 	  $$(ls .benchmarks/*/0*.json >/dev/null 2>&1 && echo --benchmark-compare)
+	@# rust_core/benches: the serving path and the router on W2; criterion compares with its
+	@# previous run (kept under $$CARGO_TARGET_DIR/criterion).
+	cargo bench -p rust_core --benches
 
 .PHONY: loadtest
 loadtest: sample ## Locust (HTTP + gRPC users) against a fresh server on the sample; USERS=20 SPAWN_RATE=10 DURATION=30s TAGS=w1|w2

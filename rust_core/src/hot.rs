@@ -11,13 +11,11 @@
 //! Writers update entries that are present (after bumping), so either the writer's value lands
 //! last or the reader notices and removes its insert.
 
+use crate::row::RowBytes;
 use quick_cache::sync::Cache;
 use quick_cache::{Lifecycle, Weighter};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-/// A stored row, shared between the cache and in-flight answers. Empty = known absent.
-pub type RowBytes = Arc<[u8]>;
 
 const STRIPES: usize = 4096;
 /// Per-entry bookkeeping in the cache beyond key and value bytes (measured order of magnitude:

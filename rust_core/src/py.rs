@@ -7,7 +7,7 @@ use crate::error::CoreError;
 use crate::partition::ShardCheck;
 use crate::query::{self, Entities, Limits, Selector};
 use crate::scope::Scope;
-use crate::serve::{self, Api, ServeConfig};
+use crate::serve::{self, Api, Caller, ServeConfig};
 use crate::store::{Store, StoreOptions, WriteStats};
 use ahash::AHashMap;
 use arrow::array::{Array, ArrayRef, StructArray};
@@ -188,6 +188,7 @@ impl PyStore {
             hot_tier_bytes,
             block_cache_bytes,
             sync_writes,
+            ..StoreOptions::default()
         };
         let store = py
             .allow_threads(|| Store::open(&path, &registry_json, opts, force))
@@ -245,15 +246,12 @@ impl PyStore {
         let shard = self.shard.read().clone();
         let served = py
             .allow_threads(|| {
-                serve::serve_sharded(
-                    &store,
-                    api,
-                    body,
-                    &cfg,
-                    query::now_micros(),
-                    scope.as_deref(),
-                    shard.as_deref(),
-                )
+                let caller = Caller {
+                    scope: scope.as_deref(),
+                    shard: shard.as_deref(),
+                    now_us: query::now_micros(),
+                };
+                serve::serve(&store, api, body, &cfg, caller)
             })
             .map_err(to_py_err)?;
         Ok(PyBytes::new(py, &served.body))
@@ -281,16 +279,12 @@ impl PyStore {
                 .map(|(api, body, scope_id)| {
                     let api = api.clone()?;
                     let scope = scope_of(&scopes, *scope_id)?;
-                    serve::serve_sharded(
-                        &store,
-                        api,
-                        body,
-                        &cfg,
-                        now,
-                        scope.as_deref(),
-                        shard.as_deref(),
-                    )
-                    .map(|s| s.body)
+                    let caller = Caller {
+                        scope: scope.as_deref(),
+                        shard: shard.as_deref(),
+                        now_us: now,
+                    };
+                    serve::serve(&store, api, body, &cfg, caller).map(|s| s.body)
                 })
                 .collect()
         });
@@ -560,7 +554,8 @@ fn run(
     let cat = store.catalog();
     let names: Vec<&str> = ents.columns.iter().map(|c| c.0.as_str()).collect();
     let plan = query::plan_cached(&cat, sel, &names, limits)?;
-    let answer = query::execute(store, &plan, ents, limits, query::now_micros())?;
+    ents.check(limits)?;
+    let answer = query::execute(store, &plan, ents, query::now_micros(), None)?;
     Ok((plan, answer))
 }
 

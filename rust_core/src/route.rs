@@ -3,7 +3,7 @@
 //! A router holds the registry (a [`Catalog`] without rows) and the cluster's shape. For a
 //! request of any API it:
 //!
-//! 1. parses and plans it exactly as a node would ([`serve::prepare_in`]);
+//! 1. parses and plans it exactly as a node would ([`prepare`]);
 //! 2. splits it: the plan's views are grouped by how their entities are routed (views with the
 //!    same join keys share an owner per entity row; views without a stream source are not
 //!    sharded and ride along with the first group), and every group's rows are split by owning
@@ -11,43 +11,28 @@
 //!    node). Each (group, shard) becomes one [`Part`]: a `GetCellsRequest` with the group's
 //!    features and that shard's rows;
 //! 3. after the frontend has sent the parts to replicas of their shards, gathers the answers
-//!    (raw cells, below) back into request order and encodes the response with the same
-//!    encoders a node uses ([`Prepared::encode_from`]). The result is byte for byte what a
-//!    single node holding every row would answer.
-//!
-//! # The cells answer (node to router)
-//!
-//! The node answers a `GetCellsRequest` (API [`Api::Cells`]) with the cells of its plan, not
-//! with stored rows: a row's physical layout depends on the node's schema history, the cells
-//! do not. Little-endian throughout:
-//!
-//! ```text
-//! "FSC1" | u32 entities n | u32 views v | v x (n x i64 event ts, 0 when no row)
-//!        | u32 columns | per column: u8 dtype, u32 dim, u32 view, n x u8 status, values
-//! values: bool 1 byte, int32/float32 4, int64/float64/timestamp 8 per entity (0 unless
-//!         PRESENT); string/bytes/float32 array: n x u32 length, then the bytes
-//! ```
+//!    (raw cells, [`crate::cells_codec`]) back into request order and encodes the response
+//!    with the same encoders a node uses ([`Prepared::encode`]). The result is byte for byte
+//!    what a single node holding every row would answer.
 //!
 //! The router checks every column's type against its own registry, so a node running another
 //! registry is an error, never a misread value.
 
 use crate::catalog::Catalog;
+use crate::cells_codec::PartCells;
 use crate::error::{CoreError, Result};
 use crate::invalid;
 use crate::key::KeyColumn;
 use crate::partition::murmur2;
 use crate::proto::v1;
-use crate::query::{dense_f32, encode_keys, Cell, CellSource, ColPos, Entities, Selector};
-use crate::row::ValueRef;
+use crate::query::{dense_f32, encode_keys, Cell, CellSource};
 use crate::scope::Scope;
-use crate::serve::{prepare_in, v1_entities, Api, Parsed, Prepared, ServeConfig, V1Opts};
+use crate::serve::{prepare, Api, Prepared, ServeConfig};
 use crate::types::{DType, KeyType, Status};
 use ahash::AHashMap;
 use prost::Message as _;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-const MAGIC: &[u8; 4] = b"FSC1";
 
 /// The cluster as a router sees it.
 #[derive(Debug)]
@@ -118,7 +103,7 @@ impl Router {
         if api == Api::Cells {
             return Err(invalid!("a router does not answer GetCells; ask a node"));
         }
-        let prepared = prepare_in(&self.catalog, api, body, cfg, scope)?;
+        let prepared = prepare(&self.catalog, api, body, cfg, scope)?;
         let plan = prepared.plan();
         let entities = &prepared.entities;
         let n = prepared.num_entities();
@@ -323,7 +308,7 @@ impl Routed {
             col_map: &self.col_map,
             rows: &self.rows,
         };
-        Ok(self.prepared.encode_from(&gathered, cfg))
+        Ok(self.prepared.encode(&gathered, cfg))
     }
 }
 
@@ -335,360 +320,39 @@ pub struct Gathered<'a> {
     rows: &'a [Vec<(u32, u32)>],
 }
 
+/// Column `c` of a routed request: its group and its index among the group's columns.
+#[derive(Clone, Copy)]
+pub struct GatheredCol {
+    group: usize,
+    local: usize,
+}
+
 impl CellSource for Gathered<'_> {
+    type Col = GatheredCol;
+
     fn num_entities(&self) -> usize {
         self.n
     }
 
-    fn col(&self, c: usize) -> ColPos {
-        let (g, local) = self.col_map[c];
-        ColPos {
-            view: g,
-            dtype: DType::Bool,
-            bm: 0,
-            mask: 0,
-            pos: local,
-        }
+    fn col(&self, c: usize) -> GatheredCol {
+        let (group, local) = self.col_map[c];
+        GatheredCol { group, local }
     }
 
     #[inline]
-    fn cell(&self, _c: usize, cp: ColPos, e: usize) -> Cell<'_> {
-        let (part, r) = self.rows[cp.view][e];
-        self.parts[part as usize].cell(cp.pos, r as usize)
+    fn cell(&self, col: GatheredCol, e: usize) -> Cell<'_> {
+        let (part, r) = self.rows[col.group][e];
+        self.parts[part as usize].cell(col.local, r as usize)
     }
 
     #[inline]
-    fn f32(&self, c: usize, cp: ColPos, e: usize) -> (f32, Status, i64) {
-        let (part, r) = self.rows[cp.view][e];
-        let (part, r) = (&self.parts[part as usize], r as usize);
-        let col = &part.cols[cp.pos];
-        if col.dtype == DType::Float32 && col.statuses[r] == Status::Present as u8 {
-            let x = f32::from_le_bytes(col.values[r * 4..r * 4 + 4].try_into().expect("4"));
-            return (x, Status::Present, part.ts[col.view][r]);
-        }
-        dense_f32(self.cell(c, cp, e))
-    }
-}
-
-/// One part's answer, parsed in place.
-struct PartCells<'a> {
-    n: usize,
-    /// Per view: n event timestamps.
-    ts: Vec<Vec<i64>>,
-    cols: Vec<ColCells<'a>>,
-}
-
-struct ColCells<'a> {
-    dtype: DType,
-    view: usize,
-    statuses: &'a [u8],
-    /// Fixed-width values, or the concatenated bytes of variable-width ones.
-    values: &'a [u8],
-    /// Variable-width values: n + 1 offsets into `values`.
-    offsets: Vec<u32>,
-}
-
-struct Reader<'a> {
-    b: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.b.len() < n {
-            return Err(CoreError::BadShardAnswer("truncated cells answer".into()));
-        }
-        let (h, t) = self.b.split_at(n);
-        self.b = t;
-        Ok(h)
-    }
-
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-    }
-}
-
-fn dtype_code(d: DType) -> u8 {
-    match d {
-        DType::Bool => 0,
-        DType::Int32 => 1,
-        DType::Int64 => 2,
-        DType::Float32 => 3,
-        DType::Float64 => 4,
-        DType::String => 5,
-        DType::Bytes => 6,
-        DType::Timestamp => 7,
-        DType::Float32Array => 8,
-    }
-}
-
-fn dtype_of(code: u8) -> Option<DType> {
-    Some(match code {
-        0 => DType::Bool,
-        1 => DType::Int32,
-        2 => DType::Int64,
-        3 => DType::Float32,
-        4 => DType::Float64,
-        5 => DType::String,
-        6 => DType::Bytes,
-        7 => DType::Timestamp,
-        8 => DType::Float32Array,
-        _ => return None,
-    })
-}
-
-/// Bytes per value of a fixed-width type; None for variable-width types.
-fn fixed_width(d: DType) -> Option<usize> {
-    match d {
-        DType::Bool => Some(1),
-        DType::Int32 | DType::Float32 => Some(4),
-        DType::Int64 | DType::Float64 | DType::Timestamp => Some(8),
-        DType::String | DType::Bytes | DType::Float32Array => None,
-    }
-}
-
-fn status_of(b: u8) -> Option<Status> {
-    Some(match b {
-        1 => Status::Present,
-        2 => Status::NullValue,
-        3 => Status::NotFound,
-        4 => Status::OutsideMaxAge,
-        _ => return None,
-    })
-}
-
-impl<'a> PartCells<'a> {
-    /// Parses and checks an answer: `n` entities and the columns `expect` (type, dim).
-    fn parse(b: &'a [u8], n: usize, expect: &[(DType, u32)]) -> Result<Self> {
-        let bad = |m: String| CoreError::BadShardAnswer(m);
-        let mut r = Reader { b };
-        if r.take(4)? != MAGIC {
-            return Err(bad("not a cells answer (bad magic)".into()));
-        }
-        let got_n = r.u32()? as usize;
-        if got_n != n {
-            return Err(bad(format!("{got_n} entities answered, {n} asked")));
-        }
-        let n_views = r.u32()? as usize;
-        let mut ts = Vec::with_capacity(n_views);
-        for _ in 0..n_views {
-            ts.push(
-                r.take(n * 8)?
-                    .chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().expect("8")))
-                    .collect(),
-            );
-        }
-        let n_cols = r.u32()? as usize;
-        if n_cols != expect.len() {
-            return Err(bad(format!(
-                "{n_cols} columns answered, {} asked",
-                expect.len()
-            )));
-        }
-        let mut cols = Vec::with_capacity(n_cols);
-        for (c, &(want, want_dim)) in expect.iter().enumerate() {
-            let code = r.take(1)?[0];
-            let dim = r.u32()?;
-            let view = r.u32()? as usize;
-            let dtype = dtype_of(code).ok_or_else(|| bad(format!("unknown type code {code}")))?;
-            if dtype != want || dim != want_dim {
-                return Err(CoreError::BadShardAnswer(format!(
-                    "column {c} is {}[{dim}] on the node but {}[{want_dim}] in the router's \
-                     registry: the router and the nodes run different registries",
-                    dtype.name(),
-                    want.name()
-                )));
-            }
-            if view >= n_views {
-                return Err(bad(format!("column {c} names view {view} of {n_views}")));
-            }
-            let statuses = r.take(n)?;
-            if let Some(s) = statuses.iter().find(|s| status_of(**s).is_none()) {
-                return Err(bad(format!("unknown status {s}")));
-            }
-            let (values, offsets) = if let Some(w) = fixed_width(dtype) {
-                (r.take(n * w)?, Vec::new())
-            } else {
-                let lens = r.take(n * 4)?;
-                let mut offsets = Vec::with_capacity(n + 1);
-                let mut total = 0u32;
-                offsets.push(0);
-                for l in lens.chunks_exact(4) {
-                    total = total
-                        .checked_add(u32::from_le_bytes(l.try_into().expect("4")))
-                        .ok_or_else(|| bad("value lengths overflow".into()))?;
-                    offsets.push(total);
-                }
-                (r.take(total as usize)?, offsets)
-            };
-            cols.push(ColCells {
-                dtype,
-                view,
-                statuses,
-                values,
-                offsets,
-            });
-        }
-        if !r.b.is_empty() {
-            return Err(bad(format!("{} bytes after the last column", r.b.len())));
-        }
-        Ok(Self { n, ts, cols })
-    }
-
-    #[inline]
-    fn cell(&self, c: usize, r: usize) -> Cell<'a> {
-        let col = &self.cols[c];
-        let event_ts = self.ts[col.view][r];
-        let status = status_of(col.statuses[r]).unwrap_or(Status::NotFound);
-        if status != Status::Present {
-            return Cell {
-                status,
-                value: ValueRef::Null,
-                event_ts,
-            };
-        }
-        let v = col.values;
-        let fixed = |w: usize| &v[r * w..r * w + w];
-        let value = match col.dtype {
-            DType::Bool => ValueRef::Bool(v[r] != 0),
-            DType::Int32 => ValueRef::Int32(i32::from_le_bytes(fixed(4).try_into().expect("4"))),
-            DType::Float32 => {
-                ValueRef::Float32(f32::from_le_bytes(fixed(4).try_into().expect("4")))
-            }
-            DType::Int64 => ValueRef::Int64(i64::from_le_bytes(fixed(8).try_into().expect("8"))),
-            DType::Float64 => {
-                ValueRef::Float64(f64::from_le_bytes(fixed(8).try_into().expect("8")))
-            }
-            DType::Timestamp => {
-                ValueRef::Timestamp(i64::from_le_bytes(fixed(8).try_into().expect("8")))
-            }
-            DType::String | DType::Bytes | DType::Float32Array => {
-                let s = &v[col.offsets[r] as usize..col.offsets[r + 1] as usize];
-                match col.dtype {
-                    DType::String => ValueRef::Str(s),
-                    DType::Bytes => ValueRef::Bytes(s),
-                    _ => ValueRef::Float32Array(s),
-                }
-            }
-        };
-        debug_assert!(r < self.n);
-        Cell {
-            status,
-            value,
-            event_ts,
+    fn f32(&self, col: GatheredCol, e: usize) -> (f32, Status, i64) {
+        let (part, r) = self.rows[col.group][e];
+        match self.parts[part as usize].present_f32(col.local, r as usize) {
+            Some((x, ts)) => (x, Status::Present, ts),
+            None => dense_f32(self.cell(col, e)),
         }
     }
-}
-
-/// Encodes a node's answer to a `GetCellsRequest` (format in the module docs).
-pub fn encode_cells(p: &Prepared, cells: &impl CellSource) -> Vec<u8> {
-    let plan = p.plan();
-    let n = cells.num_entities();
-    let mut out = Vec::with_capacity(16 + plan.views.len() * n * 8 + plan.columns.len() * n * 6);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(n as u32).to_le_bytes());
-    out.extend_from_slice(&(plan.views.len() as u32).to_le_bytes());
-    for v in 0..plan.views.len() {
-        let c = plan
-            .columns
-            .iter()
-            .position(|c| c.view == v)
-            .expect("every plan view has a column");
-        let cp = cells.col(c);
-        for e in 0..n {
-            out.extend_from_slice(&cells.cell(c, cp, e).event_ts.to_le_bytes());
-        }
-    }
-    out.extend_from_slice(&(plan.columns.len() as u32).to_le_bytes());
-    let mut var: Vec<u8> = Vec::new();
-    for (c, col) in plan.columns.iter().enumerate() {
-        let cp = cells.col(c);
-        out.push(dtype_code(col.dtype));
-        out.extend_from_slice(&col.dim.to_le_bytes());
-        out.extend_from_slice(&(col.view as u32).to_le_bytes());
-        let st = out.len();
-        out.resize(st + n, 0);
-        let fixed = fixed_width(col.dtype);
-        var.clear();
-        for e in 0..n {
-            let cell = cells.cell(c, cp, e);
-            out[st + e] = cell.status as u8;
-            let present = cell.status == Status::Present;
-            match (fixed, cell.value) {
-                (Some(_), ValueRef::Bool(b)) if present => out.push(u8::from(b)),
-                (Some(_), ValueRef::Int32(x)) if present => out.extend_from_slice(&x.to_le_bytes()),
-                (Some(_), ValueRef::Float32(x)) if present => {
-                    out.extend_from_slice(&x.to_le_bytes());
-                }
-                (Some(_), ValueRef::Int64(x) | ValueRef::Timestamp(x)) if present => {
-                    out.extend_from_slice(&x.to_le_bytes());
-                }
-                (Some(_), ValueRef::Float64(x)) if present => {
-                    out.extend_from_slice(&x.to_le_bytes());
-                }
-                (Some(w), _) => out.resize(out.len() + w, 0),
-                (None, ValueRef::Str(s) | ValueRef::Bytes(s) | ValueRef::Float32Array(s))
-                    if present =>
-                {
-                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                    var.extend_from_slice(s);
-                }
-                (None, _) => out.extend_from_slice(&0u32.to_le_bytes()),
-            }
-        }
-        out.extend_from_slice(&var);
-    }
-    out
-}
-
-/// Parses a `GetCellsRequest`; also returns the feature service to check scopes against.
-pub(crate) fn parse_cells_request(body: &[u8]) -> Result<(Parsed, Option<String>)> {
-    let req = v1::GetCellsRequest::decode(body)
-        .map_err(|e| invalid!("malformed GetCellsRequest: {e}"))?;
-    if req.refs.is_empty() {
-        return Err(invalid!("GetCellsRequest names no features"));
-    }
-    let columns = v1_entities(req.entities)?;
-    let service = Some(req.feature_service).filter(|s| !s.is_empty());
-    Ok((
-        (
-            Selector::Refs(req.refs),
-            Entities { columns },
-            false,
-            V1Opts::default(),
-        ),
-        service,
-    ))
-}
-
-/// Scope check of a routed part of a feature-service request: the caller may read the
-/// service, and every reference belongs to it.
-pub(crate) fn check_service_scope(
-    scope: &Scope,
-    cat: &Catalog,
-    service: &str,
-    sel: &Selector,
-) -> Result<()> {
-    scope.check(cat, &Selector::Service(service.to_string()))?;
-    let Selector::Refs(refs) = sel else {
-        return Ok(());
-    };
-    let members = cat
-        .services
-        .get(service)
-        .ok_or_else(|| CoreError::NotFound(format!("unknown feature service '{service}'")))?;
-    for r in refs {
-        let (v, f) = crate::query::split_ref(r)?;
-        let ok = members
-            .iter()
-            .any(|(vi, mf)| mf == f && cat.views[*vi].name == v);
-        if !ok {
-            return Err(CoreError::PermissionDenied(format!(
-                "feature '{r}' is not part of feature service '{service}'"
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -696,8 +360,8 @@ mod tests {
     use super::*;
     use crate::partition::ShardCheck;
     use crate::proto::feast;
-    use crate::serve::tests::{cfg, feast_req, fixture, fv, registry, v1_req, NOW};
-    use crate::serve::{serve, serve_sharded};
+    use crate::serve::tests::{cfg, feast_req, fixture, fv, registry, serve_at, v1_req, NOW};
+    use crate::serve::{serve, Caller};
     use crate::store::Store;
     use feast::value::Val;
     use v1::entity_column::Values;
@@ -725,7 +389,12 @@ mod tests {
             .iter()
             .map(|p| {
                 let check = ShardCheck::new(p.shard, SHARDS, r.partitions.clone()).unwrap();
-                serve_sharded(store, Api::Cells, &p.body, &cfg(), NOW, None, Some(&check))
+                let caller = Caller {
+                    shard: Some(&check),
+                    now_us: NOW,
+                    ..Caller::default()
+                };
+                serve(store, Api::Cells, &p.body, &cfg(), caller)
                     .unwrap()
                     .body
             })
@@ -739,12 +408,16 @@ mod tests {
         routed
             .parts
             .iter()
-            .map(|p| serve(store, Api::Cells, &p.body, &cfg(), NOW).unwrap().body)
+            .map(|p| {
+                serve_at(Api::Cells, store, &p.body, &cfg(), NOW)
+                    .unwrap()
+                    .body
+            })
             .collect()
     }
 
     fn local(store: &Store, api: Api, body: &[u8]) -> Vec<u8> {
-        serve(store, api, body, &cfg(), NOW).unwrap().body
+        serve_at(api, store, body, &cfg(), NOW).unwrap().body
     }
 
     fn same(r: &Router, store: &Store, api: Api, body: &[u8]) {
@@ -944,70 +617,12 @@ mod tests {
         );
     }
 
-    /// Prints the router's costs for W2 (100 x 200 float32): route (split), a node's cells
-    /// answer, merge into the v1 dense proto and into Feast JSON. `cargo test --release --lib
-    /// route_w2_timing -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "timing; run in release with --ignored --nocapture"]
-    fn route_w2_timing() {
-        use std::time::Instant;
-        let (_d, store) = fixture(20_000, 200);
-        let r = router(200, parts());
-        let refs: Vec<String> = (0..200).map(|i| format!("user_profile:f{i:03}")).collect();
-        let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
-        let ids: Vec<i64> = (0..100).map(|i| i * 197 % 20_000).collect();
-        let dense = v1_req(
-            &refs,
-            vec![(
-                "user_id",
-                Values::Int64Values(v1::Int64Column {
-                    values: ids.clone(),
-                }),
-            )],
-            v1::Layout::Dense,
-        )
-        .encode_to_vec();
-        let quoted: Vec<String> = refs.iter().map(|r| format!("\"{r}\"")).collect();
-        let json = format!(
-            r#"{{"features":[{}],"entities":{{"user_id":{}}}}}"#,
-            quoted.join(","),
-            serde_json::to_string(&ids).unwrap()
-        );
-        for (name, api, body) in [
-            ("v1 dense proto", Api::V1Grpc, dense),
-            ("feast json", Api::FeastHttp, json.into_bytes()),
-        ] {
-            let n = 2000;
-            let t = Instant::now();
-            for _ in 0..n {
-                std::hint::black_box(r.route(api, &body, &cfg(), None, 0).unwrap());
-            }
-            let split = t.elapsed() / n;
-            let routed = r.route(api, &body, &cfg(), None, 0).unwrap();
-            let t = Instant::now();
-            let answers = cells_answers(&store, &routed);
-            let node = t.elapsed();
-            let slices: Vec<&[u8]> = answers.iter().map(Vec::as_slice).collect();
-            let t = Instant::now();
-            for _ in 0..n {
-                std::hint::black_box(routed.merge(&slices, &cfg()).unwrap());
-            }
-            let merge = t.elapsed() / n;
-            let t = Instant::now();
-            for _ in 0..n {
-                std::hint::black_box(local(&store, api, &body));
-            }
-            let one = t.elapsed() / n;
-            println!(
-                "{name}: route {split:?}, {} parts answered in {node:?}, merge {merge:?}; one node \
-                 end to end {one:?}",
-                routed.parts.len()
-            );
-        }
-    }
-
     fn serve_scoped_cells(store: &Store, body: &[u8], scope: &Scope) -> Result<Vec<u8>> {
-        crate::serve::serve_scoped(store, Api::Cells, body, &cfg(), NOW, Some(scope))
-            .map(|s| s.body)
+        let caller = Caller {
+            scope: Some(scope),
+            now_us: NOW,
+            ..Caller::default()
+        };
+        serve(store, Api::Cells, body, &cfg(), caller).map(|s| s.body)
     }
 }

@@ -13,6 +13,10 @@
 
 use crate::types::DType;
 use std::cmp::Ordering;
+use std::sync::Arc;
+
+/// A stored row, shared between the hot tier and in-flight answers. Empty = known absent.
+pub type RowBytes = Arc<[u8]>;
 
 pub const HEADER_LEN: usize = 12;
 pub const VERSION: u8 = 1;
@@ -81,6 +85,47 @@ impl RowLayout {
     pub fn fixed_pos(&self, slot: usize) -> usize {
         HEADER_LEN + Self::bitmap_len(self.slots.len()) + self.fixed_off[slot] as usize
     }
+
+    /// Where slot `slot` sits in a full-width row, for [`RowView::value_at`].
+    pub fn slot_pos(&self, slot: usize) -> SlotPos {
+        let s = self.slots[slot];
+        SlotPos {
+            slot,
+            dtype: s.dtype,
+            n_slots: self.slots.len(),
+            bm: HEADER_LEN + slot / 8,
+            mask: 1 << (slot % 8),
+            pos: self.fixed_pos(slot),
+            width: s.dtype.fixed_width(s.dim) as usize,
+        }
+    }
+
+    /// Mask of `slots` in the presence bitmap of a full-width row, for
+    /// [`RowView::count_present`].
+    pub fn presence_mask(&self, slots: impl IntoIterator<Item = usize>) -> Vec<u8> {
+        let mut mask = vec![0u8; Self::bitmap_len(self.slots.len())];
+        for s in slots {
+            mask[s / 8] |= 1 << (s % 8);
+        }
+        mask
+    }
+}
+
+/// Where one slot of a layout sits in a row that has every slot of the layout (a full-width
+/// row, the common case): computed once per answer column, so that reading a fixed-width value
+/// of a full row is a bit test and a load.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotPos {
+    pub slot: usize,
+    pub dtype: DType,
+    /// Slots of the layout: a row with this many is full-width.
+    n_slots: usize,
+    /// Byte of the presence bitmap that holds the slot's bit, and the bit.
+    bm: usize,
+    mask: u8,
+    /// Start of the slot's fixed bytes, and their count.
+    pos: usize,
+    width: usize,
 }
 
 /// Encodes a tombstone: deletes follow the same newer-wins rule as writes.
@@ -206,6 +251,45 @@ pub struct RowView<'a> {
     n_slots: usize,
 }
 
+/// A stored row read for an answer, its header parsed once when read: the TTL check, every
+/// cell and the serving counters of the request use this instead of parsing it again.
+#[derive(Debug, Clone)]
+pub struct ReadRow {
+    bytes: RowBytes,
+    n_slots: usize,
+    event_ts: i64,
+}
+
+impl ReadRow {
+    /// `None` for bytes that are no row of a known version (absent: empty) and for tombstones.
+    #[inline]
+    pub fn live(bytes: RowBytes) -> Option<Self> {
+        let v = RowView::new(&bytes)?;
+        if v.is_tombstone() {
+            return None;
+        }
+        let (n_slots, event_ts) = (v.n_slots, v.event_ts());
+        Some(Self {
+            bytes,
+            n_slots,
+            event_ts,
+        })
+    }
+
+    #[inline]
+    pub fn event_ts(&self) -> i64 {
+        self.event_ts
+    }
+
+    #[inline]
+    pub fn view(&self) -> RowView<'_> {
+        RowView {
+            b: &self.bytes,
+            n_slots: self.n_slots,
+        }
+    }
+}
+
 impl<'a> RowView<'a> {
     /// `None` for bytes that are not a row of a known version.
     pub fn new(b: &'a [u8]) -> Option<Self> {
@@ -307,17 +391,87 @@ impl<'a> RowView<'a> {
         v.unwrap_or(ValueRef::Missing)
     }
 
-    /// Fast path for dense float32 output: the slot as f32 (NaN when null or missing).
+    /// [`Self::value`] of slot `at.slot`, read straight from its bytes when the row is
+    /// full-width and the slot fixed-width (a row too short for its bitmap is corrupt: the
+    /// general path answers it safely).
     #[inline]
-    pub fn value_f32(&self, layout: &RowLayout, slot: usize) -> Option<f32> {
-        match self.value(layout, slot) {
-            ValueRef::Float32(x) => Some(x),
-            ValueRef::Float64(x) => Some(x as f32),
-            ValueRef::Int32(x) => Some(x as f32),
-            ValueRef::Int64(x) => Some(x as f32),
-            ValueRef::Bool(x) => Some(if x { 1.0 } else { 0.0 }),
-            _ => None,
+    pub fn value_at(&self, layout: &RowLayout, at: SlotPos) -> ValueRef<'a> {
+        if self.n_slots == at.n_slots {
+            if let Some(&bits) = self.b.get(at.bm) {
+                if bits & at.mask == 0 {
+                    return ValueRef::Null;
+                }
+                let fixed = |w: usize| self.b.get(at.pos..at.pos + w);
+                let v = match at.dtype {
+                    DType::Float32 => fixed(4)
+                        .map(|b| ValueRef::Float32(f32::from_le_bytes(b.try_into().expect("4")))),
+                    DType::Float64 => fixed(8)
+                        .map(|b| ValueRef::Float64(f64::from_le_bytes(b.try_into().expect("8")))),
+                    DType::Int32 => fixed(4)
+                        .map(|b| ValueRef::Int32(i32::from_le_bytes(b.try_into().expect("4")))),
+                    DType::Int64 => fixed(8)
+                        .map(|b| ValueRef::Int64(i64::from_le_bytes(b.try_into().expect("8")))),
+                    DType::Timestamp => fixed(8)
+                        .map(|b| ValueRef::Timestamp(i64::from_le_bytes(b.try_into().expect("8")))),
+                    DType::Bool => fixed(1).map(|b| ValueRef::Bool(b[0] != 0)),
+                    DType::Float32Array => fixed(at.width).map(ValueRef::Float32Array),
+                    DType::String | DType::Bytes => None,
+                };
+                if let Some(v) = v {
+                    return v;
+                }
+            }
         }
+        self.value(layout, at.slot)
+    }
+
+    /// Dense float32 fast path over float32 slots of one full-width row: `f(i, bytes)` for
+    /// each `at[i]`, with its 4 little-endian bytes or `None` when null. One bounds check for
+    /// the row (`end`: the largest `pos + 4` of `at`, from [`SlotPos::end`]). Returns false,
+    /// having read nothing, when the row is not full-width or too short.
+    #[inline]
+    pub fn f32_slots(
+        &self,
+        at: &[SlotPos],
+        end: usize,
+        mut f: impl FnMut(usize, Option<&'a [u8]>),
+    ) -> bool {
+        let full = at.first().is_none_or(|a| a.n_slots == self.n_slots);
+        if !full || self.b.len() < end {
+            return false;
+        }
+        for (i, a) in at.iter().enumerate() {
+            debug_assert_eq!(a.dtype, DType::Float32);
+            if self.b[a.bm] & a.mask == 0 {
+                f(i, None);
+            } else {
+                f(i, Some(&self.b[a.pos..a.pos + 4]));
+            }
+        }
+        true
+    }
+
+    /// How many of the slots in `mask` (from [`RowLayout::presence_mask`] of a layout of
+    /// `n_layout` slots) are present, when this row is full-width; `None` otherwise.
+    #[inline]
+    pub fn count_present(&self, mask: &[u8], n_layout: usize) -> Option<u64> {
+        if self.n_slots != n_layout {
+            return None;
+        }
+        let bits = self.b.get(HEADER_LEN..HEADER_LEN + mask.len())?;
+        Some(
+            mask.iter()
+                .zip(bits)
+                .map(|(m, b)| u64::from((m & b).count_ones()))
+                .sum(),
+        )
+    }
+}
+
+impl SlotPos {
+    /// End of the slot's fixed bytes in a full-width row.
+    pub fn end(&self) -> usize {
+        self.pos + self.width
     }
 }
 

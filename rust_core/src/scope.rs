@@ -1,9 +1,9 @@
 //! Read scopes of API keys, checked before a request touches the catalog: a key that may not
 //! read a view gets the same answer whether or not the view exists.
 
+use crate::catalog::plan::{split_ref, Selector};
 use crate::catalog::Catalog;
 use crate::error::{CoreError, Result};
-use crate::query::Selector;
 use ahash::AHashSet;
 
 /// What one API key may read.
@@ -60,6 +60,31 @@ impl Scope {
                 Ok(())
             }
         }
+    }
+
+    /// The check of a routed part of a feature-service request (a `GetCellsRequest` naming the
+    /// service): the caller may read the service, and every reference belongs to it.
+    pub fn check_service_part(&self, cat: &Catalog, service: &str, sel: &Selector) -> Result<()> {
+        self.check(cat, &Selector::Service(service.to_string()))?;
+        let Selector::Refs(refs) = sel else {
+            return Ok(());
+        };
+        let members = cat
+            .services
+            .get(service)
+            .ok_or_else(|| CoreError::NotFound(format!("unknown feature service '{service}'")))?;
+        for r in refs {
+            let (v, f) = split_ref(r)?;
+            let ok = members
+                .iter()
+                .any(|(vi, mf)| mf == f && cat.views[*vi].name == v);
+            if !ok {
+                return Err(CoreError::PermissionDenied(format!(
+                    "feature '{r}' is not part of feature service '{service}'"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -2,9 +2,6 @@
 //! collector on scrape: values served per view and status (one add per view and status per
 //! request, never per value), the newest event time served per view, and the sizes of requests.
 
-use crate::query::{Answer, Plan};
-use crate::row::{RowView, HEADER_LEN};
-use crate::types::Status;
 use ahash::AHashMap;
 use parking_lot::Mutex;
 
@@ -53,75 +50,22 @@ fn bucket(x: u64) -> usize {
 }
 
 impl ServeStats {
-    /// Counts the statuses of one answer. Per row it tests the presence bitmap of the requested
-    /// slots (a few bytes) instead of visiting every value.
-    pub fn record(&self, plan: &Plan, answer: &Answer) {
-        let mut per_view: Vec<ViewStats> = vec![ViewStats::default(); plan.views.len()];
-        for (v, pv) in plan.views.iter().enumerate() {
-            let slots: Vec<usize> = plan
-                .columns
-                .iter()
-                .filter(|c| c.view == v)
-                .map(|c| c.slot)
-                .collect();
-            let ncols = slots.len() as u64;
-            let n_layout = pv.def.layout.len();
-            let mut mask = vec![0u8; n_layout.div_ceil(8)];
-            for &s in &slots {
-                mask[s / 8] |= 1 << (s % 8);
-            }
-            let distinct: u64 = mask.iter().map(|b| u64::from(b.count_ones())).sum();
-            let max_slot = slots.iter().copied().max().unwrap_or(0);
-            let st = &mut per_view[v];
-            for (e, row) in answer.rows[v].iter().enumerate() {
-                let Some(view) = row.as_deref().and_then(RowView::new) else {
-                    st.values[Status::NotFound as usize] += ncols;
-                    continue;
-                };
-                st.newest_event_ts = st.newest_event_ts.max(view.event_ts());
-                if answer.expired[v][e] {
-                    st.values[Status::OutsideMaxAge as usize] += ncols;
-                    continue;
-                }
-                let bytes = row.as_deref().unwrap_or_default();
-                if view.n_slots() == n_layout && bytes.len() >= HEADER_LEN + mask.len() {
-                    let present: u64 = mask
-                        .iter()
-                        .zip(&bytes[HEADER_LEN..HEADER_LEN + mask.len()])
-                        .map(|(m, b)| u64::from((m & b).count_ones()))
-                        .sum();
-                    let nulls = distinct - present;
-                    st.values[Status::NullValue as usize] += nulls;
-                    st.values[Status::Present as usize] += ncols - nulls;
-                } else if max_slot < view.n_slots() {
-                    for &s in &slots {
-                        let status = if view.is_present(s) {
-                            Status::Present
-                        } else {
-                            Status::NullValue
-                        };
-                        st.values[status as usize] += 1;
-                    }
-                } else {
-                    // An old row without some of the requested (newer) features.
-                    for &s in &slots {
-                        let status = if s >= view.n_slots() {
-                            Status::NotFound
-                        } else if view.is_present(s) {
-                            Status::Present
-                        } else {
-                            Status::NullValue
-                        };
-                        st.values[status as usize] += 1;
-                    }
-                }
-            }
-        }
-        let n = answer.num_entities as u64;
-        let f = plan.columns.len() as u64;
+    /// Adds one request: per view read, its values per status and newest event time (from
+    /// `query::Answer::view_stats`); the request's entity and feature counts.
+    pub fn record<'a>(
+        &self,
+        views: impl IntoIterator<Item = (&'a str, ViewStats)>,
+        n_entities: usize,
+        n_features: usize,
+    ) {
+        let (n, f) = (n_entities as u64, n_features as u64);
         let mut inner = self.inner.lock();
-        for (pv, st) in plan.views.iter().zip(per_view) {
-            let e = inner.views.entry(pv.def.name.clone()).or_default();
+        for (name, st) in views {
+            // The name is copied once per view ever served, not once per request.
+            if !inner.views.contains_key(name) {
+                inner.views.insert(name.to_string(), ViewStats::default());
+            }
+            let e = inner.views.get_mut(name).expect("inserted above");
             for (a, b) in e.values.iter_mut().zip(st.values) {
                 *a += b;
             }

@@ -7,8 +7,8 @@
 
 use crate::catalog::{evolve, Catalog, Evolution, PhysicalSchema, RegistrySpec, ViewDef};
 use crate::error::{CoreError, Result};
-use crate::hot::{HotStats, HotTier, RowBytes};
-use crate::row::{supersedes, RowView};
+use crate::hot::{HotStats, HotTier};
+use crate::row::{supersedes, RowBytes};
 use ahash::AHashMap;
 use parking_lot::{Mutex, RwLock};
 use rocksdb::{
@@ -36,6 +36,9 @@ pub struct StoreOptions {
     /// fsync the WAL on every write. Off by default: a write that returned survives a crash of
     /// the process (the WAL is in the OS page cache), not a power loss of the machine.
     pub sync_writes: bool,
+    /// Threads for RocksDB's background jobs (flushes, compactions). `None`: the environment
+    /// variable `FS_ROCKSDB_PARALLELISM`, else the cores available to the process.
+    pub rocksdb_parallelism: Option<usize>,
 }
 
 impl Default for StoreOptions {
@@ -44,8 +47,29 @@ impl Default for StoreOptions {
             hot_tier_bytes: 256 << 20,
             block_cache_bytes: 256 << 20,
             sync_writes: false,
+            rocksdb_parallelism: None,
         }
     }
+}
+
+pub const PARALLELISM_ENV: &str = "FS_ROCKSDB_PARALLELISM";
+
+/// RocksDB's background threads: the setting, else `env` (the value of [`PARALLELISM_ENV`]),
+/// else the cores available. Background jobs share these cores with the serving threads, so
+/// the cores the process may use are the ceiling; a host that serves under heavy writes may
+/// want fewer.
+fn parallelism(setting: Option<usize>, env: Option<&str>) -> Result<usize> {
+    if let Some(n) = setting.filter(|n| *n > 0) {
+        return Ok(n);
+    }
+    if let Some(v) = env.map(str::trim).filter(|v| !v.is_empty()) {
+        return v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            CoreError::InvalidArgument(format!(
+                "{PARALLELISM_ENV} must be a whole number of threads, at least 1; got '{v}'"
+            ))
+        });
+    }
+    Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -98,15 +122,17 @@ fn cf_options(cache: &Cache) -> Options {
     o
 }
 
-fn db_options() -> Options {
+fn db_options(opts: &StoreOptions) -> Result<Options> {
+    let env = std::env::var(PARALLELISM_ENV).ok();
+    let threads =
+        i32::try_from(parallelism(opts.rocksdb_parallelism, env.as_deref())?).unwrap_or(i32::MAX);
     let mut o = Options::default();
     o.create_if_missing(true);
     o.create_missing_column_families(true);
-    // The machine has 2 cores; the server's threads share them with background jobs.
-    o.increase_parallelism(2);
-    o.set_max_background_jobs(2);
+    o.increase_parallelism(threads);
+    o.set_max_background_jobs(threads);
     o.set_keep_log_file_num(4);
-    o
+    Ok(o)
 }
 
 fn storage_err(path: &Path, e: &rocksdb::Error) -> CoreError {
@@ -127,7 +153,7 @@ impl Store {
     pub fn open(path: &Path, spec_json: &str, opts: StoreOptions, force: bool) -> Result<Self> {
         let spec = RegistrySpec::from_json(spec_json)?;
         let block_cache = Cache::new_lru_cache(opts.block_cache_bytes as usize);
-        let db_opts = db_options();
+        let db_opts = db_options(&opts)?;
         if path.exists() && !path.is_dir() {
             return Err(CoreError::Storage(format!(
                 "data directory '{}' exists but is not a directory; give the path of a \
@@ -358,7 +384,9 @@ impl Store {
         Ok(stats)
     }
 
-    /// Reads the rows of `keys` (hot-tier keys). `None` for absent or deleted entities.
+    /// Reads the stored rows of `keys` (hot-tier keys): `None` for absent entities; tombstones
+    /// are returned as stored, so that the reader parses each row's header once
+    /// ([`crate::row::ReadRow::live`] drops them).
     pub fn lookup(&self, view: &ViewDef, keys: &[Vec<u8>]) -> Result<Vec<Option<RowBytes>>> {
         let mut out: Vec<Option<RowBytes>> = vec![None; keys.len()];
         let mut miss = Vec::new();
@@ -366,7 +394,7 @@ impl Store {
             Some(hot) => {
                 for (i, k) in keys.iter().enumerate() {
                     match hot.get(k) {
-                        Some(r) => out[i] = live(r),
+                        Some(r) => out[i] = stored(r),
                         None => miss.push(i),
                     }
                 }
@@ -393,7 +421,7 @@ impl Store {
             if let Some(hot) = &self.hot {
                 hot.fill(keys[i].clone(), row.clone(), versions[j]);
             }
-            out[i] = live(row);
+            out[i] = stored(row);
         }
         Ok(out)
     }
@@ -478,30 +506,28 @@ impl Store {
     }
 }
 
-/// A stored row that answers as present data: not absent, not a tombstone.
-fn live(r: RowBytes) -> Option<RowBytes> {
-    match RowView::new(&r) {
-        Some(v) if !v.is_tombstone() => Some(r),
-        _ => None,
-    }
+/// The hot tier caches a known absence as an empty row.
+fn stored(r: RowBytes) -> Option<RowBytes> {
+    (!r.is_empty()).then_some(r)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::KeyColumn;
-    use crate::query::{self, Entities};
-    use crate::row::BatchRowWriter;
+    use crate::row::{BatchRowWriter, ReadRow};
 
     const REGISTRY: &str = r#"{"project":"t","feature_views":[{"name":"v","join_keys":[{"name":"id","dtype":"int64"}],"features":[{"name":"f","dtype":"float32"}]}]}"#;
 
     fn keys(store: &Store, ids: &[i64]) -> Vec<Vec<u8>> {
         let cat = store.catalog();
-        let def = cat.view("v").unwrap();
-        let ents = Entities {
-            columns: vec![("id".into(), KeyColumn::Int64(ids.to_vec()))],
-        };
-        query::encode_keys(def, &[0], &ents, ids.len()).unwrap()
+        let prefix = cat.view("v").unwrap().hot_prefix();
+        ids.iter()
+            .map(|id| {
+                let mut k = prefix.to_vec();
+                crate::key::encode_i64(*id, &mut k);
+                k
+            })
+            .collect()
     }
 
     fn write(store: &Store, ids: &[i64], ts: i64, offset: &str) {
@@ -522,7 +548,22 @@ mod tests {
         let rows = store
             .lookup(cat.view("v").unwrap(), &keys(store, ids))
             .unwrap();
-        rows.iter().filter(|r| r.is_some()).count()
+        rows.into_iter()
+            .filter(|r| r.clone().and_then(ReadRow::live).is_some())
+            .count()
+    }
+
+    #[test]
+    fn parallelism_from_setting_env_or_cores() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(parallelism(Some(3), Some("5")).unwrap(), 3);
+        assert_eq!(parallelism(None, Some(" 5 ")).unwrap(), 5);
+        assert_eq!(parallelism(Some(0), None).unwrap(), cores);
+        assert_eq!(parallelism(None, Some("")).unwrap(), cores);
+        for bad in ["0", "two", "-1"] {
+            let e = parallelism(None, Some(bad)).unwrap_err();
+            assert!(e.to_string().contains("FS_ROCKSDB_PARALLELISM"), "{e}");
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! (and to repair invalid UTF-8, which the row codec never produces for data the loaders wrote).
 //!
 //! Floats: `zmij` (Schubfach/yy, shortest round-trip text). Measured against `ryu` on the W2
-//! values (20,000 float32; `serve::tests::w2_encode_timing`, release build, median of 300):
+//! values (20,000 float32; now `benches/serving.rs`, group `float_text_x20000`; at the time
+//! an ignored timing test, release build, median of 300):
 //! widened to f64, ryu 483 us vs zmij 307 us; as f32, ryu 366 us vs zmij 284 us. Both give the
 //! same shortest round-trip digits. Non-finite values become `null` (JSON has no NaN).
 

@@ -1,5 +1,8 @@
 //! The registry as the core sees it: the spec Python sends (`Registry.to_core_json()`), the
-//! physical schema stored per view, and the compiled catalog the serving path reads.
+//! physical schema stored per view, and the compiled catalog the serving path reads; request
+//! plans ([`plan`]) are resolved against it and cached in it.
+
+pub mod plan;
 
 use crate::error::{CoreError, Result};
 use crate::row::{RowLayout, Slot};
@@ -230,9 +233,9 @@ pub struct Catalog {
     pub services: AHashMap<String, Vec<(usize, String)>>,
     /// The spec this catalog was compiled from (returned by `registry_json`).
     pub spec_json: String,
-    /// Plans of recent requests, keyed by selector and entity names (see `query::plan_cached`).
+    /// Plans of recent requests, keyed by selector and entity names (see [`plan::plan_cached`]).
     /// Lives in the catalog so that a registry change, which swaps the catalog, drops it.
-    pub plans: parking_lot::Mutex<AHashMap<String, Arc<crate::query::Plan>>>,
+    pub plans: parking_lot::Mutex<AHashMap<String, Arc<plan::Plan>>>,
 }
 
 impl Catalog {

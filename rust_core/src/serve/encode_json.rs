@@ -1,0 +1,307 @@
+//! Response encoders of the JSON APIs (Feast HTTP, v1 HTTP), written straight into one buffer
+//! from the answer's cells.
+
+use super::json;
+use super::Prepared;
+use crate::key::KeyColumn;
+use crate::query::CellSource;
+use crate::row::ValueRef;
+use crate::types::Status;
+
+/// Quoted status names, indexed by the status number.
+const STATUS_JSON: [&[u8]; 5] = [
+    b"\"INVALID\"",
+    b"\"PRESENT\"",
+    b"\"NULL_VALUE\"",
+    b"\"NOT_FOUND\"",
+    b"\"OUTSIDE_MAX_AGE\"",
+];
+
+/// Remembers the last formatted timestamp: a column's rows mostly share one.
+struct TsText {
+    ts: i64,
+    text: Vec<u8>,
+}
+
+impl TsText {
+    fn new() -> Self {
+        let mut text = Vec::with_capacity(40);
+        json::write_rfc3339(&mut text, 0);
+        Self { ts: 0, text }
+    }
+
+    #[inline]
+    fn write(&mut self, out: &mut Vec<u8>, ts: i64) {
+        if ts != self.ts {
+            self.ts = ts;
+            self.text.clear();
+            json::write_rfc3339(&mut self.text, ts);
+        }
+        out.extend_from_slice(&self.text);
+    }
+}
+
+/// Writes one value as JSON. `feast`: timestamp features as integer Unix seconds, as Feast's
+/// feature server writes them (its `unix_timestamp_val`); otherwise RFC 3339 text.
+#[inline]
+fn json_value(out: &mut Vec<u8>, v: ValueRef<'_>, shortest: bool, feast: bool) {
+    match v {
+        ValueRef::Timestamp(us) if feast => json::write_i64(out, us.div_euclid(1_000_000)),
+        ValueRef::Missing | ValueRef::Null => json::write_null(out),
+        ValueRef::Bool(b) => json::write_bool(out, b),
+        ValueRef::Int32(x) => json::write_i64(out, i64::from(x)),
+        ValueRef::Int64(x) => json::write_i64(out, x),
+        ValueRef::Float32(x) => json::write_f32(out, x, shortest),
+        ValueRef::Float64(x) => json::write_f64(out, x),
+        ValueRef::Str(b) => json::write_str_bytes(out, b),
+        ValueRef::Bytes(b) => json::write_base64(out, b),
+        ValueRef::Timestamp(us) => json::write_rfc3339(out, us),
+        ValueRef::Float32Array(b) => {
+            out.push(b'[');
+            for (i, c) in b.chunks_exact(4).enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let x = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+                json::write_f32(out, x, shortest);
+            }
+            out.push(b']');
+        }
+    }
+}
+
+fn json_key_value(out: &mut Vec<u8>, col: &KeyColumn, i: usize) {
+    match col {
+        KeyColumn::Int64(v) => json::write_i64(out, v[i]),
+        KeyColumn::Int32(v) => json::write_i64(out, i64::from(v[i])),
+        KeyColumn::Str(v) => json::write_str(out, &v[i]),
+        KeyColumn::Bytes(v) => json::write_base64(out, &v[i]),
+    }
+}
+
+/// Rough size of a JSON answer, to allocate once.
+fn json_capacity(p: &Prepared) -> usize {
+    let n = p.num_entities();
+    let f = p.num_features() + p.entities.columns.len();
+    256 + f * (64 + n * 56)
+}
+
+/// Feast HTTP: the answer in Feast's JSON shape.
+pub(super) fn feast(p: &Prepared, cells: &impl CellSource, shortest: bool) -> Vec<u8> {
+    let n = cells.num_entities();
+    let mut out = Vec::with_capacity(json_capacity(p));
+    out.extend_from_slice(b"{\"metadata\":{\"feature_names\":[");
+    let mut first = true;
+    for (name, _) in &p.entities.columns {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        json::write_str(&mut out, name);
+    }
+    for c in 0..p.plan.columns.len() {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        json::write_str(&mut out, &p.feast_name(c));
+    }
+    out.extend_from_slice(b"]},\"results\":[");
+    let mut first = true;
+    for (_, col) in &p.entities.columns {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"values\":[");
+        for i in 0..n {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_key_value(&mut out, col, i);
+        }
+        out.extend_from_slice(b"],\"statuses\":[");
+        repeat_sep(&mut out, STATUS_JSON[Status::Present as usize], n);
+        out.extend_from_slice(b"],\"event_timestamps\":[");
+        repeat_sep(&mut out, b"\"1970-01-01T00:00:00Z\"", n);
+        out.extend_from_slice(b"]}");
+    }
+    let mut st = vec![0u8; n];
+    let mut ts = vec![0i64; n];
+    let mut tstext = TsText::new();
+    for c in 0..p.plan.columns.len() {
+        let cp = cells.col(c);
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"values\":[");
+        for i in 0..n {
+            if i > 0 {
+                out.push(b',');
+            }
+            let cell = cells.cell(cp, i);
+            st[i] = cell.status as u8;
+            ts[i] = if cell.status == Status::NotFound {
+                0
+            } else {
+                cell.event_ts
+            };
+            json_value(&mut out, cell.value, shortest, true);
+        }
+        out.extend_from_slice(b"],\"statuses\":[");
+        for (i, s) in st.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(STATUS_JSON[*s as usize]);
+        }
+        out.extend_from_slice(b"],\"event_timestamps\":[");
+        for (i, t) in ts.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            tstext.write(&mut out, *t);
+        }
+        out.extend_from_slice(b"]}");
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+fn repeat_sep(out: &mut Vec<u8>, item: &[u8], n: usize) {
+    for i in 0..n {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+}
+
+fn v1_json_head(p: &Prepared, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"feature_names\":[");
+    for (i, c) in p.plan.columns.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::write_str(out, &c.reference);
+    }
+    out.extend_from_slice(b"],\"num_entities\":");
+    json::write_u64(out, p.num_entities() as u64);
+}
+
+/// v1 HTTP, columns layout.
+pub(super) fn v1_columns(p: &Prepared, cells: &impl CellSource, shortest: bool) -> Vec<u8> {
+    let n = cells.num_entities();
+    let mut out = Vec::with_capacity(json_capacity(p));
+    v1_json_head(p, &mut out);
+    out.extend_from_slice(b",\"columns\":[");
+    let mut st = vec![0u8; n];
+    let mut ts = vec![0i64; n];
+    for c in 0..p.plan.columns.len() {
+        let cp = cells.col(c);
+        if c > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"values\":[");
+        for i in 0..n {
+            if i > 0 {
+                out.push(b',');
+            }
+            let cell = cells.cell(cp, i);
+            st[i] = cell.status as u8;
+            ts[i] = cell.event_ts;
+            json_value(&mut out, cell.value, shortest, false);
+        }
+        out.push(b']');
+        if p.v1.include_statuses {
+            out.extend_from_slice(b",\"statuses\":[");
+            for (i, s) in st.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(STATUS_JSON[*s as usize]);
+            }
+            out.push(b']');
+        }
+        if p.v1.include_event_timestamps {
+            out.extend_from_slice(b",\"event_timestamps\":[");
+            for (i, t) in ts.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json::write_i64(&mut out, *t);
+            }
+            out.push(b']');
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// v1 HTTP, dense layout.
+pub(super) fn v1_dense(p: &Prepared, cells: &impl CellSource, shortest: bool) -> Vec<u8> {
+    let (n, f) = (cells.num_entities(), p.plan.columns.len());
+    let mut out = Vec::with_capacity(json_capacity(p));
+    v1_json_head(p, &mut out);
+    out.extend_from_slice(b",\"dense\":{\"rows\":");
+    json::write_u64(&mut out, n as u64);
+    out.extend_from_slice(b",\"cols\":");
+    json::write_u64(&mut out, f as u64);
+    out.extend_from_slice(b",\"values\":[");
+    let mut st = Vec::with_capacity(if p.v1.include_statuses { n * f } else { 0 });
+    let mut ts = Vec::with_capacity(if p.v1.include_event_timestamps {
+        n * f
+    } else {
+        0
+    });
+    let cps: Vec<_> = (0..f).map(|c| cells.col(c)).collect();
+    for e in 0..n {
+        if e > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        for (c, cp) in cps.iter().enumerate() {
+            if c > 0 {
+                out.push(b',');
+            }
+            let (x, s, t) = cells.f32(*cp, e);
+            json::write_f32(&mut out, x, shortest);
+            if p.v1.include_statuses {
+                st.push(s as u8);
+            }
+            if p.v1.include_event_timestamps {
+                ts.push(t);
+            }
+        }
+        out.push(b']');
+    }
+    out.push(b']');
+    if p.v1.include_statuses {
+        out.extend_from_slice(b",\"statuses\":");
+        json_matrix(&mut out, &st, f, |o, s| {
+            o.extend_from_slice(STATUS_JSON[*s as usize]);
+        });
+    }
+    if p.v1.include_event_timestamps {
+        out.extend_from_slice(b",\"event_timestamps\":");
+        json_matrix(&mut out, &ts, f, |o, t| json::write_i64(o, *t));
+    }
+    out.extend_from_slice(b"}}");
+    out
+}
+
+fn json_matrix<T>(out: &mut Vec<u8>, v: &[T], cols: usize, w: impl Fn(&mut Vec<u8>, &T)) {
+    out.push(b'[');
+    for (r, row) in v.chunks(cols.max(1)).enumerate() {
+        if r > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        for (i, x) in row.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            w(out, x);
+        }
+        out.push(b']');
+    }
+    out.push(b']');
+}

@@ -49,7 +49,9 @@ pub(super) fn bind(py: Python<'_>) -> PyResult<&'static [Py<PyType>]> {
     CLASSES
         .get_or_try_init(py, || {
             let module = py.import("serving.errors")?;
-            let base = module.getattr("FeatureServingError")?;
+            let base = module
+                .getattr("FeatureServingError")
+                .map_err(|_| PyImportError::new_err("serving.errors has no FeatureServingError"))?;
             TABLE
                 .iter()
                 .map(|(kind, name)| {

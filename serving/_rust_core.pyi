@@ -1,6 +1,9 @@
-# Typed interface of the Rust extension (rust_core/src/py.rs); checked by mypy.stubtest.
+# Typed interface of the Rust extension (rust_core/src/py/, the module root mod.rs lists every
+# name); checked by mypy.stubtest.
 from os import PathLike
-from typing import Any, final
+from typing import Any, Protocol, final
+
+import pyarrow
 
 __all__ = [
     "ROCKSDB_BINDING",
@@ -21,6 +24,15 @@ __all__ = [
 __version__: str
 ROCKSDB_BINDING: str
 
+class _ArrowArrayExportable(Protocol):
+    """A record batch through the Arrow PyCapsule interface (a pyarrow ``RecordBatch``)."""
+
+    def __arrow_c_array__(
+        self, requested_schema: object | None = None
+    ) -> tuple[object, object]: ...
+
+# -- a node's store (rust_core/src/py/store.rs) -------------------------------------------------
+
 @final
 class Store:
     def __new__(
@@ -38,22 +50,22 @@ class Store:
     def closed(self) -> bool: ...
     def apply_registry(self, registry_json: str, *, force: bool = False) -> list[str]: ...
     def write(
-        self, view: str, batch: Any, meta: list[tuple[str, bytes]] | None = None
+        self, view: str, batch: _ArrowArrayExportable, meta: list[tuple[str, bytes]] | None = None
     ) -> tuple[int, int, int]: ...
     def delete(
-        self, view: str, batch: Any, meta: list[tuple[str, bytes]] | None = None
+        self, view: str, batch: _ArrowArrayExportable, meta: list[tuple[str, bytes]] | None = None
     ) -> tuple[int, int, int]: ...
     def get(
         self,
-        entities: Any,
+        entities: _ArrowArrayExportable,
         *,
         features: list[str] | None = None,
         feature_service: str | None = None,
         max_entities: int = 1000000,
-    ) -> tuple[list[str], Any, bytes, bytes]: ...
+    ) -> tuple[list[str], pyarrow.RecordBatch, bytes, bytes]: ...
     def get_dense(
         self,
-        entities: Any,
+        entities: _ArrowArrayExportable,
         *,
         features: list[str] | None = None,
         feature_service: str | None = None,
@@ -83,9 +95,9 @@ class Store:
     def set_scope(self, scope_id: int, views: list[str] | None, services: list[str]) -> None: ...
     def clear_scopes(self) -> None: ...
 
-# -- Kafka loader (rust_core/src/py_ingest.rs) ------------------------------------------------
+# -- Kafka loader (rust_core/src/py/ingest.rs) -------------------------------------------------
 
-#: ``(key, value, partition, offset, timestamp_ms)``; a timestamp of None or -1 means none
+#: ``(key, value, partition, offset, timestamp_ms)``; a timestamp of None or below 0 means none
 _Record = tuple[bytes | None, bytes | None, int, int, int | None]
 
 @final
@@ -126,11 +138,13 @@ def encode_entity_keys(
     dtypes: list[str], columns: list[list[int | str | bytes]]
 ) -> list[bytes]: ...
 
-# -- partitioner (rust_core/src/partition.rs) --------------------------------------------------
+# -- partitioner (rust_core/src/partition.rs, bound in py/ingest.rs) ---------------------------
 
 def partition_for_key(key: bytes, num_partitions: int) -> int: ...
 def partitions_for_keys(keys: list[bytes], num_partitions: int) -> list[int]: ...
 def murmur2(data: bytes) -> int: ...
+
+# -- a router (rust_core/src/py/route.rs) -------------------------------------------------------
 
 @final
 class RouterCore:

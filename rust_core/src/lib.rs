@@ -33,5 +33,3 @@ pub mod store;
 pub mod types;
 
 mod py;
-mod py_ingest;
-mod py_route;

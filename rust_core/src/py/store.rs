@@ -1,112 +1,24 @@
-//! The PyO3 binding: the only module that touches Python. Every call that does real work
-//! releases the GIL; every error goes through `to_py_err`, the one mapping to `serving.errors`.
+//! The `Store` class: a node's store, its serving path and its writes.
 
+use super::arrow::{export_batch, import_batch};
+use super::errors::to_py_err;
+use super::gil::without_gil;
+use super::settings::{parse_api, ServeSettings};
 use crate::arrow_io;
 use crate::catalog::ViewDef;
 use crate::error::CoreError;
 use crate::partition::ShardCheck;
 use crate::query::{self, Entities, Limits, Selector};
 use crate::scope::Scope;
-use crate::serve::{self, Api, Caller, ServeConfig};
+use crate::serve::{self, Api, Caller};
 use crate::store::{Store, StoreOptions, WriteStats};
-use ahash::AHashMap;
-use arrow::array::{Array, ArrayRef, StructArray};
-use arrow::datatypes::{Field, Fields};
-use arrow::ffi::{from_ffi, to_ffi, FFI_ArrowArray, FFI_ArrowSchema};
+use arrow::array::StructArray;
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyCapsule, PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// The registered read scope of an API key (`None`: the caller reads everything).
-pub(crate) fn scope_of(
-    scopes: &AHashMap<u64, Arc<Scope>>,
-    scope_id: Option<u64>,
-) -> Result<Option<Arc<Scope>>, CoreError> {
-    scope_id
-        .map(|id| {
-            scopes
-                .get(&id)
-                .cloned()
-                .ok_or_else(|| CoreError::PermissionDenied("this API key has no read scope".into()))
-        })
-        .transpose()
-}
-
-/// Maps a core error to the matching class of `serving.errors`.
-pub fn to_py_err(e: CoreError) -> PyErr {
-    let (class, msg) = match e {
-        CoreError::InvalidArgument(m) => ("InvalidArgumentError", m),
-        CoreError::NotFound(m) => ("NotFoundError", m),
-        CoreError::Schema(m) => ("SchemaError", m),
-        CoreError::Storage(m) => ("StorageError", m),
-        CoreError::ResourceExhausted(m) => ("ResourceExhaustedError", m),
-        CoreError::PermissionDenied(m) => ("PermissionDeniedError", m),
-        CoreError::WrongShard(m) => ("WrongShardError", m),
-        CoreError::BadShardAnswer(m) => ("ShardAnswerError", m),
-    };
-    Python::with_gil(|py| {
-        match py
-            .import("serving.errors")
-            .and_then(|m| m.getattr(class))
-            .and_then(|c| c.call1((msg,)))
-        {
-            Ok(v) => PyErr::from_value(v),
-            Err(e) => e,
-        }
-    })
-}
-
-/// Imports an object exporting `__arrow_c_array__` (a pyarrow `RecordBatch`) without copying.
-fn import_batch(obj: &Bound<'_, PyAny>) -> PyResult<StructArray> {
-    let pair = obj.call_method0("__arrow_c_array__").map_err(|_| {
-        to_py_err(CoreError::InvalidArgument(
-            "expected a pyarrow `RecordBatch` (an object with __arrow_c_array__)".into(),
-        ))
-    })?;
-    let (schema_cap, array_cap): (Bound<'_, PyCapsule>, Bound<'_, PyCapsule>) = pair.extract()?;
-    // SAFETY: the capsules come from the Arrow PyCapsule interface, which guarantees these
-    // pointer types; `from_raw` moves the array out, leaving the capsule's copy released, and
-    // the schema is only borrowed for the duration of `from_ffi`.
-    let data = unsafe {
-        let array = FFI_ArrowArray::from_raw(array_cap.pointer().cast::<FFI_ArrowArray>());
-        let schema = &*(schema_cap.pointer() as *const FFI_ArrowSchema);
-        from_ffi(array, schema)
-    }
-    .map_err(|e| to_py_err(e.into()))?;
-    if !matches!(data.data_type(), arrow::datatypes::DataType::Struct(_)) {
-        return Err(to_py_err(CoreError::InvalidArgument(
-            "expected a record batch (struct array)".into(),
-        )));
-    }
-    Ok(StructArray::from(data))
-}
-
-/// Hands named Arrow arrays to pyarrow as one `RecordBatch`.
-fn export_batch(py: Python<'_>, names: &[String], arrays: Vec<ArrayRef>) -> PyResult<PyObject> {
-    let fields: Fields = names
-        .iter()
-        .zip(&arrays)
-        .map(|(n, a)| Field::new(n, a.data_type().clone(), true))
-        .collect();
-    let st = StructArray::try_new(fields, arrays, None).map_err(|e| to_py_err(e.into()))?;
-    let (array, schema) = to_ffi(&st.into_data()).map_err(|e| to_py_err(e.into()))?;
-    let array = Box::new(array);
-    let schema = Box::new(schema);
-    let pa = py.import("pyarrow")?;
-    // pyarrow moves both structs out (their release callbacks become null), so dropping the
-    // boxes afterwards frees nothing twice.
-    let rb = pa.getattr("RecordBatch")?.call_method1(
-        "_import_from_c",
-        (
-            std::ptr::addr_of!(*array) as usize,
-            std::ptr::addr_of!(*schema) as usize,
-        ),
-    )?;
-    Ok(rb.unbind())
-}
 
 fn stats_tuple(s: WriteStats) -> (u64, u64, u64) {
     (s.rows, s.written, s.skipped_older)
@@ -114,11 +26,9 @@ fn stats_tuple(s: WriteStats) -> (u64, u64, u64) {
 
 /// The feature store: a hot tier in RAM over an embedded RocksDB.
 #[pyclass(frozen, module = "serving._rust_core", name = "Store")]
-pub struct PyStore {
+pub(super) struct PyStore {
     inner: RwLock<Option<Arc<Store>>>,
-    serve_cfg: RwLock<ServeConfig>,
-    /// Read scopes of API keys by id (registered by the auth layer, see `serving/auth.py`).
-    scopes: RwLock<AHashMap<u64, Arc<Scope>>>,
+    settings: ServeSettings,
     /// Shard ownership enforced by `serve` (None: not sharded, no check at all).
     shard: RwLock<Option<Arc<ShardCheck>>>,
     /// The feature names of the last plan answered, as a Python tuple: a model server asks
@@ -153,17 +63,16 @@ impl PyStore {
         let store = self.store()?;
         let data = import_batch(batch)?;
         let meta = meta.unwrap_or_default();
-        py.allow_threads(|| {
+        without_gil(py, || {
             let cat = store.catalog();
             let def = cat.view(view)?;
             let (keys, rows) = encode(def, &data)?;
             store.write(def, &keys, rows, &meta)
         })
         .map(stats_tuple)
-        .map_err(to_py_err)
     }
 
-    pub(crate) fn store(&self) -> PyResult<Arc<Store>> {
+    pub(super) fn store(&self) -> PyResult<Arc<Store>> {
         self.inner
             .read()
             .clone()
@@ -190,13 +99,10 @@ impl PyStore {
             sync_writes,
             ..StoreOptions::default()
         };
-        let store = py
-            .allow_threads(|| Store::open(&path, &registry_json, opts, force))
-            .map_err(to_py_err)?;
+        let store = without_gil(py, || Store::open(&path, &registry_json, opts, force))?;
         Ok(Self {
             inner: RwLock::new(Some(Arc::new(store))),
-            serve_cfg: RwLock::new(ServeConfig::default()),
-            scopes: RwLock::new(AHashMap::new()),
+            settings: ServeSettings::default(),
             shard: RwLock::new(None),
             names_cache: Mutex::new(None),
         })
@@ -210,8 +116,8 @@ impl PyStore {
         max_features: usize,
         json_float32_shortest: bool,
     ) {
-        *self.serve_cfg.write() =
-            ServeConfig::new(max_entities, max_features, json_float32_shortest);
+        self.settings
+            .configure(max_entities, max_features, json_float32_shortest);
     }
 
     /// Makes `serve` refuse entities of other shards: this node is shard `index` of `count`,
@@ -241,19 +147,17 @@ impl PyStore {
     ) -> PyResult<Bound<'py, PyBytes>> {
         let api = parse_api(api).map_err(to_py_err)?;
         let store = self.store()?;
-        let cfg = *self.serve_cfg.read();
-        let scope = scope_of(&self.scopes.read(), scope_id).map_err(to_py_err)?;
+        let cfg = self.settings.config();
+        let scope = self.settings.scope(scope_id).map_err(to_py_err)?;
         let shard = self.shard.read().clone();
-        let served = py
-            .allow_threads(|| {
-                let caller = Caller {
-                    scope: scope.as_deref(),
-                    shard: shard.as_deref(),
-                    now_us: query::now_micros(),
-                };
-                serve::serve(&store, api, body, &cfg, caller)
-            })
-            .map_err(to_py_err)?;
+        let served = without_gil(py, || {
+            let caller = Caller {
+                scope: scope.as_deref(),
+                shard: shard.as_deref(),
+                now_us: query::now_micros(),
+            };
+            serve::serve(&store, api, body, &cfg, caller)
+        })?;
         Ok(PyBytes::new(py, &served.body))
     }
 
@@ -265,20 +169,25 @@ impl PyStore {
         requests: Vec<(String, Bound<'py, PyBytes>, Option<u64>)>,
     ) -> PyResult<Vec<PyObject>> {
         let store = self.store()?;
-        let cfg = *self.serve_cfg.read();
-        let scopes = self.scopes.read().clone();
+        let cfg = self.settings.config();
         let shard = self.shard.read().clone();
         let parsed: Vec<ParsedRequest<'_>> = requests
             .iter()
-            .map(|(api, body, scope)| (parse_api(api), body.as_bytes(), *scope))
+            .map(|(api, body, scope_id)| {
+                (
+                    parse_api(api),
+                    body.as_bytes(),
+                    self.settings.scope(*scope_id),
+                )
+            })
             .collect();
-        let results: Vec<Result<Vec<u8>, CoreError>> = py.allow_threads(|| {
+        let results: Vec<Result<Vec<u8>, CoreError>> = without_gil(py, || {
             let now = query::now_micros();
-            parsed
-                .iter()
-                .map(|(api, body, scope_id)| {
-                    let api = api.clone()?;
-                    let scope = scope_of(&scopes, *scope_id)?;
+            Ok(parsed
+                .into_iter()
+                .map(|(api, body, scope)| {
+                    let api = api?;
+                    let scope = scope?;
                     let caller = Caller {
                         scope: scope.as_deref(),
                         shard: shard.as_deref(),
@@ -286,8 +195,8 @@ impl PyStore {
                     };
                     serve::serve(&store, api, body, &cfg, caller).map(|s| s.body)
                 })
-                .collect()
-        });
+                .collect())
+        })?;
         Ok(results
             .into_iter()
             .map(|r| match r {
@@ -300,20 +209,21 @@ impl PyStore {
     /// Registers the read scope of an API key: `views=None` reads everything.
     #[pyo3(signature = (scope_id, views, services))]
     fn set_scope(&self, scope_id: u64, views: Option<Vec<String>>, services: Vec<String>) {
-        self.scopes
-            .write()
-            .insert(scope_id, Arc::new(Scope::new(views, services)));
+        self.settings.set_scope(scope_id, views, services);
     }
 
     /// Forgets every registered scope (keys were reloaded).
     fn clear_scopes(&self) {
-        self.scopes.write().clear();
+        self.settings.clear_scopes();
     }
 
     /// Closes the store; RocksDB is closed once calls in flight have finished.
-    fn close(&self, py: Python<'_>) {
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
         let taken = self.inner.write().take();
-        py.allow_threads(move || drop(taken));
+        without_gil(py, move || {
+            drop(taken);
+            Ok(())
+        })
     }
 
     #[getter]
@@ -330,8 +240,7 @@ impl PyStore {
         force: bool,
     ) -> PyResult<Vec<String>> {
         let store = self.store()?;
-        py.allow_threads(|| store.apply_registry(&registry_json, force))
-            .map_err(to_py_err)
+        without_gil(py, || store.apply_registry(&registry_json, force))
     }
 
     /// Writes a record batch (join keys, `event_timestamp`, every feature of the view) under the
@@ -375,15 +284,13 @@ impl PyStore {
         let store = self.store()?;
         let sel = selector(features, feature_service)?;
         let ents = arrow_io::entities_from_batch(&import_batch(entities)?).map_err(to_py_err)?;
-        let (names, arrays, st, ts) = py
-            .allow_threads(|| {
-                let (plan, answer) = run(&store, &sel, &ents, max_entities)?;
-                let arrays = arrow_io::answer_to_arrow(&answer, &plan)?;
-                let (st, ts) = arrow_io::status_and_ts(&answer, &plan);
-                let names: Vec<String> = plan.columns.iter().map(|c| c.reference.clone()).collect();
-                Ok::<_, CoreError>((names, arrays, st, ts))
-            })
-            .map_err(to_py_err)?;
+        let (names, arrays, st, ts) = without_gil(py, || {
+            let (plan, answer) = run(&store, &sel, &ents, max_entities)?;
+            let arrays = arrow_io::answer_to_arrow(&answer, &plan)?;
+            let (st, ts) = arrow_io::status_and_ts(&answer, &plan);
+            let names: Vec<String> = plan.columns.iter().map(|c| c.reference.clone()).collect();
+            Ok((names, arrays, st, ts))
+        })?;
         let rb = export_batch(py, &names, arrays)?;
         let ts_bytes: Vec<u8> = ts.iter().flat_map(|t| t.to_le_bytes()).collect();
         Ok((
@@ -410,13 +317,11 @@ impl PyStore {
         let store = self.store()?;
         let sel = selector(features, feature_service)?;
         let ents = arrow_io::entities_from_batch(&import_batch(entities)?).map_err(to_py_err)?;
-        let (plan, vals, st) = py
-            .allow_threads(|| {
-                let (plan, answer) = run(&store, &sel, &ents, max_entities)?;
-                let (vals, st) = arrow_io::dense_f32(&answer, &plan)?;
-                Ok::<_, CoreError>((plan, vals, st))
-            })
-            .map_err(to_py_err)?;
+        let (plan, vals, st) = without_gil(py, || {
+            let (plan, answer) = run(&store, &sel, &ents, max_entities)?;
+            let (vals, st) = arrow_io::dense_f32(&answer, &plan)?;
+            Ok((plan, vals, st))
+        })?;
         let names = if names {
             self.plan_names(py, &plan)?
         } else {
@@ -432,9 +337,7 @@ impl PyStore {
     /// A value stored by a loader under `key` (in the same batch as the rows it covers).
     fn get_meta(&self, py: Python<'_>, key: &str) -> PyResult<Option<PyObject>> {
         let store = self.store()?;
-        let v = py
-            .allow_threads(|| store.get_meta(key))
-            .map_err(to_py_err)?;
+        let v = without_gil(py, || store.get_meta(key))?;
         Ok(v.map(|b| PyBytes::new(py, &b).into_any().unbind()))
     }
 
@@ -451,21 +354,20 @@ impl PyStore {
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         let store = self.store()?;
-        py.allow_threads(|| store.flush()).map_err(to_py_err)
+        without_gil(py, || store.flush())
     }
 
     /// Writes a consistent RocksDB checkpoint of the store to `path` (must not exist); reads
     /// go on meanwhile, writes wait.
     fn checkpoint(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         let store = self.store()?;
-        py.allow_threads(|| store.checkpoint(&path))
-            .map_err(to_py_err)
+        without_gil(py, || store.checkpoint(&path))
     }
 
     /// Flushes and compacts every view.
     fn compact(&self, py: Python<'_>) -> PyResult<()> {
         let store = self.store()?;
-        py.allow_threads(|| store.compact()).map_err(to_py_err)
+        without_gil(py, || store.compact())
     }
 
     /// Answer-quality counters of the serving path (see `stats.rs`).
@@ -517,19 +419,13 @@ impl PyStore {
     }
 }
 
-/// One request of a `serve_many` batch: its API, body and scope.
-type ParsedRequest<'a> = (Result<Api, CoreError>, &'a [u8], Option<u64>);
-
-pub(crate) fn parse_api(api: &str) -> Result<Api, CoreError> {
-    Ok(match api {
-        "feast_http" => Api::FeastHttp,
-        "feast_grpc" => Api::FeastGrpc,
-        "v1_grpc" => Api::V1Grpc,
-        "v1_http" => Api::V1Http,
-        "cells" => Api::Cells,
-        other => return Err(CoreError::InvalidArgument(format!("unknown api '{other}'"))),
-    })
-}
+/// One request of a `serve_many` batch: its API, body and scope, resolved before the GIL is
+/// released.
+type ParsedRequest<'a> = (
+    Result<Api, CoreError>,
+    &'a [u8],
+    Result<Option<Arc<Scope>>, CoreError>,
+);
 
 fn selector(features: Option<Vec<String>>, service: Option<String>) -> PyResult<Selector> {
     match (features, service) {
@@ -557,15 +453,4 @@ fn run(
     ents.check(limits)?;
     let answer = query::execute(store, &plan, ents, query::now_micros(), None)?;
     Ok((plan, answer))
-}
-
-#[pymodule]
-#[pyo3(name = "_rust_core")]
-fn rust_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyStore>()?;
-    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("ROCKSDB_BINDING", "rust-rocksdb 0.21 (system librocksdb)")?;
-    crate::py_ingest::register(m)?;
-    crate::py_route::register(m)?;
-    Ok(())
 }

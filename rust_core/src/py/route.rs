@@ -1,12 +1,12 @@
 //! PyO3 binding of the router core ([`crate::route`]): `RouterCore` splits a request into
 //! per-shard parts and merges their answers; the Python router only moves the bytes.
 
+use super::errors::to_py_err;
+use super::gil::without_gil;
+use super::settings::{parse_api, ServeSettings};
 use crate::catalog::Catalog;
-use crate::py::{parse_api, scope_of, to_py_err};
 use crate::route::{Routed, Router};
-use crate::scope::Scope;
 use crate::serve::ServeConfig;
-use ahash::AHashMap;
 use parking_lot::RwLock;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyBytesMethods, PyList};
@@ -16,10 +16,9 @@ use std::sync::Arc;
 
 /// A router's view of the cluster: the registry, the shard count and the sharded views.
 #[pyclass(module = "serving._rust_core", name = "RouterCore", frozen)]
-pub struct PyRouter {
+pub(super) struct PyRouter {
     router: RwLock<Arc<Router>>,
-    serve_cfg: RwLock<ServeConfig>,
-    scopes: RwLock<AHashMap<u64, Arc<Scope>>>,
+    settings: ServeSettings,
     spread: AtomicUsize,
 }
 
@@ -49,8 +48,7 @@ impl PyRouter {
     ) -> PyResult<Self> {
         Ok(Self {
             router: RwLock::new(Arc::new(build(registry_json, shard_count, partitions)?)),
-            serve_cfg: RwLock::new(ServeConfig::default()),
-            scopes: RwLock::new(AHashMap::new()),
+            settings: ServeSettings::default(),
             spread: AtomicUsize::new(0),
         })
     }
@@ -79,21 +77,19 @@ impl PyRouter {
         max_features: usize,
         json_float32_shortest: bool,
     ) {
-        *self.serve_cfg.write() =
-            ServeConfig::new(max_entities, max_features, json_float32_shortest);
+        self.settings
+            .configure(max_entities, max_features, json_float32_shortest);
     }
 
     /// Registers the read scope of an API key: `views=None` reads everything.
     #[pyo3(signature = (scope_id, views, services))]
     fn set_scope(&self, scope_id: u64, views: Option<Vec<String>>, services: Vec<String>) {
-        self.scopes
-            .write()
-            .insert(scope_id, Arc::new(Scope::new(views, services)));
+        self.settings.set_scope(scope_id, views, services);
     }
 
     /// Forgets every registered scope (keys were reloaded).
     fn clear_scopes(&self) {
-        self.scopes.write().clear();
+        self.settings.clear_scopes();
     }
 
     /// Parses, plans and splits a request of `api` (GIL released). Errors are those a node
@@ -107,20 +103,20 @@ impl PyRouter {
         scope_id: Option<u64>,
     ) -> PyResult<PyRouted> {
         let api = parse_api(api).map_err(to_py_err)?;
-        let scope = scope_of(&self.scopes.read(), scope_id).map_err(to_py_err)?;
+        let scope = self.settings.scope(scope_id).map_err(to_py_err)?;
         let router = self.router.read().clone();
-        let cfg = *self.serve_cfg.read();
+        let cfg = self.settings.config();
         let spread = self.spread.fetch_add(1, Ordering::Relaxed);
-        let routed = py
-            .allow_threads(|| router.route(api, body, &cfg, scope.as_deref(), spread))
-            .map_err(to_py_err)?;
+        let routed = without_gil(py, || {
+            router.route(api, body, &cfg, scope.as_deref(), spread)
+        })?;
         Ok(PyRouted { routed, cfg })
     }
 }
 
 /// A request split into per-shard parts.
 #[pyclass(module = "serving._rust_core", name = "Routed", frozen)]
-pub struct PyRouted {
+pub(super) struct PyRouted {
     routed: Routed,
     cfg: ServeConfig,
 }
@@ -145,9 +141,7 @@ impl PyRouted {
         answers: Vec<Bound<'py, PyBytes>>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let slices: Vec<&[u8]> = answers.iter().map(PyBytesMethods::as_bytes).collect();
-        let body = py
-            .allow_threads(|| self.routed.merge(&slices, &self.cfg))
-            .map_err(to_py_err)?;
+        let body = without_gil(py, || self.routed.merge(&slices, &self.cfg))?;
         Ok(PyBytes::new(py, &body))
     }
 
@@ -166,10 +160,4 @@ impl PyRouted {
     fn views(&self) -> Vec<String> {
         self.routed.prepared().views().map(str::to_string).collect()
     }
-}
-
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyRouter>()?;
-    m.add_class::<PyRouted>()?;
-    Ok(())
 }

@@ -1,11 +1,13 @@
 //! PyO3 functions of the Kafka loader (`serving/kafka_loader.py`): decoding and writing batches
 //! of records with the GIL released, and the record-key encoding shared with producers.
 
+use super::errors::to_py_err;
+use super::gil::without_gil;
+use super::store::PyStore;
 use crate::catalog::ViewDef;
 use crate::error::CoreError;
 use crate::ingest::{self, Decoded, Format, KeyInput, PartitionCheck, Record};
 use crate::partition;
-use crate::py::{to_py_err, PyStore};
 use crate::store::Store;
 use crate::types::KeyType;
 use parking_lot::Mutex;
@@ -44,7 +46,7 @@ fn to_records<'a>(raw: &'a [RawRecord<'_>]) -> Vec<Record<'a>> {
 /// A decoded batch of records, not yet written: the loader dead-letters the bad records first,
 /// then writes the rows together with the offsets, so a crash in between loses nothing.
 #[pyclass(frozen, module = "serving._rust_core", name = "DecodedBatch")]
-pub struct PyDecodedBatch {
+pub(super) struct PyDecodedBatch {
     store: Arc<Store>,
     view: Arc<ViewDef>,
     pending: Mutex<Option<Decoded>>,
@@ -111,9 +113,7 @@ impl PyDecodedBatch {
             ))
         })?;
         let meta = meta.unwrap_or_default();
-        let stats = py
-            .allow_threads(|| ingest::write(&self.store, &self.view, &mut d, &meta))
-            .map_err(to_py_err)?;
+        let stats = without_gil(py, || ingest::write(&self.store, &self.view, &mut d, &meta))?;
         Ok((stats.written, stats.skipped_older))
     }
 }
@@ -128,7 +128,7 @@ fn parse_format(format: &str) -> PyResult<Format> {
 /// records out of the write.
 #[pyfunction]
 #[pyo3(signature = (store, view, format, records, num_partitions = None, drop_misrouted = false))]
-pub fn decode_batch(
+pub(super) fn decode_batch(
     py: Python<'_>,
     store: &PyStore,
     view: &str,
@@ -149,7 +149,7 @@ pub fn decode_batch(
     let store = store.store()?;
     let def = store.catalog().view(view).map_err(to_py_err)?.clone();
     let recs = to_records(&records);
-    let mut d = py.allow_threads(|| ingest::decode_checked(&def, fmt, &recs, check));
+    let mut d = without_gil(py, || Ok(ingest::decode_checked(&def, fmt, &recs, check)))?;
     Ok(PyDecodedBatch {
         store,
         view: def,
@@ -172,7 +172,7 @@ pub fn decode_batch(
 /// Returns `(written, skipped_older, errors)`.
 #[pyfunction]
 #[pyo3(signature = (store, view, format, records, meta = None))]
-pub fn ingest_batch(
+pub(super) fn ingest_batch(
     py: Python<'_>,
     store: &PyStore,
     view: &str,
@@ -184,9 +184,7 @@ pub fn ingest_batch(
     let store = store.store()?;
     let recs = to_records(&records);
     let meta = meta.unwrap_or_default();
-    let (d, stats) = py
-        .allow_threads(|| ingest::ingest(&store, view, fmt, &recs, &meta))
-        .map_err(to_py_err)?;
+    let (d, stats) = without_gil(py, || ingest::ingest(&store, view, fmt, &recs, &meta))?;
     Ok((stats.written, stats.skipped_older, d.errors))
 }
 
@@ -234,7 +232,7 @@ fn encode_one(types: &[(String, KeyType)], values: &[Bound<'_, PyAny>]) -> PyRes
 /// The Kafka record key of an entity: its join-key values (in the view's order, typed by
 /// `dtypes`) encoded like the store's entity keys.
 #[pyfunction]
-pub fn encode_entity_key<'py>(
+pub(super) fn encode_entity_key<'py>(
     py: Python<'py>,
     dtypes: Vec<String>,
     values: Vec<Bound<'py, PyAny>>,
@@ -245,7 +243,7 @@ pub fn encode_entity_key<'py>(
 
 /// [`encode_entity_key`] for many entities given column-wise (one sequence per join key).
 #[pyfunction]
-pub fn encode_entity_keys<'py>(
+pub(super) fn encode_entity_keys<'py>(
     py: Python<'py>,
     dtypes: Vec<String>,
     columns: Vec<Vec<Bound<'py, PyAny>>>,
@@ -288,13 +286,13 @@ fn partition_count(num_partitions: i64) -> PyResult<u32> {
 /// The partition Kafka's default keyed partitioner (the Java client's, librdkafka's
 /// `murmur2_random`) puts a record with `key` on: `(murmur2(key) & 0x7fffffff) % num_partitions`.
 #[pyfunction]
-pub fn partition_for_key(key: &[u8], num_partitions: i64) -> PyResult<u32> {
+pub(super) fn partition_for_key(key: &[u8], num_partitions: i64) -> PyResult<u32> {
     partition::partition_for_key(key, partition_count(num_partitions)?).map_err(to_py_err)
 }
 
 /// [`partition_for_key`] for many keys.
 #[pyfunction]
-pub fn partitions_for_keys(
+pub(super) fn partitions_for_keys(
     keys: Vec<Bound<'_, PyBytes>>,
     num_partitions: i64,
 ) -> PyResult<Vec<u32>> {
@@ -304,19 +302,6 @@ pub fn partitions_for_keys(
 
 /// Kafka's murmur2 of `data` as the Java client returns it (a signed 32-bit int).
 #[pyfunction]
-pub fn murmur2(data: &[u8]) -> i32 {
+pub(super) fn murmur2(data: &[u8]) -> i32 {
     partition::murmur2(data) as i32
-}
-
-/// Adds the loader's functions and classes to the extension module.
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyDecodedBatch>()?;
-    m.add_function(wrap_pyfunction!(decode_batch, m)?)?;
-    m.add_function(wrap_pyfunction!(ingest_batch, m)?)?;
-    m.add_function(wrap_pyfunction!(encode_entity_key, m)?)?;
-    m.add_function(wrap_pyfunction!(encode_entity_keys, m)?)?;
-    m.add_function(wrap_pyfunction!(partition_for_key, m)?)?;
-    m.add_function(wrap_pyfunction!(partitions_for_keys, m)?)?;
-    m.add_function(wrap_pyfunction!(murmur2, m)?)?;
-    Ok(())
 }

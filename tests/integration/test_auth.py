@@ -22,6 +22,7 @@ from serving._proto.feast.types import Value_pb2
 from serving._proto.feature_serving.v1 import feature_service_pb2 as v1
 from serving.auth import KeyFile
 from serving.client import AsyncFeatureClient
+from tests import harness
 from tests.harness import TEST_REGISTRY, Server, copy_store, start_server, stop_server
 from tests.harness.tls import client_context, make_certs
 
@@ -72,17 +73,10 @@ def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 def http(
     s: Server, path: str, body: Any, token: str | None, raw_header: str | None = None
 ) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"}
-    if raw_header is not None:
-        headers["Authorization"] = raw_header
-    elif token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(s.url + path, data=json.dumps(body).encode(), headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    """POSTs ``body`` with ``token`` as a bearer key, or ``raw_header`` as the whole
+    Authorization header."""
+    headers = {"Authorization": raw_header} if raw_header is not None else None
+    return harness.http(s.url + path, body, key=token, headers=headers)
 
 
 def grpc_v1(

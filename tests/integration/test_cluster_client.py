@@ -44,7 +44,7 @@ from serving.cluster import ClusterChannels, ClusterMap, ClusterMapError, fetch_
 from serving.errors import PermissionDeniedError, StorageError, UnauthenticatedError
 from serving.kafka_loader import produce_rows
 from serving.store import DenseResult
-from tests.harness import Broker, Server, ShardedCluster, free_port, run_cli
+from tests.harness import Broker, Server, ShardedCluster, free_port, http, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -129,13 +129,7 @@ def requests_total(server: Server, code: str = "OK") -> float:
 
 
 def http_get(server: Server, path: str, key: str | None) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    req = urllib.request.Request(server.url + path, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return http(server.url + path, key=key)
 
 
 class Env(ShardedCluster):

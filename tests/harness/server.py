@@ -146,5 +146,13 @@ class Servers:
         return stop_server(server)
 
     def close(self) -> None:
+        """Stops every one, the last started first (a router before its nodes); one that
+        does not stop in time is killed, and its timeout raised once all are stopped."""
+        failed: BaseException | None = None
         while self.started:
-            stop_server(self.started.pop())
+            try:
+                stop_server(self.started.pop())
+            except subprocess.TimeoutExpired as e:
+                failed = failed or e
+        if failed is not None:
+            raise failed

@@ -1,7 +1,4 @@
-"""Shared fixtures of the test suite.
-
-Kept generic on purpose: test modules with their own needs (servers, brokers) define their
-fixtures in their own files.
+"""Shared fixtures of the test suite (the processes behind them live in tests/harness/).
 
 - ``registry_path`` / ``registry``: the small test registry ``tests/registries/store_test.yaml``
   (one view per shape the store handles: every type, a composite key, an int32 key, a TTL,
@@ -12,6 +9,9 @@ fixtures in their own files.
   directories; every store it opened is closed at teardown.
 - ``sample``: the sample offline data (:func:`serving.sample.generate`) at a small N, generated
   once per session.
+- ``broker`` / ``module_broker``: a real Kafka-protocol broker (tansu) for one test / one module.
+- ``servers``: starts `serve` / `route` processes (:class:`tests.harness.Servers`), every one
+  stopped at teardown.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 import yaml
@@ -27,23 +27,12 @@ import yaml
 from serving.registry import Registry
 from serving.sample import SampleInfo, generate
 from serving.store import Store
+from tests.harness import REGISTRIES, Broker, Servers, running_broker
+from tests.harness.stores import StoreFactory
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
-REGISTRIES = TESTS / "registries"
 STORE_TEST_REGISTRY = REGISTRIES / "store_test.yaml"
 #: entities of the session-wide sample data
 SAMPLE_N = 1000
-
-
-class StoreFactory(Protocol):
-    def __call__(
-        self,
-        registry: Registry | None = None,
-        *,
-        data_dir: str | os.PathLike[str] | None = None,
-        **options: Any,
-    ) -> Store: ...
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +85,28 @@ def tmp_store(tmp_path: Path, registry: Registry) -> Iterator[StoreFactory]:
 def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleInfo:
     """Sample offline data of ``features.yaml`` with :data:`SAMPLE_N` users (seed 0)."""
     return generate(tmp_path_factory.mktemp("sample"), n_entities=SAMPLE_N, seed=0)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker of this test's own (memory storage: no topic of another test)."""
+    with running_broker(tmp_path) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One broker for every test of a module (for module-scoped set-ups on it)."""
+    with running_broker(tmp_path_factory.mktemp("broker")) as b:
+        yield b
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    """``servers.serve(config, name, *flags)`` / ``servers.cli(args, name)``: processes under
+    ``tmp_path``, stopped at teardown whatever the test's outcome."""
+    s = Servers(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()

@@ -32,7 +32,7 @@ from serving.sample import SampleInfo, user_profile_value
 from serving.store import FieldStatus, Store, WriteStats
 
 if TYPE_CHECKING:
-    from conftest import StoreFactory
+    from tests.harness import StoreFactory
 
 UTC = dt.UTC
 TS = pa.timestamp("us", tz="UTC")
@@ -631,12 +631,40 @@ def test_hot_tier_disabled_same_answers(tmp_store: StoreFactory, registry: Regis
     hot, cold = tmp_store(), tmp_store(hot_tier_bytes=0)
     for s in (hot, cold):
         _fill(s, registry)
-    assert _snapshot(hot) == _snapshot(cold)
-    assert _snapshot(hot) == _snapshot(cold)
-    # a tiny hot tier that must evict gives the same answers too
-    tiny = tmp_store(hot_tier_bytes=4096)
+    assert "hot_tier" not in cold.stats()  # no tier at all, not an empty one
+    first = _snapshot(hot)
+    tier = hot.stats()["hot_tier"]
+    assert tier["misses"] > 0
+    assert tier["entries"] == tier["misses"]  # every row read once is cached (misses too)
+    # the second read is answered from the tier, and agrees with the first and with RocksDB
+    assert _snapshot(hot) == first == _snapshot(cold)
+    again = hot.stats()["hot_tier"]
+    assert again["misses"] == tier["misses"]
+    assert again["hits"] - tier["hits"] == tier["hits"] + tier["misses"]  # every read a hit
+    assert again["evictions"] == 0
+
+
+def test_hot_tier_evicts_within_its_budget(tmp_store: StoreFactory, registry: Registry) -> None:
+    """A tier far smaller than the rows read evicts (its stats say so), stays within its byte
+    budget, and every answer still equals that of a store without a tier."""
+    budget, n = 4096, 500  # 500 rows of about 100 bytes each, cached with 64 bytes overhead
+    rows = [{**_clicks_row(at(1), u), "user_id": u} for u in range(n)]
+    tiny, cold = tmp_store(hot_tier_bytes=budget), tmp_store(hot_tier_bytes=0)
+    for s in (tiny, cold):
+        s.write("user_item", table(registry, "user_item", rows))
+    want = list(range(n))
+    for _ in range(2):
+        assert _ui(tiny, range(n)) == want == _ui(cold, range(n))
+    tier = tiny.stats()["hot_tier"]
+    assert tier["budget_bytes"] == budget
+    assert tier["evictions"] > 0, tier
+    assert 0 < tier["bytes"] <= budget, tier
+    assert tier["entries"] < n, tier
+    assert tier["misses"] > n, tier  # evicted rows were read from RocksDB again
+    # the small view of _fill still reads right next to the churned one
     _fill(tiny, registry)
-    assert _snapshot(tiny) == _snapshot(hot)
+    _fill(cold, registry)
+    assert _snapshot(tiny) == _snapshot(cold)
 
 
 def test_hot_tier_sees_writes_after_reads(tmp_store: StoreFactory, registry: Registry) -> None:

@@ -18,7 +18,7 @@ from serving.registry import Registry
 from serving.store import FieldStatus
 
 if TYPE_CHECKING:
-    from conftest import StoreFactory
+    from tests.harness import StoreFactory
 
 REPO = Path(__file__).resolve().parent.parent
 ROWS_PER_BATCH = 500

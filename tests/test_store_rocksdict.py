@@ -17,7 +17,7 @@ from serving.registry import Registry
 from serving.sample import BASE_TIME, SampleInfo, user_profile_value
 
 if TYPE_CHECKING:
-    from conftest import StoreFactory
+    from tests.harness import StoreFactory
 
 rocksdict = pytest.importorskip("rocksdict")
 

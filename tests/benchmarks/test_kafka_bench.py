@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 
 from serving.loaders.kafka import KafkaLoader, encode_key
 from serving.registry import Registry
 from serving.store import Store
+from tests.harness import Broker
 
 BASE_US = 1_704_067_200_000_000
 N_FEATURES = 200
@@ -94,7 +94,7 @@ def produce_stream(b: Broker, reg: Registry, n: int) -> int:
         pytest.param(300_000, id="300k", marks=pytest.mark.benchmark),
     ],
 )
-def test_throughput(benchmark: Any, broker: Broker, tmp_path: Path, n: int) -> None:  # noqa: F811
+def test_throughput(benchmark: Any, broker: Broker, tmp_path: Path, n: int) -> None:
     reg = registry(broker.bootstrap)
     broker.create_topic("user_profile", PARTITIONS)
     t = time.perf_counter()
@@ -140,7 +140,7 @@ def test_throughput(benchmark: Any, broker: Broker, tmp_path: Path, n: int) -> N
 )
 def test_freshness(
     benchmark: Any,
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     tmp_path: Path,
     rate: int,
     seconds: float,

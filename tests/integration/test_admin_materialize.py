@@ -3,10 +3,7 @@ job to its admin API; a reader running meanwhile only ever sees whole rows."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -18,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving.frontend.auth import KeyFile
-from tests.integration.test_server import ROOT, start_server, stop_server
+from tests.harness import http, run_cli, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -50,19 +47,6 @@ def write_generation(path: Path, g: int) -> None:
     pq.write_table(pa.table(cols), path, row_group_size=500)
 
 
-def post(url: str, body: Any, key: str) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def test_cli_job_goes_to_running_server_and_readers_never_see_torn_rows(tmp_path: Path) -> None:
     source = tmp_path / "profile.parquet"
     config = tmp_path / "features.yaml"
@@ -82,7 +66,9 @@ def test_cli_job_goes_to_running_server_and_readers_never_see_torn_rows(tmp_path
 
     def read() -> None:
         while not stop.is_set():
-            status, got = post(server.url + "/get-online-features", body, reader_key)
+            status, got = http(
+                server.url + "/get-online-features", body, key=reader_key, timeout=30
+            )
             assert status == 200, got
             cols = [c["values"] for c in got["results"][1:]]
             for e in range(len(cols[0])):
@@ -92,11 +78,10 @@ def test_cli_job_goes_to_running_server_and_readers_never_see_torn_rows(tmp_path
                     torn.append(str(sorted(row, key=str)))
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "serving", *args, "--config", str(config),
-             "--data-dir", str(tmp_path / "db"), "--server", server.url],
-            check=False, capture_output=True, text=True, timeout=120, cwd=ROOT,
-            env={**os.environ, "FS_API_KEY": admin},
+        return run_cli(
+            *args, "--config", str(config), "--data-dir", str(tmp_path / "db"),
+            "--server", server.url,
+            timeout=120, env={"FS_API_KEY": admin},
         )  # fmt: skip
 
     try:
@@ -115,7 +100,7 @@ def test_cli_job_goes_to_running_server_and_readers_never_see_torn_rows(tmp_path
         reader.join(timeout=30)
         assert not torn, torn[:3]
         assert seen >= {5.0}
-        status, got = post(server.url + "/get-online-features", body, reader_key)
+        status, got = http(server.url + "/get-online-features", body, key=reader_key, timeout=30)
         assert {v for c in got["results"][1:] for v in c["values"]} == {5.0}
         # The jobs the server ran show in its metrics.
         with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
@@ -123,14 +108,13 @@ def test_cli_job_goes_to_running_server_and_readers_never_see_torn_rows(tmp_path
         applied = 'feature_serving_loader_rows_applied_total{loader="batch",view="profile"}'
         assert f"{applied} {5 * N_USERS}.0" in metrics
         # A non-admin key cannot run jobs.
-        status, err = post(server.url + "/admin/materialize", {}, reader_key)
+        status, err = http(server.url + "/admin/materialize", {}, key=reader_key, timeout=30)
         assert status == 403
         assert err["error"]["code"] == "permission_denied"
-        bad = subprocess.run(
-            [sys.executable, "-m", "serving", "materialize", "--config", str(config),
-             "--data-dir", str(tmp_path / "db"), "--server", server.url],
-            check=False, capture_output=True, text=True, timeout=60, cwd=ROOT,
-            env={**os.environ, "FS_API_KEY": reader_key},
+        bad = run_cli(
+            "materialize", "--config", str(config), "--data-dir", str(tmp_path / "db"),
+            "--server", server.url,
+            env={"FS_API_KEY": reader_key},
         )  # fmt: skip
         assert bad.returncode == 1
         assert "HTTP 403" in bad.stderr

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -22,9 +20,11 @@ from serving import Registry, Store
 from serving._proto.feast.serving import ServingService_pb2 as feast_pb2
 from serving._proto.feast.types import Value_pb2
 from serving._proto.feature_serving.v1 import feature_service_pb2 as v1
-from serving.client import AsyncFeatureClient
 from serving.frontend.auth import KeyFile
-from tests.integration.test_server import TEST_REGISTRY, Server, start_server, stop_server
+from serving.client import AsyncFeatureClient
+from tests import harness
+from tests.harness import TEST_REGISTRY, Server, copy_store, start_server, stop_server
+from tests.harness.tls import client_context, make_certs
 
 pytestmark = pytest.mark.integration
 
@@ -73,17 +73,10 @@ def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 def http(
     s: Server, path: str, body: Any, token: str | None, raw_header: str | None = None
 ) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"}
-    if raw_header is not None:
-        headers["Authorization"] = raw_header
-    elif token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(s.url + path, data=json.dumps(body).encode(), headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    """POSTs ``body`` with ``token`` as a bearer key, or ``raw_header`` as the whole
+    Authorization header."""
+    headers = {"Authorization": raw_header} if raw_header is not None else None
+    return harness.http(s.url + path, body, key=token, headers=headers)
 
 
 def grpc_v1(
@@ -249,43 +242,24 @@ def test_keys_file_holds_no_secret(authed: dict[str, Any]) -> None:
         assert token.split("_", 2)[2] not in text
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _make_certs(d: Path) -> None:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it."""
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-             "ca.pem", "-days", "1", "-subj", "/CN=test-ca", cwd=d)  # fmt: skip
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-                 f"{name}.csr", "-subj", f"/CN={name}", cwd=d)  # fmt: skip
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", "san.ext",
-                 cwd=d)  # fmt: skip
-
-
 @pytest.mark.parametrize("mutual", [False, True])
 def test_tls_and_mutual_tls(authed: dict[str, Any], tmp_path: Path, mutual: bool) -> None:
-    if shutil.which("openssl") is None:
-        pytest.fail("openssl is required (Debian package openssl)")
-    _make_certs(tmp_path)
-    shutil.copytree(authed["tmp"] / "db", tmp_path / "db", ignore=shutil.ignore_patterns("LOCK"))
+    make_certs(tmp_path)
+    copy_store(authed["tmp"] / "db", tmp_path / "db")
     args = ["--no-auth", "--tls-cert", str(tmp_path / "server.pem"),
             "--tls-key", str(tmp_path / "server.key")]  # fmt: skip
     if mutual:
         args += ["--tls-client-ca", str(tmp_path / "ca.pem")]
-    server = _start_tls(authed["config"], tmp_path, args)
+    ctx = client_context(tmp_path, client_cert=mutual)
+    server = start_server(
+        authed["config"], tmp_path / "db", tmp_path / "server.log", *args, ssl_context=ctx
+    )
     try:
         ca = (tmp_path / "ca.pem").read_bytes()
         client_pair = (
             (tmp_path / "client.key").read_bytes(),
             (tmp_path / "client.pem").read_bytes(),
         )
-        ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
-        if mutual:
-            ctx.load_cert_chain(str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
         req = urllib.request.Request(
             f"https://127.0.0.1:{server.http}/get-online-features",
             data=json.dumps(FEAST_BODY).encode(), headers={"Content-Type": "application/json"},
@@ -308,7 +282,7 @@ def test_tls_and_mutual_tls(authed: dict[str, Any], tmp_path: Path, mutual: bool
         assert asyncio.run(via_async_client()) == 0.0
         if mutual:
             # No client certificate: refused by both listeners.
-            bare = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            bare = client_context(tmp_path, client_cert=False)
             with (
                 pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)),
                 urllib.request.urlopen(req, timeout=10, context=bare) as r,
@@ -324,33 +298,3 @@ def test_tls_and_mutual_tls(authed: dict[str, Any], tmp_path: Path, mutual: bool
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         stop_server(server)
-
-
-def _start_tls(config: Path, tmp: Path, args: list[str]) -> Server:
-    """Like start_server, but readiness is polled over TLS with the test CA."""
-    import socket
-    import sys
-
-    from tests.integration.test_server import ROOT, free_port
-
-    http_port, grpc_port = free_port(), free_port()
-    log = tmp / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "serving", "serve", "--config", str(config), "--data-dir",
-             str(tmp / "db"), "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-             *args],
-            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-        )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(log.read_text())
-        try:
-            with socket.create_connection(("127.0.0.1", http_port), timeout=1):
-                time.sleep(0.3)
-                return Server(proc, http_port, grpc_port, log)
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(log.read_text())

@@ -14,9 +14,6 @@ import datetime as dt
 import json
 import random
 import signal
-import ssl
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -30,16 +27,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 from serving import Registry, Store
+from serving.frontend.auth import KeyFile
 from serving.client import FeatureClient, ShardedFeatureClient
 from serving.cluster import ClusterMap
 from serving.errors import FeatureServingError, PermissionDeniedError
-from serving.frontend.auth import KeyFile
-from serving.loaders.kafka import encode_key, produce_rows
-from serving.sharding import shard_for_key
-from tests.integration.test_scale_out_serve import kafka_rows_applied
-from tests.integration.test_server import ROOT, Server, free_port, start_cli, stop_server
+from serving.loaders.kafka import produce_rows
+from tests.harness import Broker, Server, Servers, ShardedCluster, free_port, http, run_cli
+from tests.harness.metrics import rows_applied
+from tests.harness.tls import client_context, make_certs
 
 pytestmark = pytest.mark.integration
 
@@ -90,24 +86,25 @@ def rows(users: range | list[int], gen: int) -> list[dict[str, Any]]:
     ]
 
 
-class Cluster:
-    def __init__(self, broker: Broker, tmp: Path) -> None:  # noqa: F811
-        self.tmp = tmp
+class Cluster(ShardedCluster):
+    """The sharded cluster with API keys on: ``reader`` (every view), ``ranking`` (the service
+    only), ``admin``; the batch source ``users.parquet`` for backfills."""
+
+    def __init__(self, broker: Broker, tmp: Path) -> None:
         self.parquet = tmp / "users.parquet"
-        self.config = tmp / "features.yaml"
-        self.config.write_text(registry_text(broker.bootstrap, self.parquet))
-        self.view = Registry.from_yaml(self.config).view("users")
-        broker.create_topic("users", PARTITIONS)
-        self.producer = broker.producer()
-        self.owner = {
-            u: shard_for_key(encode_key(self.view, [u]), PARTITIONS, SHARDS) for u in range(N)
-        }
+        super().__init__(
+            broker,
+            tmp,
+            registry_text(broker.bootstrap, self.parquet),
+            n=N,
+            partitions=PARTITIONS,
+            shards=SHARDS,
+        )
         keys = KeyFile(tmp / "keys.json")
         self.keys_file = tmp / "keys.json"
         self.reader, _ = keys.create("reader", read=["*"])
         self.ranking, _ = keys.create("ranking-only", read=["ranking"])
         self.admin, _ = keys.create("ops", read=["*"], admin=True)
-        self.procs: list[Server] = []
 
     def node(
         self,
@@ -117,50 +114,27 @@ class Cluster:
         grpc_port: int | None = None,
         http_port: int | None = None,
     ) -> Server:
-        server = start_cli(
-            ["serve", "--config", str(self.config), "--data-dir", str(self.tmp / name),
-             "--keys-file", str(self.keys_file), "--max-ready-lag", "0",
-             "--shard-index", str(shard), "--shard-count", str(SHARDS),
-             "--topic-partitions", str(PARTITIONS), *extra],
-            self.tmp / f"{name}.log", http_port, grpc_port,
+        return self.start(
+            name, "--keys-file", str(self.keys_file), *self.shard_flags(shard), *extra,
+            grpc_port=grpc_port, http_port=http_port,
         )  # fmt: skip
-        self.procs.append(server)
-        return server
 
     def router(self, cluster_map: Path) -> Server:
-        server = start_cli(
+        return self.servers.cli(
             ["route", "--config", str(self.config), "--cluster-map", str(cluster_map),
              "--keys-file", str(self.keys_file), "--route-probe-seconds", "0.2"],
-            self.tmp / "router.log",
+            "router",
         )  # fmt: skip
-        self.procs.append(server)
-        return server
-
-    def stop(self) -> None:
-        for s in self.procs:
-            stop_server(s)
 
 
 @pytest.fixture
-def cluster(broker: Broker, tmp_path: Path) -> Iterator[Cluster]:  # noqa: F811
-    c = Cluster(broker, tmp_path)
-    try:
+def cluster(broker: Broker, tmp_path: Path) -> Iterator[Cluster]:
+    with Cluster(broker, tmp_path) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def post(server: Server, path: str, body: Any, key: str) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        server.url + path,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return http(server.url + path, body, key=key, timeout=30)
 
 
 def ask(server: Server, users: list[int], key: str) -> tuple[int, Any]:
@@ -394,11 +368,16 @@ def test_three_node_cluster_through_router_and_client(cluster: Cluster) -> None:
     # 5. a fresh replica restored from a snapshot of a serving node catches up and serves
     # the newest values: snapshot shard0b through its admin API, then newer records arrive
     snap = cluster.tmp / "snaps" / "shard0"
-    done = subprocess.run(
-        [sys.executable, "-m", "serving", "snapshot", "create", "--server", shard0b.url,
-         "--api-key", cluster.admin, str(snap)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    done = run_cli(
+        "snapshot",
+        "create",
+        "--server",
+        shard0b.url,
+        "--api-key",
+        cluster.admin,
+        str(snap),
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     newer = mine[0][:500] + mine[1][:500]
     produce_rows(cluster.producer, cluster.view, rows(newer, 2))
@@ -407,7 +386,7 @@ def test_three_node_cluster_through_router_and_client(cluster: Cluster) -> None:
     )
     gen = {u: 2 if u in set(newer) else 1 for u in range(N)}
     wait_until(shard0c, mine[0][:500], 2, cluster.reader)
-    stop_server(shard0b)  # shard 0 is now served by the restored replica alone
+    cluster.stop(shard0b)  # shard 0 is now served by the restored replica alone
     wait_for_replicas(
         router,
         "0",
@@ -425,7 +404,7 @@ def test_three_node_cluster_through_router_and_client(cluster: Cluster) -> None:
         check_answer(got, part, gen)
     # it did not replay the topic: it applied only the 500 records after the snapshot
     assert "restored snapshot" in shard0c.log.read_text()
-    assert kafka_rows_applied(shard0c) == 500
+    assert rows_applied(shard0c.url, "users") == 500
 
     # 6. a batch backfill published with `materialize --via-kafka` reaches every shard
     t = dt.datetime.fromtimestamp(T0 + 3, dt.UTC)
@@ -441,10 +420,10 @@ def test_three_node_cluster_through_router_and_client(cluster: Cluster) -> None:
         ),
         cluster.parquet,
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "serving", "materialize", "--via-kafka", "--config",
-         str(cluster.config), "--data-dir", str(cluster.tmp / "unused"), "--progress", "never"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    done = run_cli(
+        "materialize", "--via-kafka", "--config", str(cluster.config),
+        "--data-dir", str(cluster.tmp / "unused"), "--progress", "never",
+        timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     wait_until(router, [mine[0][-1], mine[1][-1]], 3, cluster.reader)
@@ -491,7 +470,7 @@ feature_views:
 """
 
 
-def test_router_refuses_what_it_cannot_answer(tmp_path: Path) -> None:
+def test_router_refuses_what_it_cannot_answer(tmp_path: Path, servers: Servers) -> None:
     """No reachable replica: not ready and 503 shard_unavailable; a node running another
     registry: 502 bad_shard_answer, never a misread value; bad settings: clear errors."""
     ours = tmp_path / "router.yaml"
@@ -509,54 +488,43 @@ def test_router_refuses_what_it_cannot_answer(tmp_path: Path) -> None:
                 }
             ),
         )
-    node = start_cli(
-        ["serve", "--config", str(theirs), "--data-dir", str(tmp_path / "db"), "--no-auth"],
-        tmp_path / "node.log",
-    )
+    node = servers.serve(theirs, "db")
     dead = free_port()
-    procs = [node]
-    try:
-        cmap = tmp_path / "cluster.yaml"
-        cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{node.grpc}']\n")
-        router = start_cli(
-            ["route", "--config", str(ours), "--cluster-map", str(cmap), "--no-auth"],
-            tmp_path / "router.log",
-        )
-        procs.append(router)
-        status, got = router.post(
-            "/get-online-features", {"features": ["users:seq"], "entities": {"user_id": [1, 2]}}
-        )
-        assert status == 502, got
-        assert got["error"]["code"] == "bad_shard_answer"
-        assert "different registries" in got["error"]["message"]
-        # the router's own checks come first, with a node's wording
-        status, got = router.post(
-            "/get-online-features", {"features": ["users:nope"], "entities": {"user_id": [1]}}
-        )
-        assert status == 404, got
-        assert "has no feature 'nope'" in got["error"]["message"]
-        with urllib.request.urlopen(router.url + "/v1/cluster", timeout=5) as r:
-            assert json.loads(r.read())["shards"] == {"0": [f"127.0.0.1:{node.grpc}"]}
+    cmap = tmp_path / "cluster.yaml"
+    cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{node.grpc}']\n")
+    router = servers.cli(
+        ["route", "--config", str(ours), "--cluster-map", str(cmap), "--no-auth"], "router"
+    )
+    status, got = router.post(
+        "/get-online-features", {"features": ["users:seq"], "entities": {"user_id": [1, 2]}}
+    )
+    assert status == 502, got
+    assert got["error"]["code"] == "bad_shard_answer"
+    assert "different registries" in got["error"]["message"]
+    # the router's own checks come first, with a node's wording
+    status, got = router.post(
+        "/get-online-features", {"features": ["users:nope"], "entities": {"user_id": [1]}}
+    )
+    assert status == 404, got
+    assert "has no feature 'nope'" in got["error"]["message"]
+    with urllib.request.urlopen(router.url + "/v1/cluster", timeout=5) as r:
+        assert json.loads(r.read())["shards"] == {"0": [f"127.0.0.1:{node.grpc}"]}
 
-        # a map whose only replica is not running: the router starts, is not ready, refuses
-        cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{dead}']\n")
-        lone = start_cli(
-            ["route", "--config", str(ours), "--cluster-map", str(cmap), "--no-auth",
-             "--route-timeout-ms", "300"],
-            tmp_path / "router2.log", ready=False,
-        )  # fmt: skip
-        procs.append(lone)
-        body = ready_body(lone)
-        assert body["status"] == "not ready", body
-        status, got = lone.post(
-            "/get-online-features", {"features": ["users:seq"], "entities": {"user_id": [1]}}
-        )
-        assert status == 503, got
-        assert got["error"]["code"] == "shard_unavailable", got
-        assert f"127.0.0.1:{dead}" in got["error"]["message"]
-    finally:
-        for p in procs:
-            stop_server(p)
+    # a map whose only replica is not running: the router starts, is not ready, refuses
+    cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{dead}']\n")
+    lone = servers.cli(
+        ["route", "--config", str(ours), "--cluster-map", str(cmap), "--no-auth",
+         "--route-timeout-ms", "300"],
+        "router2", ready=False,
+    )  # fmt: skip
+    body = ready_body(lone)
+    assert body["status"] == "not ready", body
+    status, got = lone.post(
+        "/get-online-features", {"features": ["users:seq"], "entities": {"user_id": [1]}}
+    )
+    assert status == 503, got
+    assert got["error"]["code"] == "shard_unavailable", got
+    assert f"127.0.0.1:{dead}" in got["error"]["message"]
 
     # settings: a map is required, and keys (or --no-auth)
     for args, msg in [
@@ -564,26 +532,17 @@ def test_router_refuses_what_it_cannot_answer(tmp_path: Path) -> None:
         (["--cluster-map", str(cmap)], "keys file"),
         (["--cluster-map", str(tmp_path / "missing.yaml"), "--no-auth"], "missing.yaml"),
     ]:
-        done = subprocess.run(
-            [sys.executable, "-m", "serving", "route", "--config", str(ours), *args],
-            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        done = run_cli("route", "--config", str(ours), *args)
         assert done.returncode != 0, done
         assert msg in done.stderr, done.stderr[-1000:]
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
-def test_router_talks_mutual_tls_to_nodes(tmp_path: Path, transport: str) -> None:
+def test_router_talks_mutual_tls_to_nodes(tmp_path: Path, servers: Servers, transport: str) -> None:
     """Nodes serving TLS with client certificates required: the router reaches them with
     --node-tls-ca/--node-tls-cert/--node-tls-key, over gRPC or (the map giving the node's HTTP
     address) HTTPS, and without a client certificate the shard is unreachable."""
-    import shutil
-
-    from tests.integration.test_auth import _make_certs
-
-    if shutil.which("openssl") is None:
-        pytest.fail("openssl is required (Debian package openssl)")
-    _make_certs(tmp_path)
+    make_certs(tmp_path)
     config = tmp_path / "features.yaml"
     config.write_text(PLAIN_REGISTRY.replace("DTYPE", "int64"))
     with Store(tmp_path / "db", Registry.from_yaml(config)) as store:
@@ -609,95 +568,77 @@ def test_router_talks_mutual_tls_to_nodes(tmp_path: Path, transport: str) -> Non
         else f"'127.0.0.1:{grpc_port}'"
     )
     cmap.write_text(f"topic_partitions: 1\nshards:\n  0: [{entry}]\n")
-    with (tmp_path / "node.log").open("wb") as out:
-        node = Server(
-            subprocess.Popen(
-                [sys.executable, "-m", "serving", "serve", "--config", str(config),
-                 "--data-dir", str(tmp_path / "db"), "--no-auth", "--http-port", str(http),
-                 "--grpc-port", str(grpc_port), "--cluster-map", str(cmap), *tls],
-                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-            ),
-            http, grpc_port, tmp_path / "node.log",
-        )  # fmt: skip
-    procs = [node]
-    try:
-        router = start_cli(
-            ["route", "--config", str(config), "--cluster-map", str(cmap), "--no-auth",
-             "--route-transport", transport,
-             "--node-tls-ca", str(tmp_path / "ca.pem"),
-             "--node-tls-cert", str(tmp_path / "client.pem"),
-             "--node-tls-key", str(tmp_path / "client.key")],
-            tmp_path / "router.log",
-        )  # fmt: skip
-        procs.append(router)
-        status, got = router.post(
-            "/get-online-features", {"features": ["users:seq"], "entities": {"user_id": [2, 1]}}
+    ctx = client_context(tmp_path)
+    servers.serve(
+        config, "db", "--no-auth", "--cluster-map", str(cmap), *tls,
+        http_port=http, grpc_port=grpc_port, ssl_context=ctx,
+    )  # fmt: skip
+    router = servers.cli(
+        ["route", "--config", str(config), "--cluster-map", str(cmap), "--no-auth",
+         "--route-transport", transport,
+         "--node-tls-ca", str(tmp_path / "ca.pem"),
+         "--node-tls-cert", str(tmp_path / "client.pem"),
+         "--node-tls-key", str(tmp_path / "client.key")],
+        "router",
+    )  # fmt: skip
+    status, got = router.post(
+        "/get-online-features", {"features": ["users:seq"], "entities": {"user_id": [2, 1]}}
+    )
+    assert status == 200, got
+    assert got["results"][1]["values"] == [20, 10]
+    with urllib.request.urlopen(router.url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    # the node counted the part on the transport the router chose
+    with urllib.request.urlopen(f"https://127.0.0.1:{http}/metrics", timeout=10, context=ctx) as r:
+        node_text = r.read().decode()
+    method = 'method="cells"' if transport == "http" else 'method="GetCells"'
+    assert any(
+        line.startswith("feature_serving_requests_total{") and method in line
+        for line in node_text.splitlines()
+    ), node_text[-2000:]
+    assert "feature_serving_router_parts_total" in text
+    # the project's clients over mutual TLS: a routing client bootstrapped from the node
+    # (GetNodeInfo over TLS too), and a plain one
+    creds = grpc.ssl_channel_credentials(
+        (tmp_path / "ca.pem").read_bytes(),
+        (tmp_path / "client.key").read_bytes(),
+        (tmp_path / "client.pem").read_bytes(),
+    )
+    with ShardedFeatureClient.from_node(
+        f"127.0.0.1:{grpc_port}", join_keys=[("user_id", "int64")], credentials=creds
+    ) as sharded:
+        got_cols = sharded.get_features({"user_id": [2, 1]}, ["users:seq"])
+        assert list(got_cols.columns["users:seq"]) == [20, 10]
+    with FeatureClient(f"127.0.0.1:{grpc_port}", credentials=creds) as client:
+        assert list(client.get_features({"user_id": [1]}, ["users:seq"]).columns["users:seq"]) == [
+            10
+        ]
+    with FeatureClient(f"https://127.0.0.1:{http}", transport="http", ssl_context=ctx) as client:
+        assert list(client.get_features({"user_id": [2]}, ["users:seq"]).columns["users:seq"]) == [
+            20
+        ]
+    with pytest.raises(FeatureServingError):  # no client certificate
+        ShardedFeatureClient.from_node(
+            f"127.0.0.1:{grpc_port}",
+            join_keys=[("user_id", "int64")],
+            credentials=grpc.ssl_channel_credentials((tmp_path / "ca.pem").read_bytes()),
+            bootstrap_timeout=2.0,
         )
-        assert status == 200, got
-        assert got["results"][1]["values"] == [20, 10]
-        with urllib.request.urlopen(router.url + "/metrics", timeout=10) as r:
-            text = r.read().decode()
-        # the node counted the part on the transport the router chose
-        ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
-        ctx.load_cert_chain(str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
-        with urllib.request.urlopen(
-            f"https://127.0.0.1:{http}/metrics", timeout=10, context=ctx
-        ) as r:
-            node_text = r.read().decode()
-        method = 'method="cells"' if transport == "http" else 'method="GetCells"'
-        assert any(
-            line.startswith("feature_serving_requests_total{") and method in line
-            for line in node_text.splitlines()
-        ), node_text[-2000:]
-        assert "feature_serving_router_parts_total" in text
-        # the project's clients over mutual TLS: a routing client bootstrapped from the node
-        # (GetNodeInfo over TLS too), and a plain one
-        creds = grpc.ssl_channel_credentials(
-            (tmp_path / "ca.pem").read_bytes(),
-            (tmp_path / "client.key").read_bytes(),
-            (tmp_path / "client.pem").read_bytes(),
-        )
-        with ShardedFeatureClient.from_node(
-            f"127.0.0.1:{grpc_port}", join_keys=[("user_id", "int64")], credentials=creds
-        ) as sharded:
-            got_cols = sharded.get_features({"user_id": [2, 1]}, ["users:seq"])
-            assert list(got_cols.columns["users:seq"]) == [20, 10]
-        with FeatureClient(f"127.0.0.1:{grpc_port}", credentials=creds) as client:
-            assert list(
-                client.get_features({"user_id": [1]}, ["users:seq"]).columns["users:seq"]
-            ) == [10]
-        with FeatureClient(
-            f"https://127.0.0.1:{http}", transport="http", ssl_context=ctx
-        ) as client:
-            assert list(
-                client.get_features({"user_id": [2]}, ["users:seq"]).columns["users:seq"]
-            ) == [20]
-        with pytest.raises(FeatureServingError):  # no client certificate
-            ShardedFeatureClient.from_node(
-                f"127.0.0.1:{grpc_port}",
-                join_keys=[("user_id", "int64")],
-                credentials=grpc.ssl_channel_credentials((tmp_path / "ca.pem").read_bytes()),
-                bootstrap_timeout=2.0,
-            )
-        # the same router without a client certificate cannot reach the node
-        plain = start_cli(
-            ["route", "--config", str(config), "--cluster-map", str(cmap), "--no-auth",
-             "--node-tls-ca", str(tmp_path / "ca.pem"), "--route-timeout-ms", "500"],
-            tmp_path / "router2.log", ready=False,
-        )  # fmt: skip
-        procs.append(plain)
-        assert ready_body(plain)["status"] == "not ready"
-        status, got = plain.post(
-            "/get-online-features", {"features": ["users:seq"], "entities": {"user_id": [1]}}
-        )
-        assert status == 503, got
-        assert got["error"]["code"] == "shard_unavailable"
-    finally:
-        for p in procs:
-            stop_server(p)
+    # the same router without a client certificate cannot reach the node
+    plain = servers.cli(
+        ["route", "--config", str(config), "--cluster-map", str(cmap), "--no-auth",
+         "--node-tls-ca", str(tmp_path / "ca.pem"), "--route-timeout-ms", "500"],
+        "router2", ready=False,
+    )  # fmt: skip
+    assert ready_body(plain)["status"] == "not ready"
+    status, got = plain.post(
+        "/get-online-features", {"features": ["users:seq"], "entities": {"user_id": [1]}}
+    )
+    assert status == 503, got
+    assert got["error"]["code"] == "shard_unavailable"
 
 
-def test_router_reloads_registry_and_cluster_map(tmp_path: Path) -> None:
+def test_router_reloads_registry_and_cluster_map(tmp_path: Path, servers: Servers) -> None:
     """POST /admin/reload (admin key): a new cluster map moves the traffic, a new registry
     makes a view routable; a broken file changes nothing."""
     config = tmp_path / "features.yaml"
@@ -722,52 +663,44 @@ def test_router_reloads_registry_and_cluster_map(tmp_path: Path) -> None:
     keys = KeyFile(tmp_path / "keys.json")
     reader, _ = keys.create("reader", read=["*"])
     admin, _ = keys.create("ops", read=["*"], admin=True)
-    procs: list[Server] = []
-    try:
-        for name in ("a", "b"):
-            args = ["serve", "--config", str(config), "--data-dir", str(tmp_path / name)]
-            nodes.append(start_cli([*args, "--no-auth"], tmp_path / f"{name}.log"))
-            procs.append(nodes[-1])
-        router_config = tmp_path / "router.yaml"
-        router_config.write_text(PLAIN_REGISTRY.replace("DTYPE", "int64"))  # no view 'extra'
-        cmap = tmp_path / "cluster.yaml"
-        cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{nodes[0].grpc}']\n")
-        router = start_cli(
-            ["route", "--config", str(router_config), "--cluster-map", str(cmap),
-             "--keys-file", str(tmp_path / "keys.json")],
-            tmp_path / "router.log",
-        )  # fmt: skip
-        procs.append(router)
+    for name in ("a", "b"):
+        nodes.append(servers.serve(config, name, "--no-auth"))
+    router_config = tmp_path / "router.yaml"
+    router_config.write_text(PLAIN_REGISTRY.replace("DTYPE", "int64"))  # no view 'extra'
+    cmap = tmp_path / "cluster.yaml"
+    cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{nodes[0].grpc}']\n")
+    router = servers.cli(
+        ["route", "--config", str(router_config), "--cluster-map", str(cmap),
+         "--keys-file", str(tmp_path / "keys.json")],
+        "router",
+    )  # fmt: skip
 
-        def seq(view: str = "users", feature: str = "seq") -> tuple[int, Any]:
-            return post(
-                router,
-                "/get-online-features",
-                {"features": [f"{view}:{feature}"], "entities": {"user_id": [1]}},
-                reader,
-            )
+    def seq(view: str = "users", feature: str = "seq") -> tuple[int, Any]:
+        return post(
+            router,
+            "/get-online-features",
+            {"features": [f"{view}:{feature}"], "entities": {"user_id": [1]}},
+            reader,
+        )
 
-        assert seq()[1]["results"][1]["values"] == [100]
-        assert seq("extra", "z")[0] == 404
-        # a non-admin key may not reload
-        status, got = post(router, "/admin/reload", {}, reader)
-        assert status == 403, got
-        # a broken map: refused, nothing changed
-        cmap.write_text("topic_partitions: 1\nshards: {1: ['127.0.0.1:1']}\n")
-        status, got = post(router, "/admin/reload", {}, admin)
-        assert status == 400, got
-        assert seq()[1]["results"][1]["values"] == [100]
-        # node b, and the registry with 'extra'
-        cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{nodes[1].grpc}']\n")
-        router_config.write_text(both)
-        status, got = post(router, "/admin/reload", {}, admin)
-        assert status == 200, got
-        assert got["cluster_changed"] is True
-        assert got["feature_views"] == ["extra", "users"]
-        assert seq()[1]["results"][1]["values"] == [200]
-        assert seq("extra", "z")[1]["results"][1]["values"] == [200]
-        body = ready_body(router)
-        assert body["shards"] == {"0": {f"127.0.0.1:{nodes[1].grpc}": True}}, body
-    finally:
-        for p in procs:
-            stop_server(p)
+    assert seq()[1]["results"][1]["values"] == [100]
+    assert seq("extra", "z")[0] == 404
+    # a non-admin key may not reload
+    status, got = post(router, "/admin/reload", {}, reader)
+    assert status == 403, got
+    # a broken map: refused, nothing changed
+    cmap.write_text("topic_partitions: 1\nshards: {1: ['127.0.0.1:1']}\n")
+    status, got = post(router, "/admin/reload", {}, admin)
+    assert status == 400, got
+    assert seq()[1]["results"][1]["values"] == [100]
+    # node b, and the registry with 'extra'
+    cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{nodes[1].grpc}']\n")
+    router_config.write_text(both)
+    status, got = post(router, "/admin/reload", {}, admin)
+    assert status == 200, got
+    assert got["cluster_changed"] is True
+    assert got["feature_views"] == ["extra", "users"]
+    assert seq()[1]["results"][1]["values"] == [200]
+    assert seq("extra", "z")[1]["results"][1]["values"] == [200]
+    body = ready_body(router)
+    assert body["shards"] == {"0": {f"127.0.0.1:{nodes[1].grpc}": True}}, body

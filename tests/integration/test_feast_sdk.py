@@ -25,11 +25,10 @@ import pytest
 from serving import Registry, Store
 from serving.frontend.auth import KeyFile
 from serving.sample import generate, user_profile_value
-from tests.integration.test_server import Server, start_cli, start_server, stop_server
+from tests.harness import ROOT, Server, start_cli, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 FEAST_VENV = ROOT / ".venv-feast"
 FEAST_PY = FEAST_VENV / "bin" / "python"
 FEAST_CLI = FEAST_VENV / "bin" / "feast"

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 from serving import Registry, Store
 from serving.loaders.kafka import (
     KafkaLoader,
@@ -28,10 +27,10 @@ from serving.loaders.kafka import (
     produce_rows,
 )
 from serving.store import FieldStatus
+from tests.harness import ROOT, Broker
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 BASE_US = 1_704_067_200_000_000
 
@@ -77,7 +76,7 @@ feature_views:
 
 
 @pytest.fixture
-def registry(broker: Broker) -> Registry:  # noqa: F811
+def registry(broker: Broker) -> Registry:
     return Registry.from_yaml_text(registry_text(broker.bootstrap))
 
 
@@ -103,7 +102,7 @@ def wait_for(cond: Any, timeout: float = 15.0, what: str = "condition") -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_json_rows_land_with_right_values(broker: Broker, store: Store) -> None:  # noqa: F811
+def test_json_rows_land_with_right_values(broker: Broker, store: Store) -> None:
     broker.create_topic("all_types", 2)
     view = store.registry.view("all_types")
     rows = [
@@ -159,7 +158,7 @@ def test_json_rows_land_with_right_values(broker: Broker, store: Store) -> None:
     assert sum(max(tp.offset, 0) for tp in committed) == 2
 
 
-def test_protobuf_rows_land_with_right_values(broker: Broker, store: Store) -> None:  # noqa: F811
+def test_protobuf_rows_land_with_right_values(broker: Broker, store: Store) -> None:
     broker.create_topic("items", 3)
     view = store.registry.view("item_proto")
     rows = [
@@ -190,7 +189,7 @@ def test_protobuf_rows_land_with_right_values(broker: Broker, store: Store) -> N
     assert got["item_proto:seen"][0] == BASE - dt.timedelta(microseconds=3)
 
 
-def test_tombstones_delete_under_the_merge_rule(broker: Broker, store: Store) -> None:  # noqa: F811
+def test_tombstones_delete_under_the_merge_rule(broker: Broker, store: Store) -> None:
     broker.create_topic("counters", 3)
     view = store.registry.view("counters")
     p = broker.producer()
@@ -212,7 +211,7 @@ def test_tombstones_delete_under_the_merge_rule(broker: Broker, store: Store) ->
     assert r.status("counters:seq")[:5] == [FieldStatus.NOT_FOUND] * 5
 
 
-def test_out_of_order_events_keep_the_newest(broker: Broker, store: Store) -> None:  # noqa: F811
+def test_out_of_order_events_keep_the_newest(broker: Broker, store: Store) -> None:
     broker.create_topic("counters", 1)
     view = store.registry.view("counters")
     # Written in the order 3, 1, 2 (by event time) for user 1; user 2 gets a replayed duplicate.
@@ -244,7 +243,7 @@ def test_out_of_order_events_keep_the_newest(broker: Broker, store: Store) -> No
 
 
 def test_poison_records_are_dead_lettered_and_the_partition_moves_on(
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     tmp_path: Path,
 ) -> None:
     registry = Registry.from_yaml_text(registry_text(broker.bootstrap, dlq="bad-rows"))
@@ -321,7 +320,7 @@ def stream_record(i: int) -> tuple[int, bytes | None, int]:
 
 
 def test_kill_9_mid_stream_then_restart_applies_everything_once(
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     tmp_path: Path,
 ) -> None:
     broker.create_topic("counters", 3)
@@ -423,7 +422,7 @@ def test_kill_9_mid_stream_then_restart_applies_everything_once(
     assert {p: int(v) for p, v in stored.items() if v is not None} == ends
 
 
-def test_broker_restart_reconnects_and_catches_up(broker: Broker, store: Store) -> None:  # noqa: F811
+def test_broker_restart_reconnects_and_catches_up(broker: Broker, store: Store) -> None:
     broker.create_topic("counters", 2)
     view = store.registry.view("counters")
     produce_rows(
@@ -463,7 +462,7 @@ def test_broker_restart_reconnects_and_catches_up(broker: Broker, store: Store) 
 
 
 def test_lag_is_unknown_not_zero_until_every_partition_was_fetched(
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     store: Store,
 ) -> None:
     """Readiness depends on lag_total: a loader that has not fetched yet must not report 0

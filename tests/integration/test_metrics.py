@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving import Registry, Store
 from serving.client import FeatureClient
 from serving.sample import generate
-from tests.integration.test_server import (
+from tests.harness import (
     ROOT,
     TEST_REGISTRY,
     Server,

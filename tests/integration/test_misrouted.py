@@ -8,26 +8,22 @@ from __future__ import annotations
 
 import logging
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Producer
-from prometheus_client.parser import text_string_to_metric_families
 
-from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 from serving import Registry, Store
 from serving.errors import InvalidArgumentError
 from serving.loaders.kafka import (
     MISROUTED_HINT,
     PRODUCER_DEFAULTS,
-    KafkaLoader,
     LoaderOptions,
     produce_rows,
 )
 from serving.sharding import partition_for_key
-from tests.integration.test_server import start_server, stop_server
+from tests.harness import Broker, load_until_caught_up, samples, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -80,18 +76,8 @@ def user_of(key: bytes) -> int:
     return int.from_bytes(key, "big") ^ (1 << 63)
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
-
-
 def test_misrouted_records_are_counted_in_metrics_and_still_applied(
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     tmp_path: Path,
 ) -> None:
     b = broker.bootstrap
@@ -110,7 +96,7 @@ def test_misrouted_records_are_counted_in_metrics_and_still_applied(
     try:
         deadline = time.monotonic() + 30
         while True:
-            m = scrape(server.url)
+            m = samples(server.url)
             name = "feature_serving_loader_rows_applied_total"
             done = [m.get((name, (("loader", "kafka"), ("view", v)))) for v in ("crc", "murmur")]
             if done == [N, N] or time.monotonic() > deadline:
@@ -156,7 +142,7 @@ def test_misrouted_records_are_counted_in_metrics_and_still_applied(
 
 
 def test_misrouted_records_can_be_skipped_or_dead_lettered(
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -175,12 +161,7 @@ def test_misrouted_records_can_be_skipped_or_dead_lettered(
     right = {u for u in range(N)} - {user_of(k) for k in wrong}
 
     with Store(tmp_path / "db", reg) as store, caplog.at_level(logging.WARNING, "serving.kafka"):
-        loader = KafkaLoader(store)
-        loader.start()
-        try:
-            assert loader.wait_caught_up(20), loader.stats()
-        finally:
-            assert loader.stop(10)
+        loader = load_until_caught_up(store)
         st = loader.stats()
         for view in ("skipping", "lettering"):
             got = store.get({"user_id": list(range(N))}, [f"{view}:seq"]).column(f"{view}:seq")

@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 from serving import Registry
 from serving.loaders.kafka import PRODUCER_DEFAULTS, encode_key, produce_rows
 from serving.sharding import partition_for_key, partitions_for_keys
+from tests.harness import Broker
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def _partition_count(b: Broker, topic: str) -> int:
     return len(md.topics[topic].partitions)
 
 
-def test_produced_partitions_match_partition_for_key(broker: Broker) -> None:  # noqa: F811
+def test_produced_partitions_match_partition_for_key(broker: Broker) -> None:
     assert PRODUCER_DEFAULTS["partitioner"] == "murmur2_random"
     reg = registry(broker.bootstrap)
     broker.create_topic("users", PARTITIONS)
@@ -77,7 +77,7 @@ def test_produced_partitions_match_partition_for_key(broker: Broker) -> None:  #
     assert partitions_for_keys(keys, PARTITIONS) == [m.partition() for m in got]
 
 
-def test_librdkafka_default_partitioner_differs(broker: Broker) -> None:  # noqa: F811
+def test_librdkafka_default_partitioner_differs(broker: Broker) -> None:
     """Why producers must set partitioner=murmur2_random: the default (consistent_random,
     crc32) sends many keys elsewhere."""
     reg = registry(broker.bootstrap)

@@ -5,87 +5,41 @@ from it consumes only what came after). See docs/scale-out.md."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 from serving import Registry, Store
 from serving.errors import InvalidArgumentError
 from serving.loaders.kafka import KafkaLoader, encode_key, offset_key, produce_rows
 from serving.sharding import Shard, partition_for_key
 from serving.snapshot import restore
+from tests.harness import (
+    Broker,
+    ingest_until_idle,
+    present,
+    run_cli,
+    scale_out_registry,
+    stopped_stats,
+)
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 4
 N = 2000
-
-
-def registry_text(bootstrap: str) -> str:
-    return f"""
-project: scaleout
-entities:
-  - {{name: user, join_keys: [{{name: user_id, dtype: int64}}]}}
-feature_views:
-  - name: users
-    entities: [user]
-    features: [{{name: seq, dtype: int64}}]
-    stream_source: {{type: kafka, topic: users, bootstrap_servers: "{bootstrap}", format: json,
-                    options: {{loader.dlq_topic: ""}}}}
-"""
 
 
 def rows(users: range, seq: int, ts: int) -> list[dict[str, int]]:
     return [{"user_id": u, "event_timestamp": ts, "seq": seq} for u in users]
 
 
-def present(store: Store, users: list[int]) -> dict[int, int]:
-    got = store.get({"user_id": users}, ["users:seq"]).column("users:seq")
-    return {u: v for u, v in zip(users, got, strict=True) if v is not None}
-
-
-def ingest(reg_path: Path, data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "serving",
-            "ingest",
-            "--config",
-            str(reg_path),
-            "--data-dir",
-            str(data_dir),
-            "--stats-interval",
-            "0",
-            "--stop-when-idle",
-            "1",
-            *extra,
-        ],
-        cwd=ROOT,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def stopped_stats(stderr: str) -> dict[str, dict[str, int]]:
-    """The counters `ingest` logs when it stops."""
-    line = next(ln for ln in reversed(stderr.splitlines()) if "kafka loader: stopped:" in ln)
-    return dict(json.loads(line.split("kafka loader: stopped: ", 1)[1]))
-
-
 def test_two_shards_each_hold_exactly_their_partitions(
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     tmp_path: Path,
 ) -> None:
     reg_path = tmp_path / "features.yaml"
-    reg_path.write_text(registry_text(broker.bootstrap))
+    reg_path.write_text(scale_out_registry(broker.bootstrap))
     registry = Registry.from_yaml(reg_path)
     view = registry.view("users")
     broker.create_topic("users", PARTITIONS)
@@ -102,7 +56,9 @@ def test_two_shards_each_hold_exactly_their_partitions(
             assert loader.stop(10)
         assert sorted(st["offsets"]) == [0, 2]
         held0 = present(s0, list(range(N)))
-    done = ingest(reg_path, tmp_path / "shard1", "--shard-index", "1", "--shard-count", "2")
+    done = ingest_until_idle(
+        reg_path, tmp_path / "shard1", "--shard-index", "1", "--shard-count", "2"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     with Store(tmp_path / "shard1", registry) as s1:
         held1 = present(s1, list(range(N)))
@@ -118,23 +74,23 @@ def test_two_shards_each_hold_exactly_their_partitions(
 
 def test_shard_flags_are_validated(tmp_path: Path) -> None:
     reg_path = tmp_path / "features.yaml"
-    reg_path.write_text(registry_text("127.0.0.1:1"))
+    reg_path.write_text(scale_out_registry("127.0.0.1:1"))
     for extra, msg in [
         (("--shard-index", "2", "--shard-count", "2"), "shard index must be an integer in 0..1"),
         (("--shard-index", "0"), "give both the shard index and the shard count"),
     ]:
-        done = ingest(reg_path, tmp_path / "db", *extra)
+        done = ingest_until_idle(reg_path, tmp_path / "db", *extra)
         assert done.returncode == 1, done.stderr
         assert msg in done.stderr, done.stderr
     assert not (tmp_path / "db").exists()
 
 
 def test_snapshot_restore_resumes_from_its_offsets(
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     tmp_path: Path,
 ) -> None:
     reg_path = tmp_path / "features.yaml"
-    reg_path.write_text(registry_text(broker.bootstrap))
+    reg_path.write_text(scale_out_registry(broker.bootstrap))
     registry = Registry.from_yaml(reg_path)
     view = registry.view("users")
     broker.create_topic("users", PARTITIONS)
@@ -186,7 +142,7 @@ def test_snapshot_restore_resumes_from_its_offsets(
 
     # a loader started from the snapshot consumes only the 500 records produced after it
     fresh = tmp_path / "fresh"
-    done = ingest(reg_path, fresh, "--restore-from", str(snap))
+    done = ingest_until_idle(reg_path, fresh, "--restore-from", str(snap))
     assert done.returncode == 0, done.stderr[-3000:]
     assert stopped_stats(done.stderr)["users"]["records"] == 500
     with Store(fresh, registry) as s:
@@ -194,30 +150,15 @@ def test_snapshot_restore_resumes_from_its_offsets(
         assert present(s, list(range(1300))) == expected
 
     # refused when the data directory is not empty
-    again = ingest(reg_path, fresh, "--restore-from", str(snap))
+    again = ingest_until_idle(reg_path, fresh, "--restore-from", str(snap))
     assert again.returncode == 1
     assert "not empty" in again.stderr
 
     # `snapshot create` of a store no process holds open
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "serving",
-            "snapshot",
-            "create",
-            "--config",
-            str(reg_path),
-            "--data-dir",
-            str(fresh),
-            str(tmp_path / "snaps" / "s2"),
-        ],
-        cwd=ROOT,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli(
+        "snapshot", "create", "--config", str(reg_path), "--data-dir", str(fresh),
+        str(tmp_path / "snaps" / "s2"),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["snapshot"] == str(tmp_path / "snaps" / "s2")
     with Store(tmp_path / "snaps" / "s2", registry) as s:

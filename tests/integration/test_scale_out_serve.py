@@ -3,43 +3,32 @@ partitions and refuse entities another shard owns. See docs/scale-out.md."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 from serving import Registry, Store
 from serving.client import FeatureClient
 from serving.errors import WrongShardError
-from serving.loaders.kafka import KafkaLoader, encode_key, produce_rows
-from serving.sharding import shard_for_key
-from tests.integration.test_server import ROOT, Server, start_server, stop_server
+from serving.loaders.kafka import produce_rows
+from tests.harness import (
+    Broker,
+    Server,
+    ShardedCluster,
+    load_until_caught_up,
+    rows_applied,
+    run_cli,
+    scale_out_registry,
+)
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
 SHARDS = 2
 N = 2000
-
-
-def registry_text(bootstrap: str) -> str:
-    return f"""
-project: scaleout
-entities:
-  - {{name: user, join_keys: [{{name: user_id, dtype: int64}}]}}
-feature_views:
-  - name: users
-    entities: [user]
-    features: [{{name: seq, dtype: int64}}]
-    stream_source: {{type: kafka, topic: users, bootstrap_servers: "{bootstrap}", format: json,
-                    options: {{loader.dlq_topic: ""}}}}
-"""
 
 
 def rows(users: range, seq: int, ts: int = 1_000) -> list[dict[str, int]]:
@@ -52,56 +41,21 @@ def ask(server: Server, users: list[int]) -> tuple[int, Any]:
     )
 
 
-def shard_flags(index: int) -> tuple[str, ...]:
-    return (
-        "--no-auth",
-        "--max-ready-lag",
-        "0",
-        "--shard-index",
-        str(index),
-        "--shard-count",
-        str(SHARDS),
-        "--topic-partitions",
-        str(PARTITIONS),
-    )
-
-
-class Cluster:
+class Cluster(ShardedCluster):
     """The broker's topic with N keys, and the `serve` processes started on it."""
 
-    def __init__(self, broker: Broker, tmp: Path) -> None:  # noqa: F811
-        self.tmp = tmp
-        self.config = tmp / "features.yaml"
-        self.config.write_text(registry_text(broker.bootstrap))
-        self.view = Registry.from_yaml(self.config).view("users")
-        broker.create_topic("users", PARTITIONS)
-        self.producer = broker.producer()
+    def __init__(self, broker: Broker, tmp: Path) -> None:
+        super().__init__(
+            broker, tmp, scale_out_registry(broker.bootstrap), n=N, partitions=PARTITIONS,
+            shards=SHARDS,
+        )  # fmt: skip
         produce_rows(self.producer, self.view, rows(range(N), 1))
-        self.owner = {
-            u: shard_for_key(encode_key(self.view, [u]), PARTITIONS, SHARDS) for u in range(N)
-        }
-        self.servers: list[Server] = []
-
-    def start(self, name: str, *flags: str) -> Server:
-        server = start_server(self.config, self.tmp / name, self.tmp / f"{name}.log", *flags)
-        self.servers.append(server)
-        return server
-
-    def keys_of(self, shard: int) -> list[int]:
-        return [u for u in range(N) if self.owner[u] == shard]
-
-    def stop(self) -> None:
-        for s in self.servers:
-            stop_server(s)
 
 
 @pytest.fixture
-def cluster(broker: Broker, tmp_path: Path) -> Iterator[Cluster]:  # noqa: F811
-    c = Cluster(broker, tmp_path)
-    try:
+def cluster(broker: Broker, tmp_path: Path) -> Iterator[Cluster]:
+    with Cluster(broker, tmp_path) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def values(got: Any) -> list[Any]:
@@ -122,7 +76,9 @@ def wait_for(server: Server, users: list[int], seq: int, timeout: float = 30) ->
 
 
 def test_sharded_nodes_answer_their_keys_and_refuse_others(cluster: Cluster) -> None:
-    nodes = [cluster.start(f"shard{k}", *shard_flags(k)) for k in range(SHARDS)]
+    nodes = [
+        cluster.start(f"shard{k}", "--no-auth", *cluster.shard_flags(k)) for k in range(SHARDS)
+    ]
     for k, node in enumerate(nodes):
         mine = cluster.keys_of(k)
         assert 0.4 < len(mine) / N < 0.6
@@ -178,33 +134,13 @@ def test_shard_settings_are_validated(tmp_path: Path) -> None:
     assert load_settings(env={}).shard() is None
 
 
-def kafka_rows_applied(server: Server) -> float:
-    """The server's Kafka loader counter of rows applied to view users."""
-    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    lines = [
-        ln
-        for ln in text.splitlines()
-        if ln.startswith("feature_serving_loader_rows_applied_total{")
-        and 'view="users"' in ln
-        and "kafka" in ln
-    ]
-    assert len(lines) == 1, text
-    return float(lines[0].rsplit(" ", 1)[1])
-
-
 def test_serve_restore_from_serves_the_snapshot_and_resumes_at_its_offsets(
     cluster: Cluster,
 ) -> None:
     # a store holding the N records, snapshotted; then 300 newer records the snapshot lacks
     snap = cluster.tmp / "snaps" / "s1"
     with Store(cluster.tmp / "source", Registry.from_yaml(cluster.config)) as store:
-        loader = KafkaLoader(store)
-        loader.start()
-        try:
-            assert loader.wait_caught_up(20), loader.stats()
-        finally:
-            assert loader.stop(10)
+        load_until_caught_up(store)
         store.checkpoint(snap)
     produce_rows(cluster.producer, cluster.view, rows(range(300), 2, ts=2_000))
 
@@ -215,17 +151,14 @@ def test_serve_restore_from_serves_the_snapshot_and_resumes_at_its_offsets(
         assert status == 200, got
         assert values(got) == [u * 10 + (2 if u < 300 else 1) for u in range(lo, lo + 1000)]
     # it read only what came after the snapshot: its offsets were restored
-    assert kafka_rows_applied(node) == 300
+    assert rows_applied(node.url, "users") == 300
     assert "restored snapshot" in node.log.read_text()
 
     # refused when the data directory is not empty (a second start on the same directory)
-    stop_server(node)
-    cluster.servers.remove(node)
-    done = subprocess.run(
-        [sys.executable, "-m", "serving", "serve", "--config", str(cluster.config),
-         "--data-dir", str(cluster.tmp / "restored"), "--no-auth", "--restore-from", str(snap)],
-        capture_output=True, text=True, timeout=60, check=False,
-        cwd=ROOT,
+    cluster.stop(node)
+    done = run_cli(
+        "serve", "--config", str(cluster.config), "--data-dir", str(cluster.tmp / "restored"),
+        "--no-auth", "--restore-from", str(snap),
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert "not empty" in done.stderr
@@ -236,9 +169,9 @@ def test_client_routes_by_shard_and_fails_over_to_another_replica(cluster: Clust
 
     from serving.client import ShardedFeatureClient
 
-    shard0a = cluster.start("shard0a", *shard_flags(0))
-    shard1 = cluster.start("shard1", *shard_flags(1))
-    shard0b = cluster.start("shard0b", *shard_flags(0))
+    shard0a = cluster.start("shard0a", "--no-auth", *cluster.shard_flags(0))
+    shard1 = cluster.start("shard1", "--no-auth", *cluster.shard_flags(1))
+    shard0b = cluster.start("shard0b", "--no-auth", *cluster.shard_flags(0))
     for k, node in ((0, shard0a), (1, shard1), (0, shard0b)):
         wait_for(node, cluster.keys_of(k)[-300:], 1)
     endpoints = {0: [f"127.0.0.1:{shard0a.grpc}", f"127.0.0.1:{shard0b.grpc}"]}

@@ -1,20 +1,17 @@
 """Black-box tests of the serving process: a real `feature-serving serve` subprocess on free
-loopback ports over a real RocksDB directory, called over HTTP and gRPC."""
+loopback ports over a real RocksDB directory, called over HTTP and gRPC (the process harness:
+tests/harness/server.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,124 +33,19 @@ from serving.errors import (
     StorageError,
 )
 from serving.sample import generate, user_profile_value
+from tests.harness import (
+    TEST_REGISTRY,
+    Outcome,
+    Server,
+    copy_store,
+    post_whole,
+    start_server,
+    stop_server,
+)
 
 pytestmark = pytest.mark.integration
 
 N_USERS = 500
-ROOT = Path(__file__).resolve().parents[2]
-
-TEST_REGISTRY = """
-project: servetest
-entities:
-  - {name: user, join_keys: [{name: user_id, dtype: int64}]}
-  - {name: item, join_keys: [{name: item_id, dtype: string}]}
-feature_views:
-  - name: user_profile
-    entities: [user]
-    features: [{name: "f{000..199}", dtype: float32}]
-  - name: item_stats
-    entities: [item]
-    ttl: 3600
-    features:
-      - {name: ctr, dtype: float32}
-      - {name: title, dtype: string}
-      - {name: embedding, dtype: float32_array, dim: 3}
-feature_services:
-  - name: ranking
-    features: ["user_profile:f000", "user_profile:f001", "item_stats:ctr", "item_stats:title"]
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    http: int
-    grpc: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http}"
-
-    def post(self, path: str, body: Any, ctype: str = "application/json") -> tuple[int, Any]:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": ctype})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(f"127.0.0.1:{self.grpc}")
-
-
-def start_server(
-    config: Path,
-    data_dir: Path,
-    log: Path,
-    *extra: str,
-    http_port: int | None = None,
-    grpc_port: int | None = None,
-) -> Server:
-    return start_cli(
-        ["serve", "--config", str(config), "--data-dir", str(data_dir),
-         *(extra or ("--no-auth",))],
-        log, http_port, grpc_port,
-    )  # fmt: skip
-
-
-def start_cli(
-    args: list[str],
-    log: Path,
-    http: int | None = None,
-    grpc_port: int | None = None,
-    *,
-    ready: bool = True,
-) -> Server:
-    """Starts ``python -m serving ARGS --http-port .. --grpc-port ..`` (a node or a router)
-    and waits until its /readyz answers 200 (``ready=False``: answers at all)."""
-    http, grpc_port = http or free_port(), grpc_port or free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "serving", args[0], "--http-port", str(http),
-             "--grpc-port", str(grpc_port), "--grace-seconds", "5", *args[1:]],
-            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-        )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode}: {log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return Server(proc, http, grpc_port, log)
-        except urllib.error.HTTPError:
-            if not ready:
-                return Server(proc, http, grpc_port, log)
-            time.sleep(0.1)
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"server not ready in 30 s: {log.read_text()}")
-
-
-def stop_server(server: Server) -> int:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            return server.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
-            raise
-    return int(server.proc.returncode)
 
 
 @pytest.fixture(scope="module")
@@ -498,33 +390,21 @@ def test_graceful_shutdown_drains_in_flight(env: dict[str, Any], tmp_path: Path)
     exits 0, and the store reopens with its data."""
     tmp = env["tmp"]
     # A second server over a copy of the data (the module's server keeps running).
-    import shutil
-
-    shutil.copytree(tmp / "db", tmp_path / "db", ignore=shutil.ignore_patterns("LOCK"))
+    copy_store(tmp / "db", tmp_path / "db")
     server = start_server(env["config"], tmp_path / "db", tmp_path / "server.log")
-    results: list[int] = []
-    errors: list[str] = []
+    outcomes: list[Outcome] = []
     stop = threading.Event()
+    body = {
+        "features": [f"user_profile:f{i:03d}" for i in range(200)],
+        "entities": {"user_id": list(range(100))},
+    }
 
     def hammer() -> None:
-        body = json.dumps(
-            {"features": [f"user_profile:f{i:03d}" for i in range(200)],
-             "entities": {"user_id": list(range(100))}}
-        ).encode()  # fmt: skip
         while not stop.is_set():
-            try:
-                req = urllib.request.Request(
-                    server.url + "/get-online-features", data=body,
-                    headers={"Content-Type": "application/json"},
-                )  # fmt: skip
-                with urllib.request.urlopen(req, timeout=10) as r:
-                    r.read()
-                    results.append(r.status)
-            except urllib.error.HTTPError as e:
-                errors.append(f"HTTP {e.code}")
-            except (urllib.error.URLError, ConnectionError, OSError):
-                # refused after the listener closed: expected once shutdown started
-                break
+            outcome = post_whole(server.url + "/get-online-features", body)
+            outcomes.append(outcome)
+            if outcome.kind != "answered":
+                break  # refused once the listener closed (or cut: asserted below)
 
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for t in threads:
@@ -535,9 +415,11 @@ def test_graceful_shutdown_drains_in_flight(env: dict[str, Any], tmp_path: Path)
     for t in threads:
         t.join(timeout=10)
     assert rc == 0, server.log.read_text()
-    assert results
-    assert all(r == 200 for r in results)
-    assert not errors, errors
+    cut = [o for o in outcomes if o.kind == "cut"]
+    assert not cut, cut
+    answered = [o for o in outcomes if o.kind == "answered"]
+    assert answered
+    assert [o.status for o in answered if o.status != 200] == []
     registry = Registry.from_yaml(env["config"])
     with Store(tmp_path / "db", registry) as store:
         assert store.get({"user_id": [1]}, ["user_profile:f001"]).column("user_profile:f001") == [
@@ -569,9 +451,7 @@ def test_v1_http_columns_and_dense(env: dict[str, Any]) -> None:
 
 def test_env_var_settings(tmp_path: Path, env: dict[str, Any]) -> None:
     """FS_* environment variables configure the server (here: the entity limit)."""
-    import shutil
-
-    shutil.copytree(env["tmp"] / "db", tmp_path / "db", ignore=shutil.ignore_patterns("LOCK"))
+    copy_store(env["tmp"] / "db", tmp_path / "db")
     os.environ["FS_MAX_ENTITIES"] = "2"
     try:
         server = start_server(env["config"], tmp_path / "db", tmp_path / "log")
@@ -591,10 +471,9 @@ def test_env_var_settings(tmp_path: Path, env: dict[str, Any]) -> None:
 def test_request_batching_mode_answers_correctly(env: dict[str, Any], tmp_path: Path) -> None:
     """With --batch-window-us, concurrent requests are coalesced into one Rust call on a worker
     thread; every caller still gets its own answer (and its own error)."""
-    import shutil
     from concurrent.futures import ThreadPoolExecutor
 
-    shutil.copytree(env["tmp"] / "db", tmp_path / "db", ignore=shutil.ignore_patterns("LOCK"))
+    copy_store(env["tmp"] / "db", tmp_path / "db")
     server = start_server(
         env["config"], tmp_path / "db", tmp_path / "log", "--no-auth", "--batch-window-us", "500"
     )

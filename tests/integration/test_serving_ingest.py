@@ -4,7 +4,6 @@ in the end every key holds its newest value."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import urllib.request
@@ -14,10 +13,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 from serving import Registry
 from serving.loaders.kafka import PRODUCER_DEFAULTS, produce_rows
-from tests.integration.test_server import start_server, stop_server
+from tests.harness import Broker, http, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -40,21 +38,8 @@ feature_views:
 """
 
 
-def get(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        url,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def test_serving_answers_whole_rows_during_ingestion(
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     tmp_path: Path,
 ) -> None:
     config = tmp_path / "features.yaml"
@@ -75,7 +60,7 @@ def test_serving_answers_whole_rows_during_ingestion(
     def read() -> None:
         nonlocal answers
         while not stop.is_set():
-            status, got = get(server.url + "/get-online-features", body)
+            status, got = http(server.url + "/get-online-features", body)
             assert status == 200, got
             columns = [c["values"] for c in got["results"][1:]]
             for u in range(N_USERS):
@@ -87,7 +72,7 @@ def test_serving_answers_whole_rows_during_ingestion(
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            status, ready = get(server.url + "/readyz")
+            status, ready = http(server.url + "/readyz")
             if status == 200:
                 break
             time.sleep(0.2)
@@ -100,7 +85,7 @@ def test_serving_answers_whole_rows_during_ingestion(
         deadline = time.monotonic() + 30
         final: list[Any] = []
         while time.monotonic() < deadline:
-            _, got = get(server.url + "/get-online-features", body)
+            _, got = http(server.url + "/get-online-features", body)
             final = [c["values"] for c in got["results"][1:]]
             if all(v == float(GENERATIONS) for col in final for v in col):
                 break

@@ -4,9 +4,6 @@ create --server` (the local store is held by the server). See docs/scale-out.md.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,8 +14,7 @@ import pytest
 from serving import Registry, Store
 from serving.frontend.auth import KeyFile
 from serving.snapshot import restore
-from tests.integration.test_admin_materialize import post
-from tests.integration.test_server import ROOT, start_server, stop_server
+from tests.harness import http, run_cli, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -69,10 +65,11 @@ def test_snapshot_of_a_serving_node_while_reads_go_on(tmp_path: Path) -> None:
         while not stop.is_set():
             users = [(i * 37 + k) % N_USERS for k in range(50)]
             i += 1
-            status, got = post(
+            status, got = http(
                 server.url + "/get-online-features",
                 {"features": ["users:seq", "users:label"], "entities": {"user_id": users}},
-                reader_key,
+                key=reader_key,
+                timeout=30,
             )
             if status != 200:
                 failures.append(f"HTTP {status}: {got}")
@@ -92,38 +89,42 @@ def test_snapshot_of_a_serving_node_while_reads_go_on(tmp_path: Path) -> None:
 
         # through the admin API
         snap1 = tmp_path / "snaps" / "api"
-        status, got = post(server.url + "/admin/snapshot", {"path": str(snap1)}, admin)
+        status, got = http(
+            server.url + "/admin/snapshot", {"path": str(snap1)}, key=admin, timeout=30
+        )
         assert status == 200, got
         assert got["snapshot"] == str(snap1)
         assert got["files"] > 0
 
         # through the CLI, naming the server
         snap2 = tmp_path / "snaps" / "cli"
-        done = subprocess.run(
-            [sys.executable, "-m", "serving", "snapshot", "create", "--config", str(config),
-             "--data-dir", str(tmp_path / "db"), "--server", server.url, "--api-key", admin,
-             str(snap2)],
-            check=False, capture_output=True, text=True, timeout=120, cwd=ROOT,
+        done = run_cli(
+            "snapshot", "create", "--config", str(config), "--data-dir", str(tmp_path / "db"),
+            "--server", server.url, "--api-key", admin, str(snap2),
+            timeout=120,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert f"sending the snapshot to {server.url}/admin/snapshot" in done.stderr
         assert json.loads(done.stdout)["snapshot"] == str(snap2)
 
         # refusals: an existing path, a relative path, a non-admin key
-        status, got = post(server.url + "/admin/snapshot", {"path": str(snap1)}, admin)
+        status, got = http(
+            server.url + "/admin/snapshot", {"path": str(snap1)}, key=admin, timeout=30
+        )
         assert status == 400, got
         assert "already exists" in got["error"]["message"], got
-        status, got = post(server.url + "/admin/snapshot", {"path": "rel/dir"}, admin)
+        status, got = http(
+            server.url + "/admin/snapshot", {"path": "rel/dir"}, key=admin, timeout=30
+        )
         assert status == 400, got
-        status, got = post(
-            server.url + "/admin/snapshot", {"path": str(tmp_path / "x")}, reader_key
+        status, got = http(
+            server.url + "/admin/snapshot", {"path": str(tmp_path / "x")}, key=reader_key
         )
         assert status == 403, got
-        bad = subprocess.run(
-            [sys.executable, "-m", "serving", "snapshot", "create", "--config", str(config),
-             "--data-dir", str(tmp_path / "db"), "--server", server.url, str(tmp_path / "y")],
-            check=False, capture_output=True, text=True, timeout=60, cwd=ROOT,
-            env={**os.environ, "FS_API_KEY": reader_key},
+        bad = run_cli(
+            "snapshot", "create", "--config", str(config), "--data-dir", str(tmp_path / "db"),
+            "--server", server.url, str(tmp_path / "y"),
+            env={"FS_API_KEY": reader_key},
         )  # fmt: skip
         assert bad.returncode == 1, bad.stderr
         assert "HTTP 403" in bad.stderr, bad.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,18 +15,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from integration.kafka_fixtures import Broker, broker, free_port  # noqa: F401 - the fixture
-from integration.test_scale_out import PARTITIONS, ingest, present
 from serving import Registry, Store
-from serving.errors import InvalidArgumentError
 from serving.loaders.batch import materialize, materialize_incremental, watermark_key
-from serving.loaders.kafka import KafkaLoader, encode_key
+from serving.errors import InvalidArgumentError
+from serving.loaders.kafka import encode_key
 from serving.loaders.publish_state import STATE_TOPIC
 from serving.sharding import Shard, partition_for_key
+from tests.harness import (
+    Broker,
+    free_port,
+    ingest_until_idle,
+    load_until_caught_up,
+    present,
+    run_cli,
+)
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+#: the topic's partitions, as in test_scale_out.py
+PARTITIONS = 4
 N = 2000
 
 
@@ -72,31 +78,15 @@ def write_parquet(path: Path) -> None:
 def materialize_cli(
     reg_path: Path, data_dir: Path, *extra: str
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "serving",
-            "materialize",
-            "--via-kafka",
-            "--config",
-            str(reg_path),
-            "--data-dir",
-            str(data_dir),
-            "--progress",
-            "never",
-            *extra,
-        ],
-        cwd=ROOT,
-        check=False,
-        capture_output=True,
-        text=True,
+    return run_cli(
+        "materialize", "--via-kafka", "--config", str(reg_path), "--data-dir", str(data_dir),
+        "--progress", "never", *extra,
         timeout=120,
-    )
+    )  # fmt: skip
 
 
 def test_via_kafka_backfill_reaches_every_shard(
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     tmp_path: Path,
 ) -> None:
     parquet = tmp_path / "users.parquet"
@@ -123,17 +113,14 @@ def test_via_kafka_backfill_reaches_every_shard(
 
     # shard 0 in-process, shard 1 through `ingest`; each holds exactly its keys, right values
     with Store(tmp_path / "shard0", registry) as s0:
-        loader = KafkaLoader(s0, shard=Shard(0, 2))
-        loader.start()
-        try:
-            assert loader.wait_caught_up(20), loader.stats()
-        finally:
-            assert loader.stop(10)
+        load_until_caught_up(s0, shard=Shard(0, 2))
         held0 = present(s0, list(range(N)))
         labels0 = s0.get({"user_id": list(held0)}, ["users:label"]).column("users:label")
         assert list(labels0) == [f"u{u}" for u in held0]
         assert s0.get_meta(watermark_key("users")) is None
-    done = ingest(reg_path, tmp_path / "shard1", "--shard-index", "1", "--shard-count", "2")
+    done = ingest_until_idle(
+        reg_path, tmp_path / "shard1", "--shard-index", "1", "--shard-count", "2"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     with Store(tmp_path / "shard1", registry) as s1:
         held1 = present(s1, list(range(N)))
@@ -145,7 +132,7 @@ def test_via_kafka_backfill_reaches_every_shard(
 
 
 def test_via_kafka_needs_a_stream_source_and_valid_input(
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     tmp_path: Path,
 ) -> None:
     parquet = tmp_path / "users.parquet"
@@ -181,10 +168,10 @@ def test_via_kafka_needs_a_stream_source_and_valid_input(
 
 
 def test_admin_materialize_via_kafka_reaches_the_node_through_its_loader(
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     tmp_path: Path,
 ) -> None:
-    from tests.integration.test_server import start_server, stop_server
+    from tests.harness import start_server, stop_server
 
     parquet = tmp_path / "users.parquet"
     write_parquet(parquet)
@@ -238,25 +225,11 @@ def users_table(users: range, day: int, seq: int) -> pa.Table:
 
 
 def incremental_cli(reg_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "serving",
-            "materialize-incremental",
-            "--via-kafka",
-            "--config",
-            str(reg_path),
-            "--progress",
-            "never",
-            *extra,
-        ],
-        cwd=ROOT,
-        check=False,
-        capture_output=True,
-        text=True,
+    return run_cli(
+        "materialize-incremental", "--via-kafka", "--config", str(reg_path),
+        "--progress", "never", *extra,
         timeout=120,
-    )
+    )  # fmt: skip
 
 
 def topic_exists(b: Broker, topic: str) -> bool:
@@ -289,7 +262,7 @@ def published(b: Broker, expected: int) -> dict[tuple[bytes, int], Any]:
 
 
 def test_incremental_via_kafka_publishes_only_what_is_new(
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     tmp_path: Path,
 ) -> None:
     source = tmp_path / "users"
@@ -362,15 +335,12 @@ def test_incremental_via_kafka_publishes_only_what_is_new(
 
     # a sharded pair: shard 0 in-process, shard 1 through `ingest`; newest values everywhere
     with Store(tmp_path / "shard0", registry) as s0:
-        loader = KafkaLoader(s0, shard=Shard(0, 2))
-        loader.start()
-        try:
-            assert loader.wait_caught_up(20), loader.stats()
-        finally:
-            assert loader.stop(10)
+        load_until_caught_up(s0, shard=Shard(0, 2))
         held0 = present(s0, [*range(2000), 5000])
         assert s0.get_meta(watermark_key("users")) is None
-    done = ingest(reg_path, tmp_path / "shard1", "--shard-index", "1", "--shard-count", "2")
+    done = ingest_until_idle(
+        reg_path, tmp_path / "shard1", "--shard-index", "1", "--shard-count", "2"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     with Store(tmp_path / "shard1", registry) as s1:
         held1 = present(s1, [*range(2000), 5000])
@@ -389,7 +359,7 @@ def test_incremental_via_kafka_publishes_only_what_is_new(
 
 
 def test_incremental_via_kafka_state_failure_republishes_harmlessly(
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -424,18 +394,13 @@ def test_incremental_via_kafka_state_failure_republishes_harmlessly(
     assert any("already published up to 2024-01-02" in n for n in s["users"].notes)
 
     with Store(tmp_path / "db", registry) as store:
-        loader = KafkaLoader(store)
-        loader.start()
-        try:
-            assert loader.wait_caught_up(20), loader.stats()
-        finally:
-            assert loader.stop(10)
+        loader = load_until_caught_up(store)
         assert loader.stats()["users"]["records"] == 600
         assert present(store, list(range(300))) == {u: u * 7 for u in range(300)}
 
 
 def test_incremental_via_kafka_delta_versions(
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     tmp_path: Path,
 ) -> None:
     deltalake = pytest.importorskip("deltalake")
@@ -458,7 +423,7 @@ def test_incremental_via_kafka_delta_versions(
 
 
 def test_incremental_via_kafka_errors(
-    broker: Broker,  # noqa: F811
+    broker: Broker,
     tmp_path: Path,
 ) -> None:
     parquet = tmp_path / "users.parquet"

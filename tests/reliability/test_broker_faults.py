@@ -15,20 +15,11 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 
-from reliability.helpers import (
-    columns,
-    feast_body,
-    generation_table,
-    http,
-    scrape,
-    wait_until,
-    write_config,
-)
 from serving import Registry
 from serving.loaders.kafka import produce_rows
-from tests.integration.test_server import start_server, stop_server
+from tests.harness import Broker, http, scrape, start_server, stop_server, wait_until
+from tests.harness.profile import columns, feast_body, generation_table, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +87,7 @@ def gauges(url: str) -> dict[str, float]:
     return out
 
 
-def test_broker_outage_and_empty_restart(broker: Broker, tmp_path: Path) -> None:  # noqa: F811
+def test_broker_outage_and_empty_restart(broker: Broker, tmp_path: Path) -> None:
     broker.create_topic("profile", PARTITIONS)
     config = write_config(tmp_path, n_features=NF, bootstrap=broker.bootstrap)
     view = Registry.from_yaml(config).view("profile")

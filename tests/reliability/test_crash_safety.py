@@ -15,24 +15,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from integration.kafka_fixtures import Broker, broker  # noqa: F401 - the fixture
 
-from reliability.helpers import (
+from serving import Registry, Store
+from serving.frontend.auth import KeyFile
+from serving.loaders.kafka import offset_key, produce_rows
+from tests.harness import Broker, http, metric, scrape, start_server, stop_server, wait_until
+from tests.harness.profile import (
     BASE_US,
     columns,
     feast_body,
     generation_table,
-    http,
-    metric,
     preload,
-    scrape,
-    wait_until,
     write_config,
 )
-from serving import Registry, Store
-from serving.frontend.auth import KeyFile
-from serving.loaders.kafka import offset_key, produce_rows
-from tests.integration.test_server import start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +49,7 @@ def store_values(config: Path, db: Path, users: np.ndarray) -> np.ndarray:
         ).T
 
 
-def test_kill9_during_kafka_ingestion(broker: Broker, tmp_path: Path) -> None:  # noqa: F811
+def test_kill9_during_kafka_ingestion(broker: Broker, tmp_path: Path) -> None:
     n_users, gens = 5000, 12
     broker.create_topic("profile", 3)
     config = write_config(tmp_path, n_features=NF, bootstrap=broker.bootstrap)

@@ -11,9 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from reliability.helpers import metric, preload, scrape, write_config
 from serving._proto.feature_serving.v1 import feature_service_pb2 as v1
-from tests.integration.test_server import start_server, stop_server
+from tests.harness import metric, scrape, start_server, stop_server
+from tests.harness.profile import preload, write_config
 
 pytestmark = pytest.mark.integration
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from reliability.helpers import preload, write_config
-from tests.integration.test_server import ROOT, free_port
+from tests.harness import free_port, run_cli
+from tests.harness.profile import preload, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -30,28 +29,10 @@ def checksums(d: Path) -> dict[str, str]:
 
 
 def serve(config: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "serving",
-            "serve",
-            "--config",
-            str(config),
-            "--data-dir",
-            str(data_dir),
-            "--http-port",
-            str(free_port()),
-            "--grpc-port",
-            str(free_port()),
-            "--no-auth",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
+    return run_cli(
+        "serve", "--config", str(config), "--data-dir", str(data_dir),
+        "--http-port", str(free_port()), "--grpc-port", str(free_port()), "--no-auth",
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reliability.helpers import BASE_US, http, preload, write_config
 from serving import Registry, Store, _rust_core
 from serving._proto.feast.serving import ServingService_pb2 as feast_pb2
 from serving._proto.feature_serving.v1 import feature_service_pb2 as v1
 from serving.loaders.kafka import encode_key
-from tests.integration.test_server import Server, start_server, stop_server
+from tests.harness import Server, http, start_server, stop_server
+from tests.harness.profile import BASE_US, preload, write_config
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reliability.helpers import feast_body, http, preload, rss_bytes, write_config
-from tests.integration.test_server import start_server, stop_server
+from tests.harness import http, rss_bytes, start_server, stop_server
+from tests.harness.profile import feast_body, preload, write_config
 
 pytestmark = pytest.mark.integration
 

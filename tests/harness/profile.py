@@ -1,13 +1,9 @@
-"""Shared pieces of the reliability tests: a small registry, request bodies, HTTP calls,
-metrics and /proc readings. Every test here runs real processes on loopback only."""
+"""The reliability tests' data: one view ``profile`` (int64 ``user_id``, float32 ``f0..``)
+written in generations (every feature of generation ``g`` equals ``g``), so that any answer
+shows which write it came from and whether it is a whole row."""
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,68 +89,6 @@ def feast_body(users: list[int], n_features: int, view: str = "profile") -> dict
     return {"features": feats, "entities": {"user_id": users}}
 
 
-def http(
-    url: str,
-    body: Any = None,
-    *,
-    headers: dict[str, str] | None = None,
-    timeout: float = 10.0,
-) -> tuple[int, Any]:
-    """GET (no body) or POST a JSON (or bytes) body; (status, parsed JSON or raw bytes)."""
-    data = None
-    if body is not None:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(
-        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            raw = r.read()
-            status = r.status
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        status = e.code
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw
-
-
 def columns(answer: dict[str, Any]) -> list[list[Any]]:
     """Feature columns (values) of a Feast JSON answer, the entity column left out."""
     return [c["values"] for c in answer["results"][1:]]
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels`` (0 if none)."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name) or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        if head != name and not head.startswith(name + "{"):
-            continue
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
-
-
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-        return str(r.read().decode())
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str, poll: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")

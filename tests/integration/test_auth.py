@@ -20,8 +20,8 @@ from serving import Registry, Store
 from serving._proto.feast.serving import ServingService_pb2 as feast_pb2
 from serving._proto.feast.types import Value_pb2
 from serving._proto.feature_serving.v1 import feature_service_pb2 as v1
-from serving.frontend.auth import KeyFile
 from serving.client import AsyncFeatureClient
+from serving.frontend.auth import KeyFile
 from tests import harness
 from tests.harness import TEST_REGISTRY, Server, copy_store, start_server, stop_server
 from tests.harness.tls import client_context, make_certs

@@ -28,10 +28,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving import Registry, Store
-from serving.frontend.auth import KeyFile
 from serving.client import FeatureClient, ShardedFeatureClient
 from serving.cluster import ClusterMap
 from serving.errors import FeatureServingError, PermissionDeniedError
+from serving.frontend.auth import KeyFile
 from serving.loaders.kafka import produce_rows
 from tests.harness import Broker, Server, Servers, ShardedCluster, free_port, http, run_cli
 from tests.harness.metrics import rows_applied

@@ -32,7 +32,6 @@ import yaml
 
 import serving
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
-from serving.frontend.auth import KeyFile
 from serving.client import (
     METHOD,
     AsyncShardedFeatureClient,
@@ -42,6 +41,7 @@ from serving.client import (
 )
 from serving.cluster import ClusterChannels, ClusterMap, ClusterMapError, fetch_node_info
 from serving.errors import PermissionDeniedError, StorageError, UnauthenticatedError
+from serving.frontend.auth import KeyFile
 from serving.loaders.kafka import produce_rows
 from serving.store import DenseResult
 from tests.harness import Broker, Server, ShardedCluster, free_port, http, run_cli

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from serving import Registry, Store
-from tests.integration.test_server import TEST_REGISTRY, Server, start_server, stop_server
+from tests.harness import TEST_REGISTRY, Server, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving import Registry, Store
-from serving.loaders.batch import materialize, materialize_incremental, watermark_key
 from serving.errors import InvalidArgumentError
+from serving.loaders.batch import materialize, materialize_incremental, watermark_key
 from serving.loaders.kafka import encode_key
 from serving.loaders.publish_state import STATE_TOPIC
 from serving.sharding import Shard, partition_for_key

@@ -1,5 +1,5 @@
 """Caller-side CPU of one small call to a node: grpc.aio unary, aiohttp keep-alive POST, and
-the router's own HTTP/1.1 client (``serving.cluster._Http1Pool``, keep-alive POST).
+the router's own HTTP/1.1 client (``serving.cluster.http1._Http1Pool``, keep-alive POST).
 
 Measures what a router (or any asyncio caller) pays per call for the transports a node
 offers, on this machine: a node is started on a one-row store (no auth, no request metrics),

@@ -152,7 +152,8 @@ def test_librdkafka_connection_failures_are_collapsed() -> None:
 
     from confluent_kafka import Consumer, TopicPartition
 
-    from serving.loaders.kafka.options import _RDKAFKA_LOG, CONSUMER_DEFAULTS
+    from serving.loaders.kafka.options import CONSUMER_DEFAULTS
+    from serving.loaders.kafka.options import RDKAFKA_LOG as _RDKAFKA_LOG
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

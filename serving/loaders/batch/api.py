@@ -19,10 +19,10 @@ from serving.loaders.batch.meta import (
     parse_time,
     watermark_key,
 )
-from serving.loaders.batch.plan import _Plan, _plan_parquet, _source_path
+from serving.loaders.batch.plan import Plan, _plan_parquet, _source_path
 from serving.loaders.batch.publish import (
     KAFKA_TIMEOUT_S,
-    _KafkaTarget,
+    KafkaTarget,
     _note_published,
     _publish,
     _published_state,
@@ -36,9 +36,7 @@ from serving.registry import FeatureView, Registry
 from serving.store import Store
 
 
-def _kafka_target(
-    selected: list[FeatureView], kafka: _KafkaTarget, *, dry_run: bool
-) -> _KafkaTarget:
+def _kafka_target(selected: list[FeatureView], kafka: KafkaTarget, *, dry_run: bool) -> KafkaTarget:
     """Checks that every view can be published: it has a stream source, and (unless
     ``dry_run``) its topic exists on brokers that answer within the deadline."""
     if not kafka.timeout > 0:
@@ -74,23 +72,23 @@ def _select_views(store: Store | Registry, views: Sequence[str] | str | None) ->
 
 def _new_plan(
     store: Store | Registry, fv: FeatureView, start: dt.datetime | None, end: dt.datetime | None
-) -> _Plan:
+) -> Plan:
     assert fv.batch_source is not None
     registry = store if isinstance(store, Registry) else store.registry
     summary = ViewSummary(fv.name, fv.batch_source.type, _source_path(fv))
-    return _Plan(fv, registry.arrow_schema(fv.name), [], start, end, {}, summary)
+    return Plan(fv, registry.arrow_schema(fv.name), [], start, end, {}, summary)
 
 
 def _execute(
     store: Store | None,
-    plans: list[_Plan],
+    plans: list[Plan],
     *,
     on_error: OnError,
     dry_run: bool,
     progress: bool,
     batch_rows: int,
     started: float,
-    kafka: _KafkaTarget | None = None,
+    kafka: KafkaTarget | None = None,
 ) -> LoadSummary:
     if on_error not in ("fail", "skip"):
         raise InvalidArgumentError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
@@ -125,7 +123,7 @@ def _execute(
     return result
 
 
-def _record_meta(plan: _Plan) -> None:
+def _record_meta(plan: Plan) -> None:
     wm = plan.meta.get(watermark_key(plan.fv.name))
     if wm is not None:
         plan.summary.watermark = parse_time(wm.decode())
@@ -190,11 +188,11 @@ def materialize(
     if batch_rows < 1:
         raise InvalidArgumentError(f"batch_rows must be at least 1, got {batch_rows}")
     selected = _select_views(store, views)
-    kafka: _KafkaTarget | None = None
+    kafka: KafkaTarget | None = None
     if via_kafka:
         kafka = _kafka_target(
             selected,
-            _KafkaTarget(
+            KafkaTarget(
                 producer, bootstrap_servers, dict(kafka_config or {}), timeout=kafka_timeout
             ),
             dry_run=dry_run,
@@ -312,11 +310,11 @@ def materialize_incremental(
     if batch_rows < 1:
         raise InvalidArgumentError(f"batch_rows must be at least 1, got {batch_rows}")
     selected = _select_views(store, views)
-    kafka: _KafkaTarget | None = None
+    kafka: KafkaTarget | None = None
     if via_kafka:
         kafka = _kafka_target(
             selected,
-            _KafkaTarget(
+            KafkaTarget(
                 producer,
                 bootstrap_servers,
                 dict(kafka_config or {}),

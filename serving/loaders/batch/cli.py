@@ -13,7 +13,7 @@ from serving.admin_client import send_admin_job, store_in_use
 from serving.errors import FeatureServingError, InvalidArgumentError, StorageError
 from serving.loaders.batch.api import materialize, materialize_incremental
 from serving.loaders.batch.meta import BATCH_ROWS
-from serving.loaders.batch.publish import _RDKAFKA_LOG, KAFKA_TIMEOUT_S
+from serving.loaders.batch.publish import KAFKA_TIMEOUT_S, RDKAFKA_LOG
 from serving.loaders.publish_state import STATE_TOPIC
 from serving.registry import Registry
 from serving.store import Store
@@ -180,7 +180,7 @@ def _run_via_kafka(args: argparse.Namespace, incremental: bool) -> int:
     config = getattr(args, "config", None) or os.environ.get("FS_CONFIG") or "features.yaml"
     progress = {"always": True, "never": False}.get(args.progress, True)
     # librdkafka logs every failed connection attempt; the run's own error names the problem
-    _RDKAFKA_LOG.setLevel(logging.CRITICAL)
+    RDKAFKA_LOG.setLevel(logging.CRITICAL)
     common: dict[str, Any] = {
         "as_of_version": args.as_of_version,
         "on_error": args.on_error,

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from serving.errors import InvalidArgumentError
-from serving.loaders.batch.meta import _CAST_ERRORS, _US_UTC, MAX_REPORTED_ERRORS, _micros
-from serving.loaders.batch.plan import _Plan, _Unit
+from serving.loaders.batch.meta import CAST_ERRORS, MAX_REPORTED_ERRORS, US_UTC, _micros
+from serving.loaders.batch.plan import Plan, Unit
 from serving.loaders.batch.summary import RowError
 
 
@@ -30,7 +30,7 @@ def _bisect_cast(
         try:
             pieces.append(fn(arr.slice(offset, length)))
             return
-        except _CAST_ERRORS:
+        except CAST_ERRORS:
             if length == 1:
                 bad.append(offset)
                 pieces.append(pa.nulls(1, type=target))
@@ -48,22 +48,22 @@ def _bisect_cast(
 
 def _parse_text_ts(arr: pa.Array) -> pa.Array:
     try:
-        return arr.cast(_US_UTC)
-    except _CAST_ERRORS:
+        return arr.cast(US_UTC)
+    except CAST_ERRORS:
         # no zone offset: naive text is taken as UTC
-        return arr.cast(pa.timestamp("us")).cast(_US_UTC)
+        return arr.cast(pa.timestamp("us")).cast(US_UTC)
 
 
 def _to_timestamp(arr: pa.Array) -> tuple[pa.Array, list[int]]:
     t = arr.type
-    if t == _US_UTC:
+    if t == US_UTC:
         return arr, []
     if pa.types.is_timestamp(t):
         # naive timestamps are taken as UTC; sub-microsecond digits are truncated
-        return arr.cast(_US_UTC, safe=False), []
+        return arr.cast(US_UTC, safe=False), []
     if pa.types.is_date(t):
-        return arr.cast(_US_UTC), []
-    return _bisect_cast(arr, _US_UTC, _parse_text_ts)
+        return arr.cast(US_UTC), []
+    return _bisect_cast(arr, US_UTC, _parse_text_ts)
 
 
 def _show(value: Any) -> str:
@@ -86,7 +86,7 @@ def _cast_reason(src: pa.Array, target: pa.DataType) -> Callable[[int], str]:
 
 
 @dataclass
-class _Prepared:
+class Prepared:
     batch: pa.RecordBatch | None
     scanned: int
     in_window: int
@@ -98,9 +98,7 @@ def _bool_np(arr: pa.Array) -> npt.NDArray[np.bool_]:
     return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _prepare(
-    plan: _Plan, unit: _Unit, row0: int, batch: pa.RecordBatch, *, build: bool
-) -> _Prepared:
+def _prepare(plan: Plan, unit: Unit, row0: int, batch: pa.RecordBatch, *, build: bool) -> Prepared:
     """Checks one batch against the window and the registry; builds the batch to write."""
     n = batch.num_rows
     view = plan.fv.name
@@ -191,4 +189,4 @@ def _prepare(
             out_batch = out_batch.filter(pa.array(keep))
         if out_batch.schema != plan.schema:
             out_batch = out_batch.select(plan.schema.names)
-    return _Prepared(out_batch, n, int(in_window.sum()), n_bad, errors)
+    return Prepared(out_batch, n, int(in_window.sum()), n_bad, errors)

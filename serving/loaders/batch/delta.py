@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from serving.errors import InvalidArgumentError
 from serving.loaders.batch.meta import OnError
-from serving.loaders.batch.plan import _build_units, _Plan
+from serving.loaders.batch.plan import Plan, _build_units
 
 
 def _deltalake() -> Any:
@@ -104,7 +104,7 @@ def _history_note(table: Any, synced: int, target: int) -> str:
 
 
 def _plan_delta(
-    plan: _Plan,
+    plan: Plan,
     *,
     version: int | None,
     synced: int | None,

@@ -21,9 +21,9 @@ MAX_REPORTED_ERRORS = 5
 READ_AHEAD = 2
 
 OnError = Literal["fail", "skip"]
-_US_UTC = pa.timestamp("us", tz="UTC")
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OverflowError)
+US_UTC = pa.timestamp("us", tz="UTC")
+DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OverflowError)
 
 
 def watermark_key(view: str) -> str:

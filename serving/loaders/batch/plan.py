@@ -15,21 +15,21 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from serving.errors import InvalidArgumentError
-from serving.loaders.batch.meta import _CAST_ERRORS, _DATE_RE, OnError
+from serving.loaders.batch.meta import CAST_ERRORS, DATE_RE, OnError
 from serving.loaders.batch.summary import ViewSummary
 from serving.loaders.publish_state import PublishState
 from serving.registry import EVENT_TIMESTAMP, FeatureView
 
 
 @dataclass
-class _RowGroup:
+class RowGroup:
     id: int
     first_row: int
     num_rows: int
 
 
 @dataclass
-class _Column:
+class Column:
     source: str
     target: pa.Field
     kind: Literal["key", "ts", "feature"]
@@ -38,14 +38,14 @@ class _Column:
 
 
 @dataclass
-class _Unit:
+class Unit:
     """One data file and the row groups of it to read."""
 
     label: str
     fragment: Any
     scan_schema: pa.Schema
-    row_groups: list[_RowGroup]
-    columns: list[_Column]
+    row_groups: list[RowGroup]
+    columns: list[Column]
     #: (partition column, day) when the file was kept by date-partition pruning: its rows must
     #: then all fall on that day, which is checked while reading
     date_partition: tuple[str, dt.date] | None = None
@@ -56,15 +56,15 @@ class _Unit:
 
 
 @dataclass
-class _Plan:
+class Plan:
     fv: FeatureView
     schema: pa.Schema
-    units: list[_Unit]
+    units: list[Unit]
     start: dt.datetime | None
     end: dt.datetime | None
     meta: dict[str, bytes]
     summary: ViewSummary
-    skipped_files: list[tuple[_Unit, str, str]] = field(default_factory=list)
+    skipped_files: list[tuple[Unit, str, str]] = field(default_factory=list)
     #: incremental via-kafka runs: the state recorded in the state topic once every row of
     #: the plan was acknowledged
     publish: PublishState | None = None
@@ -92,14 +92,14 @@ def _timestamp_ok(t: pa.DataType) -> bool:
 def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
     try:
         pa.array([], type=src).cast(dst)
-    except _CAST_ERRORS:
+    except CAST_ERRORS:
         return False
     return True
 
 
 def _columns(
     fv: FeatureView, schema: pa.Schema, registry_schema: pa.Schema
-) -> tuple[list[_Column], list[tuple[str, str]]]:
+) -> tuple[list[Column], list[tuple[str, str]]]:
     """The columns to read from a file of ``schema``, and the problems ``(column, reason)``."""
     assert fv.batch_source is not None
     ts_field = fv.batch_source.timestamp_field
@@ -109,7 +109,7 @@ def _columns(
     wanted.append((ts_field, registry_schema.field(EVENT_TIMESTAMP), "ts"))
     for f in fv.features:
         wanted.append((f.name, registry_schema.field(f.name), "feature"))
-    columns: list[_Column] = []
+    columns: list[Column] = []
     problems: list[tuple[str, str]] = []
     names = set(schema.names)
     for source, target, kind in wanted:
@@ -124,14 +124,14 @@ def _columns(
                     (source, f"has type {src_type}; expected a timestamp, a date or ISO 8601 text")
                 )
                 continue
-            columns.append(_Column(source, target, kind, check=src_type != target.type))
+            columns.append(Column(source, target, kind, check=src_type != target.type))
             continue
         if src_type != target.type and not _castable(src_type, target.type):
             problems.append(
                 (source, f"has type {src_type}, which cannot be converted to {target.type}")
             )
             continue
-        columns.append(_Column(source, target, kind, check=src_type != target.type))
+        columns.append(Column(source, target, kind, check=src_type != target.type))
     return columns, problems
 
 
@@ -163,7 +163,7 @@ def _date_partition(keys: dict[str, Any], required: set[str]) -> tuple[str, dt.d
             continue
         if isinstance(value, dt.date):
             found.append((name, value))
-        elif isinstance(value, str) and _DATE_RE.match(value):
+        elif isinstance(value, str) and DATE_RE.match(value):
             try:
                 found.append((name, dt.date.fromisoformat(value)))
             except ValueError:
@@ -185,7 +185,7 @@ def _file_label(fragment: Any, base: str | None) -> str:
 
 
 def _build_units(
-    plan: _Plan,
+    plan: Plan,
     fragments: Iterable[Any],
     *,
     table_schema: pa.Schema | None,
@@ -200,7 +200,7 @@ def _build_units(
     ts_field = fv.batch_source.timestamp_field
     required = {k.name for k in fv.join_keys} | {ts_field} | set(fv.feature_names)
     windowed = start is not None or end is not None
-    shared: tuple[list[_Column], list[tuple[str, str]]] | None = None
+    shared: tuple[list[Column], list[tuple[str, str]]] | None = None
     if table_schema is not None:
         shared = _columns(fv, table_schema, plan.schema)
     for fragment in fragments:
@@ -230,19 +230,19 @@ def _build_units(
         row = 0
         for i in range(metadata.num_row_groups):
             n = metadata.row_group(i).num_rows
-            offsets.append(_RowGroup(i, row, n))
+            offsets.append(RowGroup(i, row, n))
             row += n
         ids = [rg.id for rg in offsets]
         if ts_field in scan_schema.names:
             expr = _ts_filter(scan_schema.field(ts_field).type, ts_field, start, end)
             if expr is not None:
-                with contextlib.suppress(*_CAST_ERRORS):
+                with contextlib.suppress(*CAST_ERRORS):
                     ids = [rg.id for rg in fragment.subset(filter=expr).row_groups]
         if shared is not None:
             columns, problems = shared
         else:
             columns, problems = _columns(fv, scan_schema, plan.schema)
-        unit = _Unit(
+        unit = Unit(
             label,
             fragment,
             scan_schema,
@@ -274,7 +274,7 @@ def _open_parquet(path: str) -> Any:
         raise InvalidArgumentError(f"cannot open Parquet source {path}: {e}") from None
 
 
-def _plan_parquet(plan: _Plan, *, prune_partitions: bool, on_error: OnError) -> None:
+def _plan_parquet(plan: Plan, *, prune_partitions: bool, on_error: OnError) -> None:
     path = plan.summary.path
     if not os.path.exists(path):
         raise InvalidArgumentError(

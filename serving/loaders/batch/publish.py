@@ -11,7 +11,7 @@ from typing import Any
 
 from serving.errors import StorageError
 from serving.loaders.batch.meta import MAX_REPORTED_ERRORS, READ_AHEAD, OnError, _iso
-from serving.loaders.batch.plan import _Plan
+from serving.loaders.batch.plan import Plan
 from serving.loaders.batch.read import _fail, _note_errors, _prepared, _read_ahead
 from serving.loaders.progress import Progress, format_count
 from serving.loaders.publish_state import PublishState, StateTopic, check_topic
@@ -19,13 +19,13 @@ from serving.registry import FeatureView
 
 #: librdkafka's own log lines of via-kafka runs (connection retries while a broker is down
 #: come many a second; the run's errors say what failed)
-_RDKAFKA_LOG = logging.getLogger("serving.batch_loader.rdkafka")
+RDKAFKA_LOG = logging.getLogger("serving.batch_loader.rdkafka")
 #: default deadline of a via-kafka run for reaching the brokers and reading or recording state
 KAFKA_TIMEOUT_S = 30.0
 
 
 @dataclass
-class _KafkaTarget:
+class KafkaTarget:
     """Where a ``via_kafka`` run publishes: a given producer (tests, callers that own one), or
     one producer per view created from its stream source (``bootstrap_servers`` and
     ``kafka_config`` override / add librdkafka settings). ``state_topic``: incremental runs
@@ -56,7 +56,7 @@ class _KafkaTarget:
             if not k.startswith(OPTION_PREFIX) and k.startswith(shared)
         }
         conf["bootstrap.servers"] = self.bootstrap_servers or src.bootstrap_servers
-        conf["logger"] = _RDKAFKA_LOG
+        conf["logger"] = RDKAFKA_LOG
         conf.update(self.kafka_config)
         return conf
 
@@ -104,7 +104,7 @@ PUBLISH_FLUSH_S = 120.0
 
 
 def _publish(
-    kafka: _KafkaTarget, plan: _Plan, *, on_error: OnError, progress: bool, batch_rows: int
+    kafka: KafkaTarget, plan: Plan, *, on_error: OnError, progress: bool, batch_rows: int
 ) -> None:
     """Publish pass: produces every row to the view's stream-source topic, in file order, with
     the same key encoding and partitioner as :func:`serving.loaders.kafka.produce_rows`."""
@@ -152,7 +152,7 @@ def _publish(
         _record_state(kafka, plan, producer, progress=progress)
 
 
-def _record_state(kafka: _KafkaTarget, plan: _Plan, producer: Any, *, progress: bool) -> None:
+def _record_state(kafka: KafkaTarget, plan: Plan, producer: Any, *, progress: bool) -> None:
     """Records the plan's publish state once every one of its rows was acknowledged."""
     assert plan.publish is not None
     fv, summary = plan.fv, plan.summary
@@ -174,13 +174,13 @@ def _record_state(kafka: _KafkaTarget, plan: _Plan, producer: Any, *, progress: 
     )
 
 
-def _published_state(kafka: _KafkaTarget, fv: FeatureView, *, dry_run: bool) -> PublishState | None:
+def _published_state(kafka: KafkaTarget, fv: FeatureView, *, dry_run: bool) -> PublishState | None:
     """What the state topic says was published of ``fv`` (a dry run creates no topic)."""
     assert fv.stream_source is not None
     return kafka.state(fv, create=not dry_run).get(fv.stream_source.topic, fv.name)
 
 
-def _published_version(plan: _Plan, published: PublishState | None) -> int | None:
+def _published_version(plan: Plan, published: PublishState | None) -> int | None:
     """The Delta version recorded as published, if it is of this view's current table."""
     if published is None or published.delta_version is None:
         return None
@@ -208,7 +208,7 @@ def _state_of(
     )
 
 
-def _note_published(plan: _Plan, published: PublishState | None, kafka: _KafkaTarget) -> None:
+def _note_published(plan: Plan, published: PublishState | None, kafka: KafkaTarget) -> None:
     topic = plan.fv.stream_source.topic if plan.fv.stream_source else "?"
     if published is None:
         since = f"nothing recorded for it in topic '{kafka.state_topic}': from the beginning"

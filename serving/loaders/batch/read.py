@@ -11,15 +11,15 @@ from typing import Any
 import pyarrow as pa
 
 from serving.errors import InvalidArgumentError
-from serving.loaders.batch.convert import _prepare, _Prepared
+from serving.loaders.batch.convert import Prepared, _prepare
 from serving.loaders.batch.meta import MAX_REPORTED_ERRORS, READ_AHEAD, OnError
-from serving.loaders.batch.plan import _Plan, _Unit
+from serving.loaders.batch.plan import Plan, Unit
 from serving.loaders.batch.summary import RowError, ViewSummary
 from serving.loaders.progress import Progress, format_count
 from serving.store import Store, WriteStats
 
 
-def _scan(unit: _Unit, columns: list[str], batch_rows: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+def _scan(unit: Unit, columns: list[str], batch_rows: int) -> Iterator[tuple[int, pa.RecordBatch]]:
     """``(first row within the file, batch)`` over the unit's row groups, in file order."""
     for rg in unit.row_groups:
         fragment = unit.fragment.subset(row_group_ids=[rg.id])
@@ -78,7 +78,7 @@ def _read_ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
         thread.join(timeout=5)
 
 
-def _prepared(plan: _Plan, *, build: bool, batch_rows: int) -> Iterator[tuple[_Unit, _Prepared]]:
+def _prepared(plan: Plan, *, build: bool, batch_rows: int) -> Iterator[tuple[Unit, Prepared]]:
     for unit in plan.units:
         if build:
             columns = [c.source for c in unit.columns]
@@ -88,7 +88,7 @@ def _prepared(plan: _Plan, *, build: bool, batch_rows: int) -> Iterator[tuple[_U
             yield unit, _prepare(plan, unit, row0, batch, build=build)
 
 
-def _fail(plan: _Plan, prep: _Prepared) -> InvalidArgumentError:
+def _fail(plan: Plan, prep: Prepared) -> InvalidArgumentError:
     first = prep.errors[0]
     more = prep.bad - 1
     tail = f" ({more} more bad rows in this batch)" if more > 0 else ""
@@ -98,14 +98,14 @@ def _fail(plan: _Plan, prep: _Prepared) -> InvalidArgumentError:
     )
 
 
-def _note_errors(summary: ViewSummary, prep: _Prepared) -> None:
+def _note_errors(summary: ViewSummary, prep: Prepared) -> None:
     summary.errors += prep.bad
     room = MAX_REPORTED_ERRORS - len(summary.first_errors)
     if room > 0:
         summary.first_errors.extend(prep.errors[:room])
 
 
-def _note_skipped_files(plan: _Plan) -> None:
+def _note_skipped_files(plan: Plan) -> None:
     for unit, column, reason in plan.skipped_files:
         plan.summary.errors += unit.rows
         if len(plan.summary.first_errors) < MAX_REPORTED_ERRORS:
@@ -115,7 +115,7 @@ def _note_skipped_files(plan: _Plan) -> None:
 
 
 def _validate(
-    plan: _Plan, *, on_error: OnError, progress: bool, batch_rows: int, count: bool
+    plan: Plan, *, on_error: OnError, progress: bool, batch_rows: int, count: bool
 ) -> None:
     """Validation pass: reads only the columns that need per-row checks."""
     bar = Progress(f"validate {plan.fv.name}", plan.total_rows, enabled=progress)
@@ -133,7 +133,7 @@ def _validate(
         bar.close()
 
 
-def _load(store: Store, plan: _Plan, *, on_error: OnError, progress: bool, batch_rows: int) -> None:
+def _load(store: Store, plan: Plan, *, on_error: OnError, progress: bool, batch_rows: int) -> None:
     """Load pass: writes every batch; the meta rides with the last one."""
     summary, view = plan.summary, plan.fv.name
     bar = Progress(f"load {view}", plan.total_rows, enabled=progress)

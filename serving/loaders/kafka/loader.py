@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from serving.errors import InvalidArgumentError
-from serving.loaders.kafka.source import _Source
+from serving.loaders.kafka.source import Source
 from serving.sharding import Shard
 from serving.store import Store
 
@@ -54,7 +54,7 @@ class KafkaLoader:
                 )
         self.store = store
         self.sources = [
-            _Source(
+            Source(
                 store,
                 v,
                 bootstrap_servers=bootstrap_servers,
@@ -83,7 +83,7 @@ class KafkaLoader:
             self._threads.append(t)
             t.start()
 
-    def _run_source(self, s: _Source) -> None:
+    def _run_source(self, s: Source) -> None:
         try:
             s.run(self._stop)
         except Exception:

@@ -55,25 +55,25 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
     # the only sign of an unreachable broker while the topic is idle (docs/reliability.md).
     "statistics.interval.ms": 1000,
 }
-_TRUNCATION_CHECKS = 2
-_CHECK_INTERVAL_S = 1.0
-_METADATA_REFRESH_S = 30.0
-_MAX_BACKOFF_S = 10.0
+TRUNCATION_CHECKS = 2
+CHECK_INTERVAL_S = 1.0
+METADATA_REFRESH_S = 30.0
+MAX_BACKOFF_S = 10.0
 #: librdkafka reports every failed reconnect (many a second while a broker is down): log the
 #: first, then at most one line this often with the number left out
-_ERROR_LOG_INTERVAL_S = 10.0
+ERROR_LOG_INTERVAL_S = 10.0
 #: librdkafka's own lines (``logger`` of every client): repeats collapsed, since a client logs
 #: each failed connection attempt, about 20 a second while a broker is down
-_RDKAFKA_LOG = logging.getLogger("serving.kafka.rdkafka")
-if not any(isinstance(f, RepeatFilter) for f in _RDKAFKA_LOG.filters):
-    _RDKAFKA_LOG.addFilter(RepeatFilter(_ERROR_LOG_INTERVAL_S))
+RDKAFKA_LOG = logging.getLogger("serving.kafka.rdkafka")
+if not any(isinstance(f, RepeatFilter) for f in RDKAFKA_LOG.filters):
+    RDKAFKA_LOG.addFilter(RepeatFilter(ERROR_LOG_INTERVAL_S))
 #: what the loader does with a record whose entity key belongs to another partition than the one
 #: it arrived on (``loader.misrouted``): apply it anyway (default), skip it, or dead-letter it
 MISROUTED_ACTIONS = ("apply", "skip", "dlq")
 #: the fix named in every misrouted-record warning
 MISROUTED_HINT = "producer must use partitioner=murmur2_random"
 #: the id of a topic on a broker that has none (base64 of 16 zero bytes)
-_NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"
+NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"
 
 
 def offset_key(view: str, topic: str, partition: int) -> str:

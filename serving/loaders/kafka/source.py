@@ -13,16 +13,16 @@ from typing import Any
 from serving import _rust_core
 from serving.errors import StorageError
 from serving.loaders.kafka.options import (
-    _CHECK_INTERVAL_S,
-    _ERROR_LOG_INTERVAL_S,
-    _MAX_BACKOFF_S,
-    _METADATA_REFRESH_S,
-    _NO_TOPIC_ID,
-    _RDKAFKA_LOG,
-    _TRUNCATION_CHECKS,
+    CHECK_INTERVAL_S,
     CONSUMER_DEFAULTS,
+    ERROR_LOG_INTERVAL_S,
+    MAX_BACKOFF_S,
+    METADATA_REFRESH_S,
     MISROUTED_HINT,
+    NO_TOPIC_ID,
     PRODUCER_DEFAULTS,
+    RDKAFKA_LOG,
+    TRUNCATION_CHECKS,
     LoaderOptions,
     offset_key,
 )
@@ -37,7 +37,7 @@ class _DeadLetterError(Exception):
     pass
 
 
-class _Source:
+class Source:
     """One view's consumer: assignment, the batch loop, dead letters, counters."""
 
     def __init__(
@@ -116,7 +116,7 @@ class _Source:
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap,
             "client.id": f"feature-serving-{self.view.name}",
-            "logger": _RDKAFKA_LOG,
+            "logger": RDKAFKA_LOG,
         }
         return conf
 
@@ -147,12 +147,12 @@ class _Source:
         now = time.monotonic()
         with self.lock:
             self.last_error = str(err)
-            if now - self._errors_logged_at < _ERROR_LOG_INTERVAL_S:
+            if now - self._errors_logged_at < ERROR_LOG_INTERVAL_S:
                 self._errors_unlogged += 1
                 return
             left_out, self._errors_unlogged = self._errors_unlogged, 0
             self._errors_logged_at = now
-        more = f" ({left_out} more errors in the last {_ERROR_LOG_INTERVAL_S:.0f} s)"
+        more = f" ({left_out} more errors in the last {ERROR_LOG_INTERVAL_S:.0f} s)"
         log.warning(
             "kafka (%s, topic %s): %s%s", self.view.name, self.topic, err, more if left_out else ""
         )
@@ -316,10 +316,10 @@ class _Source:
         )
 
     def _warn_misrouted(self, msgs: list[Any], misrouted: list[tuple[int, int, bool]]) -> None:
-        """One warning per ``_ERROR_LOG_INTERVAL_S`` at most, naming the first record."""
+        """One warning per ``ERROR_LOG_INTERVAL_S`` at most, naming the first record."""
         now = time.monotonic()
         with self.lock:
-            if now - self._misrouted_logged_at < _ERROR_LOG_INTERVAL_S:
+            if now - self._misrouted_logged_at < ERROR_LOG_INTERVAL_S:
                 self._misrouted_unlogged += len(misrouted)
                 return
             left_out, self._misrouted_unlogged = self._misrouted_unlogged, 0
@@ -429,7 +429,7 @@ class _Source:
             self.high[p] = hi
             if nxt is not None and nxt > hi:
                 self.suspect[p] = self.suspect.get(p, 0) + 1
-                if self.suspect[p] >= _TRUNCATION_CHECKS:
+                if self.suspect[p] >= TRUNCATION_CHECKS:
                     reset.append((p, nxt, hi))
             else:
                 self.suspect.pop(p, None)
@@ -468,7 +468,7 @@ class _Source:
             log.debug("kafka loader: view %s: topic id not known: %s", self.view.name, e)
             return
         self.verify_topic = False
-        if new == _NO_TOPIC_ID:  # a broker without topic ids (Kafka < 2.8): cannot tell
+        if new == NO_TOPIC_ID:  # a broker without topic ids (Kafka < 2.8): cannot tell
             return
         if self.topic_id is not None and new != self.topic_id and self.next:
             log.warning(
@@ -579,7 +579,7 @@ class _Source:
                         assigned = False
                         with self.lock:  # no statistics arrive before an assignment
                             self.broker_up = False
-                    next_refresh = now + _METADATA_REFRESH_S
+                    next_refresh = now + METADATA_REFRESH_S
                     self.verify_topic = True
                     if not assigned:
                         next_refresh = now + 1.0
@@ -600,7 +600,7 @@ class _Source:
                 now = time.monotonic()
                 if now >= next_check:
                     self.check_partitions()
-                    next_check = now + _CHECK_INTERVAL_S
+                    next_check = now + CHECK_INTERVAL_S
                 if now >= next_commit:
                     self.commit()
                     next_commit = now + self.opts.commit_interval_s
@@ -626,4 +626,4 @@ class _Source:
             self.assign()  # rewind to the last applied offsets
         except Exception as e2:
             log.warning("kafka loader: view %s: re-assign failed: %s", self.view.name, e2)
-        return min(backoff * 2, _MAX_BACKOFF_S)
+        return min(backoff * 2, MAX_BACKOFF_S)

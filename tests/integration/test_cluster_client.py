@@ -33,12 +33,12 @@ import yaml
 import serving
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
 from serving.client import (
-    METHOD,
     AsyncShardedFeatureClient,
     ColumnsResult,
     FeatureClient,
     ShardedFeatureClient,
 )
+from serving.client.codec import METHOD
 from serving.cluster import ClusterChannels, ClusterMap, ClusterMapError, fetch_node_info
 from serving.errors import PermissionDeniedError, StorageError, UnauthenticatedError
 from serving.frontend.auth import KeyFile

@@ -3,9 +3,8 @@
 //! encodes the cells of its plan ([`encode`]), the router parses each part's answer
 //! ([`PartCells::parse`]) and reads its cells in request order (`route::Gathered`).
 //!
-//! The node answers a `GetCellsRequest` (API [`Api::Cells`]) with the cells of its plan, not
-//! with stored rows: a row's physical layout depends on the node's schema history, the cells
-//! do not. Little-endian throughout:
+//! The answer carries cells, not stored rows: a row's physical layout depends on the node's
+//! schema history, the cells do not. Little-endian throughout:
 //!
 //! ```text
 //! "FSC1" | u32 entities n | u32 views v | v x (n x i64 event ts, 0 when no row)

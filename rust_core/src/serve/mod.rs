@@ -203,11 +203,6 @@ impl fmt::Debug for Prepared {
 }
 
 impl Prepared {
-    #[must_use]
-    pub fn api(&self) -> Api {
-        self.api
-    }
-
     /// The feature views the request reads (for scope checks).
     pub fn views(&self) -> impl Iterator<Item = &str> {
         self.plan.views.iter().map(|v| v.def.name.as_str())

@@ -2,7 +2,7 @@
 
 Every error the package raises derives from :class:`FeatureServingError`, which knows the gRPC
 status and the HTTP status it is answered with. The Rust core raises these same classes (its one
-error enum is mapped here, in ``rust_core/src/py.rs``), the gRPC interceptor and the HTTP
+error enum is mapped to them in ``rust_core/src/py/errors.rs``), the gRPC interceptor and the HTTP
 middleware translate them in one place each.
 """
 
@@ -89,11 +89,21 @@ class PermissionDeniedError(FeatureServingError):
 
 
 class ResourceExhaustedError(FeatureServingError):
-    """A limit was hit (too many entities, message too large, overload)."""
+    """The server is out of capacity (overload, a queue full): retrying later can succeed."""
 
     grpc_status = "RESOURCE_EXHAUSTED"
     http_status = 429
     code = "resource_exhausted"
+
+
+class LimitExceededError(ResourceExhaustedError):
+    """A request is over a per-request limit (entities or features per request,
+    ``--max-entities`` / ``--max-features``): the same request will always be refused, so it is
+    answered 413 over HTTP rather than 429, and RESOURCE_EXHAUSTED over gRPC like every size
+    limit of gRPC itself."""
+
+    http_status = 413
+    code = "limit_exceeded"
 
 
 class DeadlineExceededError(FeatureServingError):
@@ -111,8 +121,10 @@ class ShardAnswerError(FeatureServingError):
     code = "bad_shard_answer"
 
 
-class ShardUnavailableError(FeatureServingError):
-    """A router could not reach any replica of a shard within the deadline."""
+class ShardUnavailableError(StorageError):
+    """A router could not reach any replica of a shard within the deadline. A StorageError, so
+    that a caller catching what one node answers when its store is unavailable catches this too,
+    over gRPC and HTTP alike."""
 
     grpc_status = "UNAVAILABLE"
     http_status = 503
@@ -145,6 +157,7 @@ ERROR_CLASSES: tuple[type[FeatureServingError], ...] = (
     UnauthenticatedError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    LimitExceededError,
     DeadlineExceededError,
     ShardAnswerError,
 )
@@ -187,6 +200,7 @@ __all__ = [
     "DeadlineExceededError",
     "FeatureServingError",
     "InvalidArgumentError",
+    "LimitExceededError",
     "NotFoundError",
     "PermissionDeniedError",
     "RegistryError",

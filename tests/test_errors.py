@@ -11,6 +11,7 @@ from serving.errors import (
     DeadlineExceededError,
     FeatureServingError,
     InvalidArgumentError,
+    LimitExceededError,
     RegistryError,
     ShardAnswerError,
     ShardUnavailableError,
@@ -58,7 +59,10 @@ def test_unknown_codes_fall_back_to_the_status_then_to_the_base() -> None:
     assert error_class(code="message_too_large", http_status=502) is ShardAnswerError
     assert error_class(code="nope", grpc_status="UNAVAILABLE") is StorageError
     assert error_class(code="nope", http_status=418, grpc_status="UNKNOWN") is FeatureServingError
-    assert grpc_status_of(code="message_too_large", http_status=413) is None
+    # aiohttp's own body-size refusal has no class of ours; 413 is a limit, as LimitExceededError
+    assert grpc_status_of(code="message_too_large", http_status=413) == "RESOURCE_EXHAUSTED"
+    assert error_class(code="message_too_large", http_status=413) is LimitExceededError
+    assert grpc_status_of(code="nope", http_status=418) is None
     # a router's own classes, named by their codes, not their (shared) statuses
     assert error_class(code="shard_unavailable", http_status=503) is ShardUnavailableError
     assert error_class(code="invalid_registry", http_status=400) is RegistryError

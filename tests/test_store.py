@@ -22,6 +22,7 @@ import pytest
 import serving.store as store_module
 from serving.errors import (
     InvalidArgumentError,
+    LimitExceededError,
     NotFoundError,
     ResourceExhaustedError,
     SchemaError,
@@ -1029,11 +1030,22 @@ def test_bad_entities(loaded: Store) -> None:
 
 
 def test_max_entities(loaded: Store) -> None:
-    # the class of this error is being changed in the core (RESOURCE_EXHAUSTED vs
-    # INVALID_ARGUMENT); what matters here is that the limit is enforced with a clear message
-    with pytest.raises((InvalidArgumentError, ResourceExhaustedError), match="limit is 2"):
+    # a per-request limit is its own class: RESOURCE_EXHAUSTED over gRPC, 413 over HTTP
+    with pytest.raises(LimitExceededError, match="3 entities requested; the limit is 2"):
         loaded.get({"user_id": [1, 2, 3]}, ["all_types:i32"], max_entities=2)
     assert loaded.get({"user_id": [1, 2]}, ["all_types:i32"], max_entities=2).table.num_rows == 2
+    assert issubclass(LimitExceededError, ResourceExhaustedError)
+    assert (LimitExceededError.grpc_status, LimitExceededError.http_status) == (
+        "RESOURCE_EXHAUSTED",
+        413,
+    )
+
+
+def test_max_features_per_request(loaded: Store) -> None:
+    loaded.core.configure_serving(max_entities=10, max_features=1)
+    body = b'{"features":["all_types:i32","all_types:i64"],"entities":{"user_id":[1]}}'
+    with pytest.raises(LimitExceededError, match="2 features requested; the limit is 1"):
+        loaded.core.serve("feast_http", body, None)
 
 
 # --------------------------------------------------------------------------------------------

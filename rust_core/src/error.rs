@@ -19,9 +19,10 @@ pub enum CoreError {
     /// The caller's API key may not read what it asked for.
     #[error("{0}")]
     PermissionDenied(String),
-    /// A limit was exceeded (entities per request, ...).
+    /// A per-request limit was exceeded (entities or features per request). Raised as
+    /// `LimitExceededError`: RESOURCE_EXHAUSTED over gRPC, 413 over HTTP, as the body-size limit.
     #[error("{0}")]
-    ResourceExhausted(String),
+    LimitExceeded(String),
     /// The request asks a sharded node for an entity another shard owns.
     #[error("{0}")]
     WrongShard(String),

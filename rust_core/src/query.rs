@@ -52,7 +52,7 @@ impl Entities {
             }
         }
         if n > limits.max_entities {
-            return Err(CoreError::InvalidArgument(format!(
+            return Err(CoreError::LimitExceeded(format!(
                 "{n} entities requested; the limit is {}",
                 limits.max_entities
             )));

@@ -22,11 +22,11 @@ from serving.cluster.map import ClusterMap
 from serving.cluster.rpc import rpc_error
 from serving.errors import InvalidArgumentError, grpc_status_of
 
-#: HTTP statuses without a JSON error code that a node's HTTP port can answer and that are not
-#: a node's serving.errors class: aiohttp's body limit (gRPC answers an oversized message
-#: RESOURCE_EXHAUSTED), and a proxy in front of the node that could not reach it (UNAVAILABLE:
-#: fail over to another replica; 502 is ShardAnswerError's status, which only routers answer)
-_TRANSPORT_STATUS = {413: "RESOURCE_EXHAUSTED", 502: "UNAVAILABLE"}
+#: HTTP statuses a node's HTTP port can answer that mean something else than the serving.errors
+#: class of that status: a proxy in front of the node that could not reach it (UNAVAILABLE: fail
+#: over to another replica; 502 is ShardAnswerError's status, which only routers answer).
+#: aiohttp's own body-size 413 needs no entry: 413 is LimitExceededError's, RESOURCE_EXHAUSTED.
+_TRANSPORT_STATUS = {502: "UNAVAILABLE"}
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

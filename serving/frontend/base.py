@@ -35,6 +35,7 @@ from serving.errors import (
     DeadlineExceededError,
     FeatureServingError,
     InvalidArgumentError,
+    LimitExceededError,
     PermissionDeniedError,
     ResourceExhaustedError,
     UnauthenticatedError,
@@ -62,12 +63,12 @@ def rejection_reason(e: FeatureServingError) -> str | None:
     """Why a request was refused before any lookup, for the rejected-requests counter."""
     if isinstance(e, UnauthenticatedError | PermissionDeniedError):
         return "auth"
+    if isinstance(e, LimitExceededError):
+        return "limit"
     if isinstance(e, ResourceExhaustedError):
         return "overload"
     if isinstance(e, DeadlineExceededError):
         return "deadline"
-    if "the limit is" in e.message:
-        return "limit"
     if isinstance(e, InvalidArgumentError):
         return "invalid"
     return None

@@ -321,7 +321,7 @@ BAD_HTTP = [
     ),
     (
         {"features": ["user_profile:f000"], "entities": {"user_id": list(range(1001))}},
-        400, "invalid_argument",
+        413, "limit_exceeded",
     ),
     ({"features": [], "entities": {"user_id": [1]}}, 400, "invalid_argument"),
 ]  # fmt: skip
@@ -462,8 +462,9 @@ def test_env_var_settings(tmp_path: Path, env: dict[str, Any]) -> None:
             "/get-online-features",
             {"features": ["user_profile:f000"], "entities": {"user_id": [1, 2, 3]}},
         )
-        assert status == 400
-        assert "limit is 2" in body["error"]["message"]
+        assert status == 413, body
+        assert body["error"]["code"] == "limit_exceeded"
+        assert "3 entities requested; the limit is 2" in body["error"]["message"]
     finally:
         assert stop_server(server) == 0
 

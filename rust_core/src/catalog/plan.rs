@@ -115,7 +115,7 @@ pub fn plan_cached(
         p
     };
     if plan.columns.len() > limits.max_features {
-        return Err(CoreError::InvalidArgument(format!(
+        return Err(CoreError::LimitExceeded(format!(
             "{} features requested; the limit is {}",
             plan.columns.len(),
             limits.max_features
@@ -158,7 +158,7 @@ fn resolve(cat: &Catalog, sel: &Selector, entity_names: &[&str], limits: Limits)
         }
     };
     if refs.len() > limits.max_features {
-        return Err(CoreError::InvalidArgument(format!(
+        return Err(CoreError::LimitExceeded(format!(
             "{} features requested; the limit is {}",
             refs.len(),
             limits.max_features

@@ -34,7 +34,7 @@ error_classes! {
     NotFound => NotFoundError,
     Schema => SchemaError,
     Storage => StorageError,
-    ResourceExhausted => ResourceExhaustedError,
+    LimitExceeded => LimitExceededError,
     PermissionDenied => PermissionDeniedError,
     WrongShard => WrongShardError,
     BadShardAnswer => ShardAnswerError,

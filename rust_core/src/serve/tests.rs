@@ -414,7 +414,7 @@ fn json_bad_input() {
         NOW,
     )
     .unwrap_err();
-    assert!(matches!(e, CoreError::InvalidArgument(_)), "{e:?}");
+    assert!(matches!(e, CoreError::LimitExceeded(_)), "{e:?}");
     assert!(
         e.to_string()
             .contains("3 entities requested; the limit is 2"),

@@ -112,7 +112,7 @@ bench: build ## pytest-benchmark suites (saved, compared with the previous run),
 	  $$(ls .benchmarks/*/0*.json >/dev/null 2>&1 && echo --benchmark-compare)
 	@# rust_core/benches: the serving path and the router on W2; criterion compares with its
 	@# previous run (kept under $$CARGO_TARGET_DIR/criterion).
-	cargo bench -p rust_core --benches
+	cargo bench -p rust_core
 
 .PHONY: loadtest
 loadtest: sample ## Locust (HTTP + gRPC users) against a fresh server on the sample; USERS=20 SPAWN_RATE=10 DURATION=30s TAGS=w1|w2

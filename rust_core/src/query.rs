@@ -342,4 +342,18 @@ impl<'a> CellSource for Cells<'a> {
     fn cell(&self, col: CellCol<'a>, e: usize) -> Cell<'_> {
         Cells::cell(self, col, e)
     }
+
+    /// The W2 dense layout's common case, a float32 slot of a full-width row, without going
+    /// through [`Cell`] (measured: the general path doubles the v1 dense encode).
+    #[inline]
+    fn f32(&self, col: CellCol<'a>, e: usize) -> (f32, Status, i64) {
+        if let RowState::Live(row) = self.row(col.view, e) {
+            match row.view().f32_at(col.at) {
+                Some(Some(x)) => return (x, Status::Present, row.event_ts()),
+                Some(None) => return (f32::NAN, Status::NullValue, row.event_ts()),
+                None => {}
+            }
+        }
+        dense_f32(self.cell(col, e))
+    }
 }

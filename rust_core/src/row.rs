@@ -396,33 +396,63 @@ impl<'a> RowView<'a> {
     /// general path answers it safely).
     #[inline]
     pub fn value_at(&self, layout: &RowLayout, at: SlotPos) -> ValueRef<'a> {
-        if self.n_slots == at.n_slots {
-            if let Some(&bits) = self.b.get(at.bm) {
-                if bits & at.mask == 0 {
-                    return ValueRef::Null;
-                }
-                let fixed = |w: usize| self.b.get(at.pos..at.pos + w);
-                let v = match at.dtype {
-                    DType::Float32 => fixed(4)
-                        .map(|b| ValueRef::Float32(f32::from_le_bytes(b.try_into().expect("4")))),
-                    DType::Float64 => fixed(8)
-                        .map(|b| ValueRef::Float64(f64::from_le_bytes(b.try_into().expect("8")))),
-                    DType::Int32 => fixed(4)
-                        .map(|b| ValueRef::Int32(i32::from_le_bytes(b.try_into().expect("4")))),
-                    DType::Int64 => fixed(8)
-                        .map(|b| ValueRef::Int64(i64::from_le_bytes(b.try_into().expect("8")))),
-                    DType::Timestamp => fixed(8)
-                        .map(|b| ValueRef::Timestamp(i64::from_le_bytes(b.try_into().expect("8")))),
-                    DType::Bool => fixed(1).map(|b| ValueRef::Bool(b[0] != 0)),
-                    DType::Float32Array => fixed(at.width).map(ValueRef::Float32Array),
-                    DType::String | DType::Bytes => None,
-                };
-                if let Some(v) = v {
-                    return v;
-                }
-            }
+        match self.fixed_at(at) {
+            Some(v) => v,
+            None => self.value_general(layout, at.slot),
         }
-        self.value(layout, at.slot)
+    }
+
+    /// The fast path of [`Self::value_at`]: `None` when it does not apply.
+    #[inline]
+    fn fixed_at(&self, at: SlotPos) -> Option<ValueRef<'a>> {
+        if self.n_slots != at.n_slots {
+            return None;
+        }
+        let bits = *self.b.get(at.bm)?;
+        if bits & at.mask == 0 {
+            return Some(ValueRef::Null);
+        }
+        let fixed = |w: usize| self.b.get(at.pos..at.pos + w);
+        match at.dtype {
+            DType::Float32 => {
+                fixed(4).map(|b| ValueRef::Float32(f32::from_le_bytes(b.try_into().expect("4"))))
+            }
+            DType::Float64 => {
+                fixed(8).map(|b| ValueRef::Float64(f64::from_le_bytes(b.try_into().expect("8"))))
+            }
+            DType::Int32 => {
+                fixed(4).map(|b| ValueRef::Int32(i32::from_le_bytes(b.try_into().expect("4"))))
+            }
+            DType::Int64 => {
+                fixed(8).map(|b| ValueRef::Int64(i64::from_le_bytes(b.try_into().expect("8"))))
+            }
+            DType::Timestamp => {
+                fixed(8).map(|b| ValueRef::Timestamp(i64::from_le_bytes(b.try_into().expect("8"))))
+            }
+            DType::Bool => fixed(1).map(|b| ValueRef::Bool(b[0] != 0)),
+            DType::Float32Array => fixed(at.width).map(ValueRef::Float32Array),
+            DType::String | DType::Bytes => None,
+        }
+    }
+
+    /// Kept out of line so that the fast path inlines into the encoders' loops small.
+    #[inline(never)]
+    fn value_general(&self, layout: &RowLayout, slot: usize) -> ValueRef<'a> {
+        self.value(layout, slot)
+    }
+
+    /// Dense float32 fast path for one float32 slot of a full-width row: `Some(Some(x))`
+    /// present, `Some(None)` null, `None` when the fast path does not apply.
+    #[inline]
+    pub fn f32_at(&self, at: SlotPos) -> Option<Option<f32>> {
+        if at.dtype != DType::Float32 || self.n_slots != at.n_slots {
+            return None;
+        }
+        if *self.b.get(at.bm)? & at.mask == 0 {
+            return Some(None);
+        }
+        let b = self.b.get(at.pos..at.pos + 4)?;
+        Some(Some(f32::from_le_bytes(b.try_into().expect("4"))))
     }
 
     /// Dense float32 fast path over float32 slots of one full-width row: `f(i, bytes)` for

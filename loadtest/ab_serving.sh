@@ -6,11 +6,20 @@
 #   loadtest/ab_serving.sh "--batch-window-us 0" "--batch-window-us 200"
 #   ROUNDS=3 SECONDS_PER_RUN=15 WORKLOADS="w1:1 w1:32" loadtest/ab_serving.sh "" "--no-request-metrics"
 #
+# Two commits instead of two flag sets: CHECKOUTS names one built checkout per variant (a
+# `git worktree` with its extension built, or with `serving/_rust_core*.so` and `serving/_proto`
+# copied in); variant i's server runs that checkout's `serving` package (PYTHONPATH) with this
+# checkout's Python environment:
+#
+#   git worktree add /tmp/before HEAD~5 && (cd /tmp/before && make build)
+#   CHECKOUTS="/tmp/before $PWD" loadtest/ab_serving.sh "" ""
+#
 # Needs the sample (`make sample`). Every variant runs with an API key (add --no-auth to a
 # variant to measure without). Stops what it started on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
+PY=$(realpath -s "${PYTHON:-.venv/bin/python}")
+read -r -a checkouts <<<"${CHECKOUTS:-}"
 SAMPLE=${SAMPLE_DIR:-.data/sample}
 ROUNDS=${ROUNDS:-2}
 SECS=${SECONDS_PER_RUN:-10}
@@ -28,10 +37,12 @@ i=0
 for flags in "$@"; do
   cp -r "$tmp/base" "$tmp/db$i"; rm -f "$tmp/db$i/LOCK"
   port=$(free_port)
+  src=$(realpath "${checkouts[$i]:-.}")
   # shellcheck disable=SC2086
-  $PY -m serving serve --config features.yaml --data-dir "$tmp/db$i" --http-port "$port" \
-    --grpc-port "$(free_port)" --keys-file "$tmp/keys.json" --no-ingest --log-level warning \
-    $flags >"$tmp/server$i.log" 2>&1 &
+  (cd "$src" && PYTHONPATH="$src" exec $PY -m serving serve --config "$src/features.yaml" \
+    --data-dir "$tmp/db$i" --http-port "$port" --grpc-port "$(free_port)" \
+    --keys-file "$tmp/keys.json" --no-ingest --log-level warning \
+    $flags) >"$tmp/server$i.log" 2>&1 &
   pids+=($!); ports+=("$port"); i=$((i + 1))
 done
 for port in "${ports[@]}"; do
@@ -48,7 +59,8 @@ for w in $WORKLOADS; do
       line=$(FS_API_KEY=$key wrk -t"$threads" -c"$conc" -d"${SECS}s" --latency --timeout 30s \
         -s loadtest/get_online_features.lua "http://127.0.0.1:${ports[$i]}" -- "$workload" \
         "$SAMPLE/ids.txt" | grep WRKJSON)
-      $PY - "$line" "$workload" "$conc" "$round" "$flags" <<'PYEOF'
+      label="${checkouts[$i]:+$(basename "${checkouts[$i]}") }$flags"
+      $PY - "$line" "$workload" "$conc" "$round" "$label" <<'PYEOF'
 import json, sys
 line, workload, conc, rnd, flags = sys.argv[1:6]
 d = json.loads(line[len("WRKJSON "):])

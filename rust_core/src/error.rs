@@ -20,7 +20,7 @@ pub enum CoreError {
     #[error("{0}")]
     PermissionDenied(String),
     /// A per-request limit was exceeded (entities or features per request). Raised as
-    /// `LimitExceededError`: RESOURCE_EXHAUSTED over gRPC, 413 over HTTP, as the body-size limit.
+    /// `LimitExceededError`: `RESOURCE_EXHAUSTED` over gRPC, 413 over HTTP, as the body-size limit.
     #[error("{0}")]
     LimitExceeded(String),
     /// The request asks a sharded node for an entity another shard owns.

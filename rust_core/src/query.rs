@@ -264,8 +264,32 @@ impl<'a> Cells<'a> {
         &self.answer.rows[view][e]
     }
 
+    /// A fixed-width slot of a full-width row inline (the encoders' common case), everything
+    /// else out of line: with the whole match inline the compiler kept `cell` out of the
+    /// encoders' loops, and the W2 Feast gRPC and JSON encodes ran 35-50 % slower
+    /// (`cargo bench --bench serving -- 'w2/.*/encode$'`, perf annotate).
     #[inline]
     pub fn cell(&self, col: CellCol<'a>, e: usize) -> Cell<'a> {
+        if let RowState::Live(row) = self.row(col.view, e) {
+            if let Some(value) = row.view().fixed_at(col.at) {
+                let event_ts = row.event_ts();
+                let status = if matches!(value, ValueRef::Null) {
+                    Status::NullValue
+                } else {
+                    Status::Present
+                };
+                return Cell {
+                    status,
+                    value,
+                    event_ts,
+                };
+            }
+        }
+        self.cell_general(col, e)
+    }
+
+    #[inline(never)]
+    fn cell_general(&self, col: CellCol<'a>, e: usize) -> Cell<'a> {
         match self.row(col.view, e) {
             RowState::NotFound => Cell {
                 status: Status::NotFound,
@@ -323,14 +347,16 @@ pub trait CellSource {
     fn f32(&self, col: Self::Col, e: usize) -> (f32, Status, i64) {
         dense_f32(self.cell(col, e))
     }
-    /// [`Self::f32`] of every column of `cols` for entity `e`, in order: `put(i, value,
-    /// status, event_ts)` for `cols[i]`. The dense encoders' loop; a source may find each row
-    /// once per run of columns of one view instead of once per cell.
+    /// [`Self::f32`] of every entity and every column of `cols`: `put(e, i, value, status,
+    /// event_ts)` for entity `e` and `cols[i]`, entity by entity. The dense encoders' loop; a
+    /// source may find each row once per run of columns of one view instead of once per cell.
     #[inline]
-    fn f32_row(&self, cols: &[Self::Col], e: usize, mut put: impl FnMut(usize, f32, Status, i64)) {
-        for (i, col) in cols.iter().enumerate() {
-            let (x, s, t) = self.f32(*col, e);
-            put(i, x, s, t);
+    fn f32_rows(&self, cols: &[Self::Col], mut put: impl FnMut(usize, usize, f32, Status, i64)) {
+        for e in 0..self.num_entities() {
+            for (i, col) in cols.iter().enumerate() {
+                let (x, s, t) = self.f32(*col, e);
+                put(e, i, x, s, t);
+            }
         }
     }
 }
@@ -367,36 +393,43 @@ impl<'a> CellSource for Cells<'a> {
         dense_f32(self.cell(col, e))
     }
 
-    /// W2's dense answer: 200 float32 columns of one view. The row of a run of columns of one
-    /// view is found once (two indexings, the enum and the full-width check), not once per
-    /// cell: measured, the per-cell lookup made the v1 dense encode 1.6x slower (88 -> 142 us).
+    /// W2's dense answer: 200 float32 columns of one view. Each row is found once per run of
+    /// columns of its view (two indexings, the enum, the full-width check), and the run's cells
+    /// are read from its bytes in a tight loop. Measured with perf: finding the row per cell
+    /// kept the row's pointer and length out of registers, and made the v1 dense encode 1.6x
+    /// slower than this (perf annotate of `encode_proto::v1_dense`).
     #[inline]
-    fn f32_row(
-        &self,
-        cols: &[CellCol<'a>],
-        e: usize,
-        mut put: impl FnMut(usize, f32, Status, i64),
-    ) {
-        let mut i = 0;
-        while i < cols.len() {
-            let view = cols[i].view;
-            let run = cols[i..].iter().take_while(|c| c.view == view).count();
-            let row = self.row(view, e);
-            for (k, col) in cols[i..i + run].iter().enumerate() {
-                let fast = match row {
-                    RowState::Live(r) => r.view().f32_at(col.at).map(|x| (x, r.event_ts())),
-                    _ => None,
-                };
-                match fast {
-                    Some((Some(x), ts)) => put(i + k, x, Status::Present, ts),
-                    Some((None, ts)) => put(i + k, f32::NAN, Status::NullValue, ts),
-                    None => {
+    fn f32_rows(&self, cols: &[CellCol<'a>], mut put: impl FnMut(usize, usize, f32, Status, i64)) {
+        // runs of consecutive columns of one view: (first column, end)
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (i, c) in cols.iter().enumerate() {
+            match runs.last_mut() {
+                Some(r) if cols[r.0].view == c.view => r.1 = i + 1,
+                _ => runs.push((i, i + 1)),
+            }
+        }
+        for e in 0..self.answer.num_entities {
+            for &(start, end) in &runs {
+                let run = &cols[start..end];
+                if let RowState::Live(r) = self.row(run[0].view, e) {
+                    let (row, ts) = (r.view(), r.event_ts());
+                    for (k, col) in run.iter().enumerate() {
+                        match row.f32_at(col.at) {
+                            Some(Some(x)) => put(e, start + k, x, Status::Present, ts),
+                            Some(None) => put(e, start + k, f32::NAN, Status::NullValue, ts),
+                            None => {
+                                let (value, status, ts) = dense_f32(self.cell(*col, e));
+                                put(e, start + k, value, status, ts);
+                            }
+                        }
+                    }
+                } else {
+                    for (k, col) in run.iter().enumerate() {
                         let (value, status, ts) = dense_f32(self.cell(*col, e));
-                        put(i + k, value, status, ts);
+                        put(e, start + k, value, status, ts);
                     }
                 }
             }
-            i += run;
         }
     }
 }

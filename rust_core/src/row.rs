@@ -404,7 +404,7 @@ impl<'a> RowView<'a> {
 
     /// The fast path of [`Self::value_at`]: `None` when it does not apply.
     #[inline]
-    fn fixed_at(&self, at: SlotPos) -> Option<ValueRef<'a>> {
+    pub fn fixed_at(&self, at: SlotPos) -> Option<ValueRef<'a>> {
         if self.n_slots != at.n_slots {
             return None;
         }

@@ -327,19 +327,16 @@ pub(super) fn v1_dense(p: &Prepared, cells: &impl CellSource) -> Vec<u8> {
         let start = out.len();
         out.resize(start + cells_n * 4, 0);
         let dst = &mut out[start..];
-        for e in 0..n {
-            let row = &mut dst[e * f * 4..(e + 1) * f * 4];
-            cells.f32_row(&cps, e, |c, x, s, t| {
-                row[c * 4..c * 4 + 4].copy_from_slice(&x.to_le_bytes());
-                let k = e * f + c;
-                if want_st {
-                    st[k] = s as u8;
-                }
-                if want_ts {
-                    ts[k * 8..k * 8 + 8].copy_from_slice(&t.to_le_bytes());
-                }
-            });
-        }
+        cells.f32_rows(&cps, |e, c, x, s, t| {
+            let k = e * f + c;
+            dst[k * 4..k * 4 + 4].copy_from_slice(&x.to_le_bytes());
+            if want_st {
+                st[k] = s as u8;
+            }
+            if want_ts {
+                ts[k * 8..k * 8 + 8].copy_from_slice(&t.to_le_bytes());
+            }
+        });
         if p.v1.include_statuses {
             pb::bytes(out, 4, &st);
         }

@@ -1,5 +1,5 @@
 //! Arrow in and out: write batches and entity columns arrive as Arrow record batches (through
-//! the C data interface, see `py.rs`); answers leave as Arrow arrays.
+//! the C data interface, see `py/arrow.rs`); answers leave as Arrow arrays.
 
 use crate::catalog::ViewDef;
 use crate::error::{CoreError, Result};

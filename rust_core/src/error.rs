@@ -1,4 +1,4 @@
-//! The core's one error type. `py.rs` maps each kind to a class of `serving.errors`.
+//! The core's one error type. `py/errors.rs` maps each kind to a class of `serving.errors`.
 
 use thiserror::Error;
 

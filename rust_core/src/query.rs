@@ -349,6 +349,15 @@ pub trait CellSource {
     fn f32(&self, col: Self::Col, e: usize) -> (f32, Status, i64) {
         dense_f32(self.cell(col, e))
     }
+    /// [`Self::cell`] of every entity for column `col`: `put(e, cell)`, entity by entity. The
+    /// column-major encoders' loop (Feast's layouts, v1 columns); a source may hoist what
+    /// finding a row costs out of it.
+    #[inline]
+    fn column(&self, col: Self::Col, mut put: impl FnMut(usize, Cell<'_>)) {
+        for e in 0..self.num_entities() {
+            put(e, self.cell(col, e));
+        }
+    }
     /// [`Self::f32`] of every entity and every column of `cols`: `put(e, i, value, status,
     /// event_ts)` for entity `e` and `cols[i]`, entity by entity. The dense encoders' loop; a
     /// source may find each row once per run of columns of one view instead of once per cell.
@@ -394,6 +403,37 @@ impl<'a> CellSource for Cells<'a> {
             }
         }
         dense_f32(self.cell(col, e))
+    }
+
+    /// The view's rows are looked up once per column, not through `answer.rows[view]` per cell
+    /// (which the writes to the output buffer make the compiler reload every time). Measured
+    /// on the W2 Feast gRPC encode, interleaved runs in one sitting against the commit before
+    /// the restructuring: with the per-entity timestamp cache alone 555 / 514 / 632 us against
+    /// 501 / 578 / 598; with this too, 362 / 488 / 398 / 373 against 786 / 708 / 707 / 719.
+    #[inline]
+    fn column(&self, col: CellCol<'a>, mut put: impl FnMut(usize, Cell<'_>)) {
+        let rows = &self.answer.rows[col.view];
+        for (e, state) in rows.iter().enumerate() {
+            if let RowState::Live(row) = state {
+                if let Some(value) = row.view().fixed_at(col.at) {
+                    let status = if matches!(value, ValueRef::Null) {
+                        Status::NullValue
+                    } else {
+                        Status::Present
+                    };
+                    put(
+                        e,
+                        Cell {
+                            status,
+                            value,
+                            event_ts: row.event_ts(),
+                        },
+                    );
+                    continue;
+                }
+            }
+            put(e, self.cell_general(col, e));
+        }
     }
 
     /// W2's dense answer: 200 float32 columns of one view. Each row is found once per run of

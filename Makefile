@@ -16,6 +16,9 @@ GRPC_PORT   ?= 6565
 DATA_DIR    ?= .data/store
 SAMPLE_DIR  ?= .data/sample
 N_ENTITIES  ?= 20000
+CONFIG      ?= features.yaml
+# the address of the stream sources in features.yaml
+BROKER_PORT ?= 9092
 # Debian packages the build and the tests need: librocksdb-dev + libclang-dev for the RocksDB
 # bindings, protobuf-compiler for prost, wrk / nghttp2-client for benchmarks, prometheus for promtool, openssl for the TLS tests.
 DEB_PACKAGES := librocksdb-dev libclang-dev pkg-config wrk nghttp2-client prometheus openssl
@@ -78,6 +81,10 @@ sample: build ## generate the sample offline data (N_ENTITIES=20000)
 run: sample ## build, load the sample into the store, serve on 127.0.0.1 and show real answers
 	$(PY) -m serving demo --sample-dir $(SAMPLE_DIR) --data-dir $(DATA_DIR) \
 	  --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
+
+.PHONY: broker
+broker: venv ## a local Kafka-protocol broker (tansu, memory storage) on 127.0.0.1:9092 with features.yaml's topics, until Ctrl-C (BROKER_PORT=9092)
+	$(PY) -m serving.dev.broker --port $(BROKER_PORT) --config $(CONFIG)
 
 .PHONY: fmt
 fmt: venv ## format Rust and Python

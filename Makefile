@@ -122,7 +122,7 @@ bench: build ## pytest-benchmark suites (saved, compared with the previous run),
 	cargo bench -p rust_core
 
 .PHONY: loadtest
-loadtest: sample ## Locust (HTTP + gRPC users) against a fresh server on the sample; USERS=20 SPAWN_RATE=10 DURATION=30s TAGS=w1|w2
+loadtest: sample ## Locust, HTTP users then gRPC users (TOGETHER=1: at once), against a fresh server on the sample; USERS=20 SPAWN_RATE=10 DURATION=30s TAGS=w1|w2
 	PYTHON=$(PY) SAMPLE_DIR=$(SAMPLE_DIR) loadtest/run_locust.sh
 
 .PHONY: bench-serving

@@ -1,16 +1,24 @@
-"""Runs loadtest/locustfile.py headless with one Locust process per user class, at the same time
-against the same server, and prints one table of every task with the CPU each load generator
-used (what ``loadtest/run_locust.sh``, ``make loadtest``, calls after starting the server).
+"""Runs loadtest/locustfile.py headless, one Locust process per user class, by default one API
+after the other (each with every user, for the whole duration), and prints one table of every
+task with the CPU each load generator used (what ``loadtest/run_locust.sh``, ``make
+loadtest``, calls after starting the server). ``--together`` runs them at the same time instead.
 
-Why one process per API: in one Locust process the gRPC user's figures measured the HTTP users.
-grpc under gevent (``grpc.experimental.gevent``) finishes each call on a native thread, which
-then needs the GIL to wake the greenlet; while HTTP greenlets keep the process busy (a W2
-answer is a megabyte of JSON) that wake-up waits for the interpreter's switch interval, once or
-more per call. With 10 users (5 per API) for 10 s, gRPC W1 read p50 18 ms against HTTP's 3 ms
-in one process, the reverse of wrk / h2load (docs/load-testing.md has the before/after).
-Apart, each process's figures are about its own API; the ``gen CPU`` column says how busy that
-process was: near 100 % of a core, its latencies include its own queueing (the load generator
-is the bottleneck, not the server).
+Why not both user classes in one process, at once (as before): gRPC then read p50 18 ms
+against HTTP's 3 ms (issue 25), the reverse of wrk / h2load. Measured here, two causes
+(docs/load-testing.md has the figures):
+
+- the server: a node busy with HTTP W2 traffic starves its gRPC calls. With no Locust at all,
+  h2load's gRPC W1 (c=5) took 3.1 ms on average alone and 146 ms while wrk sent HTTP W2 (c=5)
+  to the same node, which kept its 15 ms p50. So with both APIs at once, the gRPC figures
+  measure gRPC's share of a saturated node, not gRPC;
+- the load generator: grpc under gevent (``grpc.experimental.gevent``) finishes each call on a
+  native thread that needs the GIL to wake its greenlet; next to HTTP greenlets parsing
+  megabytes of JSON in the same process, that wake-up waits for the interpreter's switch
+  interval (the locustfile lowers it to 0.5 ms).
+
+One API at a time, each process's figures are about its own API. The ``gen CPU`` column says
+how busy that Locust process was: near 100 % of a core, its latencies include its own queueing
+(the load generator is the bottleneck, not the server).
 
     python loadtest/locust_apart.py --host http://127.0.0.1:6566 --grpc-host 127.0.0.1:6565 \\
         --ids-file .data/sample/ids.txt --users 10 --duration 10s --out reports/x \\
@@ -83,42 +91,20 @@ def table(entries: list[dict[str, Any]], cpu: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", required=True, help="HTTP base URL (Locust --host)")
-    p.add_argument("--grpc-host", required=True, help="gRPC target HOST:PORT")
-    p.add_argument("--ids-file", required=True)
-    p.add_argument("--users", type=int, default=20, help="users over all processes")
-    p.add_argument("--spawn-rate", type=float, default=10, help="users/s over all processes")
-    p.add_argument("--duration", default="30s", help="Locust -t")
-    p.add_argument("--tags", default="", help="w1 or w2 (Locust --tags); empty: both")
-    p.add_argument("--out", required=True, help="directory for the reports")
-    p.add_argument("classes", nargs="*", default=list(CLASSES), help="user classes")
-    args = p.parse_args(argv)
-    unknown = [c for c in args.classes if c not in CLASSES]
-    if unknown:
-        p.error(f"unknown user class {', '.join(unknown)} (choose from {', '.join(CLASSES)})")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    counts = split(args.users, len(args.classes))
+def run_group(
+    args: argparse.Namespace, group: list[tuple[str, int]], out: Path, cpu: dict[str, float]
+) -> int:
+    """Runs one Locust process per (user class, users) of ``group`` at once, to their end;
+    records each one's CPU share of one core in ``cpu``; the first non-zero exit code."""
     procs: dict[int, tuple[str, subprocess.Popen[bytes], Any]] = {}
     t0 = time.monotonic()
-    for cls, users in zip(args.classes, counts, strict=True):
+    for cls, users in group:
         rate = max(args.spawn_rate * users / max(args.users, 1), 1.0)
         log = (out / f"locust-{cls}.log").open("wb")
         proc = subprocess.Popen(
             locust_command(args, cls, users, rate), stdout=log, stderr=subprocess.STDOUT
         )
         procs[proc.pid] = (cls, proc, log)
-    print(
-        "locust: "
-        + ", ".join(f"{cls} {n} users" for cls, n in zip(args.classes, counts, strict=True))
-        + f", one process each, {args.duration}{', tags ' + args.tags if args.tags else ''}",
-        flush=True,
-    )
-
-    cpu: dict[str, float] = {}
     rc = 0
     try:
         while procs:
@@ -140,6 +126,56 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(30)
             log.close()
         return 130
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", required=True, help="HTTP base URL (Locust --host)")
+    p.add_argument("--grpc-host", required=True, help="gRPC target HOST:PORT")
+    p.add_argument("--ids-file", required=True)
+    p.add_argument("--users", type=int, default=20, help="users over all processes")
+    p.add_argument("--spawn-rate", type=float, default=10, help="users/s over all processes")
+    p.add_argument("--duration", default="30s", help="Locust -t")
+    p.add_argument("--tags", default="", help="w1 or w2 (Locust --tags); empty: both")
+    p.add_argument("--out", required=True, help="directory for the reports")
+    p.add_argument(
+        "--together",
+        action="store_true",
+        help="run the user classes at the same time (users split), not one after the other",
+    )
+    p.add_argument("classes", nargs="*", default=list(CLASSES), help="user classes")
+    args = p.parse_args(argv)
+    unknown = [c for c in args.classes if c not in CLASSES]
+    if unknown:
+        p.error(f"unknown user class {', '.join(unknown)} (choose from {', '.join(CLASSES)})")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tags = f", tags {args.tags}" if args.tags else ""
+    cpu: dict[str, float] = {}
+    rc = 0
+    if args.together:
+        counts = split(args.users, len(args.classes))
+        print(
+            "locust: "
+            + ", ".join(f"{c} {n} users" for c, n in zip(args.classes, counts, strict=True))
+            + f", at the same time, one process each, {args.duration}{tags}",
+            flush=True,
+        )
+        groups = [list(zip(args.classes, counts, strict=True))]
+    else:
+        print(
+            f"locust: {' then '.join(args.classes)}, {args.users} users each, "
+            f"{args.duration} each{tags}",
+            flush=True,
+        )
+        groups = [[(cls, args.users)] for cls in args.classes]
+    for group in groups:
+        code = run_group(args, group, out, cpu)
+        if code == 130:
+            return 130
+        rc = rc or code
 
     entries: list[dict[str, Any]] = []
     for cls in args.classes:

@@ -10,7 +10,9 @@
 #
 # Variables (environment or `make loadtest VAR=...`):
 #   USERS=20  SPAWN_RATE=10  DURATION=30s   Locust's -u, -r, -t
-#   LOCUST_USERS="HttpFeatureUser GrpcFeatureUser"   user classes to run (USERS split evenly)
+#   LOCUST_USERS="HttpFeatureUser GrpcFeatureUser"   user classes, run one after the other, each
+#                    with USERS users for DURATION (loadtest/locust_apart.py says why)
+#   TOGETHER=        1: run the classes at the same time instead (USERS split between them)
 #   TAGS=            w1 or w2 to run one workload only (Locust --tags); empty runs both
 #   SAMPLE_DIR=.data/sample   CONFIG=features.yaml   PYTHON=.venv/bin/python
 #   REPORTS=loadtest/reports
@@ -29,6 +31,7 @@ SPAWN_RATE=${SPAWN_RATE:-10}
 DURATION=${DURATION:-30s}
 LOCUST_USERS=${LOCUST_USERS:-HttpFeatureUser GrpcFeatureUser}
 TAGS=${TAGS:-}
+TOGETHER=${TOGETHER:-}
 SAMPLE_DIR=${SAMPLE_DIR:-.data/sample}
 CONFIG=${CONFIG:-features.yaml}
 REPORTS=${REPORTS:-loadtest/reports}
@@ -106,7 +109,8 @@ echo "server pid $SERVER_PID ready: HTTP 127.0.0.1:$HTTP_PORT, gRPC 127.0.0.1:$G
 
 OUT="$REPORTS/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$OUT"
-# One Locust process per user class (loadtest/locust_apart.py says why), then one table of
+# One Locust process per user class, one API after the other (loadtest/locust_apart.py says
+# why), then one table of
 # Locust's final statistics (--json-file; the CSV files are rewritten every few seconds and may
 # miss the last ones) with the CPU each load generator used.
 set +e
@@ -114,7 +118,7 @@ set +e
 "$PYTHON" loadtest/locust_apart.py \
   --host "http://127.0.0.1:$HTTP_PORT" --grpc-host "127.0.0.1:$GRPC_PORT" \
   --ids-file "$SAMPLE_ABS/ids.txt" --users "$USERS" --spawn-rate "$SPAWN_RATE" \
-  --duration "$DURATION" --tags "$TAGS" --out "$OUT" $LOCUST_USERS
+  --duration "$DURATION" --tags "$TAGS" --out "$OUT" ${TOGETHER:+--together} $LOCUST_USERS
 LOCUST_RC=$?
 set -e
 cp "$WORK/server.log" "$OUT/server.log"

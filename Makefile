@@ -86,6 +86,10 @@ run: sample ## build, load the sample into the store, serve on 127.0.0.1 and sho
 broker: venv ## a local Kafka-protocol broker (tansu, memory storage) on 127.0.0.1:9092 with features.yaml's topics, until Ctrl-C (BROKER_PORT=9092)
 	$(PY) -m serving.dev.broker --port $(BROKER_PORT) --config $(CONFIG)
 
+.PHONY: cluster-demo
+cluster-demo: build ## a broker, two shards and a router on this machine, data loaded, answers printed, until Ctrl-C (router on 127.0.0.1:6576 / 6575)
+	$(PY) -m serving.dev.cluster_demo
+
 .PHONY: fmt
 fmt: venv ## format Rust and Python
 	cargo fmt --all

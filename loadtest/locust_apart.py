@@ -83,8 +83,12 @@ def table(entries: list[dict[str, Any]], cpu: dict[str, float]) -> str:
     rows.append(("all", stats.total, ""))
     for name, e, gen in rows:
         pct = [e.get_response_time_percentile(q) for q in (0.5, 0.95, 0.99)]
+        # over the entry's own time span: Locust's total_rps divides by the whole session's,
+        # which spans every process when they ran one after the other
+        span = (e.last_request_timestamp or 0) - (e.start_time or 0)
+        rps = e.num_requests / span if span > 0 else 0.0
         lines.append(
-            f"{name:<18}{e.num_requests:>10}{e.total_rps:>9.1f}"
+            f"{name:<18}{e.num_requests:>10}{rps:>9.1f}"
             + "".join(f"{p:>8.0f}" for p in pct)
             + f"{e.num_failures:>10}{gen:>9}"
         )

@@ -72,9 +72,9 @@ for _p in (REPO, REPO / "loadtest", REPO / "tests"):
         sys.path.insert(0, str(_p))
 
 import bench_serving as bs  # noqa: E402
-from tests.harness.broker import Broker, tansu_binary  # noqa: E402
 
 from serving.cluster import ClusterMap  # noqa: E402
+from tests.harness.broker import Broker, tansu_binary  # noqa: E402
 
 PARTITIONS = 4
 SHARDS = 2

@@ -83,8 +83,13 @@ def test_cluster_demo_answers_and_stops(tmp_path: Path) -> None:
             assert not Path(f"/proc/{pid}").exists() or _zombie(pid), pid
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
+            # Ctrl-C first: a killed demo would leave its broker, shards and router running
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
 
 
 def _zombie(pid: int) -> bool:

@@ -97,8 +97,13 @@ def test_broker_round_trip_and_ctrl_c(tmp_path: Path) -> None:
         assert not _pid_alive(tansu_pid)
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+            # Ctrl-C first: a killed command would leave its tansu running
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
 def test_broker_on_a_taken_port_is_one_error_line(tmp_path: Path) -> None:

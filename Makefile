@@ -83,7 +83,7 @@ run: sample ## build, load the sample into the store, serve on 127.0.0.1 and sho
 	  --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
 
 .PHONY: broker
-broker: venv ## a local Kafka-protocol broker (tansu, memory storage) on 127.0.0.1:9092 with features.yaml's topics, until Ctrl-C (BROKER_PORT=9092)
+broker: build ## a local Kafka-protocol broker (tansu, memory storage) on 127.0.0.1:9092 with features.yaml's topics, until Ctrl-C (BROKER_PORT=9092)
 	$(PY) -m serving.dev.broker --port $(BROKER_PORT) --config $(CONFIG)
 
 .PHONY: cluster-demo

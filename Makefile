@@ -16,6 +16,9 @@ GRPC_PORT   ?= 6565
 DATA_DIR    ?= .data/store
 SAMPLE_DIR  ?= .data/sample
 N_ENTITIES  ?= 20000
+CONFIG      ?= features.yaml
+# the address of the stream sources in features.yaml
+BROKER_PORT ?= 9092
 # Debian packages the build and the tests need: librocksdb-dev + libclang-dev for the RocksDB
 # bindings, protobuf-compiler for prost, wrk / nghttp2-client for benchmarks, prometheus for promtool, openssl for the TLS tests.
 DEB_PACKAGES := librocksdb-dev libclang-dev pkg-config wrk nghttp2-client prometheus openssl
@@ -79,6 +82,14 @@ run: sample ## build, load the sample into the store, serve on 127.0.0.1 and sho
 	$(PY) -m serving demo --sample-dir $(SAMPLE_DIR) --data-dir $(DATA_DIR) \
 	  --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
 
+.PHONY: broker
+broker: build ## a local Kafka-protocol broker (tansu, memory storage) on 127.0.0.1:9092 with features.yaml's topics, until Ctrl-C (BROKER_PORT=9092)
+	$(PY) -m serving.dev.broker --port $(BROKER_PORT) --config $(CONFIG)
+
+.PHONY: cluster-demo
+cluster-demo: build ## a broker, two shards and a router on this machine, data loaded, answers printed, until Ctrl-C (router on 127.0.0.1:6576 / 6575)
+	$(PY) -m serving.dev.cluster_demo
+
 .PHONY: fmt
 fmt: venv ## format Rust and Python
 	cargo fmt --all
@@ -115,7 +126,7 @@ bench: build ## pytest-benchmark suites (saved, compared with the previous run),
 	cargo bench -p rust_core
 
 .PHONY: loadtest
-loadtest: sample ## Locust (HTTP + gRPC users) against a fresh server on the sample; USERS=20 SPAWN_RATE=10 DURATION=30s TAGS=w1|w2
+loadtest: sample ## Locust, HTTP users then gRPC users (TOGETHER=1: at once), against a fresh server on the sample; USERS=20 SPAWN_RATE=10 DURATION=30s TAGS=w1|w2
 	PYTHON=$(PY) SAMPLE_DIR=$(SAMPLE_DIR) loadtest/run_locust.sh
 
 .PHONY: bench-serving

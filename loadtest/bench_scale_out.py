@@ -8,7 +8,7 @@ Setup (all on loopback, in a temporary directory removed at the end, also on err
 
 - the sample's ``user_profile`` (WORKLOADS.md: 20,000 users, 200 float32 features) as Parquet;
   a registry with that view, its ``batch_source`` (the Parquet) and a ``stream_source`` (a
-  4-partition topic on a tansu broker started here, ``tests/integration/kafka_fixtures.py``);
+  4-partition topic on a tansu broker started here, ``tests/harness/broker.py``);
 - the rows published with ``feature-serving materialize --via-kafka`` (the backfill path);
 - four processes, all ``--no-auth``: node ``single`` (not sharded, consumes every partition),
   ``shard0`` / ``shard1`` (``--shard-index k --shard-count 2 --topic-partitions 4``) and a
@@ -72,9 +72,9 @@ for _p in (REPO, REPO / "loadtest", REPO / "tests"):
         sys.path.insert(0, str(_p))
 
 import bench_serving as bs  # noqa: E402
-from integration.kafka_fixtures import Broker, tansu_binary  # noqa: E402
 
 from serving.cluster import ClusterMap  # noqa: E402
+from tests.harness.broker import Broker, tansu_binary  # noqa: E402
 
 PARTITIONS = 4
 SHARDS = 2

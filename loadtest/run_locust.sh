@@ -3,13 +3,16 @@
 #
 # Loads the sample (`make sample` wrote it to SAMPLE_DIR) into a temporary store with the batch
 # loader, starts `python -m serving serve` on free loopback ports, waits for /readyz, runs
-# loadtest/locustfile.py headless, writes Locust's CSV and HTML reports to
-# loadtest/reports/<timestamp>/, prints one line per task (req/s, p50, p95, p99, failures) and
-# stops everything it started (by PID, on any exit).
+# loadtest/locustfile.py headless (one Locust process per user class, loadtest/locust_apart.py),
+# writes Locust's CSV and HTML reports to loadtest/reports/<timestamp>/, prints one line per
+# task (req/s, p50, p95, p99, failures, the load generator's CPU) and stops everything it
+# started (by PID, on any exit).
 #
 # Variables (environment or `make loadtest VAR=...`):
 #   USERS=20  SPAWN_RATE=10  DURATION=30s   Locust's -u, -r, -t
-#   LOCUST_USERS="HttpFeatureUser GrpcFeatureUser"   user classes to run
+#   LOCUST_USERS="HttpFeatureUser GrpcFeatureUser"   user classes, run one after the other, each
+#                    with USERS users for DURATION (loadtest/locust_apart.py says why)
+#   TOGETHER=        1: run the classes at the same time instead (USERS split between them)
 #   TAGS=            w1 or w2 to run one workload only (Locust --tags); empty runs both
 #   SAMPLE_DIR=.data/sample   CONFIG=features.yaml   PYTHON=.venv/bin/python
 #   REPORTS=loadtest/reports
@@ -28,6 +31,7 @@ SPAWN_RATE=${SPAWN_RATE:-10}
 DURATION=${DURATION:-30s}
 LOCUST_USERS=${LOCUST_USERS:-HttpFeatureUser GrpcFeatureUser}
 TAGS=${TAGS:-}
+TOGETHER=${TOGETHER:-}
 SAMPLE_DIR=${SAMPLE_DIR:-.data/sample}
 CONFIG=${CONFIG:-features.yaml}
 REPORTS=${REPORTS:-loadtest/reports}
@@ -105,47 +109,24 @@ echo "server pid $SERVER_PID ready: HTTP 127.0.0.1:$HTTP_PORT, gRPC 127.0.0.1:$G
 
 OUT="$REPORTS/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$OUT"
-tag_args=()
-[[ -n "$TAGS" ]] && tag_args=(--tags $TAGS)
-echo "locust: $USERS users ($LOCUST_USERS), spawn rate $SPAWN_RATE/s, $DURATION${TAGS:+, tags $TAGS}"
+# One Locust process per user class, one API after the other (loadtest/locust_apart.py says
+# why), then one table of
+# Locust's final statistics (--json-file; the CSV files are rewritten every few seconds and may
+# miss the last ones) with the CPU each load generator used.
 set +e
 # shellcheck disable=SC2086
-"$PYTHON" -m locust -f loadtest/locustfile.py --headless --only-summary \
+"$PYTHON" loadtest/locust_apart.py \
   --host "http://127.0.0.1:$HTTP_PORT" --grpc-host "127.0.0.1:$GRPC_PORT" \
-  --ids-file "$SAMPLE_ABS/ids.txt" -u "$USERS" -r "$SPAWN_RATE" -t "$DURATION" --stop-timeout 10 \
-  --csv "$OUT/locust" --html "$OUT/report.html" --json-file "$OUT/stats" \
-  "${tag_args[@]}" $LOCUST_USERS \
-  >"$OUT/locust.log" 2>&1
+  --ids-file "$SAMPLE_ABS/ids.txt" --users "$USERS" --spawn-rate "$SPAWN_RATE" \
+  --duration "$DURATION" --tags "$TAGS" --out "$OUT" ${TOGETHER:+--together} $LOCUST_USERS
 LOCUST_RC=$?
 set -e
 cp "$WORK/server.log" "$OUT/server.log"
-
-# The table comes from Locust's final statistics (--json-file; the CSV files are rewritten every
-# few seconds and may miss the last ones).
-"$PYTHON" - "$OUT/stats.json" <<'EOF' || { tail -n 30 "$OUT/locust.log" >&2; exit 1; }
-import json, sys
-from locust.stats import RequestStats, StatsEntry
-entries = json.load(open(sys.argv[1]))
-if not entries:
-    sys.exit("no requests recorded")
-stats = RequestStats()
-print(f"\n{'task':<22}{'requests':>10}{'req/s':>9}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'failures':>10}")
-for data in entries:
-    data["response_times"] = {int(k): v for k, v in data["response_times"].items()}
-    e = StatsEntry.unserialize(data, stats)
-    stats.total.extend(e)
-    stats.entries[(e.name, e.method)] = e
-for e in [*stats.entries.values(), stats.total]:
-    name = "all" if e is stats.total else e.name
-    pct = [e.get_response_time_percentile(q) for q in (0.5, 0.95, 0.99)]
-    print(f"{name:<22}{e.num_requests:>10}{e.total_rps:>9.1f}"
-          + "".join(f"{p:>8.0f}" for p in pct) + f"{e.num_failures:>10}")
-EOF
 echo
-echo "reports: $OUT/ (report.html, stats.json, locust_*.csv, locust.log, server.log)"
+echo "reports: $OUT/ (report-<user class>.html, stats.json, locust-<user class>_*.csv and .log, server.log)"
 echo "Locust's Python users saturate before the server: throughput and latency figures of record"
 echo "come from \`make bench-serving\` (wrk, h2load)."
 if [[ $LOCUST_RC -ne 0 ]]; then
-  echo "locust exited $LOCUST_RC (failed requests or an error; see $OUT/locust.log)" >&2
+  echo "locust exited $LOCUST_RC (failed requests or an error; see $OUT/locust-*.log)" >&2
 fi
 exit "$LOCUST_RC"

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from serving import Registry, Store  # noqa: E402
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb  # noqa: E402
 from serving.cluster.http1 import _Http1Pool  # noqa: E402
-from tests.integration.test_server import start_cli, stop_server  # noqa: E402
+from tests.harness.server import start_cli, stop_server  # noqa: E402
 
 REGISTRY = """
 project: t

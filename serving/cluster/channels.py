@@ -29,6 +29,30 @@ from serving.errors import InvalidArgumentError, grpc_status_of
 _TRANSPORT_STATUS = {502: "UNAVAILABLE"}
 
 
+#: how :class:`HttpClusterChannels` starts the details of a failed connection to a replica's
+#: HTTP address, so that the failure names both the replica and the address it tried
+_OVER_HTTP = "over HTTP at "
+
+
+def in_words(details: str) -> str:
+    """Why an attempt at a replica failed with UNAVAILABLE, in words ("refused the connection"),
+    from grpc's or the HTTP client's details (``failed to connect to all addresses; last error:
+    ... Connection refused``, ``[Errno 111] Connect call failed``)."""
+    low = details.lower()
+    if "connection refused" in low or "errno 111" in low or "connect call failed" in low:
+        return "refused the connection"
+    if any(
+        s in low
+        for s in ("resolv", "domain name not found", "name or service not known", "errno -2")
+    ):
+        return "has a host name that does not resolve"
+    if "deadline" in low or "timed out" in low or "timeout" in low:
+        return "did not answer in time"
+    if any(s in low for s in ("reset", "socket closed", "connection closed", "broken pipe")):
+        return "closed the connection"
+    return f"answered UNAVAILABLE: {details}"
+
+
 def _retrieve(task: asyncio.Task[Any]) -> None:
     """Done callback of a losing attempt: reads its outcome so that asyncio does not log
     'exception was never retrieved'."""
@@ -138,7 +162,14 @@ class ClusterChannels:
 
     def _mark_down(self, endpoint: str, e: grpc.aio.AioRpcError, failures: list[str]) -> None:
         self._down[endpoint] = time.monotonic() + self.down_seconds
-        failures.append(f"{endpoint}: {e.details()}")
+        details, via = e.details() or "", ""
+        if details.startswith(_OVER_HTTP):
+            address, _, details = details[len(_OVER_HTTP) :].partition(": ")
+            via = f" (its HTTP port {address})"
+        failures.append(f"replica {endpoint}{via} {in_words(details)}")
+
+    def _shard_name(self, shard: int) -> str:
+        return f"shard {shard} of {self.cluster.shard_count}"
 
     def _callable(self, endpoint: str, method: str) -> Any:
         mc = self._calls.get((endpoint, method))
@@ -156,26 +187,30 @@ class ClusterChannels:
 
     # -- calls -----------------------------------------------------------------------------
 
-    @staticmethod
     def _left(
-        deadline: float | None, loop: asyncio.AbstractEventLoop, shard: int, failures: list[str]
+        self,
+        deadline: float | None,
+        loop: asyncio.AbstractEventLoop,
+        shard: int,
+        failures: list[str],
     ) -> float | None:
         if deadline is None:
             return None
         left = deadline - loop.time()
         if left <= 0:
-            tried = f" (unavailable: {'; '.join(failures)})" if failures else ""
+            tried = f" ({'; '.join(failures)})" if failures else ""
             raise rpc_error(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"shard {shard}: the deadline expired before a replica answered{tried}",
+                f"{self._shard_name(shard)}: the deadline expired before a replica answered{tried}",
             )
         return left
 
-    @staticmethod
-    def _all_failed(shard: int, failures: list[str]) -> grpc.aio.AioRpcError:
+    def _all_failed(self, shard: int, failures: list[str]) -> grpc.aio.AioRpcError:
+        """UNAVAILABLE naming the shard and, in words, what each replica did: "shard 1 of 2 is
+        unavailable: replica 127.0.0.1:18666 refused the connection"."""
         return rpc_error(
             grpc.StatusCode.UNAVAILABLE,
-            f"shard {shard}: no replica answered ({'; '.join(failures)})",
+            f"{self._shard_name(shard)} is unavailable: {'; '.join(failures)}",
         )
 
     async def call(
@@ -374,7 +409,7 @@ class HttpClusterChannels(ClusterChannels):
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"{address}: no answer in time"
             ) from None
         except (OSError, ssl.SSLError) as e:  # ConnectionError is an OSError
-            raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"{address}: {e}") from None
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"{_OVER_HTTP}{address}: {e}") from None
         if status == 200:
             return data
         code, message = "", data.decode("utf-8", "replace")

@@ -68,7 +68,7 @@ HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 _SHARD_UNAVAILABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 
-def node_error(shard: int, e: grpc.aio.AioRpcError) -> FeatureServingError:
+def node_error(shard: int, e: grpc.aio.AioRpcError, shard_count: int) -> FeatureServingError:
     """A node's error as the router answers it: the node's message, same status class."""
     code, details = e.code(), e.details() or ""
     if code == grpc.StatusCode.FAILED_PRECONDITION:
@@ -80,12 +80,13 @@ def node_error(shard: int, e: grpc.aio.AioRpcError) -> FeatureServingError:
         cls: type[FeatureServingError] = ShardUnavailableError
     else:
         cls = error_class(grpc_status=code.name)
+    name = f"shard {shard} of {shard_count}"
     if cls is FeatureServingError:
-        return ShardAnswerError(f"shard {shard} answered {code.name}: {details}")
-    if cls is ShardUnavailableError and not details.startswith(f"shard {shard}:"):
+        return ShardAnswerError(f"{name} answered {code.name}: {details}")
+    if cls is ShardUnavailableError and not details.startswith(name):
         # UNAVAILABLE from ClusterChannels names the shard and the replicas tried already;
         # a replica's own UNAVAILABLE (a storage error, a stopping node) was failed over
-        details = f"shard {shard}: {details}"
+        details = f"{name} is unavailable: {details}"
     return cls(details)
 
 
@@ -326,9 +327,10 @@ class FeatureRouter(Frontend):
             m.part_errors.labels(str(shard), e.code().name).inc()
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceededError(
-                    f"shard {shard} did not answer within {timeout * 1000:.0f} ms"
+                    f"shard {shard} of {self.cluster.shard_count} did not answer within "
+                    f"{timeout * 1000:.0f} ms"
                 ) from None
-            raise node_error(shard, e) from None
+            raise node_error(shard, e, self.cluster.shard_count) from None
         latency.observe(time.perf_counter() - t0)
         return answer
 

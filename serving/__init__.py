@@ -50,7 +50,15 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'serving' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        if e.name is None or not e.name.startswith("serving."):
+            raise
+        raise ImportError(
+            f"serving.{name} is part of the full package, feature-serving ({e.name} is not "
+            "installed: this looks like feature-serving-client, which has the clients only)"
+        ) from e
     globals()[name] = value
     return value
 

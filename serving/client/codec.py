@@ -49,6 +49,10 @@ def entity_column(name: str, values: Any) -> KeyColumn:
                 f"entity column '{name}': give a list of values, got "
                 f"{type(values).__name__} {values!r}"
             ) from None
+    if vals and all(type(v) is int for v in vals):  # the common case: no per-value work
+        lo, hi = min(vals), max(vals)
+        if _INT64[0] <= lo and hi <= _INT64[1]:
+            return "int64", vals
     if all(isinstance(v, str) for v in vals):
         return "string", [str(v) for v in vals]  # np.str_ is a str
     if all(isinstance(v, bytes) for v in vals):

@@ -136,7 +136,8 @@ def test_get_features_same_types_over_grpc_and_http(
     for name in g.feature_names:
         _same(g.columns[name], h.columns[name], name)
     _same(g.statuses, h.statuses, "statuses")
-    assert g.event_timestamps is not None and h.event_timestamps is not None
+    assert g.event_timestamps is not None
+    assert h.event_timestamps is not None
     _same(g.event_timestamps, h.event_timestamps, "event_timestamps")
     assert (g.statuses == 1).any(), "no value present: the comparison proves nothing"
 
@@ -164,9 +165,11 @@ def test_get_features_types_are_the_documented_ones(node: Server) -> None:
                     assert r.columns[ref].shape == (len(USERS), 8)
                     np.testing.assert_array_equal(got, np.array(w, np.float32))
                 elif feature == "avatar_sha":
-                    assert isinstance(got, bytes) and got == w, (transport, user)
+                    assert isinstance(got, bytes), (transport, user)
+                    assert got == w, (transport, user)
                 elif feature == "age":
-                    assert r.columns[ref].dtype == np.int32 and got == w
+                    assert r.columns[ref].dtype == np.int32
+                    assert got == w
                 else:
                     assert got == w, (transport, ref, user)
 
@@ -231,9 +234,7 @@ def test_numpy_strings_are_entity_values(node: Server) -> None:
         ({"user_id": np.zeros((2, 2), np.int64)}, "1-dimensional"),
     ],
 )
-def test_bad_entity_values_are_named(
-    node: Server, entities: dict[str, Any], message: str
-) -> None:
+def test_bad_entity_values_are_named(node: Server, entities: dict[str, Any], message: str) -> None:
     for c in _clients(node).values():
         with c, pytest.raises(InvalidArgumentError, match=message):
             c.get_dense(entities, ["user_profile:f000"])

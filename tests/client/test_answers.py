@@ -388,3 +388,21 @@ def test_store_dense_result_has_frames_too(tmp_path: Path) -> None:
     df = m.to_pandas(full_feature_names=True)
     assert list(df.columns) == ["user_id", "user_profile__f001"]
     assert df["user_id"].tolist() == [4, 5]
+
+
+def test_sharded_answers_carry_the_request_entities(node: Server) -> None:
+    """Merged in request order over two shards (both served by the one node), the frame's
+    join-key column is the request's."""
+    users = [5, 1, 9, 2, 7, 3]
+    grpc_target = f"127.0.0.1:{node.grpc}"
+    with ShardedFeatureClient(
+        {0: [grpc_target], 1: [f"localhost:{node.grpc}"]},
+        topic_partitions=8,
+        join_keys=[("user_id", "int64")],
+    ) as c:
+        assert len(set(c.shards_of({"user_id": users}))) == 2
+        df = c.get_features({"user_id": users}, ["user_profile:f002"]).to_pandas()
+        dense = c.get_dense({"user_id": users}, ["user_profile:f002"]).to_polars()
+    assert df["user_id"].tolist() == users
+    assert df["f002"].tolist() == [np.float32(user_profile_value(u, 2)) for u in users]
+    assert dense["user_id"].to_list() == users

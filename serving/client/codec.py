@@ -82,11 +82,6 @@ def entity_columns(entities: Entities) -> dict[str, KeyColumn]:
     return {str(k): entity_column(str(k), v) for k, v in entities.items()}
 
 
-def entity_values(entities: Entities) -> dict[str, list[Any]]:
-    """The entity columns as plain lists (what the answers carry for their data frames)."""
-    return {k: vals for k, (_, vals) in entity_columns(entities).items()}
-
-
 def check_features(features: Any, feature_service: Any) -> list[str] | None:
     """The feature references of a call (None with a feature service), checked."""
     if isinstance(features, str):
@@ -296,7 +291,3 @@ def http_error(status: int, raw: bytes) -> FeatureServingError:
     except (ValueError, KeyError, TypeError):
         msg = f"HTTP {status}: {raw[:200]!r}"
     return error_class(code=code, http_status=status)(msg)
-
-
-def as_list(values: Sequence[Any] | npt.NDArray[Any]) -> list[Any]:
-    return list(values.tolist() if isinstance(values, np.ndarray) else values)

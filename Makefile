@@ -73,6 +73,20 @@ build: sysdeps venv proto ## build the Rust extension into the source tree (PROF
 	  $(VENV)/bin/maturin develop --profile $(PROFILE) -q; \
 	fi
 
+DIST ?= dist
+
+.PHONY: wheel
+wheel: build ## the full package's wheel (server, loaders, CLI, Rust core) into dist/
+	$(VENV)/bin/maturin build --profile $(PROFILE) --out $(DIST) -q
+
+.PHONY: client-wheel
+client-wheel: proto ## the client alone (feature-serving-client: pure Python, no Rust core) into dist/ (docs/client.md)
+	@# hatchling, the client's build backend, is a dev requirement: no build isolation, no download
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(DIST) client/
+
+.PHONY: wheels
+wheels: wheel client-wheel ## both wheels into dist/
+
 .PHONY: sample
 sample: build ## generate the sample offline data (N_ENTITIES=20000)
 	$(PY) -m serving.sample --out $(SAMPLE_DIR) --entities $(N_ENTITIES)
@@ -139,4 +153,4 @@ bench-scale-out: build ## W2 on one node vs two shards (router, client routing),
 
 .PHONY: clean
 clean: ## remove build output inside the clone (keeps the shared cargo cache)
-	rm -rf .data serving/_rust_core*.so serving/_proto/feature_serving serving/_proto/feast
+	rm -rf .data $(DIST) serving/_rust_core*.so serving/_proto/feature_serving serving/_proto/feast

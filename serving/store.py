@@ -10,7 +10,6 @@ import datetime as dt
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -19,8 +18,23 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from serving import _rust_core
+
+# the answers the clients return too; defined client-side (the client wheel has no Store)
+from serving.client.results import DenseResult, FieldStatus
 from serving.errors import InvalidArgumentError
 from serving.registry import EVENT_TIMESTAMP, Registry
+
+__all__ = [
+    "DEFAULT_BLOCK_CACHE_BYTES",
+    "DEFAULT_HOT_TIER_BYTES",
+    "WRITE_CHUNK_ROWS",
+    "DenseResult",
+    "EntityInput",
+    "FeatureResult",
+    "FieldStatus",
+    "Store",
+    "WriteStats",
+]
 
 #: Default RAM budget of the hot tier and of RocksDB's block cache.
 DEFAULT_HOT_TIER_BYTES = 256 << 20
@@ -28,16 +42,6 @@ DEFAULT_BLOCK_CACHE_BYTES = 256 << 20
 #: Rows per batch handed to Rust on writes: large enough to amortise the call, small enough
 #: to keep memory bounded whatever the table size.
 WRITE_CHUNK_ROWS = 65_536
-
-
-class FieldStatus(IntEnum):
-    """Status of one answered value; the numbers are Feast's ``FieldStatus``."""
-
-    INVALID = 0
-    PRESENT = 1
-    NULL_VALUE = 2
-    NOT_FOUND = 3
-    OUTSIDE_MAX_AGE = 4
 
 
 @dataclass(frozen=True)
@@ -78,15 +82,6 @@ class FeatureResult:
 
     def to_dict(self) -> dict[str, list[Any]]:
         return {str(k): list(v) for k, v in self.table.to_pydict().items()}
-
-
-@dataclass(frozen=True)
-class DenseResult:
-    """Answer of :meth:`Store.get_dense`: one float32 matrix, NaN where not PRESENT."""
-
-    feature_names: list[str]
-    values: npt.NDArray[np.float32]
-    statuses: npt.NDArray[np.uint8]
 
 
 EntityInput: TypeAlias = (
@@ -306,6 +301,7 @@ class Store:
             feature_names=feature_names,
             values=np.frombuffer(values, dtype="<f4").reshape(n, f),
             statuses=np.frombuffer(statuses, dtype=np.uint8).reshape(n, f),
+            entities={name: ent.column(name) for name in ent.schema.names},
         )
 
     # -- maintenance -----------------------------------------------------------------------

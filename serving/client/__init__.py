@@ -13,20 +13,27 @@ sharded cluster (docs/scale-out.md): they split a batch by owning shard, ask the
 concurrently, merge the answers back in request order, fail over to another replica of a shard
 that is unavailable and hedge to another replica when one is slow (``serving.cluster``).
 
-``codec`` builds the requests and reads the answers for all of them; ``node`` holds the
-single-node clients, ``sharded`` the cluster ones.
+``codec`` builds the requests and reads the answers for all of them (``results``: the answer
+classes; ``frames``: their ``to_pandas()`` / ``to_polars()`` / ``to_arrow()``); ``node`` holds
+the single-node clients, ``sharded`` the cluster ones (``keys``: which shard owns an entity).
+
+Nothing here needs the Rust extension except the sharded clients' ``registry=`` (Rust split and
+merge): the client wheel, ``feature-serving-client``, installs this package alone
+(docs/client.md).
 """
 
 from __future__ import annotations
 
-from serving.client.codec import ColumnsResult
 from serving.client.node import AsyncFeatureClient, FeatureClient
+from serving.client.results import ColumnsResult, DenseResult, FieldStatus
 from serving.client.sharded import AsyncShardedFeatureClient, ShardedFeatureClient
 
 __all__ = [
     "AsyncFeatureClient",
     "AsyncShardedFeatureClient",
     "ColumnsResult",
+    "DenseResult",
     "FeatureClient",
+    "FieldStatus",
     "ShardedFeatureClient",
 ]

@@ -18,18 +18,18 @@ import numpy.typing as npt
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
 from serving.client.codec import (
     METHOD,
-    ColumnsResult,
     build_request,
     columns_from_json,
     columns_result,
     dense_from_json,
     dense_result,
+    entity_columns,
     http_body,
     http_error,
 )
+from serving.client.results import ColumnsResult, DenseResult
 from serving.cluster.rpc import auth_metadata, error_from_rpc, open_channel
 from serving.errors import DeadlineExceededError, InvalidArgumentError, StorageError
-from serving.store import DenseResult
 
 
 class FeatureClient:
@@ -137,12 +137,13 @@ class FeatureClient:
     ) -> DenseResult:
         """Numeric features as one ``[entities x features]`` float32 matrix, NaN where a value
         is not PRESENT (see ``statuses``)."""
+        cols = entity_columns(entities)
+        keys = {k: v for k, (_, v) in cols.items()}
         if self.transport == "http":
-            body = http_body(entities, features, feature_service, True)
-            return dense_from_json(self._http(body, timeout))
-        return dense_result(
-            self._grpc(build_request(entities, features, feature_service, True), timeout)
-        )
+            body = http_body(entities, features, feature_service, True, columns=cols)
+            return dense_from_json(self._http(body, timeout), keys)
+        req = build_request(entities, features, feature_service, True, columns=cols)
+        return dense_result(self._grpc(req, timeout), keys)
 
     def get_features(
         self,
@@ -152,13 +153,15 @@ class FeatureClient:
         feature_service: str | None = None,
         timeout: float | None = None,
     ) -> ColumnsResult:
-        """Typed columns of any feature types, plus statuses and event timestamps."""
+        """Typed columns of any feature types, plus statuses and event timestamps; the same
+        types over gRPC and HTTP (:class:`~serving.client.ColumnsResult`)."""
+        cols = entity_columns(entities)
+        keys = {k: v for k, (_, v) in cols.items()}
         if self.transport == "http":
-            body = http_body(entities, features, feature_service, False)
-            return columns_from_json(self._http(body, timeout))
-        return columns_result(
-            self._grpc(build_request(entities, features, feature_service, False), timeout)
-        )
+            body = http_body(entities, features, feature_service, False, columns=cols)
+            return columns_from_json(self._http(body, timeout), keys)
+        req = build_request(entities, features, feature_service, False, columns=cols)
+        return columns_result(self._grpc(req, timeout), keys)
 
     def close(self) -> None:
         if self._channel is not None:
@@ -213,9 +216,9 @@ class AsyncFeatureClient:
         feature_service: str | None = None,
         timeout: float | None = None,
     ) -> DenseResult:
-        return dense_result(
-            await self._grpc(build_request(entities, features, feature_service, True), timeout)
-        )
+        cols = entity_columns(entities)
+        req = build_request(entities, features, feature_service, True, columns=cols)
+        return dense_result(await self._grpc(req, timeout), {k: v for k, (_, v) in cols.items()})
 
     async def get_features(
         self,
@@ -225,9 +228,10 @@ class AsyncFeatureClient:
         feature_service: str | None = None,
         timeout: float | None = None,
     ) -> ColumnsResult:
-        return columns_result(
-            await self._grpc(build_request(entities, features, feature_service, False), timeout)
-        )
+        cols = entity_columns(entities)
+        req = build_request(entities, features, feature_service, False, columns=cols)
+        keys = {k: v for k, (_, v) in cols.items()}
+        return columns_result(await self._grpc(req, timeout), keys)
 
     async def close(self) -> None:
         await self._channel.close(None)

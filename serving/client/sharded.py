@@ -5,27 +5,31 @@ that is unavailable and hedge to another replica when one is slow (``serving.clu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import os
 import ssl
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
 
-from serving import _rust_core
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
+from serving.client import keys as py_keys
 from serving.client.codec import (
     METHOD,
-    ColumnsResult,
     Entities,
-    as_list,
+    KeyColumn,
     build_request,
     columns_result,
     dense_result,
+    entity_columns,
 )
+from serving.client.results import ColumnsResult, DenseResult
 from serving.cluster.channels import ClusterChannels, HttpClusterChannels
 from serving.cluster.map import ClusterMap, ClusterMapError
 from serving.cluster.map import fetch_node_info as _fetch_node_info
@@ -37,9 +41,47 @@ from serving.cluster.rpc import (
     open_channel,
 )
 from serving.errors import FeatureServingError, InvalidArgumentError
-from serving.registry import Registry
-from serving.sharding import sharded_views
-from serving.store import DenseResult
+
+if TYPE_CHECKING:
+    from serving import _rust_core
+    from serving.registry import Registry
+
+
+@functools.cache
+def _core_module() -> ModuleType | None:
+    """The Rust extension when installed (the full ``feature-serving`` package), else None
+    (the client wheel): routing then encodes keys in Python (``serving.client.keys``)."""
+    try:
+        from serving import _rust_core
+    except ImportError:
+        return None
+    return _rust_core
+
+
+def _router_core(
+    registry: str | os.PathLike[str] | Registry, shard_count: int, topic_partitions: int
+) -> _rust_core.RouterCore:
+    """The Rust split and merge of ``registry=``; only the full package has them (ImportError
+    naming it otherwise)."""
+    core = _core_module()
+    if core is None:
+        raise ImportError(
+            "registry= routes in Rust (serving._rust_core.RouterCore), which the "
+            "feature-serving-client package does not include: install the full package, "
+            "feature-serving, instead (make wheel; pip install dist/feature_serving-*.whl), "
+            "or leave registry out to route in Python"
+        )
+    from serving.registry import Registry
+    from serving.sharding import sharded_views
+
+    reg = registry if isinstance(registry, Registry) else Registry.from_yaml(registry)
+    router: _rust_core.RouterCore = core.RouterCore(
+        reg.to_core_json(), shard_count, sharded_views(reg, topic_partitions)
+    )
+    # the nodes enforce their own limits; the client does not guess them
+    router.configure_serving(max_entities=1 << 30, max_features=1 << 30)
+    return router
+
 
 #: what the sharded clients take as a cluster: a ClusterMap, or shard index -> endpoints (with
 #: ``topic_partitions`` given separately)
@@ -56,7 +98,9 @@ class _Parts:
     #: shard -> the request positions it answers, ascending
     rows: dict[int, list[int]]
     #: shard -> its entity columns
-    entities: dict[int, dict[str, list[Any]]]
+    entities: dict[int, dict[str, KeyColumn]]
+    #: the request's entity columns, as the answers carry them
+    keys: dict[str, list[Any]]
 
 
 class _Routing:
@@ -96,35 +140,44 @@ class _Routing:
         self.dtypes = [dtype for _, dtype in join_keys]
 
     def shards_of(self, entities: Entities) -> list[int]:
-        missing = [k for k in self.join_keys if k not in entities]
+        return self._owners(entity_columns(entities))
+
+    def _owners(self, cols: Mapping[str, KeyColumn]) -> list[int]:
+        missing = [k for k in self.join_keys if k not in cols]
         if missing:
             raise InvalidArgumentError(f"entities: missing routing join key(s) {missing}")
-        columns = [as_list(entities[k]) for k in self.join_keys]
-        keys = _rust_core.encode_entity_keys(self.dtypes, columns)
-        parts = _rust_core.partitions_for_keys(keys, self.cluster.topic_partitions)
+        columns = [cols[k][1] for k in self.join_keys]
+        core = _core_module()
+        if core is not None:
+            keys = core.encode_entity_keys(self.dtypes, columns)
+            parts = core.partitions_for_keys(keys, self.cluster.topic_partitions)
+        else:
+            keys = py_keys.encode_entity_keys(self.dtypes, columns, self.join_keys)
+            parts = py_keys.partitions_for_keys(keys, self.cluster.topic_partitions)
         n = self.cluster.shard_count
         return [p % n for p in parts]
 
     def split(self, entities: Entities) -> _Parts:
-        shards = self.shards_of(entities)
+        cols = entity_columns(entities)
+        shards = self._owners(cols)
         if not shards:
             raise InvalidArgumentError("no entities given")
-        cols = {name: as_list(v) for name, v in entities.items()}
-        uneven = {name: len(c) for name, c in cols.items() if len(c) != len(shards)}
+        uneven = {name: len(c) for name, (_, c) in cols.items() if len(c) != len(shards)}
         if uneven:
             raise InvalidArgumentError(
                 f"entity columns must have the same length ({len(shards)}), got {uneven}"
             )
+        keys = {name: vals for name, (_, vals) in cols.items()}
         rows: dict[int, list[int]] = {}
         for i, k in enumerate(shards):
             rows.setdefault(k, []).append(i)
         if len(rows) == 1:
-            return _Parts(len(shards), rows, {shards[0]: cols})
+            return _Parts(len(shards), rows, {shards[0]: cols}, keys)
         parts = {
-            k: {name: [col[i] for i in idx] for name, col in cols.items()}
+            k: {name: (kind, [col[i] for i in idx]) for name, (kind, col) in cols.items()}
             for k, idx in rows.items()
         }
-        return _Parts(len(shards), rows, parts)
+        return _Parts(len(shards), rows, parts, keys)
 
 
 def _same_features(answers: Mapping[int, DenseResult | ColumnsResult]) -> list[str]:
@@ -159,19 +212,20 @@ def _merge_rows(n: int, rows: Mapping[int, list[int]], parts: Mapping[int, Any])
 def _merge_dense(p: _Parts, answers: Mapping[int, DenseResult]) -> DenseResult:
     """The shards' dense answers as one, rows in request order."""
     if len(answers) == 1:
-        return next(iter(answers.values()))
+        return dataclasses.replace(next(iter(answers.values())), entities=p.keys)
     names = _same_features(answers)
     return DenseResult(
         feature_names=names,
         values=_merge_rows(p.n, p.rows, {k: a.values for k, a in answers.items()}),
         statuses=_merge_rows(p.n, p.rows, {k: a.statuses for k, a in answers.items()}),
+        entities=p.keys,
     )
 
 
 def _merge_columns(p: _Parts, answers: Mapping[int, ColumnsResult]) -> ColumnsResult:
     """The shards' columns answers as one, rows in request order."""
     if len(answers) == 1:
-        return next(iter(answers.values()))
+        return dataclasses.replace(next(iter(answers.values())), entities=p.keys)
     names = _same_features(answers)
     timestamps = {k: a.event_timestamps for k, a in answers.items()}
     return ColumnsResult(
@@ -186,6 +240,8 @@ def _merge_columns(p: _Parts, answers: Mapping[int, ColumnsResult]) -> ColumnsRe
             if any(t is None for t in timestamps.values())
             else _merge_rows(p.n, p.rows, timestamps)
         ),
+        dtypes=next(iter(answers.values())).dtypes,
+        entities=p.keys,
     )
 
 
@@ -306,14 +362,7 @@ class AsyncShardedFeatureClient:
         if registry is None:
             self.channels = ClusterChannels(self.cluster, **channel_options)
             return
-        reg = registry if isinstance(registry, Registry) else Registry.from_yaml(registry)
-        self._core = _rust_core.RouterCore(
-            reg.to_core_json(),
-            self.cluster.shard_count,
-            sharded_views(reg, self.cluster.topic_partitions),
-        )
-        # the nodes enforce their own limits; the client does not guess them
-        self._core.configure_serving(max_entities=1 << 30, max_features=1 << 30)
+        self._core = _router_core(registry, self.cluster.shard_count, self.cluster.topic_partitions)
         if self.cluster.http:
             self.channels = HttpClusterChannels(
                 self.cluster,
@@ -406,7 +455,7 @@ class AsyncShardedFeatureClient:
     ) -> tuple[_Parts, dict[int, pb.GetFeatureVectorResponse]]:
         p = self._routing.split(entities)
         bodies = {
-            k: build_request(part, features, feature_service, dense).SerializeToString()
+            k: build_request({}, features, feature_service, dense, columns=part).SerializeToString()
             for k, part in p.entities.items()
         }
         outs = await self._fan_out(METHOD, list(bodies.items()), timeout)
@@ -422,13 +471,18 @@ class AsyncShardedFeatureClient:
         feature_service: str | None,
         dense: bool,
         timeout: float | None,
-    ) -> pb.GetFeatureVectorResponse:
-        """The request split in Rust, its cells parts sent concurrently, merged in Rust."""
+    ) -> tuple[pb.GetFeatureVectorResponse, dict[str, list[Any]]]:
+        """The request split in Rust, its cells parts sent concurrently, merged in Rust; with
+        the request's entity columns."""
         assert self._core is not None
-        body = build_request(entities, features, feature_service, dense).SerializeToString()
+        cols = entity_columns(entities)
+        body = build_request(
+            entities, features, feature_service, dense, columns=cols
+        ).SerializeToString()
         routed = self._core.route("v1_grpc", body, None)
         answers = await self._fan_out(CELLS_METHOD, routed.parts(), timeout)
-        return pb.GetFeatureVectorResponse.FromString(routed.merge(answers))
+        keys = {name: vals for name, (_, vals) in cols.items()}
+        return pb.GetFeatureVectorResponse.FromString(routed.merge(answers)), keys
 
     async def get_dense(
         self,
@@ -441,7 +495,7 @@ class AsyncShardedFeatureClient:
         """:meth:`FeatureClient.get_dense` over the cluster, rows in request order."""
         if self._core is not None:
             return dense_result(
-                await self._routed(entities, features, feature_service, True, timeout)
+                *await self._routed(entities, features, feature_service, True, timeout)
             )
         p, answers = await self._ask(entities, features, feature_service, True, timeout)
         return _merge_dense(p, {k: dense_result(r) for k, r in answers.items()})
@@ -456,8 +510,8 @@ class AsyncShardedFeatureClient:
     ) -> ColumnsResult:
         """:meth:`FeatureClient.get_features` over the cluster, rows in request order."""
         if self._core is not None:
-            resp = await self._routed(entities, features, feature_service, False, timeout)
-            return columns_result(resp)
+            resp, keys = await self._routed(entities, features, feature_service, False, timeout)
+            return columns_result(resp, keys)
         p, answers = await self._ask(entities, features, feature_service, False, timeout)
         return _merge_columns(p, {k: columns_result(r) for k, r in answers.items()})
 

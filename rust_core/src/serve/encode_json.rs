@@ -6,7 +6,7 @@ use super::Prepared;
 use crate::key::KeyColumn;
 use crate::query::CellSource;
 use crate::row::ValueRef;
-use crate::types::Status;
+use crate::types::{DType, Status};
 
 /// Quoted status names, indexed by the status number.
 const STATUS_JSON: [&[u8]; 5] = [
@@ -199,7 +199,17 @@ pub(super) fn v1_columns(p: &Prepared, cells: &impl CellSource, shortest: bool) 
         if c > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(b"{\"values\":[");
+        // The column's type, so that a reader can tell bytes (base64) from text, a timestamp
+        // from a string and int32 from int64 without the registry.
+        let col = &p.plan.columns[c];
+        out.extend_from_slice(b"{\"dtype\":\"");
+        out.extend_from_slice(col.dtype.name().as_bytes());
+        out.push(b'"');
+        if col.dtype == DType::Float32Array {
+            out.extend_from_slice(b",\"dim\":");
+            json::write_u64(&mut out, u64::from(col.dim));
+        }
+        out.extend_from_slice(b",\"values\":[");
         for i in 0..n {
             if i > 0 {
                 out.push(b',');

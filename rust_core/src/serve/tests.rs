@@ -964,8 +964,8 @@ fn v1_http_shapes() {
     .unwrap();
     let expected = concat!(
         r#"{"feature_names":["user_profile:f001","fresh:score"],"num_entities":2,"columns":["#,
-        r#"{"values":[4.800000190734863,7.900000095367432],"statuses":["PRESENT","PRESENT"],"event_timestamps":[1704067200000000,1704067200000000]},"#,
-        r#"{"values":[1.5,null],"statuses":["PRESENT","OUTSIDE_MAX_AGE"],"event_timestamps":[1704153590000000,1704146400000000]}"#,
+        r#"{"dtype":"float32","values":[4.800000190734863,7.900000095367432],"statuses":["PRESENT","PRESENT"],"event_timestamps":[1704067200000000,1704067200000000]},"#,
+        r#"{"dtype":"float32","values":[1.5,null],"statuses":["PRESENT","OUTSIDE_MAX_AGE"],"event_timestamps":[1704153590000000,1704146400000000]}"#,
         "]}"
     );
     assert_eq!(String::from_utf8(s.body).unwrap(), expected);
@@ -1001,6 +1001,9 @@ fn v1_http_shapes() {
         serde_json::json!([1.5, -2.0, null])
     );
     assert!(v["columns"][0].get("statuses").is_none());
+    assert_eq!(v["columns"][0]["dtype"], "string");
+    assert_eq!(v["columns"][1]["dtype"], "float32_array");
+    assert_eq!(v["columns"][1]["dim"], 3);
     let e = err(
         Api::V1Http,
         &store,

@@ -147,6 +147,14 @@ class KeyFile:
         self.save([*keys, rec])
         return token, rec
 
+    def active(self, token: str) -> ApiKey | None:
+        """The record of ``token`` if it is neither revoked nor expired."""
+        digest = _digest(token)
+        for k in self.load():
+            if k.sha256 == digest and not k.revoked and not k.expired():
+                return k
+        return None
+
     def revoke(self, name_or_id: str) -> ApiKey:
         keys = self.load()
         for i, k in enumerate(keys):

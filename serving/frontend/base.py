@@ -525,7 +525,8 @@ class Frontend(ABC):
             return _json_error(
                 413,
                 "message_too_large",
-                f"request body exceeds {self.settings.max_message_bytes} bytes",
+                f"request body exceeds {self.settings.max_message_bytes} bytes (the server's "
+                "--max-message-bytes)",
             )
         except web.HTTPException as e:
             if e.status < 400:

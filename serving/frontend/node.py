@@ -192,6 +192,14 @@ class FeatureServer(NodeAdmin):
                 "store_open": not self.store.closed,
                 "kafka_lag": self.loader_lag(),
                 "kafka_seconds_since_broker_contact": self.broker_silence(),
+                # why a view's topic is not consumed yet (missing topic, no broker): the
+                # reason its lag is null
+                "kafka_waiting_for": {
+                    view: st["waiting_for"]
+                    for loader in self.loaders
+                    for view, st in loader.stats().items()
+                    if st.get("waiting_for")
+                },
             },
             status=200 if ready else 503,
         )
@@ -252,6 +260,7 @@ class FeatureServer(NodeAdmin):
 
             loader = KafkaLoader(
                 self.store,
+                bootstrap_servers=s.bootstrap_servers or None,
                 shard=self.shard,
                 expected_partitions=self.settings.topic_partitions or None,
             )

@@ -47,7 +47,8 @@ def _shared_flags(p: argparse.ArgumentParser) -> None:
         "--progress",
         choices=("auto", "always", "never"),
         default="auto",
-        help="progress reporting on stderr (auto: bar on a terminal, log lines otherwise)",
+        help="progress reporting on stderr (default auto: a bar on a terminal, log lines "
+        "otherwise)",
     )
 
 

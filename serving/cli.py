@@ -212,10 +212,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from serving.admin_client import held_store_server, send_admin_job, store_in_use
+
     s = _settings(args)
-    with _open_store(s) as store:
-        print(json.dumps(store.stats(), indent=2))
-    return 0
+    server, how, held = args.server, "", False
+    if server is None:
+        try:
+            with _open_store(s) as store:
+                print(json.dumps(store.stats(), indent=2))
+            return 0
+        except StorageError as e:
+            if not store_in_use(e):
+                raise
+        (server, how), held = held_store_server(s.data_dir), True
+    code, answer = send_admin_job(
+        server, args.api_key, "/admin/stats", None, what="stats request", data_dir=s.data_dir,
+        held=held, how=how,
+    )  # fmt: skip
+    if answer is not None:
+        print(json.dumps(answer, indent=2))
+    return code
 
 
 def _keys_file(args: argparse.Namespace) -> KeyFile:
@@ -377,6 +393,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     stats = sub.add_parser("stats", parents=[common], help="hot-tier and RocksDB figures")
+    stats.add_argument(
+        "--server",
+        metavar="URL",
+        help="ask this server (GET /admin/stats, an admin key) for its store's figures. Without "
+        "it, the store in --data-dir is opened here, and only when a server holds it is that "
+        "server asked (default: the address it recorded beside the store)",
+    )
+    stats.add_argument(
+        "--api-key",
+        default=os.environ.get("FS_API_KEY"),
+        help="admin API key for --server (env FS_API_KEY)",
+    )
     stats.set_defaults(func=cmd_stats)
 
     _add_key_commands(sub, common)

@@ -10,7 +10,8 @@ the snapshot is read again.
 
 With ``--server URL`` the command asks that server for a snapshot of its own store. Without
 it, the command opens the store in ``--data-dir`` itself, and when a server holds that store
-(RocksDB's lock) it asks the server at ``FS_SERVER_URL`` (default ``http://127.0.0.1:6566``):
+(RocksDB's lock) it asks that server (``serving.admin_client.held_store_server``: the address
+it recorded beside the store, else ``FS_SERVER_URL``, default ``http://127.0.0.1:6566``):
 ``POST /admin/snapshot {"path": OUT}`` checkpoints the live store in a worker thread, so reads
 go on (the checkpoint holds only the store's write lock; writes wait for it). ``OUT`` is then
 a path on the server's machine, made absolute here.
@@ -25,7 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from serving.admin_client import send_admin_job, store_in_use
+from serving.admin_client import DEFAULT_SERVER, held_store_server, send_admin_job, store_in_use
 from serving.errors import InvalidArgumentError, StorageError
 
 __all__ = ["add_commands", "create", "restore", "size"]
@@ -95,11 +96,9 @@ def size(path: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-#: the server asked when the local store is held by one and no --server is given
-DEFAULT_SERVER = "http://127.0.0.1:6566"
-
-
-def _send_to_server(args: argparse.Namespace, data_dir: str, held: bool = True) -> int:
+def _send_to_server(
+    args: argparse.Namespace, data_dir: str, held: bool = True, how: str = ""
+) -> int:
     """Takes the snapshot on a server (``POST /admin/snapshot``): the one holding the store,
     or the one named by ``--server`` (``held=False``)."""
     body = {"path": os.path.abspath(args.out)}
@@ -111,6 +110,7 @@ def _send_to_server(args: argparse.Namespace, data_dir: str, held: bool = True) 
         what="snapshot",
         data_dir=data_dir,
         held=held,
+        how=how,
     )
     if answer is not None:
         print(json.dumps(answer))
@@ -123,12 +123,12 @@ def cmd_snapshot_create(args: argparse.Namespace) -> int:
     if args.server is not None:
         # a server named on the command line: snapshot its store, whatever --data-dir says
         return _send_to_server(args, data_dir, held=False)
-    args.server = os.environ.get("FS_SERVER_URL", DEFAULT_SERVER)
     try:
         dest = create(data_dir, config, args.out)
     except StorageError as e:
         if store_in_use(e):
-            return _send_to_server(args, data_dir)
+            args.server, how = held_store_server(data_dir)
+            return _send_to_server(args, data_dir, how=how)
         raise
     files, nbytes = size(dest)
     print(json.dumps({"snapshot": str(dest), "files": files, "bytes": nbytes}))
@@ -156,7 +156,8 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="take the snapshot through this server's admin API (its own store, without "
         "pausing reads). Without it, the store in --data-dir is opened here, and only when a "
-        f"server holds it is FS_SERVER_URL (default {DEFAULT_SERVER}) asked instead",
+        "server holds it, that server is asked (the address it recorded beside the store, else "
+        f"FS_SERVER_URL, else FS_HTTP_PORT; default {DEFAULT_SERVER})",
     )
     create_p.add_argument(
         "--api-key",

@@ -20,6 +20,7 @@ import grpc
 from aiohttp import web
 
 from serving import __version__, _rust_core
+from serving.admin_client import forget_server, record_server
 from serving.cluster.map import NodeInfo
 from serving.config import ServeSettings
 from serving.errors import InvalidArgumentError, UnauthenticatedError
@@ -278,6 +279,13 @@ class FeatureServer(NodeAdmin):
         log.info(
             "serving on %s: gRPC port %d, HTTP port %d", s.host, self.grpc_port, self.http_port
         )
+        host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
+        host = f"[{host}]" if ":" in host else host
+        scheme = "https" if s.tls_cert else "http"
+        try:
+            record_server(self.store.data_dir, f"{scheme}://{host}:{self.http_port}")
+        except OSError as e:  # only a convenience for `materialize` / `snapshot create`
+            log.warning("cannot record this server's address beside the store: %s", e)
         self._check_own_entry()
 
     def _check_own_entry(self) -> None:
@@ -323,6 +331,7 @@ class FeatureServer(NodeAdmin):
             asyncio.to_thread(loader.stop, grace) for loader in self.loaders
         )
         self.admission.stop()
+        forget_server(self.store.data_dir)
         self.store.close()
         log.info("stopped")
 

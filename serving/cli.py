@@ -16,9 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from serving import __version__
-from serving.config import ServeSettings, add_route_flags, add_serve_flags, load_settings
+from serving.config import (
+    ServeSettings,
+    add_route_flags,
+    add_serve_flags,
+    default_keys_file,
+    load_settings,
+)
 from serving.errors import FeatureServingError, InvalidArgumentError, StorageError
-from serving.frontend.auth import KeyFile, default_keys_file
+from serving.frontend.auth import KeyFile
 from serving.registry import Registry
 from serving.store import Store
 
@@ -75,7 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if s.restore_from:
         from serving.snapshot import restore
 
-        restore(s.restore_from, s.data_dir)
+        restore(s.restore_from, s.data_dir, s.keys_file or None)
         log.info("restored snapshot %s into %s", s.restore_from, s.data_dir)
     store = _open_store(s, force=args.force)
     run(store, s)

@@ -170,6 +170,12 @@ class ServeSettings:
         return cluster
 
 
+def default_keys_file(data_dir: str | os.PathLike[str]) -> Path:
+    """``<data_dir>.keys.json``: beside the store, not inside RocksDB's directory."""
+    p = Path(data_dir)
+    return p.with_name(p.name + ".keys.json")
+
+
 def _coerce(name: str, kind: type, raw: object) -> Any:
     if kind is bool:
         if isinstance(raw, bool):

@@ -156,6 +156,8 @@ class NodeAdmin(Frontend, ABC):
 
         def job() -> tuple[int, int]:
             self.store.checkpoint(dest)
+            if self.auth is not None:
+                snapshot.add_keys(dest, self.auth.keys_file.path)
             return snapshot.size(dest)
 
         files, size = await asyncio.get_running_loop().run_in_executor(None, job)

@@ -22,11 +22,11 @@ from aiohttp import web
 from serving import __version__, _rust_core
 from serving.admin_client import forget_server, record_server
 from serving.cluster.map import NodeInfo
-from serving.config import ServeSettings
+from serving.config import ServeSettings, default_keys_file
 from serving.errors import InvalidArgumentError, UnauthenticatedError
 from serving.frontend.admin import NodeAdmin
 from serving.frontend.admission import Admission
-from serving.frontend.auth import Authenticator, KeyFile, default_keys_file
+from serving.frontend.auth import Authenticator, KeyFile
 from serving.frontend.endpoints import V1_SERVICE, Endpoint
 from serving.frontend.grpc_auth import principal
 from serving.metrics import CoreCollector, ServingMetrics

@@ -34,6 +34,22 @@ def test_a_taken_port_is_one_error_line_naming_the_flag(servers: Servers, taken:
     assert f"--{taken}-port" in errors[0], errors[0]
 
 
+def test_route_on_a_taken_port_is_one_error_line(servers: Servers) -> None:
+    holder = servers.serve(STORE_TEST_REGISTRY, "holder")
+    cmap = servers.tmp / "cluster.yaml"
+    cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{holder.grpc}']\n")
+    r = run_cli(
+        "route", "--config", str(STORE_TEST_REGISTRY), "--cluster-map", str(cmap), "--no-auth",
+        "--http-port", str(holder.http), "--grpc-port", "0",
+    )  # fmt: skip
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, r.stderr
+    assert f":{holder.http} for HTTP: the port is in use" in errors[0], errors[0]
+    assert "--http-port" in errors[0], errors[0]
+
+
 def test_a_grpc_client_on_the_http_port_is_one_warning(servers: Servers) -> None:
     s = servers.serve(STORE_TEST_REGISTRY, "node")
     with grpc.insecure_channel(f"127.0.0.1:{s.http}") as channel, pytest.raises(grpc.RpcError):

@@ -268,8 +268,7 @@ class Source:
                 return
             self._waiting_logged_at = now
         log.warning(
-            "kafka loader: view %s: %s; retrying every second (waiting %.0f s; not ready "
-            "meanwhile)",
+            "kafka loader: view %s: %s; retrying every second (for %.0f s so far)",
             self.view.name,
             reason,
             since,

@@ -169,7 +169,7 @@ def local_server(sample_dir: Path, config: Path, python: str, extra: list[str]) 
             proc = subprocess.Popen(
                 [python, "-m", "serving", "serve", "--config", cfg, "--data-dir", db,
                  "--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", str(grpc_port),
-                 "--keys-file", keys, *extra],
+                 "--keys-file", keys, "--no-ingest", *extra],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         url = f"http://127.0.0.1:{http}"

@@ -83,7 +83,7 @@ FS_API_KEY=$("$PYTHON" -m serving keys create --config "$WORK/features.yaml" --d
 export FS_API_KEY
 
 "$PYTHON" -m serving serve --config "$WORK/features.yaml" --data-dir "$WORK/db" \
-  --keys-file "$WORK/keys.json" \
+  --keys-file "$WORK/keys.json" --no-ingest \
   --host 127.0.0.1 --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
 import textwrap
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from serving import __version__
-from serving.config import ServeSettings, add_route_flags, add_serve_flags, load_settings
+from serving.config import (
+    ServeSettings,
+    add_route_flags,
+    add_serve_flags,
+    default_keys_file,
+    load_settings,
+)
 from serving.errors import FeatureServingError, InvalidArgumentError, StorageError
-from serving.frontend.auth import KeyFile, default_keys_file
+from serving.frontend.auth import KeyFile
 from serving.registry import Registry
 from serving.store import Store
 
@@ -73,7 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if s.restore_from:
         from serving.snapshot import restore
 
-        restore(s.restore_from, s.data_dir)
+        restore(s.restore_from, s.data_dir, s.keys_file or None)
         log.info("restored snapshot %s into %s", s.restore_from, s.data_dir)
     store = _open_store(s, force=args.force)
     run(store, s)
@@ -99,10 +107,6 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
-#: the key `demo` created, used by the example calls it prints
-_DEMO_KEY: str | None = None
-
-
 def _curl_body(n: int) -> str:
     return json.dumps(
         {
@@ -112,7 +116,7 @@ def _curl_body(n: int) -> str:
     )
 
 
-async def _show_answers(server: object) -> None:
+async def _show_answers(server: object, demo_key: str | None) -> None:
     """Prints a curl call and a Python client call with the answers they really get."""
     import aiohttp
 
@@ -125,9 +129,9 @@ async def _show_answers(server: object) -> None:
     print(
         f"\nHTTP (Feast-compatible), try it:\n  curl -s http://{host}:{http}/get-online-features \\"
     )
-    auth_header = {"Authorization": f"Bearer {_DEMO_KEY}"} if _DEMO_KEY else {}
-    if _DEMO_KEY:
-        print(f"    -H 'Authorization: Bearer {_DEMO_KEY}' \\")
+    auth_header = {"Authorization": f"Bearer {demo_key}"} if demo_key else {}
+    if demo_key:
+        print(f"    -H 'Authorization: Bearer {demo_key}' \\")
     print(f"    -H 'Content-Type: application/json' -d '{body}'")
     async with (
         aiohttp.ClientSession() as session,
@@ -140,7 +144,7 @@ async def _show_answers(server: object) -> None:
         text = await resp.text()
     print(f"answer (HTTP {resp.status}):")
     print(textwrap.indent(json.dumps(json.loads(text), indent=None)[:1200], "  "))
-    key_arg = f', api_key="{_DEMO_KEY}"' if _DEMO_KEY else ""
+    key_arg = f', api_key="{demo_key}"' if demo_key else ""
     code = f"""\
 from serving.client import FeatureClient
 with FeatureClient("{host}:{grpc_port}"{key_arg}) as client:
@@ -148,11 +152,37 @@ with FeatureClient("{host}:{grpc_port}"{key_arg}) as client:
     print(m.values.shape, m.values[:, :3])"""
     print("\nPython client (gRPC, dense float32 matrix):")
     print(textwrap.indent(code, "  "))
-    async with AsyncFeatureClient(f"{host}:{grpc_port}", api_key=_DEMO_KEY) as client:
+    async with AsyncFeatureClient(f"{host}:{grpc_port}", api_key=demo_key) as client:
         m = await client.get_dense({"user_id": [1, 2, 3]}, feature_service="user_profile_all")
     print("answer:")
     print(textwrap.indent(f"{m.values.shape} {m.values[:, :3].tolist()}", "  "))
     print(f"\nServing on {host}: HTTP {http}, gRPC {grpc_port}. Ctrl-C stops.", flush=True)
+
+
+def _demo_key(keys: KeyFile) -> str:
+    """The demo's key, the same across restarts of the demo store so that a script or a shell
+    variable set from an earlier `make run` keeps working.
+
+    The keys file holds hashes only, so the demo keeps its token beside it
+    (``<keys file>.demo-token``, 0600, read only by the demo): reused while it is still an
+    active key named ``demo``, else a new one replaces it. A real deployment's keys never
+    come from here.
+    """
+    token_file = keys.path.with_name(keys.path.name + ".demo-token")
+    with contextlib.suppress(OSError):
+        token = token_file.read_text().strip()
+        rec = keys.active(token)
+        if rec is not None and rec.name == "demo":
+            return token
+    for rec in keys.load():
+        if rec.name == "demo" and not rec.revoked:
+            keys.revoke(rec.key_id)
+    token, _ = keys.create("demo", read=["*"], admin=True)
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -179,33 +209,96 @@ def cmd_demo(args: argparse.Namespace) -> int:
     store = _open_store(s)
     summary = materialize(store, progress=sys.stderr.isatty())
     print(summary)
-    global _DEMO_KEY
+    key = None
     if not s.no_auth:
-        keys = KeyFile(s.keys_file or default_keys_file(s.data_dir))
-        for rec in keys.load():
-            if rec.name == "demo" and not rec.revoked:
-                keys.revoke(rec.key_id)
-        _DEMO_KEY, _ = keys.create("demo", read=["*"], admin=True)
-        print(f"\nAPI key: {_DEMO_KEY}")
-    run(store, s, on_started=_show_answers)
+        key = _demo_key(KeyFile(s.keys_file or default_keys_file(s.data_dir)))
+        print(f"\nAPI key: {key}")
+    run(store, s, on_started=lambda server: _show_answers(server, key))
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from serving.admin_client import held_store_server, send_admin_job, store_in_use
+
     s = _settings(args)
-    with _open_store(s) as store:
-        print(json.dumps(store.stats(), indent=2))
-    return 0
+    server, how, held = args.server, "", False
+    if server is None:
+        try:
+            with _open_store(s) as store:
+                print(json.dumps(store.stats(), indent=2))
+            return 0
+        except StorageError as e:
+            if not store_in_use(e):
+                raise
+        (server, how), held = held_store_server(s.data_dir), True
+    code, answer = send_admin_job(
+        server, args.api_key, "/admin/stats", None, what="stats request", data_dir=s.data_dir,
+        held=held, how=how,
+    )  # fmt: skip
+    if answer is not None:
+        print(json.dumps(answer, indent=2))
+    return code
 
 
 def _keys_file(args: argparse.Namespace) -> KeyFile:
     return KeyFile(args.keys_file or default_keys_file(args.data_dir))
 
 
-def cmd_keys_create(args: argparse.Namespace) -> int:
+def _expires_seconds(text: str | None) -> float | None:
+    """``--expires``: a duration with a unit; a bare number is refused, since a reader of
+    `--expires 90` cannot tell whether it meant 90 seconds or 90 days."""
     from serving.registry import parse_ttl
 
-    expires = float(parse_ttl(args.expires)) if args.expires else None
+    if not text:
+        return None
+    if text.strip().isdigit():
+        raise InvalidArgumentError(
+            f"--expires {text}: give a unit: s, m, h, d or w (e.g. {text.strip()}d, "
+            f"{text.strip()}h, 1h30m)"
+        )
+    try:
+        seconds = parse_ttl(text)
+    except ValueError as e:
+        raise InvalidArgumentError(f"--expires {text}: {e}") from None
+    if seconds <= 0:
+        raise InvalidArgumentError(f"--expires {text}: the lifetime must be longer than 0")
+    return float(seconds)
+
+
+def _check_scopes(args: argparse.Namespace) -> None:
+    """Every ``--read`` name must be a view or service of the registry and every ``--write``
+    name a view: a typo would make a key that only ever gets 403."""
+    names = [*(args.read or ()), *(args.write or ())]
+    if all(n == "*" for n in names):
+        return
+    from serving.registry import did_you_mean
+
+    if not Path(args.config).is_file():
+        raise InvalidArgumentError(
+            f"registry '{args.config}' not found: --read / --write name its views and services, "
+            "so give the registry the servers serve with --config (env FS_CONFIG)"
+        )
+    registry = Registry.from_yaml(args.config)
+    views, services = sorted(registry.feature_views), sorted(registry.feature_services)
+    for flag, given, known, what in (
+        ("--read", args.read or (), [*views, *services], "feature view or feature service"),
+        ("--write", args.write or (), views, "feature view"),
+    ):
+        for name in given:
+            if flag == "--write" and name in services:
+                raise InvalidArgumentError(
+                    f"--write {name}: '{name}' is a feature service; --write takes feature views"
+                )
+            if name != "*" and name not in known:
+                raise InvalidArgumentError(
+                    f"{flag} {name}: no {what} '{name}' in '{args.config}'"
+                    f"{did_you_mean(name, known)}; * = all"
+                )
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    expires = _expires_seconds(args.expires)
+    _check_scopes(args)
     token, rec = _keys_file(args).create(
         args.name,
         read=args.read or (),
@@ -223,12 +316,17 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{k: v for k, v in r.to_json().items() if k != "sha256"} for r in keys]))
         return 0
-    print(f"{'id':8}  {'name':20}  {'state':8}  {'admin':5}  read / write")
+    print(f"{'id':8}  {'name':20}  {'state':8}  {'admin':5}  {'expires (UTC)':16}  read / write")
     for r in keys:
         state = "revoked" if r.revoked else ("expired" if r.expired() else "active")
+        expires = (
+            "never"
+            if r.expires_at is None
+            else datetime.fromtimestamp(r.expires_at, UTC).strftime("%Y-%m-%d %H:%M")
+        )
         print(
             f"{r.key_id:8}  {r.name:20}  {state:8}  {'yes' if r.admin else 'no':5}  "
-            f"{','.join(r.read) or '-'} / {','.join(r.write) or '-'}"
+            f"{expires:16}  {','.join(r.read) or '-'} / {','.join(r.write) or '-'}"
         )
     return 0
 
@@ -251,7 +349,9 @@ def _add_key_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     create.add_argument("--write", nargs="+", metavar="VIEW", help="writable views; * = all")
     create.add_argument("--admin", action="store_true", help="admin: jobs, registry, keys")
-    create.add_argument("--expires", help="lifetime, e.g. 90d or 12h (default: never)")
+    create.add_argument(
+        "--expires", help="lifetime with a unit (s, m, h, d, w), e.g. 90d or 12h (default: never)"
+    )
     create.set_defaults(func=cmd_keys_create)
     lst = ksub.add_parser("list", parents=[kcommon], help="list keys (never their secrets)")
     lst.add_argument("--json", action="store_true")
@@ -288,12 +388,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_route_flags(route)
     route.set_defaults(func=cmd_route)
 
-    demo = sub.add_parser("demo", parents=[common], help="load the sample and serve it")
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="load the sample and serve it; its API key 'demo' stays the same across restarts "
+        "(the token is kept in <keys file>.demo-token until the key is revoked)",
+    )
     add_serve_flags(demo)
     demo.add_argument("--sample-dir", help="where `make sample` wrote the data (informational)")
     demo.set_defaults(func=cmd_demo)
 
     stats = sub.add_parser("stats", parents=[common], help="hot-tier and RocksDB figures")
+    stats.add_argument(
+        "--server",
+        metavar="URL",
+        help="ask this server (GET /admin/stats, an admin key) for its store's figures. Without "
+        "it, the store in --data-dir is opened here, and only when a server holds it is that "
+        "server asked (default: the address it recorded beside the store)",
+    )
+    stats.add_argument(
+        "--api-key",
+        default=os.environ.get("FS_API_KEY"),
+        help="admin API key for --server (env FS_API_KEY)",
+    )
     stats.set_defaults(func=cmd_stats)
 
     _add_key_commands(sub, common)

@@ -63,6 +63,9 @@ class ServeSettings:
     request_metrics: bool = True
     #: run the Kafka loaders of the views' stream sources inside the server
     ingest: bool = True
+    #: brokers of every stream source, replacing the registry's ``bootstrap_servers``
+    #: (as `ingest --bootstrap-servers`); empty = the registry's
+    bootstrap_servers: str = ""
     #: readiness (/readyz, gRPC health) waits until the loaders' lag is at most this
     max_ready_lag: int = 1000
     #: ... and turns false when a loader has had no broker connection for this many seconds:
@@ -167,6 +170,12 @@ class ServeSettings:
         return cluster
 
 
+def default_keys_file(data_dir: str | os.PathLike[str]) -> Path:
+    """``<data_dir>.keys.json``: beside the store, not inside RocksDB's directory."""
+    p = Path(data_dir)
+    return p.with_name(p.name + ".keys.json")
+
+
 def _coerce(name: str, kind: type, raw: object) -> Any:
     if kind is bool:
         if isinstance(raw, bool):
@@ -243,7 +252,9 @@ def add_frontend_flags(p: argparse.ArgumentParser) -> None:
         const=True,
         help="write JSON floats as the shortest float32 text (4.8, not 4.800000190734863)",
     )
-    p.add_argument("--slow-request-ms", type=float, help="log requests slower than this")
+    p.add_argument(
+        "--slow-request-ms", type=float, help="log requests slower than this (default 0 = off)"
+    )
     p.add_argument(
         "--no-request-metrics",
         dest="request_metrics",
@@ -251,7 +262,7 @@ def add_frontend_flags(p: argparse.ArgumentParser) -> None:
         const=False,
         help="skip per-request metrics (to measure their cost)",
     )
-    p.add_argument("--log-level", help="debug, info, warning, error")
+    p.add_argument("--log-level", help="debug, info, warning, error (default info)")
     p.add_argument(
         "--no-auth",
         action="store_const",
@@ -295,7 +306,16 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="do not run the Kafka loaders of stream sources in this process",
     )
     p.add_argument(
-        "--max-ready-lag", type=int, help="Kafka lag (messages) under which the server is ready"
+        "--bootstrap-servers",
+        metavar="HOST:PORT[,...]",
+        help="Kafka brokers of every stream source, replacing the registry's (default: the "
+        "registry's bootstrap_servers)",
+    )
+    p.add_argument(
+        "--max-ready-lag",
+        type=int,
+        help="readiness (/readyz 200, gRPC health SERVING) means every Kafka loader is at most "
+        "this many messages behind the log end, not fully caught up (default 1000)",
     )
     p.add_argument(
         "--broker-timeout-seconds",
@@ -304,23 +324,28 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-batch", type=int, help="requests per batched call (default 64)")
     p.add_argument(
-        "--max-queue", type=int, help="queued requests before 429 / RESOURCE_EXHAUSTED (512)"
+        "--max-queue",
+        type=int,
+        help="queued requests before 429 / RESOURCE_EXHAUSTED (default 512)",
     )
     p.add_argument(
         "--shard-index",
         type=int,
         metavar="K",
         help="this node is shard K of --shard-count: consume only partitions p with p %% N == K "
-        "and refuse entities other shards own (docs/scale-out.md)",
+        "and refuse entities other shards own (docs/scale-out.md; default: not sharded)",
     )
     p.add_argument(
-        "--shard-count", type=int, metavar="N", help="number of shards (with --shard-index)"
+        "--shard-count",
+        type=int,
+        metavar="N",
+        help="number of shards (with --shard-index; default: not sharded)",
     )
     p.add_argument(
         "--topic-partitions",
         type=int,
         metavar="P",
-        help="partition count of the stream topics (required with --shard-index)",
+        help="partition count of the stream topics (required with --shard-index; default: none)",
     )
     p.add_argument(
         "--restore-from",

@@ -345,6 +345,11 @@ def _hint(name: str, choices: Iterator[str] | Mapping[str, Any] | Sequence[str])
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def did_you_mean(name: str, choices: Iterator[str] | Mapping[str, Any] | Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, else nothing."""
+    return _hint(name, choices)
+
+
 def _semi_hint(name: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""

@@ -6,11 +6,13 @@ column family, so the stored Kafka offsets are exactly those of the rows in it; 
 hard links when ``OUT`` is on the same file system (seconds, little extra space).
 ``feature-serving serve --restore-from OUT`` (or ``ingest --restore-from OUT``) copies it into
 an empty data directory first and then consumes from its offsets: only what was produced after
-the snapshot is read again.
+the snapshot is read again. The snapshot also carries the node's API keys file (hashes only,
+:data:`KEYS_IN_SNAPSHOT`), installed as the restored node's keys file unless it has one.
 
 With ``--server URL`` the command asks that server for a snapshot of its own store. Without
 it, the command opens the store in ``--data-dir`` itself, and when a server holds that store
-(RocksDB's lock) it asks the server at ``FS_SERVER_URL`` (default ``http://127.0.0.1:6566``):
+(RocksDB's lock) it asks that server (``serving.admin_client.held_store_server``: the address
+it recorded beside the store, else ``FS_SERVER_URL``, default ``http://127.0.0.1:6566``):
 ``POST /admin/snapshot {"path": OUT}`` checkpoints the live store in a worker thread, so reads
 go on (the checkpoint holds only the store's write lock; writes wait for it). ``OUT`` is then
 a path on the server's machine, made absolute here.
@@ -25,14 +27,36 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from serving.admin_client import send_admin_job, store_in_use
+from serving.admin_client import DEFAULT_SERVER, held_store_server, send_admin_job, store_in_use
+from serving.config import default_keys_file
 from serving.errors import InvalidArgumentError, StorageError
 
-__all__ = ["add_commands", "create", "restore", "size"]
+__all__ = ["KEYS_IN_SNAPSHOT", "add_commands", "add_keys", "create", "restore", "size"]
+
+#: the API keys file (hashes only) of the snapshotted node, inside the snapshot: a node
+#: restored from it accepts the same keys instead of refusing every request
+KEYS_IN_SNAPSHOT = "feature-serving.keys.json"
 
 
-def create(data_dir: str | os.PathLike[str], config: str | os.PathLike[str], out: str) -> Path:
-    """Opens the store in ``data_dir`` (registry ``config``) and checkpoints it to ``out``."""
+def add_keys(snapshot: str | os.PathLike[str], keys_file: str | os.PathLike[str]) -> bool:
+    """Copies ``keys_file`` into the snapshot (False when there is none to copy)."""
+    src = Path(keys_file)
+    if not src.is_file():
+        return False
+    dest = Path(snapshot) / KEYS_IN_SNAPSHOT
+    shutil.copyfile(src, dest)
+    os.chmod(dest, 0o600)
+    return True
+
+
+def create(
+    data_dir: str | os.PathLike[str],
+    config: str | os.PathLike[str],
+    out: str,
+    keys_file: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Opens the store in ``data_dir`` (registry ``config``) and checkpoints it to ``out``,
+    with the API keys of ``keys_file`` (default ``<data_dir>.keys.json``) when it exists."""
     from serving.registry import Registry
     from serving.store import Store
 
@@ -43,6 +67,7 @@ def create(data_dir: str | os.PathLike[str], config: str | os.PathLike[str], out
         raise InvalidArgumentError(f"'{data_dir}' is not a store directory (no RocksDB CURRENT)")
     with Store(data_dir, Registry.from_yaml(config)) as store:
         store.checkpoint(dest)
+    add_keys(dest, keys_file or default_keys_file(data_dir))
     return dest
 
 
@@ -58,8 +83,14 @@ def _link_or_copy(src: str, dst: str) -> object:
     return shutil.copy2(src, dst)
 
 
-def restore(snapshot: str | os.PathLike[str], data_dir: str | os.PathLike[str]) -> Path:
-    """Copies the snapshot ``snapshot`` into ``data_dir``, which must be absent or empty.
+def restore(
+    snapshot: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    keys_file: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Copies the snapshot ``snapshot`` into ``data_dir``, which must be absent or empty, and
+    the API keys it carries to ``keys_file`` (default ``<data_dir>.keys.json``) unless that
+    file exists already (the node's own keys win).
 
     The copy goes to a sibling directory first and is renamed into place, so an interrupted
     restore never leaves a half store where the data directory is expected.
@@ -82,10 +113,17 @@ def restore(snapshot: str | os.PathLike[str], data_dir: str | os.PathLike[str]) 
     if tmp.exists():
         shutil.rmtree(tmp)  # left by an interrupted restore
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src, tmp, copy_function=_link_or_copy)
+    shutil.copytree(
+        src, tmp, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(KEYS_IN_SNAPSHOT)
+    )
     if dest.exists():
         dest.rmdir()
     tmp.rename(dest)
+    keys = Path(keys_file or default_keys_file(dest))
+    if (src / KEYS_IN_SNAPSHOT).is_file() and not keys.exists():
+        keys.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / KEYS_IN_SNAPSHOT, keys)
+        os.chmod(keys, 0o600)
     return dest
 
 
@@ -95,11 +133,9 @@ def size(path: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-#: the server asked when the local store is held by one and no --server is given
-DEFAULT_SERVER = "http://127.0.0.1:6566"
-
-
-def _send_to_server(args: argparse.Namespace, data_dir: str, held: bool = True) -> int:
+def _send_to_server(
+    args: argparse.Namespace, data_dir: str, held: bool = True, how: str = ""
+) -> int:
     """Takes the snapshot on a server (``POST /admin/snapshot``): the one holding the store,
     or the one named by ``--server`` (``held=False``)."""
     body = {"path": os.path.abspath(args.out)}
@@ -111,6 +147,7 @@ def _send_to_server(args: argparse.Namespace, data_dir: str, held: bool = True) 
         what="snapshot",
         data_dir=data_dir,
         held=held,
+        how=how,
     )
     if answer is not None:
         print(json.dumps(answer))
@@ -123,12 +160,12 @@ def cmd_snapshot_create(args: argparse.Namespace) -> int:
     if args.server is not None:
         # a server named on the command line: snapshot its store, whatever --data-dir says
         return _send_to_server(args, data_dir, held=False)
-    args.server = os.environ.get("FS_SERVER_URL", DEFAULT_SERVER)
     try:
-        dest = create(data_dir, config, args.out)
+        dest = create(data_dir, config, args.out, args.keys_file)
     except StorageError as e:
         if store_in_use(e):
-            return _send_to_server(args, data_dir)
+            args.server, how = held_store_server(data_dir)
+            return _send_to_server(args, data_dir, how=how)
         raise
     files, nbytes = size(dest)
     print(json.dumps({"snapshot": str(dest), "files": files, "bytes": nbytes}))
@@ -156,11 +193,16 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="take the snapshot through this server's admin API (its own store, without "
         "pausing reads). Without it, the store in --data-dir is opened here, and only when a "
-        f"server holds it is FS_SERVER_URL (default {DEFAULT_SERVER}) asked instead",
+        "server holds it, that server is asked (the address it recorded beside the store, else "
+        f"FS_SERVER_URL, else FS_HTTP_PORT; default {DEFAULT_SERVER})",
     )
     create_p.add_argument(
         "--api-key",
         default=os.environ.get("FS_API_KEY"),
         help="admin API key for --server (env FS_API_KEY)",
+    )
+    create_p.add_argument(
+        "--keys-file",
+        help="API keys file carried in the snapshot (hashes only; default <data-dir>.keys.json)",
     )
     create_p.set_defaults(func=cmd_snapshot_create)

@@ -53,7 +53,7 @@ impl Entities {
         }
         if n > limits.max_entities {
             return Err(CoreError::LimitExceeded(format!(
-                "{n} entities requested; the limit is {}",
+                "{n} entities requested; the limit is {} (the server's --max-entities)",
                 limits.max_entities
             )));
         }

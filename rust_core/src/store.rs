@@ -5,10 +5,10 @@
 //! progress such as Kafka offsets and batch watermarks, written in the same `WriteBatch` as the
 //! rows they cover).
 
-use crate::catalog::{evolve, Catalog, Evolution, PhysicalSchema, RegistrySpec, ViewDef};
+use crate::catalog::{evolve_with, Catalog, Evolution, PhysicalSchema, RegistrySpec, ViewDef};
 use crate::error::{CoreError, Result};
 use crate::hot::{HotStats, HotTier};
-use crate::row::{supersedes, RowBytes};
+use crate::row::{supersedes, RowBytes, RowView};
 use ahash::AHashMap;
 use parking_lot::{Mutex, RwLock};
 use rocksdb::{
@@ -214,6 +214,27 @@ impl Store {
             .ok_or_else(|| CoreError::Storage(format!("column family of view '{view}' missing")))
     }
 
+    /// Whether any stored row of `view` holds a value in `slot` (a row of an unknown version
+    /// counts as one). Reads the view's rows until the first such row: a registry change
+    /// asks only for the slots it removes or retypes, and the writer lock it holds keeps
+    /// writes from racing the answer.
+    fn slot_has_values(&self, view: &str, slot: usize) -> Result<bool> {
+        let Some(cf) = self.db.cf_handle(&ViewDef::cf_name(view)) else {
+            return Ok(false);
+        };
+        let mut it = self.db.raw_iterator_cf(&cf);
+        it.seek_to_first();
+        while let Some(value) = it.value() {
+            match RowView::new(value) {
+                Some(row) if row.is_tombstone() || !row.is_present(slot) => {}
+                _ => return Ok(true),
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(false)
+    }
+
     fn stored_schema(&self, view: &str) -> Result<Option<PhysicalSchema>> {
         let key = format!("{SCHEMA_PREFIX}{view}");
         match self.db.get_cf(&self.meta_cf()?, key.as_bytes())? {
@@ -247,7 +268,9 @@ impl Store {
         let mut schemas = AHashMap::new();
         for v in &spec.feature_views {
             let stored = self.stored_schema(&v.name)?;
-            let evo = evolve(stored.as_ref(), v, force, next_id)?;
+            let evo = evolve_with(stored.as_ref(), v, force, next_id, &mut |slot| {
+                self.slot_has_values(&v.name, slot)
+            })?;
             if matches!(evo, Evolution::Recreated(_)) {
                 next_id += 1;
             }

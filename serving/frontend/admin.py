@@ -1,7 +1,7 @@
 """A node's admin and write endpoints: ``POST /v1/push`` (rows), ``/admin/materialize`` (a
 batch-loader job in the server, which owns the store), ``/admin/snapshot`` (a RocksDB
-checkpoint) and ``/admin/registry/reload``. Every one but push needs an admin key; all of them
-run their work in a worker thread, off the event loop."""
+checkpoint), ``/admin/registry/reload`` and ``GET /admin/stats``. Every one but push needs an
+admin key; all of them run their work in a worker thread, off the event loop."""
 
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ class NodeAdmin(Frontend, ABC):
         app.router.add_post("/admin/materialize", self._admin_materialize)
         app.router.add_post("/admin/registry/reload", self._admin_reload_registry)
         app.router.add_post("/admin/snapshot", self._admin_snapshot)
+        app.router.add_get("/admin/stats", self._admin_stats)
+
+    async def _admin_stats(self, request: web.Request) -> web.Response:
+        """The store's hot-tier and RocksDB figures (`feature-serving stats --server`)."""
+        self._require_admin(request)
+        return web.json_response(await asyncio.to_thread(self.store.stats))
 
     async def _http_push(self, request: web.Request) -> web.Response:
         """Writes rows to a view: ``{"feature_view": "v", "rows": {"col": [...], ...}}``
@@ -150,6 +156,8 @@ class NodeAdmin(Frontend, ABC):
 
         def job() -> tuple[int, int]:
             self.store.checkpoint(dest)
+            if self.auth is not None:
+                snapshot.add_keys(dest, self.auth.keys_file.path)
             return snapshot.size(dest)
 
         files, size = await asyncio.get_running_loop().run_in_executor(None, job)

@@ -82,7 +82,8 @@ class LoopLagGuard:
         if late > self.hard:
             self.shed += 1
             raise ResourceExhaustedError(
-                f"server overloaded: event loop {late * 1000:.0f} ms behind; retry with backoff"
+                f"server overloaded: event loop {late * 1000:.0f} ms behind (the server's "
+                "--max-loop-lag-ms); retry with backoff"
             )
 
     async def serve_overflow(
@@ -140,7 +141,8 @@ class RequestBatcher:
         when it passed is dropped before the Rust call and answered DEADLINE_EXCEEDED."""
         if len(self._pending) >= self._max_queue:
             raise ResourceExhaustedError(
-                f"server overloaded: {len(self._pending)} requests queued; retry with backoff"
+                f"server overloaded: {len(self._pending)} requests queued (the server's "
+                "--max-queue); retry with backoff"
             )
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bytes] = loop.create_future()

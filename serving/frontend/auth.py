@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from serving import _rust_core
+
+# moved to serving.config (snapshots need it, below the frontend); kept importable from here
+from serving.config import default_keys_file as default_keys_file  # noqa: PLC0414
 from serving.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -80,12 +83,6 @@ class ApiKey:
             expires_at=None if d.get("expires_at") is None else float(d["expires_at"]),
             revoked=bool(d.get("revoked", False)),
         )
-
-
-def default_keys_file(data_dir: str | os.PathLike[str]) -> Path:
-    """``<data_dir>.keys.json``: beside the store, not inside RocksDB's directory."""
-    p = Path(data_dir)
-    return p.with_name(p.name + ".keys.json")
 
 
 class KeyFile:
@@ -147,6 +144,14 @@ class KeyFile:
         self.save([*keys, rec])
         return token, rec
 
+    def active(self, token: str) -> ApiKey | None:
+        """The record of ``token`` if it is neither revoked nor expired."""
+        digest = _digest(token)
+        for k in self.load():
+            if k.sha256 == digest and not k.revoked and not k.expired():
+                return k
+        return None
+
     def revoke(self, name_or_id: str) -> ApiKey:
         keys = self.load()
         for i, k in enumerate(keys):
@@ -184,6 +189,7 @@ class Authenticator:
         self._by_id: dict[str, ApiKey] = {}
         self._verified: dict[str, Principal] = {}
         self._mtime: float | None = None
+        self._loaded = False
         self._next_check = 0.0
         self.failures = 0
         self._reload()
@@ -193,14 +199,31 @@ class Authenticator:
             mtime = self._file.path.stat().st_mtime
         except FileNotFoundError:
             mtime = None
-        if mtime == self._mtime and self._by_id:
+        if mtime == self._mtime and self._loaded:
             return
         keys = self._file.load()
         self._by_id = {k.key_id: k for k in keys}
         self._verified.clear()
         self._core.clear_scopes()
-        self._mtime = mtime
+        self._mtime, self._loaded = mtime, True
+        usable = [k for k in keys if not k.revoked and not k.expired()]
         log.info("loaded %d API keys from %s", len(keys), self._file.path)
+        if not usable:
+            # a node restored from a snapshot of another node's store, or started with another
+            # --data-dir, has no keys file of its own: say so loudly, since every request fails
+            log.warning(
+                "no usable API key in %s (%d revoked or expired): every request is refused "
+                "(401) until one is created: `feature-serving keys create --name NAME --read "
+                "VIEW_OR_SERVICE --keys-file %s` (picked up within a second); --no-auth serves "
+                "without keys (local experiments only)",
+                self._file.path,
+                len(keys),
+                self._file.path,
+            )
+
+    @property
+    def keys_file(self) -> KeyFile:
+        return self._file
 
     def _maybe_reload(self) -> None:
         now = time.monotonic()

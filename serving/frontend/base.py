@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import signal
+import socket
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -23,6 +25,7 @@ from typing import Any, Self
 import grpc
 from aiohttp import web
 from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
+from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -123,6 +126,64 @@ async def read_body(request: web.Request) -> bytes:
         raise invalid_encoding(encoding) from None
 
 
+def _probe_bind(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (None: it can): grpc's own failure names no
+    cause and prints a C-core log line first, so the port is tried here beforehand."""
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        return f"the host does not resolve ({e})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            return _bind_reason(e)
+    return None
+
+
+def _bind_reason(e: OSError) -> str:
+    if e.errno == errno.EADDRINUSE:
+        return "the port is in use"
+    if e.errno == errno.EADDRNOTAVAIL:
+        return "the address is not this host's"
+    if e.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    return e.strerror or str(e)
+
+
+class _NotHttp1Filter(logging.Filter):
+    """aiohttp logs a request it cannot parse as an ERROR with a traceback; the usual one on
+    this port is a gRPC client given the HTTP port (its HTTP/2 preface ``PRI *``), which is
+    the client's mistake, worth one WARNING line that says what to change."""
+
+    def __init__(self, frontend: Frontend) -> None:
+        super().__init__()
+        self.frontend = frontend
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, BadHttpMessage):
+            return True
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        f = self.frontend
+        if "PRI" in str(exc):
+            record.msg = (
+                "HTTP port %s: an HTTP/2 connection from %s (a gRPC client given the HTTP port? "
+                "gRPC is port %s); answered 400"
+            )
+            record.args = (f.http_port, peer, f.grpc_port)
+        else:
+            record.msg = "HTTP port %s: a malformed HTTP request from %s (%s); answered 400"
+            record.args = (f.http_port, peer, str(exc).splitlines()[0])
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
 def _json_error(status: int, code: str, message: str) -> web.Response:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     return web.Response(status=status, body=body, content_type=JSON)
@@ -154,6 +215,7 @@ class Frontend(ABC):
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._health_status: int | None = None
         self._stopping = asyncio.Event()
+        self._not_http1 = _NotHttp1Filter(self)
 
     #: whether this frontend answers the table's ``node_only`` endpoints
     answers_node_only = False
@@ -301,13 +363,27 @@ class Frontend(ABC):
         self._grpc = self._grpc_server()
         address = f"{s.host}:{s.grpc_port}"
         creds = server_credentials(s)
-        self.grpc_port = (
-            self._grpc.add_secure_port(address, creds)
-            if creds is not None
-            else self._grpc.add_insecure_port(address)
-        )
+        if (taken := _probe_bind(s.host, s.grpc_port)) is not None:
+            raise InvalidArgumentError(
+                f"cannot listen on {s.host}:{s.grpc_port} for gRPC: {taken}; choose another "
+                "with --grpc-port (env FS_GRPC_PORT) or --host"
+            )
+        try:
+            self.grpc_port = (
+                self._grpc.add_secure_port(address, creds)
+                if creds is not None
+                else self._grpc.add_insecure_port(address)
+            )
+        except RuntimeError:
+            # grpc says only "Failed to bind" (the errno is in its debug log); the usual
+            # cause is a port in use, the other one an address not on this host
+            self.grpc_port = 0
         if self.grpc_port == 0:
-            raise ResourceExhaustedError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
+            raise InvalidArgumentError(
+                f"cannot listen on {s.host}:{s.grpc_port} for gRPC: the port is in use or the "
+                "address is not this host's; choose another with --grpc-port (env FS_GRPC_PORT) "
+                "or --host"
+            )
         await self._grpc.start()
         self._runner = web.AppRunner(
             self._http_app(), access_log=None, shutdown_timeout=s.grace_seconds
@@ -321,14 +397,23 @@ class Frontend(ABC):
             ssl_context=server_ssl_context(s),
             backlog=s.http_backlog,
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            await self._grpc.stop(None)
+            raise InvalidArgumentError(
+                f"cannot listen on {s.host}:{s.http_port} for HTTP: {_bind_reason(e)}; choose "
+                "another with --http-port (env FS_HTTP_PORT) or --host"
+            ) from None
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else s.http_port
+        logging.getLogger("aiohttp.server").addFilter(self._not_http1)
 
     async def _close_listeners(self, also: Iterable[Awaitable[Any]] = ()) -> None:
         """Health NOT_SERVING, then gRPC and HTTP drain within the grace period, while
         ``also`` (other shutdown work) runs alongside."""
+        logging.getLogger("aiohttp.server").removeFilter(self._not_http1)
         with contextlib.suppress(Exception):
             await self._health.enter_graceful_shutdown()
         tasks: list[Awaitable[Any]] = list(also)
@@ -440,7 +525,8 @@ class Frontend(ABC):
             return _json_error(
                 413,
                 "message_too_large",
-                f"request body exceeds {self.settings.max_message_bytes} bytes",
+                f"request body exceeds {self.settings.max_message_bytes} bytes (the server's "
+                "--max-message-bytes)",
             )
         except web.HTTPException as e:
             if e.status < 400:

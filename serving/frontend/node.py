@@ -20,12 +20,13 @@ import grpc
 from aiohttp import web
 
 from serving import __version__, _rust_core
+from serving.admin_client import forget_server, record_server
 from serving.cluster.map import NodeInfo
-from serving.config import ServeSettings
+from serving.config import ServeSettings, default_keys_file
 from serving.errors import InvalidArgumentError, UnauthenticatedError
 from serving.frontend.admin import NodeAdmin
 from serving.frontend.admission import Admission
-from serving.frontend.auth import Authenticator, KeyFile, default_keys_file
+from serving.frontend.auth import Authenticator, KeyFile
 from serving.frontend.endpoints import V1_SERVICE, Endpoint
 from serving.frontend.grpc_auth import principal
 from serving.metrics import CoreCollector, ServingMetrics
@@ -192,6 +193,14 @@ class FeatureServer(NodeAdmin):
                 "store_open": not self.store.closed,
                 "kafka_lag": self.loader_lag(),
                 "kafka_seconds_since_broker_contact": self.broker_silence(),
+                # why a view's topic is not consumed yet (missing topic, no broker): the
+                # reason its lag is null
+                "kafka_waiting_for": {
+                    view: st["waiting_for"]
+                    for loader in self.loaders
+                    for view, st in loader.stats().items()
+                    if st.get("waiting_for")
+                },
             },
             status=200 if ready else 503,
         )
@@ -252,6 +261,7 @@ class FeatureServer(NodeAdmin):
 
             loader = KafkaLoader(
                 self.store,
+                bootstrap_servers=s.bootstrap_servers or None,
                 shard=self.shard,
                 expected_partitions=self.settings.topic_partitions or None,
             )
@@ -269,6 +279,13 @@ class FeatureServer(NodeAdmin):
         log.info(
             "serving on %s: gRPC port %d, HTTP port %d", s.host, self.grpc_port, self.http_port
         )
+        host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
+        host = f"[{host}]" if ":" in host else host
+        scheme = "https" if s.tls_cert else "http"
+        try:
+            record_server(self.store.data_dir, f"{scheme}://{host}:{self.http_port}")
+        except OSError as e:  # only a convenience for `materialize` / `snapshot create`
+            log.warning("cannot record this server's address beside the store: %s", e)
         self._check_own_entry()
 
     def _check_own_entry(self) -> None:
@@ -314,6 +331,7 @@ class FeatureServer(NodeAdmin):
             asyncio.to_thread(loader.stop, grace) for loader in self.loaders
         )
         self.admission.stop()
+        forget_server(self.store.data_dir)
         self.store.close()
         log.info("stopped")
 

@@ -98,12 +98,26 @@ fn slot_of(f: &FeatureSpec) -> SlotSpec {
 }
 
 /// Reconciles `spec` with the stored schema. Adding features is always allowed; removing one,
-/// changing its type or changing the join keys is refused unless `force`.
+/// changing its type or changing the join keys is refused unless `force`. Every slot counts
+/// as holding values; [`evolve_with`] asks the store.
 pub fn evolve(
     stored: Option<&PhysicalSchema>,
     spec: &ViewSpec,
     force: bool,
     next_id: u32,
+) -> Result<Evolution> {
+    evolve_with(stored, spec, force, next_id, &mut |_| Ok(true))
+}
+
+/// [`evolve`], where removing a feature or changing its type needs `force` only if
+/// `has_values(slot)` says some stored row holds a value in that slot: a feature added and
+/// removed again before any value was written loses nothing.
+pub fn evolve_with(
+    stored: Option<&PhysicalSchema>,
+    spec: &ViewSpec,
+    force: bool,
+    next_id: u32,
+    has_values: &mut dyn FnMut(usize) -> Result<bool>,
 ) -> Result<Evolution> {
     let fresh = || PhysicalSchema {
         id: next_id,
@@ -134,16 +148,20 @@ pub fn evolve(
     let mut new = old.clone();
     let wanted: AHashMap<&str, &FeatureSpec> =
         spec.features.iter().map(|f| (f.name.as_str(), f)).collect();
-    for slot in new.slots.iter_mut().filter(|s| !s.dropped) {
-        match wanted.get(slot.name.as_str()) {
-            None if !force => {
+    for (i, slot) in new.slots.iter_mut().enumerate().filter(|(_, s)| !s.dropped) {
+        let wanted = wanted.get(slot.name.as_str());
+        let retyped =
+            wanted.is_some_and(|f| (f.dtype, f.dim.unwrap_or(0)) != (slot.dtype, slot.dim));
+        let may_drop = force || ((wanted.is_none() || retyped) && !has_values(i)?);
+        match wanted {
+            None if !may_drop => {
                 return Err(CoreError::Schema(format!(
                     "feature view '{view}': feature '{}' was removed from the registry but has \
                      stored values; use force to drop it",
                     slot.name
                 )))
             }
-            Some(f) if (f.dtype, f.dim.unwrap_or(0)) != (slot.dtype, slot.dim) && !force => {
+            Some(f) if (f.dtype, f.dim.unwrap_or(0)) != (slot.dtype, slot.dim) && !may_drop => {
                 return Err(CoreError::Schema(format!(
                     "feature view '{view}': feature '{}' changed type from {} to {}; stored \
                      values cannot be reinterpreted. Use force to drop the stored values",
@@ -445,6 +463,55 @@ mod tests {
         assert!(new.slots[0].dropped);
         assert_eq!(new.slots[2].name, "a");
         assert_eq!(new.slots[2].dtype, DType::Float64);
+    }
+
+    #[test]
+    fn removing_or_retyping_a_feature_without_values_needs_no_force() {
+        let old = stored(&[("a", DType::Float32), ("b", DType::Int64)]);
+        // 'b' (slot 1) has no stored value, 'a' (slot 0) has
+        let mut asked = Vec::new();
+        let mut has_values = |slot: usize| {
+            asked.push(slot);
+            Ok(slot == 0)
+        };
+        let Evolution::Changed(new) = evolve_with(
+            Some(&old),
+            &spec(&[("a", DType::Float32)]),
+            false,
+            2,
+            &mut has_values,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert!(new.slots[1].dropped);
+        assert!(!new.slots[0].dropped);
+        let err = evolve_with(
+            Some(&old),
+            &spec(&[("b", DType::Int64)]),
+            false,
+            2,
+            &mut has_values,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("feature 'a' was removed"), "{err}");
+        let Evolution::Changed(new) = evolve_with(
+            Some(&old),
+            &spec(&[("a", DType::Float32), ("b", DType::String)]),
+            false,
+            2,
+            &mut has_values,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert!(new.slots[1].dropped);
+        assert_eq!(new.slots[2].dtype, DType::String);
+        assert_eq!(
+            asked,
+            [1, 0, 1],
+            "only removed or retyped slots are looked at"
+        );
     }
 
     #[test]

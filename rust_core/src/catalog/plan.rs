@@ -116,7 +116,7 @@ pub fn plan_cached(
     };
     if plan.columns.len() > limits.max_features {
         return Err(CoreError::LimitExceeded(format!(
-            "{} features requested; the limit is {}",
+            "{} features requested; the limit is {} (the server's --max-features)",
             plan.columns.len(),
             limits.max_features
         )));
@@ -159,7 +159,7 @@ fn resolve(cat: &Catalog, sel: &Selector, entity_names: &[&str], limits: Limits)
     };
     if refs.len() > limits.max_features {
         return Err(CoreError::LimitExceeded(format!(
-            "{} features requested; the limit is {}",
+            "{} features requested; the limit is {} (the server's --max-features)",
             refs.len(),
             limits.max_features
         )));

@@ -108,6 +108,9 @@ pub(super) fn parse(api: Api, body: &[u8]) -> Result<Request> {
 enum Elem {
     Int(i64),
     Str(String),
+    /// An integer outside int64, as the request wrote it (serde gives a JSON integer past
+    /// u64 as an f64, so `1e20` and `100000000000000000000` both arrive here).
+    OutOfRange(String),
     Other(String),
 }
 
@@ -123,13 +126,22 @@ impl<'de> Deserialize<'de> for Elem {
                 Ok(Elem::Int(v))
             }
             fn visit_u64<E>(self, v: u64) -> Result<Elem, E> {
-                Ok(i64::try_from(v).map_or_else(
-                    |_| Elem::Other(format!("{v}, which is out of the int64 range")),
-                    Elem::Int,
-                ))
+                Ok(i64::try_from(v).map_or_else(|_| Elem::OutOfRange(v.to_string()), Elem::Int))
             }
+            #[allow(clippy::cast_precision_loss)]
             fn visit_f64<E>(self, v: f64) -> Result<Elem, E> {
-                Ok(Elem::Other(format!("the non-integer number {v}")))
+                let integral = v.is_finite() && v.fract() == 0.0;
+                let int64 = (i64::MIN as f64)..(i64::MAX as f64);
+                Ok(if !integral {
+                    Elem::Other(format!("the non-integer number {v}"))
+                } else if !int64.contains(&v) {
+                    Elem::OutOfRange(format!("{v:e}"))
+                } else {
+                    Elem::Other(format!(
+                        "the number {v} in floating-point form ({v:e}); write an integer \
+                         without a fraction or exponent"
+                    ))
+                })
             }
             fn visit_bool<E>(self, v: bool) -> Result<Elem, E> {
                 Ok(Elem::Other(format!("the boolean {v}")))
@@ -178,6 +190,12 @@ impl<'de> Deserialize<'de> for FeatureRefs {
                         Elem::Int(i) => {
                             return Err(de::Error::custom(format!(
                             "features[{}] must be a \"view:feature\" string, not the number {i}",
+                            out.len()
+                        )))
+                        }
+                        Elem::OutOfRange(n) => {
+                            return Err(de::Error::custom(format!(
+                            "features[{}] must be a \"view:feature\" string, not the number {n}",
                             out.len()
                         )))
                         }
@@ -270,6 +288,14 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
                 }
                 (Elem::Str(s), Some(_)) => {
                     return Err(bad(&format!("the string {s:?} after numbers")))
+                }
+                (Elem::OutOfRange(n), _) => {
+                    return Err(de::Error::custom(format!(
+                        "entities: join key '{name}' value #{i} is the integer {n}, which is out \
+                         of range for int64 ({} to {})",
+                        i64::MIN,
+                        i64::MAX
+                    )))
                 }
                 (Elem::Other(what), _) => return Err(bad(&what)),
             }

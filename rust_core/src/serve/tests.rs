@@ -331,6 +331,24 @@ fn json_bad_input() {
             "join key 'user_id' value #0 is the non-integer number 1.5",
         ),
         (
+            r#"{"features":["user_profile:f000"],"entities":{"user_id":[1,1e20]}}"#,
+            "join key 'user_id' value #1 is the integer 1e20, which is out of range for int64 \
+             (-9223372036854775808 to 9223372036854775807)",
+        ),
+        (
+            r#"{"features":["user_profile:f000"],"entities":{"user_id":[100000000000000000000]}}"#,
+            "join key 'user_id' value #0 is the integer 1e20, which is out of range for int64",
+        ),
+        (
+            r#"{"features":["user_profile:f000"],"entities":{"user_id":[9223372036854775808]}}"#,
+            "join key 'user_id' value #0 is the integer 9223372036854775808, which is out of \
+             range for int64",
+        ),
+        (
+            r#"{"features":["user_profile:f000"],"entities":{"user_id":[3.0]}}"#,
+            "join key 'user_id' value #0 is the number 3 in floating-point form",
+        ),
+        (
             r#"{"features":["user_profile:f000"],"entities":{"user_id":[true]}}"#,
             "join key 'user_id' value #0 is the boolean true",
         ),

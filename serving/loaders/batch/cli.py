@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from serving.admin_client import send_admin_job, store_in_use
+from serving.admin_client import DEFAULT_SERVER, held_store_server, send_admin_job, store_in_use
 from serving.errors import FeatureServingError, InvalidArgumentError, StorageError
 from serving.loaders.batch.api import materialize, materialize_incremental
 from serving.loaders.batch.meta import BATCH_ROWS
@@ -47,7 +47,8 @@ def _shared_flags(p: argparse.ArgumentParser) -> None:
         "--progress",
         choices=("auto", "always", "never"),
         default="auto",
-        help="progress reporting on stderr (auto: bar on a terminal, log lines otherwise)",
+        help="progress reporting on stderr (default auto: a bar on a terminal, log lines "
+        "otherwise)",
     )
 
 
@@ -116,8 +117,9 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
             "--server",
             metavar="URL",
             help="run the job on this server (its admin API, its own store). Without it, the "
-            "store in --data-dir is opened here, and only when a server holds it is "
-            "FS_SERVER_URL (default http://127.0.0.1:6566) asked instead",
+            "store in --data-dir is opened here, and only when a server holds it is that server "
+            "asked (the address it recorded beside the store, else FS_SERVER_URL, else "
+            f"FS_HTTP_PORT; default {DEFAULT_SERVER})",
         )
         p.add_argument(
             "--api-key",
@@ -146,7 +148,7 @@ def _open(args: argparse.Namespace) -> Store:
 
 
 def _send_to_server(
-    args: argparse.Namespace, incremental: bool, data_dir: str, held: bool = True
+    args: argparse.Namespace, incremental: bool, data_dir: str, held: bool = True, how: str = ""
 ) -> int:
     """Runs the job on a server through ``POST /admin/materialize``: the one holding the
     store, or the one named by ``--server`` (``held=False``)."""
@@ -167,6 +169,7 @@ def _send_to_server(
         what="job",
         data_dir=data_dir,
         held=held,
+        how=how,
     )
     if answer is not None:
         print(answer["summary"])
@@ -216,11 +219,11 @@ def _run_cli(args: argparse.Namespace, incremental: bool) -> int:
     if args.server is not None:  # a server named on the command line runs the job
         data_dir = args.data_dir or os.environ.get("FS_DATA_DIR") or ".data/store"
         return _send_to_server(args, incremental, data_dir, held=False)
-    args.server = os.environ.get("FS_SERVER_URL", "http://127.0.0.1:6566")
     try:
         store = _open(args)
     except _StoreInUse as e:
-        return _send_to_server(args, incremental, e.data_dir)
+        args.server, how = held_store_server(e.data_dir)
+        return _send_to_server(args, incremental, e.data_dir, how=how)
     progress = {"always": True, "never": False}.get(args.progress, True)
     common: dict[str, Any] = {
         "as_of_version": args.as_of_version,

@@ -34,7 +34,9 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "--stop-when-idle",
         type=float,
         metavar="SECONDS",
-        help="exit once every partition is consumed to its end and no record came for SECONDS",
+        help="exit once every partition is consumed to its end and no record came for SECONDS; "
+        "exit 1 if a topic does not exist or no broker answers for SECONDS (default: run until "
+        "stopped, waiting for missing topics)",
     )
     p.add_argument(
         "--stats-interval",
@@ -43,15 +45,23 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="log counters this often (0: never; default 10)",
     )
-    p.add_argument("--log-level", default=os.environ.get("FS_LOG_LEVEL", "info"))
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("FS_LOG_LEVEL", "info"),
+        help="debug, info, warning, error (default info; env FS_LOG_LEVEL)",
+    )
     p.add_argument(
         "--shard-index",
         type=int,
         metavar="K",
-        help="this node is shard K of --shard-count: consume only partitions p with p %% N == K",
+        help="this node is shard K of --shard-count: consume only partitions p with p %% N == K "
+        "(default: every partition)",
     )
     p.add_argument(
-        "--shard-count", type=int, metavar="N", help="number of shards (with --shard-index)"
+        "--shard-count",
+        type=int,
+        metavar="N",
+        help="number of shards (with --shard-index; default: not sharded)",
     )
     p.add_argument(
         "--restore-from",
@@ -98,6 +108,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             on_stats=lambda st: log.info("kafka loader: %s", json.dumps(_brief(st))),
         )
         log.info("kafka loader: stopped: %s", json.dumps(_brief(loader.stats())))
+        if loader.gave_up:
+            for line in loader.gave_up:
+                print(
+                    f"error: {line}, for longer than --stop-when-idle {args.stop_when_idle:g} s",
+                    file=sys.stderr,
+                )
+            return 1
     return 0
 
 

@@ -66,6 +66,9 @@ class KafkaLoader:
         ]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        #: why :meth:`run` with ``stop_when_idle`` gave up (a topic that does not exist, no
+        #: broker), one line per view; empty when it stopped idle or was stopped
+        self.gave_up: list[str] = []
 
     @property
     def running(self) -> bool:
@@ -121,12 +124,14 @@ class KafkaLoader:
         """Counters per view: records, applied, skipped_older, upserts, tombstones, ignored,
         errors, misrouted (records on another partition than their key's), dead_lettered,
         batches, failed_batches, resets; ``lag`` per partition (None until the first fetch),
-        ``lag_total`` (None while an assigned partition's lag is unknown and the broker is not
-        known to be down), ``offsets`` (next to apply), ``newest_event_time`` (unix seconds),
+        ``lag_total`` (None while no broker has ever answered, and while an assigned
+        partition's lag is unknown and the broker is not known to be down), ``offsets`` (next
+        to apply), ``newest_event_time`` (unix seconds),
         ``seconds_since_last_record``, ``last_error``, ``broker_up`` (the newest librdkafka
         statistics showed a broker connection up; None before the first),
         ``seconds_since_broker_contact`` (since statistics last showed one up, or since the
-        start; None when ``statistics.interval.ms`` is 0)."""
+        start; None when ``statistics.interval.ms`` is 0), ``waiting_for`` (why the topic is
+        not assigned: it does not exist, no broker answers; None once it is)."""
         return {s.view.name: s.snapshot() for s in self.sources}
 
     def run(
@@ -137,8 +142,14 @@ class KafkaLoader:
         on_stats: Callable[[dict[str, dict[str, Any]]], None] | None = None,
     ) -> None:
         """Runs in the foreground until :meth:`stop` (or a signal handler calling it), or until
-        every source has been caught up and without new records for ``stop_when_idle`` s."""
+        every source has been caught up and without new records for ``stop_when_idle`` s.
+
+        With ``stop_when_idle``, a source whose topic could not be assigned for that long (the
+        topic does not exist, no broker answers) ends the run too, since it could never be
+        caught up: :attr:`gave_up` says why. Without it, such a source keeps waiting (and
+        warning) until the topic appears or the broker answers."""
         self.start()
+        self.gave_up = []
         next_stats = time.monotonic() + (stats_interval or math.inf)
         idle_since: float | None = None
         try:
@@ -148,6 +159,15 @@ class KafkaLoader:
                     on_stats(self.stats())
                     next_stats = now + stats_interval
                 if stop_when_idle is not None:
+                    self.gave_up = [
+                        f"view {s.view.name}: {s.waiting_for}"
+                        for s in self.sources
+                        if s.waiting_for is not None
+                        and s.waiting_since is not None
+                        and now - s.waiting_since >= stop_when_idle
+                    ]
+                    if self.gave_up:
+                        break
                     quiet = all(
                         s.last_record_at == 0 or now - s.last_record_at >= stop_when_idle
                         for s in self.sources

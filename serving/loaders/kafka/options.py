@@ -62,6 +62,9 @@ MAX_BACKOFF_S = 10.0
 #: librdkafka reports every failed reconnect (many a second while a broker is down): log the
 #: first, then at most one line this often with the number left out
 ERROR_LOG_INTERVAL_S = 10.0
+#: a topic that does not exist (or a broker that never answered) is warned about at once and
+#: then this often while the loader keeps waiting for it
+WAITING_LOG_INTERVAL_S = 30.0
 #: librdkafka's own lines (``logger`` of every client): repeats collapsed, since a client logs
 #: each failed connection attempt, about 20 a second while a broker is down
 RDKAFKA_LOG = logging.getLogger("serving.kafka.rdkafka")

@@ -23,6 +23,7 @@ from serving.loaders.kafka.options import (
     PRODUCER_DEFAULTS,
     RDKAFKA_LOG,
     TRUNCATION_CHECKS,
+    WAITING_LOG_INTERVAL_S,
     LoaderOptions,
     offset_key,
 )
@@ -97,6 +98,13 @@ class Source:
         # None until the first one; broker_up: the newest statistics showed one
         self.broker_contact_at: float | None = None
         self.broker_up: bool | None = None
+        # a broker answered a metadata request at least once: before that nothing about the
+        # topic is known, and the lag is unknown however long the broker has been away
+        self.reached = False
+        # why the topic is not assigned (missing topic, no broker), since when; None: assigned
+        self.waiting_for: str | None = None
+        self.waiting_since: float | None = None
+        self._waiting_logged_at = -math.inf
         self._errors_logged_at = -math.inf
         self._errors_unlogged = 0
         # the topic's id as last seen, checked again after a lost connection and at every
@@ -191,9 +199,17 @@ class Source:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
         md = self.consumer.list_topics(self.topic, timeout=5.0)
+        with self.lock:
+            self.reached = True
         meta = md.topics.get(self.topic)
         if meta is None or meta.error is not None or not meta.partitions:
+            why = (
+                meta.error.str() if meta is not None and meta.error is not None else "no partitions"
+            )
+            self.wait(f"topic '{self.topic}' does not exist on {self.bootstrap} ({why})")
             return False
+        with self.lock:
+            self.waiting_for = self.waiting_since = None
         parts = sorted(meta.partitions)
         self.num_partitions = len(parts)
         if self.expected_partitions is not None and len(parts) != self.expected_partitions:
@@ -238,6 +254,25 @@ class Source:
             {p: ("beginning" if o is None else o) for p, o in sorted(self.next.items())},
         )
         return True
+
+    def wait(self, reason: str) -> None:
+        """Notes why the topic cannot be assigned; a WARNING at once and every
+        ``WAITING_LOG_INTERVAL_S`` while it lasts (the loader keeps retrying every second)."""
+        now = time.monotonic()
+        with self.lock:
+            changed = reason != self.waiting_for
+            self.waiting_for = reason
+            self.waiting_since = self.waiting_since or now
+            since = now - self.waiting_since
+            if not changed and now - self._waiting_logged_at < WAITING_LOG_INTERVAL_S:
+                return
+            self._waiting_logged_at = now
+        log.warning(
+            "kafka loader: view %s: %s; retrying every second (for %.0f s so far)",
+            self.view.name,
+            reason,
+            since,
+        )
 
     # -- the batch ---------------------------------------------------------------------------
 
@@ -539,6 +574,7 @@ class Source:
                 "last_error": self.last_error,
                 "broker_up": self.broker_up,
                 "seconds_since_broker_contact": self._since_contact(),
+                "waiting_for": self.waiting_for,
             }
 
     def _lag_total(self, lag: dict[int, int | None]) -> int | None:
@@ -548,6 +584,8 @@ class Source:
         known to be unreachable, partitions never fetched count as 0 and the server's
         broker-timeout rule decides readiness (docs/reliability.md)."""
         known = [v for v in lag.values() if v is not None]
+        if not self.reached:
+            return None
         if (not lag or len(known) < len(lag)) and self.broker_up is not False:
             return None
         return sum(known)
@@ -575,7 +613,7 @@ class Source:
                     try:
                         assigned = self.assign()
                     except Exception as e:  # broker down at start: retry
-                        log.warning("kafka loader: view %s: %s", self.view.name, e)
+                        self.wait(f"no broker answers at {self.bootstrap} ({e})")
                         assigned = False
                         with self.lock:  # no statistics arrive before an assignment
                             self.broker_up = False

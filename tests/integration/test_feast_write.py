@@ -446,6 +446,8 @@ def test_keys(env: dict[str, Any]) -> None:
     assert answer["results"][1]["statuses"] == ["NOT_FOUND"]
     status, answer = http(url + "/push", push, key=tokens["writer"])
     assert status == 200, answer
+    status, answer = http(url + "/push", {**push, "to": "offline"}, key=tokens["writer"])
+    assert status == 200, answer
     status, answer = http(url + "/materialize", mat, key=tokens["admin"])
     assert status == 200, answer
     status, answer = http(url + "/get-online-features", q, key=tokens["reader"])
@@ -481,3 +483,17 @@ def test_a_shard_refuses_online_pushes_of_sharded_views(
         )
         assert status == 200, answer
         assert answer["results"][1]["statuses"] == ["NOT_FOUND"] * len(own)
+
+
+def test_read_errors_carry_detail_too(env: dict[str, Any]) -> None:
+    """Every HTTP error body has FastAPI's `detail` beside ours, reads and unknown paths too."""
+    node: Server = env["node"]
+    status, body = node.post(
+        "/get-online-features", {"features": ["acount:age"], "entities": {"user_id": [1]}}
+    )
+    assert status == 404, body
+    assert body["detail"] == body["error"]["message"]
+    assert "unknown feature view 'acount'" in body["detail"]
+    status, body = node.post("/no-such-endpoint", {})
+    assert status == 404, body
+    assert body["detail"] == body["error"]["message"]

@@ -18,6 +18,7 @@ input writes nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from serving.errors import (
     WrongShardError,
 )
 from serving.frontend.admin import NodeAdmin
+from serving.frontend.base import read_body
 from serving.frontend.feast_columns import view_table
 from serving.registry import FeatureView
 from serving.sharding import sharded_views
@@ -86,8 +88,24 @@ class FeastWrites(NodeAdmin):
     async def _in_worker(self, job: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, job)
 
+    @staticmethod
+    def _parse(raw: bytes) -> dict[str, Any]:
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError as e:
+            raise InvalidArgumentError(f"malformed JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise InvalidArgumentError("the body must be a JSON object")
+        return body
+
     async def _feast_push(self, request: web.Request) -> web.Response:
-        body = await self._json_body(request)
+        # A push body may be up to --max-message-bytes of JSON: parsing, decoding and writing
+        # run in a worker thread, so the loop goes on serving reads meanwhile.
+        raw = await read_body(request)
+        return web.json_response(await self._in_worker(lambda: self._push(raw, request)))
+
+    def _push(self, raw: bytes, request: web.Request) -> dict[str, Any]:
+        body = self._parse(raw)
         source = _field(body, "push_source_name", str, "a push source name")
         df = _field(body, "df", dict, "a JSON object of columns")
         to = _field(body, "to", str, f"one of {', '.join(PUSH_MODES)}", "online")
@@ -103,51 +121,52 @@ class FeastWrites(NodeAdmin):
         if online:
             self._refuse_sharded(views)
 
-        def job() -> dict[str, Any]:
-            from serving.loaders.batch import append
+        from serving.loaders.batch import append
 
-            tables = [(v, view_table(registry, v, df)) for v in views]
-            prepared = [append.prepare(v, t) for v, t in tables] if offline else []
-            done: list[str] = []
-            out: list[dict[str, Any]] = []
-            try:
-                # Offline first: rows that reached the source but not the store are loaded
-                # by the next materialize run; the other order would leave the online store
-                # holding rows that training data never sees.
-                for p in prepared:
-                    a = append.append(p)
-                    done.append(f"offline: {a.describe()}")
-                    entry: dict[str, Any] = {"feature_view": a.view, "offline": a.path}
-                    if a.delta_version is not None:
-                        entry["delta_version"] = a.delta_version
-                    out.append(entry)
-                if online:
-                    for v, t in tables:
-                        stats = self.store.write(v.name, t)
-                        done.append(f"online: {stats.written} rows to feature view '{v.name}'")
-                        out.append(
-                            {
-                                "feature_view": v.name,
-                                "rows": stats.rows,
-                                "written": stats.written,
-                                "skipped_older": stats.skipped_older,
-                            }
-                        )
-            except Exception as e:
-                if not done:
-                    raise
-                cls = type(e) if isinstance(e, FeatureServingError) else StorageError
-                reason = e.message if isinstance(e, FeatureServingError) else str(e)
-                raise cls(
-                    f"push '{source}' (to={to}) failed part way: already written: "
-                    f"{'; '.join(done)}; then failed: {reason}"
-                ) from e
-            return {"push_source_name": source, "to": to, "views": out}
-
-        return web.json_response(await self._in_worker(job))
+        tables = [(v, view_table(registry, v, df)) for v in views]
+        prepared = [append.prepare(v, t) for v, t in tables] if offline else []
+        done: list[str] = []
+        out: list[dict[str, Any]] = []
+        try:
+            # Offline first: rows that reached the source but not the store are loaded
+            # by the next materialize run; the other order would leave the online store
+            # holding rows that training data never sees.
+            for p in prepared:
+                a = append.append(p)
+                done.append(f"offline: {a.describe()}")
+                entry: dict[str, Any] = {"feature_view": a.view, "offline": a.path}
+                if a.delta_version is not None:
+                    entry["delta_version"] = a.delta_version
+                out.append(entry)
+            if online:
+                for v, t in tables:
+                    stats = self.store.write(v.name, t)
+                    done.append(f"online: {stats.written} rows to feature view '{v.name}'")
+                    out.append(
+                        {
+                            "feature_view": v.name,
+                            "rows": stats.rows,
+                            "written": stats.written,
+                            "skipped_older": stats.skipped_older,
+                        }
+                    )
+        except Exception as e:
+            if not done:
+                raise
+            cls = type(e) if isinstance(e, FeatureServingError) else StorageError
+            reason = e.message if isinstance(e, FeatureServingError) else str(e)
+            raise cls(
+                f"push '{source}' (to={to}) failed part way: already written: "
+                f"{'; '.join(done)}; then failed: {reason}"
+            ) from e
+        return {"push_source_name": source, "to": to, "views": out}
 
     async def _feast_write_to_online_store(self, request: web.Request) -> web.Response:
-        body = await self._json_body(request)
+        raw = await read_body(request)
+        return web.json_response(await self._in_worker(lambda: self._write(raw, request)))
+
+    def _write(self, raw: bytes, request: web.Request) -> dict[str, Any]:
+        body = self._parse(raw)
         name = _field(body, "feature_view_name", str, "a feature view name")
         df = _field(body, "df", dict, "a JSON object of columns")
         _flags(body)
@@ -155,17 +174,13 @@ class FeastWrites(NodeAdmin):
         view = registry.view(name)
         self._require_write(request, (view,))
         self._refuse_sharded((view,))
-
-        def job() -> dict[str, Any]:
-            stats = self.store.write(view.name, view_table(registry, view, df))
-            return {
-                "feature_view": view.name,
-                "rows": stats.rows,
-                "written": stats.written,
-                "skipped_older": stats.skipped_older,
-            }
-
-        return web.json_response(await self._in_worker(job))
+        stats = self.store.write(view.name, view_table(registry, view, df))
+        return {
+            "feature_view": view.name,
+            "rows": stats.rows,
+            "written": stats.written,
+            "skipped_older": stats.skipped_older,
+        }
 
     async def _materialize_body(self, request: web.Request) -> tuple[dict[str, Any], Any]:
         self._require_admin(request)

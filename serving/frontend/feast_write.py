@@ -131,7 +131,7 @@ class FeastWrites(NodeAdmin):
             # Offline first: rows that reached the source but not the store are loaded
             # by the next materialize run; the other order would leave the online store
             # holding rows that training data never sees.
-            for p in prepared:
+            for p in (p for p in prepared if p.table.num_rows):  # no empty files
                 a = append.append(p)
                 done.append(f"offline: {a.describe()}")
                 entry: dict[str, Any] = {"feature_view": a.view, "offline": a.path}

@@ -497,3 +497,24 @@ def test_read_errors_carry_detail_too(env: dict[str, Any]) -> None:
     status, body = node.post("/no-such-endpoint", {})
     assert status == 404, body
     assert body["detail"] == body["error"]["message"]
+
+
+def test_a_batch_without_rows_is_a_no_op(env: dict[str, Any]) -> None:
+    """Feast's remote store sends `df: {}` for a batch without rows (an empty materialize
+    window): answered 200, nothing written, no empty file in the source."""
+    node: Server = env["node"]
+    directory: Path = env["tmp"] / "account_dir"
+    before = parquet_files(directory)
+    status, body = node.post("/write-to-online-store", {"feature_view_name": "account", "df": {}})
+    assert status == 200, body
+    assert body == {"feature_view": "account", "rows": 0, "written": 0, "skipped_older": 0}
+    empty = {k: [] for k in account_df([1])}
+    for df in ({}, empty):
+        status, body = node.post(
+            "/push", {"push_source_name": "account_push", "df": df, "to": "online_and_offline"}
+        )
+        assert status == 200, body
+        assert body["views"] == [
+            {"feature_view": "account", "rows": 0, "written": 0, "skipped_older": 0}
+        ]
+    assert parquet_files(directory) == before

@@ -8,7 +8,7 @@ middleware translate them in one place each.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class FeatureServingError(Exception):
@@ -25,8 +25,9 @@ class FeatureServingError(Exception):
         super().__init__(message)
         self.message = message
 
-    def to_json(self) -> dict[str, dict[str, str]]:
-        return {"error": {"code": self.code, "message": self.message}}
+    def to_json(self) -> dict[str, Any]:
+        """The JSON error body: ours under ``error``, the text also under FastAPI's ``detail``."""
+        return {"error": {"code": self.code, "message": self.message}, "detail": self.message}
 
 
 class InvalidArgumentError(FeatureServingError):

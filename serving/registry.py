@@ -134,6 +134,8 @@ class FeatureView:
     stream_source: StreamSource | None = None
     online: bool = True
     description: str = ""
+    #: the Feast push source name that `POST /push` writes this view through (None: none)
+    push_source: str | None = None
     _by_name: Mapping[str, Feature] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -201,6 +203,17 @@ class Registry:
             raise NotFoundError(
                 f"feature view '{name}' not found{_hint(name, self.feature_views)}"
             ) from None
+
+    def push_views(self, push_source: str) -> tuple[FeatureView, ...]:
+        """The views that declare ``push_source`` (Feast pushes to every one of them)."""
+        views = tuple(v for v in self.feature_views.values() if v.push_source == push_source)
+        if not views:
+            names = {v.push_source: v for v in self.feature_views.values() if v.push_source}
+            raise NotFoundError(
+                f"push source '{push_source}' not found (no feature view declares it as "
+                f"push_source){_hint(push_source, names)}"
+            )
+        return views
 
     def service(self, name: str) -> FeatureService:
         try:
@@ -644,7 +657,7 @@ class _Parser:
             loc,
             raw,
             ("name", "entities", "features"),
-            ("ttl", "batch_source", "stream_source", "online", "description"),
+            ("ttl", "batch_source", "stream_source", "push_source", "online", "description"),
         )
         name_loc = self.child(loc, m, "name")
         name = self.name(name_loc, m["name"], "feature view")
@@ -705,6 +718,11 @@ class _Parser:
         online = True
         if m.get("online") is not None:
             online = self.boolean(self.child(loc, m, "online"), m["online"])
+        push_source = None
+        if m.get("push_source") is not None:
+            push_source = self.name(
+                self.child(loc, m, "push_source"), m["push_source"], "push source"
+            )
 
         return FeatureView(
             name=name,
@@ -716,6 +734,7 @@ class _Parser:
             stream_source=stream,
             online=online,
             description=self.opt_str(loc, m, "description"),
+            push_source=push_source,
         )
 
     def features(self, loc: _Loc, raw: object) -> list[Feature]:

@@ -687,6 +687,37 @@ def test_batch_source_errors() -> None:
     assert "feature_views[0].batch_source: missing required key 'path'" in error_of(data)
 
 
+def test_push_source(tmp_path: Path) -> None:
+    data = minimal()
+    data["feature_views"][0]["push_source"] = "v_push"
+    data["feature_views"].append({**data["feature_views"][0], "name": "w"})
+    data["feature_views"].append(
+        {"name": "x", "entities": ["item"], "features": [{"name": "a", "dtype": "float32"}]}
+    )
+    reg = Registry.from_dict(data)
+    assert [v.name for v in reg.push_views("v_push")] == ["v", "w"]  # Feast pushes to both
+    assert reg.view("x").push_source is None
+    with pytest.raises(NotFoundError) as info:
+        reg.push_views("v_psuh")
+    assert info.value.message == (
+        "push source 'v_psuh' not found (no feature view declares it as push_source) "
+        "(did you mean 'v_push'?)"
+    )
+    # a bad name is reported with the file and line, as every registry error
+    path = tmp_path / "features.yaml"
+    path.write_text(
+        "project: p\nentities:\n  - {name: user, join_keys: [{name: user_id, dtype: int64}]}\n"
+        "feature_views:\n  - name: v\n    entities: [user]\n"
+        "    features: [{name: a, dtype: float32}]\n    push_source: 'my push'\n"
+    )
+    with pytest.raises(RegistryError) as err:
+        Registry.from_yaml(path)
+    assert err.value.message == (
+        f"{path}:8: feature_views[0].push_source: invalid push source name 'my push' "
+        "(must match [A-Za-z_][A-Za-z0-9_]*)"
+    )
+
+
 def test_stream_source() -> None:
     data = minimal()
     data["feature_views"][0]["stream_source"] = {

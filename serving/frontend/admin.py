@@ -128,6 +128,11 @@ class NodeAdmin(Frontend, ABC):
             )  # fmt: skip
 
         summary = await asyncio.get_running_loop().run_in_executor(None, job)
+        self._note_batch_run(summary)
+        return web.json_response({"summary": str(summary)})
+
+    def _note_batch_run(self, summary: Any) -> dict[str, Any]:
+        """Records a finished batch job for the loader metrics; returns its JSON account."""
         now = time.time()
         for vs in summary.views:
             self.batch_runs[vs.view] = now
@@ -137,7 +142,12 @@ class NodeAdmin(Frontend, ABC):
             totals["applied"] += vs.written
             totals["skipped_older"] += vs.skipped_older
             totals["errors"] += vs.errors
-        return web.json_response({"summary": str(summary)})
+        views = [
+            {"feature_view": vs.view, "rows_read": vs.rows_read, "written": vs.written,
+             "skipped_older": vs.skipped_older, "errors": vs.errors}
+            for vs in summary.views
+        ]  # fmt: skip
+        return {"summary": str(summary), "views": views}
 
     async def _admin_snapshot(self, request: web.Request) -> web.Response:
         """Writes a snapshot (RocksDB checkpoint, with the loader offsets) of the live store:

@@ -185,7 +185,9 @@ class _NotHttp1Filter(logging.Filter):
 
 
 def _json_error(status: int, code: str, message: str) -> web.Response:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    # `detail`: where FastAPI (Feast's feature server) puts an error's text, for clients that
+    # read it there
+    body = json.dumps({"error": {"code": code, "message": message}, "detail": message}).encode()
     return web.Response(status=status, body=body, content_type=JSON)
 
 

@@ -24,10 +24,10 @@ from serving.admin_client import forget_server, record_server
 from serving.cluster.map import NodeInfo
 from serving.config import ServeSettings, default_keys_file
 from serving.errors import InvalidArgumentError, UnauthenticatedError
-from serving.frontend.admin import NodeAdmin
 from serving.frontend.admission import Admission
 from serving.frontend.auth import Authenticator, KeyFile
 from serving.frontend.endpoints import V1_SERVICE, Endpoint
+from serving.frontend.feast_write import FeastWrites
 from serving.frontend.grpc_auth import principal
 from serving.metrics import CoreCollector, ServingMetrics
 from serving.registry import Registry
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("serving.server")
 
 
-class FeatureServer(NodeAdmin):
+class FeatureServer(FeastWrites):
     """Both frontends over one open :class:`Store`."""
 
     answers_node_only = True
@@ -99,6 +99,7 @@ class FeatureServer(NodeAdmin):
     def _extra_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/node", self._http_node)
         self._admin_routes(app)
+        self._feast_write_routes(app)
 
     def _loader_stats(self) -> list[dict[str, Any]]:
         """Batch-loader progress from the store's meta (watermarks, Delta versions) and the

@@ -420,3 +420,216 @@ def test_sdk_through_the_router_gets_the_same_answers(feast_env: dict[str, Any])
     routed = run_sdk(feast_env["router_repo"], calls)["calls"]
     assert "error" not in direct[0], direct[0]
     assert routed == direct
+
+
+# -- writes (issue 17): the SDK's write calls against the server ------------------------------
+
+WRITE_REGISTRY = """
+project: feastsdkw
+entities:
+  - {name: user, join_keys: [{name: user_id, dtype: int64}]}
+feature_views:
+  - name: events
+    entities: [user]
+    push_source: events_push
+    features:
+      - {name: clicks, dtype: int64}
+      - {name: score, dtype: float32}
+      - {name: label, dtype: string}
+    batch_source: {type: parquet, path: events.parquet}
+  - name: narrow
+    entities: [user]
+    features: [{name: a, dtype: float32}, {name: b, dtype: float32}]
+"""
+
+# The Feast side: `events` fed by a PushSource over the same Parquet file the server's batch
+# source reads; `narrow` declares one feature fewer than the server's view.
+WRITE_DEFINITIONS = """
+from datetime import timedelta
+
+from feast import Entity, FeatureView, Field, FileSource, PushSource
+from feast.types import Float32, Int64, String
+
+user = Entity(name="user", join_keys=["user_id"])
+events_file = FileSource(path="EVENTS", timestamp_field="event_timestamp")
+events_push = PushSource(name="events_push", batch_source=events_file)
+events = FeatureView(
+    name="events",
+    entities=[user],
+    ttl=timedelta(0),
+    schema=[Field(name="user_id", dtype=Int64), Field(name="clicks", dtype=Int64),
+            Field(name="score", dtype=Float32), Field(name="label", dtype=String)],
+    source=events_push,
+    online=True,
+)
+narrow = FeatureView(
+    name="narrow",
+    entities=[user],
+    ttl=timedelta(0),
+    schema=[Field(name="user_id", dtype=Int64), Field(name="a", dtype=Float32)],
+    source=events_file,
+    online=True,
+)
+"""
+
+# stdin: a JSON list of ops, each {"op": "write" | "push" | "materialize" |
+# "materialize_incremental" | "read" | "post", ...}; stdout: per op, what came back or the
+# exception the SDK raised.
+WRITER = r"""
+import json, sys
+from datetime import datetime
+
+import pandas as pd
+import requests
+from feast import FeatureStore
+from feast.data_source import PushMode
+from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+
+def frame(users, t):
+    ts = pd.Timestamp(t, tz="UTC")
+    return pd.DataFrame({
+        "user_id": pd.array(users, dtype="int64"),
+        "event_timestamp": [ts] * len(users),
+        "clicks": pd.array([10 * u for u in users], dtype="int64"),
+        "score": pd.array([u / 4 for u in users], dtype="float32"),
+        "label": [f"u{u}" for u in users],
+    })
+
+store = FeatureStore(repo_path=".")
+modes = {"online": PushMode.ONLINE, "offline": PushMode.OFFLINE,
+         "online_and_offline": PushMode.ONLINE_AND_OFFLINE}
+out = []
+for op in json.load(sys.stdin):
+    try:
+        kind = op["op"]
+        if kind == "write":
+            df = frame(op["users"], op["t"])
+            if op.get("view") == "narrow":
+                df = df.rename(columns={"score": "a"})[["user_id", "event_timestamp", "a"]]
+            store.write_to_online_store(op.get("view", "events"), df)
+            out.append({"ok": True})
+        elif kind == "push":
+            store.push("events_push", frame(op["users"], op["t"]), to=modes[op["to"]])
+            out.append({"ok": True})
+        elif kind == "materialize":
+            start, end = (datetime.fromisoformat(op[k]) for k in ("start", "end"))
+            store.materialize(start, end)
+            out.append({"ok": True})
+        elif kind == "materialize_incremental":
+            store.materialize_incremental(datetime.fromisoformat(op["end"]))
+            out.append({"ok": True})
+        elif kind == "post":
+            r = requests.post(store.config.online_store.path + op["path"], json=op["body"])
+            out.append({"status": r.status_code, "json": r.json()})
+        else:
+            resp = store.get_online_features(
+                features=["events:clicks", "events:score", "events:label"],
+                entity_rows=[{"user_id": u} for u in op["users"]],
+            )
+            d = resp.to_dict()
+            d["statuses"] = [[FieldStatus.Name(s) for s in r.statuses] for r in resp.proto.results]
+            out.append(d)
+    except Exception as e:
+        out.append({"error": f"{type(e).__name__}: {e}"})
+json.dump(out, sys.stdout)
+"""
+
+
+def run_writer(repo: Path, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    proc = subprocess.run(
+        [str(FEAST_PY), "-c", WRITER],
+        check=False, input=json.dumps(ops), capture_output=True, text=True, cwd=repo,
+        env=_feast_env(), timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"Feast SDK script failed:\n{proc.stderr}"
+    out: list[dict[str, Any]] = json.loads(proc.stdout)
+    return out
+
+
+def expected(users: list[int]) -> dict[str, list[Any]]:
+    """What `read` returns for users whose rows came from WRITER's `frame`."""
+    return {
+        "user_id": users,
+        "clicks": [10 * u for u in users],
+        "score": [u / 4 for u in users],
+        "label": [f"u{u}" for u in users],
+    }
+
+
+def test_sdk_writes(tmp_path: Path) -> None:
+    """`write_to_online_store`, `push` with each `to`, `materialize`, `materialize_incremental`
+    from the SDK, unchanged, against a real server; read back through `get_online_features`."""
+    import pyarrow as pa
+
+    _require_feast_venv()
+    config = tmp_path / "features.yaml"
+    config.write_text(WRITE_REGISTRY)
+    events = tmp_path / "events.parquet"
+    # in the offline store before any call: users 100, 101 in January, 110, 111 in February
+    users = [100, 101, 110, 111]
+    times = ["2026-01-01T00:00:00Z"] * 2 + ["2026-02-01T00:00:00Z"] * 2
+    pq.write_table(
+        pa.table({
+            "user_id": pa.array(users, pa.int64()),
+            "event_timestamp": pa.array(times, pa.string()).cast(pa.timestamp("us", tz="UTC")),
+            "clicks": pa.array([10 * u for u in users], pa.int64()),
+            "score": pa.array([u / 4 for u in users], pa.float32()),
+            "label": pa.array([f"u{u}" for u in users]),
+        }),
+        events,
+    )  # fmt: skip
+    server = start_server(config, tmp_path / "db", tmp_path / "server.log")
+    try:
+        repo = tmp_path / "repo"
+        write_repo(repo, server, repo / "data" / "registry.db")
+        (repo / "definitions.py").write_text(WRITE_DEFINITIONS.replace("EVENTS", str(events)))
+        proc = subprocess.run(
+            [str(FEAST_CLI), "apply"],
+            check=False, capture_output=True, text=True, cwd=repo, env=_feast_env(), timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"feast apply failed:\n{proc.stdout}\n{proc.stderr}"
+        march = "2026-03-01T00:00:00"
+        out = run_writer(
+            repo,
+            [
+                {"op": "materialize", "start": "2025-12-31T00:00:00+00:00",
+                 "end": "2026-01-15T00:00:00+00:00"},
+                {"op": "read", "users": [100, 101, 110]},
+                {"op": "materialize_incremental", "end": "2026-02-15T00:00:00+00:00"},
+                {"op": "read", "users": [110, 111]},
+                {"op": "write", "users": [1, 2], "t": march},
+                {"op": "push", "users": [3, 4], "t": march, "to": "online"},
+                {"op": "push", "users": [5, 6], "t": march, "to": "offline"},
+                {"op": "push", "users": [7, 8], "t": march, "to": "online_and_offline"},
+                {"op": "read", "users": [1, 2, 3, 4, 7, 8]},
+                {"op": "read", "users": [5, 6]},
+                # the offline pushes are in the Parquet file: our incremental run loads them
+                {"op": "post", "path": "/materialize-incremental",
+                 "body": {"end_ts": "2026-06-01T00:00:00Z", "feature_views": ["events"]}},
+                {"op": "read", "users": [5, 6]},
+                {"op": "write", "view": "narrow", "users": [1], "t": march},
+            ],
+        )  # fmt: skip
+    finally:
+        stop_server(server)
+    (mat, jan, inc, feb, write, push_on, push_off, push_both, online, not_yet, ours, offline,
+     narrow) = out  # fmt: skip
+    for step in (mat, inc, write, push_on, push_off, push_both):
+        assert step == {"ok": True}, step
+    assert {k: v for k, v in jan.items() if k != "statuses"} == {
+        "user_id": [100, 101, 110],
+        "clicks": [1000, 1010, None],
+        "score": [25.0, 25.25, None],
+        "label": ["u100", "u101", None],
+    }
+    assert feb["clicks"] == [1100, 1110], feb
+    assert {k: v for k, v in online.items() if k != "statuses"} == expected([1, 2, 3, 4, 7, 8])
+    assert not_yet["statuses"][1:] == [["NOT_FOUND"] * 2] * 3, not_yet  # offline only
+    assert ours["status"] == 200, ours
+    assert {k: v for k, v in offline.items() if k != "statuses"} == expected([5, 6])
+    rows = pq.read_table(events).to_pylist()
+    assert {r["user_id"] for r in rows} == {100, 101, 110, 111, 5, 6, 7, 8}
+    # our 400 reaches the SDK's exception with its message
+    assert narrow["error"].startswith("RuntimeError: Unable to write online store data"), narrow
+    assert "Error_code=400" in narrow["error"]
+    assert "df: missing column 'b' (float) of feature view 'narrow'" in narrow["error"]

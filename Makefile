@@ -50,14 +50,16 @@ venv: $(VENV)/.deps ## create .venv with every Python dependency
 FEAST_VENV    := .venv-feast
 FEAST_VERSION ?= 0.67.0
 
-$(FEAST_VENV)/.feast-$(FEAST_VERSION):
+# [grpcio]: Feast's own gRPC feature server stubs (GrpcServer_pb2_grpc) for the tests that call
+# us as Feast's `feast listen` clients do
+$(FEAST_VENV)/.feast-$(FEAST_VERSION)-grpcio:
 	@test -x $(FEAST_VENV)/bin/python || python3 -m venv $(FEAST_VENV)
 	$(FEAST_VENV)/bin/python -m pip install -q --upgrade pip
-	$(FEAST_VENV)/bin/python -m pip install -q "feast==$(FEAST_VERSION)"
+	$(FEAST_VENV)/bin/python -m pip install -q "feast[grpcio]==$(FEAST_VERSION)"
 	@rm -f $(FEAST_VENV)/.feast-* && touch $@
 
 .PHONY: feast-venv
-feast-venv: $(FEAST_VENV)/.feast-$(FEAST_VERSION) ## create .venv-feast with the pinned Feast SDK (FEAST_VERSION=0.67.0)
+feast-venv: $(FEAST_VENV)/.feast-$(FEAST_VERSION)-grpcio ## create .venv-feast with the pinned Feast SDK (FEAST_VERSION=0.67.0)
 
 .PHONY: proto
 proto: $(VENV)/.deps ## generate Python gRPC code and stubs from proto/

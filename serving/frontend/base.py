@@ -46,6 +46,7 @@ from serving.errors import (
 from serving.frontend.auth import Authenticator, Principal
 from serving.frontend.endpoints import (
     ENDPOINTS,
+    FEAST_GRPC_SERVER,
     FEAST_SERVICE,
     HTTP_ENDPOINTS,
     JSON,
@@ -355,7 +356,7 @@ class Frontend(ABC):
         )
         if status != self._health_status:
             self._health_status = status
-            for name in ("", FEAST_SERVICE, V1_SERVICE):
+            for name in ("", FEAST_SERVICE, FEAST_GRPC_SERVER, V1_SERVICE):
                 await self._health.set(name, status)
 
     async def _listen(self) -> None:

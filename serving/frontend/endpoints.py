@@ -17,6 +17,9 @@ from serving.cluster.rpc import CELLS_PATH
 
 FEAST_SERVICE = "feast.serving.ServingService"
 V1_SERVICE = "feature_serving.v1.FeatureService"
+#: Feast's Python gRPC feature server (`feast listen`; feast/serving/GrpcServer.proto declares no
+#: package): its GetOnlineFeatures takes and returns ServingService's messages
+FEAST_GRPC_SERVER = "GrpcFeatureServer"
 JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
 #: HTTP paths answered without a key when `open_health` is set
@@ -51,6 +54,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("http", CELLS_PATH, "", "cells", "http", "cells", OCTET_STREAM, node_only=True),
     Endpoint(
         "grpc", FEAST_SERVICE, "GetOnlineFeatures", "feast_grpc", "feast-grpc", "GetOnlineFeatures"
+    ),
+    Endpoint(
+        "grpc",
+        FEAST_GRPC_SERVER,
+        "GetOnlineFeatures",
+        "feast_grpc",
+        "feast-grpc",
+        "GrpcFeatureServer.GetOnlineFeatures",
     ),
     Endpoint("grpc", V1_SERVICE, "GetFeatureVector", "v1_grpc", "grpc", "GetFeatureVector"),
     Endpoint("grpc", V1_SERVICE, "GetCells", "cells", "grpc", "GetCells", node_only=True),

@@ -268,6 +268,7 @@ def feast_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
             "router_repo": router_repo,
             "token": token,
             "account": account.to_pylist(),
+            "grpc": {"node": open_server.grpc, "router": router.grpc},
         }
     finally:
         for server in reversed(started):
@@ -324,6 +325,55 @@ def test_sdk_get_online_features(feast_env: dict[str, Any]) -> None:
     assert [c["values"] for c in model["json"]["results"]] == [[3]] + [
         [user_profile_value(3, i)] for i in range(5)
     ]
+
+
+# Feast's own gRPC feature server's client (`feast listen`): its generated stubs, from the
+# Feast venv, asking GrpcFeatureServer/GetOnlineFeatures.
+GRPC_CLIENT = """
+import json, sys
+import grpc
+from feast.protos.feast.serving import GrpcServer_pb2_grpc, ServingService_pb2
+from feast.protos.feast.types import Value_pb2
+
+target, users = sys.argv[1], json.loads(sys.argv[2])
+req = ServingService_pb2.GetOnlineFeaturesRequest()
+req.features.val.extend(["user_profile:f003", "user_profile:f000"])
+req.entities["user_id"].val.extend([Value_pb2.Value(int64_val=u) for u in users])
+with grpc.insecure_channel(target) as ch:
+    resp = GrpcServer_pb2_grpc.GrpcFeatureServerStub(ch).GetOnlineFeatures(req, timeout=10)
+json.dump({
+    "names": list(resp.metadata.feature_names.val),
+    "values": [[v.float_val if v.WhichOneof("val") else None for v in r.values]
+               for r in resp.results[1:]],
+    "statuses": [list(r.statuses) for r in resp.results[1:]],
+}, sys.stdout)
+"""
+
+
+@pytest.mark.parametrize("via", ["node", "router"])
+def test_feast_grpc_feature_server_stub(feast_env: dict[str, Any], via: str) -> None:
+    users = [1, MISSING, 7]
+    proc = subprocess.run(
+        [
+            str(FEAST_PY),
+            "-c",
+            GRPC_CLIENT,
+            f"127.0.0.1:{feast_env['grpc'][via]}",
+            json.dumps(users),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=_feast_env(),
+        timeout=120,
+    )
+    assert proc.returncode == 0, f"Feast gRPC stub script failed:\n{proc.stderr}"
+    out = json.loads(proc.stdout)
+    assert out["names"] == ["user_id", "f003", "f000"]
+    for got, f in zip(out["values"], (3, 0), strict=True):
+        want = [user_profile_value(1, f), None, user_profile_value(7, f)]
+        assert got == want, f  # float32 widened exactly, as the HTTP tests compare it
+    assert out["statuses"] == [[1, 3, 1], [1, 3, 1]]  # PRESENT, NOT_FOUND
 
 
 def test_sdk_every_type(feast_env: dict[str, Any]) -> None:

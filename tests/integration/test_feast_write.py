@@ -400,7 +400,8 @@ def test_body_over_the_size_limit(env: dict[str, Any]) -> None:
                                         "df": account_df(list(range(100)))})  # fmt: skip
     assert status == 413, body
     assert body["error"]["code"] == "message_too_large"
-    assert body["detail"] == "request body exceeds 2000 bytes"
+    # the limit, and the flag that changes it
+    assert body["detail"] == "request body exceeds 2000 bytes (the server's --max-message-bytes)"
     assert read(small, ["account:age"], [0])["age"][1] == ["NOT_FOUND"]
 
 

@@ -11,6 +11,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The JSON body of every HTTP error answer: ours under ``error``, the text also under
+    FastAPI's ``detail`` (where Feast's feature server puts it, for clients that read it there)."""
+    return {"error": {"code": code, "message": message}, "detail": message}
+
+
 class FeatureServingError(Exception):
     """Base of every error raised by feature-serving."""
 
@@ -26,8 +32,7 @@ class FeatureServingError(Exception):
         self.message = message
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON error body: ours under ``error``, the text also under FastAPI's ``detail``."""
-        return {"error": {"code": self.code, "message": self.message}, "detail": self.message}
+        return error_body(self.code, self.message)
 
 
 class InvalidArgumentError(FeatureServingError):
@@ -212,6 +217,7 @@ __all__ = [
     "StorageError",
     "UnauthenticatedError",
     "WrongShardError",
+    "error_body",
     "error_class",
     "grpc_status_of",
 ]

@@ -42,6 +42,7 @@ from serving.errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
     UnauthenticatedError,
+    error_body,
 )
 from serving.frontend.auth import Authenticator, Principal
 from serving.frontend.endpoints import (
@@ -186,9 +187,7 @@ class _NotHttp1Filter(logging.Filter):
 
 
 def _json_error(status: int, code: str, message: str) -> web.Response:
-    # `detail`: where FastAPI (Feast's feature server) puts an error's text, for clients that
-    # read it there
-    body = json.dumps({"error": {"code": code, "message": message}, "detail": message}).encode()
+    body = json.dumps(error_body(code, message)).encode()
     return web.Response(status=status, body=body, content_type=JSON)
 
 

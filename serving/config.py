@@ -402,6 +402,12 @@ def add_route_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--node-api-key", help="key for the nodes' health checks when they require one")
     p.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT[,...]",
+        help="Kafka brokers the router publishes online writes of stream-backed views to, "
+        "replacing the registry's (default: the registry's bootstrap_servers)",
+    )
+    p.add_argument(
         "--node-tls-ca",
         metavar="PEM",
         help="talk TLS to the nodes, verifying their certificates with this CA",

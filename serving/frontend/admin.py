@@ -50,7 +50,7 @@ class NodeAdmin(Frontend, ABC):
     async def _http_push(self, request: web.Request) -> web.Response:
         """Writes rows to a view: ``{"feature_view": "v", "rows": {"col": [...], ...}}``
         (columns: join keys, ``event_timestamp`` as RFC 3339 or epoch micros, features)."""
-        import pyarrow as pa
+        from serving.frontend.feast_columns import v1_rows_table
 
         body = await self._json_body(request)
         view = body.get("feature_view")
@@ -62,29 +62,13 @@ class NodeAdmin(Frontend, ABC):
         p = self._principal(request)
         if self.auth is not None and p is not None:
             p.require_write(view)
-        self.store.registry.view(view)
-        schema = self.store.registry.arrow_schema(view)
-        cols = {}
-        for name, values in rows.items():
-            if not isinstance(values, list):
-                raise InvalidArgumentError(f"rows['{name}'] must be a list")
-            typ = schema.field(name).type if name in schema.names else None
-            try:
-                if typ is not None and pa.types.is_timestamp(typ) and values:
-                    arr = pa.array(values)
-                    if pa.types.is_string(arr.type):
-                        import pyarrow.compute as pc
+        fv = self.store.registry.view(view)
+        table = v1_rows_table(self.store.registry, fv, rows)
+        shard = self.settings.shard()
+        if shard is not None and fv.stream_source is not None:
+            from serving.frontend.write_shards import check_owned
 
-                        arr = pc.cast(pc.strptime(arr, "%Y-%m-%dT%H:%M:%S%z", "us"), typ)
-                    cols[name] = arr.cast(typ)
-                else:
-                    cols[name] = pa.array(values, type=typ)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
-                raise InvalidArgumentError(f"rows['{name}']: {e}") from None
-        try:
-            table = pa.table(cols)
-        except pa.ArrowInvalid as e:
-            raise InvalidArgumentError(f"rows: {e}") from None
+            check_owned(fv, table, shard, self.settings.topic_partitions)
         stats = await asyncio.get_running_loop().run_in_executor(
             None, lambda: self.store.write(view, table)
         )

@@ -49,7 +49,7 @@ from serving.frontend.endpoints import (
     ENDPOINTS,
     FEAST_GRPC_SERVER,
     FEAST_SERVICE,
-    HTTP_ENDPOINTS,
+    HTTP_METRIC_LABELS,
     JSON,
     OCTET_STREAM,
     OPEN_HTTP_PATHS,
@@ -449,10 +449,10 @@ class Frontend(ABC):
     async def _http_metrics(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        endpoint = HTTP_ENDPOINTS.get(request.path)
-        if endpoint is None or not self.settings.request_metrics:
+        labels = HTTP_METRIC_LABELS.get(request.path)
+        if labels is None or not self.settings.request_metrics:
             return await handler(request)
-        api, method = endpoint.label, endpoint.method
+        api, method = labels
         gauge = self.metrics.in_flight.labels(api)
         gauge.inc()
         t0 = time.perf_counter()

@@ -67,5 +67,20 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("grpc", V1_SERVICE, "GetCells", "cells", "grpc", "GetCells", node_only=True),
 )
 
-#: HTTP path -> its endpoint (the request metrics middleware looks paths up here)
+#: HTTP path -> its endpoint
 HTTP_ENDPOINTS = {e.path: e for e in ENDPOINTS if e.transport == "http"}
+
+#: the write endpoints (not core calls: serving.frontend.feast_routes, admin), counted in the
+#: request metrics like the serving endpoints: path -> (``api``, ``method``) labels
+WRITE_METRIC_LABELS = {
+    "/push": ("feast-http", "push"),
+    "/write-to-online-store": ("feast-http", "write-to-online-store"),
+    "/materialize": ("feast-http", "materialize"),
+    "/materialize-incremental": ("feast-http", "materialize-incremental"),
+    "/v1/push": ("http", "push"),
+}
+
+#: HTTP path -> its request-metric labels (the request metrics middleware looks paths up here)
+HTTP_METRIC_LABELS = {
+    p: (e.label, e.method) for p, e in HTTP_ENDPOINTS.items()
+} | WRITE_METRIC_LABELS

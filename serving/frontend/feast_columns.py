@@ -74,26 +74,36 @@ def _json_kind(value: object) -> str:
     return "an object"
 
 
-def _bad_row(name: str, values: list[Any], target: pa.DataType, why: str) -> InvalidArgumentError:
+def _bad_row(
+    name: str,
+    values: list[Any],
+    target: pa.DataType,
+    why: str,
+    *,
+    per_second: float = 1e6,
+    what: str = "df",
+) -> InvalidArgumentError:
     """The first row of a column that failed to convert (walked only on this error path)."""
-    what, types = _EXPECTED[_kind(target)]
+    expected, types = _EXPECTED[_kind(target)]
     for i, v in enumerate(values):
         if v is None:
             continue
         ok = isinstance(v, types) and not (isinstance(v, bool) and bool not in types)
         if ok:
             try:
-                _convert(name, [v], target)
+                _convert(name, [v], target, per_second)
             except InvalidArgumentError:
                 ok = False
         if not ok:
             return InvalidArgumentError(
-                f"df['{name}'] row {i}: expected {what} ({target}), got {_json_kind(v)} {v!r:.80}"
+                f"{what}['{name}'] row {i}: expected {expected} ({target}), got {_json_kind(v)} "
+                f"{v!r:.80}"
             )
-    return InvalidArgumentError(f"df['{name}']: cannot convert to {target}: {why}")
+    return InvalidArgumentError(f"{what}['{name}']: cannot convert to {target}: {why}")
 
 
-def _timestamps(values: list[Any], arr: pa.Array) -> pa.Array:
+def _timestamps(values: list[Any], arr: pa.Array, per_second: float = 1e6) -> pa.Array:
+    """``per_second``: how many micros an epoch number's unit is (Feast: seconds; v1: 1, micros)."""
     if pa.types.is_string(arr.type):
         try:
             return pc.cast(arr, _UTC_US)
@@ -101,7 +111,9 @@ def _timestamps(values: list[Any], arr: pa.Array) -> pa.Array:
             # no zone offset: UTC, the way Feast's SDK writes its naive UTC datetimes
             return pc.assume_timezone(pc.cast(arr, pa.timestamp("us")), "UTC")
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
-        micros = pc.round(pc.multiply(pc.cast(arr, pa.float64()), 1e6))
+        if per_second == 1 and pa.types.is_integer(arr.type):
+            return pc.cast(pc.cast(arr, pa.int64()), _UTC_US)
+        micros = pc.round(pc.multiply(pc.cast(arr, pa.float64()), per_second))
         return pc.cast(pc.cast(micros, pa.int64()), _UTC_US)
     raise pa.ArrowInvalid(f"not a time: {arr.type}")
 
@@ -154,7 +166,9 @@ def _base64(arr: pa.Array) -> pa.Array:
     )  # fmt: skip
 
 
-def _convert(name: str, values: list[Any], target: pa.DataType) -> pa.Array:
+def _convert(
+    name: str, values: list[Any], target: pa.DataType, per_second: float = 1e6
+) -> pa.Array:
     """One JSON column as ``target`` (InvalidArgumentError naming the column otherwise)."""
     try:
         arr = pa.array(values)
@@ -162,7 +176,7 @@ def _convert(name: str, values: list[Any], target: pa.DataType) -> pa.Array:
             return pa.nulls(len(values), target)
         kind = _kind(target)
         if kind == "timestamp":
-            return _timestamps(values, arr)
+            return _timestamps(values, arr, per_second)
         if kind == "binary":
             return _base64(arr)
         inferred = _kind(arr.type) if not pa.types.is_list(arr.type) else "list"
@@ -177,7 +191,7 @@ def _convert(name: str, values: list[Any], target: pa.DataType) -> pa.Array:
         raise InvalidArgumentError(f"df['{name}']: {e}") from None
 
 
-def column_lengths(df: Mapping[str, Any]) -> int:
+def column_lengths(df: Mapping[str, Any], what: str = "df") -> int:
     """The common length of the ``df`` columns (400 naming them when they differ)."""
     if not df:
         return 0  # what Feast's remote store sends for a batch without rows: a no-op
@@ -185,13 +199,13 @@ def column_lengths(df: Mapping[str, Any]) -> int:
     for name, values in df.items():
         if not isinstance(values, list):
             raise InvalidArgumentError(
-                f"df['{name}']: expected a list of values (df is a JSON object of columns), got "
-                f"{_json_kind(values)}"
+                f"{what}['{name}']: expected a list of values ({what} is a JSON object of "
+                f"columns), got {_json_kind(values)}"
             )
         lengths[name] = len(values)
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"'{k}' has {v}" for k, v in lengths.items())
-        raise InvalidArgumentError(f"df: columns of unequal length: {shown}")
+        raise InvalidArgumentError(f"{what}: columns of unequal length: {shown}")
     return next(iter(lengths.values()))
 
 
@@ -234,3 +248,27 @@ def view_table(registry: Registry, view: FeatureView, df: Mapping[str, Any]) -> 
     table = pa.Table.from_arrays(columns, schema=schema)
     assert table.num_rows == rows
     return table
+
+
+def v1_rows_table(registry: Registry, view: FeatureView, rows: Mapping[str, Any]) -> pa.Table:
+    """The ``rows`` of a ``POST /v1/push`` body (columns by name: join keys, ``event_timestamp``
+    as RFC 3339 text or epoch *microseconds*, features) as Arrow columns of the view's types,
+    with the same strict conversion as Feast's ``df`` (``1.5`` for an integer column is refused
+    naming the column and row, never truncated). Columns the view lacks are left out (the
+    store ignores them); a missing column is the store's error, as before."""
+    column_lengths(rows, "rows")
+    schema = registry.arrow_schema(view.name)
+    columns: dict[str, pa.Array] = {}
+    for name, values in rows.items():
+        if name not in schema.names:
+            continue
+        target = schema.field(name).type
+        try:
+            columns[name] = _convert(name, values, target, per_second=1)
+        except InvalidArgumentError as e:
+            raise _bad_row(name, values, target, e.message, per_second=1, what="rows") from None
+    if not columns:
+        raise InvalidArgumentError(
+            f"rows: no column of feature view '{view.name}' (it has {', '.join(schema.names)})"
+        )
+    return pa.table(columns)

@@ -248,7 +248,8 @@ class FeatureServer(FeastWrites):
 
     def _extra_grpc_methods(self) -> dict[tuple[str, str], grpc.RpcMethodHandler[Any, Any]]:
         return {
-            (V1_SERVICE, "GetNodeInfo"): self._grpc_unary(self._node_info, "grpc", "GetNodeInfo")
+            (V1_SERVICE, "GetNodeInfo"): self._grpc_unary(self._node_info, "grpc", "GetNodeInfo"),
+            **self._feast_write_grpc_methods(),
         }
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -256,6 +257,7 @@ class FeatureServer(FeastWrites):
     async def start(self) -> None:
         s = self.settings
         self.admission.start(asyncio.get_running_loop())
+        await asyncio.to_thread(self._remove_stale_push_temps)
         await self._listen()
         if s.ingest and any(v.stream_source for v in self.store.registry.feature_views.values()):
             from serving.loaders.kafka.loader import KafkaLoader
@@ -332,6 +334,7 @@ class FeatureServer(FeastWrites):
             asyncio.to_thread(loader.stop, grace) for loader in self.loaders
         )
         self.admission.stop()
+        self._close_writes()
         forget_server(self.store.data_dir)
         self.store.close()
         log.info("stopped")

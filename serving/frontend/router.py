@@ -51,9 +51,9 @@ from serving.errors import (
 )
 from serving.frontend.admission import LoopLagGuard
 from serving.frontend.auth import Authenticator, KeyFile
-from serving.frontend.base import Frontend
 from serving.frontend.endpoints import JSON, Endpoint
 from serving.frontend.grpc_auth import principal
+from serving.frontend.router_writes import RouterWrites
 from serving.frontend.tls import node_credentials, node_ssl_context
 from serving.metrics import LATENCY_BUCKETS, NS, ServingMetrics
 from serving.registry import Registry
@@ -151,7 +151,7 @@ class RouterCollector(Collector):
         yield c
 
 
-class FeatureRouter(Frontend):
+class FeatureRouter(RouterWrites):
     """The router process: both frontends, over a :class:`ClusterChannels`."""
 
     def __init__(self, registry: Registry, cluster: ClusterMap, settings: ServeSettings) -> None:
@@ -339,6 +339,7 @@ class FeatureRouter(Frontend):
     def _extra_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/cluster", self._http_cluster)
         app.router.add_post("/admin/reload", self._admin_reload)
+        self._router_write_routes(app)
 
     def _http_serving(self, endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Response]]:
         api = endpoint.api
@@ -393,6 +394,9 @@ class FeatureRouter(Frontend):
             return await self.route(api, request, scope, authorization, context.time_remaining())
 
         return call
+
+    def _extra_grpc_methods(self) -> dict[tuple[str, str], grpc.RpcMethodHandler[Any, Any]]:
+        return self._feast_write_grpc_methods()
 
     # -- replica health --------------------------------------------------------------------
 
@@ -459,6 +463,7 @@ class FeatureRouter(Frontend):
         if self.guard is not None:
             self.guard.stop()
         await self.channels.close()
+        await self._close_router_writes()
         log.info("stopped")
 
 

@@ -18,7 +18,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from serving.frontend.auth import KeyFile
-from tests.harness import Broker, Server, Servers, ShardedCluster, http, scale_out_registry
+from tests.harness import Server, Servers, http
 
 pytestmark = pytest.mark.integration
 
@@ -453,37 +453,6 @@ def test_keys(env: dict[str, Any]) -> None:
     assert status == 200, answer
     status, answer = http(url + "/get-online-features", q, key=tokens["reader"])
     assert answer["results"][1]["values"] == [90]
-
-
-def test_a_shard_refuses_online_pushes_of_sharded_views(
-    module_broker: Broker, tmp_path: Path
-) -> None:
-    """A shard writes only the keys it owns: an online push of a stream-backed view, whatever
-    its keys, is refused (409) and nothing is stored, until pushes are published to the topic."""
-    text = scale_out_registry(module_broker.bootstrap).replace(
-        "    entities: [user]\n", "    entities: [user]\n    push_source: users_push\n", 1
-    )
-    with ShardedCluster(module_broker, tmp_path, text, n=8) as cluster:
-        node = cluster.start("shard0", "--no-auth", *cluster.shard_flags(0))
-        users = list(range(8))  # keys of both shards
-        df = {"user_id": users, "event_timestamp": [T0] * 8, "seq": users}
-        for path, body in [
-            ("/push", {"push_source_name": "users_push", "df": df}),
-            ("/push", {"push_source_name": "users_push", "df": df, "to": "online_and_offline"}),
-            ("/write-to-online-store", {"feature_view_name": "users", "df": df}),
-        ]:
-            status, answer = node.post(path, body)
-            assert status == 409, answer
-            assert answer["error"]["message"].startswith(
-                "feature view 'users' is sharded over the partitions of topic 'users': a shard "
-                "does not take online pushes of it"
-            ), answer
-        own = cluster.keys_of(0)
-        status, answer = node.post(
-            "/get-online-features", {"features": ["users:seq"], "entities": {"user_id": own}}
-        )
-        assert status == 200, answer
-        assert answer["results"][1]["statuses"] == ["NOT_FOUND"] * len(own)
 
 
 def test_read_errors_carry_detail_too(env: dict[str, Any]) -> None:

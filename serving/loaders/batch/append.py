@@ -6,6 +6,9 @@ pipeline reading the source see the rows.
   become one new file, written under a hidden temporary name in the same directory (readers
   skip names starting with ``.``), fsynced, then renamed into place and the directory fsynced.
   A reader sees the whole file or none of it; a crash leaves at most a hidden temporary file.
+  A temporary file left by a crash is removed when a server starts (:func:`remove_stale_temps`,
+  files older than :data:`STALE_TEMP_S`, so that a push of another node writing into the same
+  directory at that moment keeps its file).
 - Delta: one append commit through ``deltalake`` (the commit is Delta's atomic step).
 
 The rows are cast to the source's own schema first (the file schema already in the directory,
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +32,10 @@ import pyarrow.parquet as pq
 from serving.errors import InvalidArgumentError
 from serving.loaders.batch.delta import _deltalake
 from serving.registry import EVENT_TIMESTAMP, FeatureView
+
+#: a push's temporary file older than this is a crash's leftover (writing one takes seconds)
+STALE_TEMP_S = 3600.0
+_TEMP_PREFIX, _TEMP_SUFFIX = ".push-", ".parquet.tmp"
 
 
 @dataclass(frozen=True)
@@ -179,3 +187,23 @@ def _append_delta(view: str, path: str, table: pa.Table) -> Appended:
     deltalake.write_deltalake(path, table, mode="append")
     version = int(deltalake.DeltaTable(path).version())
     return Appended(view, table.num_rows, path, version)
+
+
+def remove_stale_temps(fv: FeatureView, *, older_than: float = STALE_TEMP_S) -> list[str]:
+    """Removes the temporary files of offline pushes to ``fv``'s Parquet directory that a crash
+    left behind (older than ``older_than`` seconds); returns their paths."""
+    src = fv.batch_source
+    if src is None or src.type != "parquet" or "://" in src.path or not os.path.isdir(src.path):
+        return []
+    now = time.time()
+    removed: list[str] = []
+    for entry in os.scandir(src.path):
+        if not (entry.name.startswith(_TEMP_PREFIX) and entry.name.endswith(_TEMP_SUFFIX)):
+            continue
+        try:
+            if now - entry.stat().st_mtime > older_than:
+                os.unlink(entry.path)
+                removed.append(entry.path)
+        except FileNotFoundError:
+            continue  # removed meanwhile (another node starting)
+    return removed

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -108,13 +108,15 @@ def produce_rows(
     *,
     topic: str | None = None,
     flush: bool = True,
+    on_delivery: Callable[[Any, Any], None] | None = None,
 ) -> int:
     """Produces rows of ``view`` (join keys, ``event_timestamp`` as datetime or int
     microseconds, features by name; absent features are null) as records the loader reads:
     the key is :func:`encode_key` of the row, the value JSON or a ``FeatureRow``. ``format``
     and ``topic`` default to the view's stream source. Create the producer with
     :data:`PRODUCER_DEFAULTS` so that keys are partitioned like the Java client does.
-    Returns the number of records produced (flushed unless ``flush=False``)."""
+    Returns the number of records produced (flushed unless ``flush=False``); ``on_delivery``
+    is called with ``(error, message)`` for each once the broker acknowledged or refused it."""
     src = view.stream_source
     topic = topic or (src.topic if src else None)
     fmt = format or (src.format if src else "json")
@@ -126,7 +128,7 @@ def produce_rows(
     n = 0
     for row in _rows(rows):
         key = encode_key(view, [row[k.name] for k in view.join_keys])
-        _produce(producer, topic, key, encode(view, row))
+        _produce(producer, topic, key, encode(view, row), on_delivery=on_delivery)
         n += 1
     if flush:
         producer.flush()
@@ -163,11 +165,19 @@ def produce_deletes(
 
 
 def _produce(
-    producer: Any, topic: str, key: bytes, value: bytes | None, ts_ms: int | None = None
+    producer: Any,
+    topic: str,
+    key: bytes,
+    value: bytes | None,
+    ts_ms: int | None = None,
+    *,
+    on_delivery: Callable[[Any, Any], None] | None = None,
 ) -> None:
     kwargs: dict[str, Any] = {"key": key, "value": value}
     if ts_ms is not None:
         kwargs["timestamp"] = ts_ms
+    if on_delivery is not None:
+        kwargs["on_delivery"] = on_delivery
     while True:
         try:
             producer.produce(topic, **kwargs)

@@ -264,9 +264,15 @@ def v1_rows_table(registry: Registry, view: FeatureView, rows: Mapping[str, Any]
             continue
         target = schema.field(name).type
         try:
+            if pa.types.is_binary(target):
+                # /v1/push has always stored a bytes column's text as its UTF-8 bytes (not base64)
+                columns[name] = pa.array(values, type=target)
+                continue
             columns[name] = _convert(name, values, target, per_second=1)
         except InvalidArgumentError as e:
             raise _bad_row(name, values, target, e.message, per_second=1, what="rows") from None
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise InvalidArgumentError(f"rows['{name}']: {e}") from None
     if not columns:
         raise InvalidArgumentError(
             f"rows: no column of feature view '{view.name}' (it has {', '.join(schema.names)})"

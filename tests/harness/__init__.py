@@ -5,6 +5,7 @@
 - :mod:`~tests.harness.broker`: the tansu Kafka-protocol broker (:class:`Broker`);
 - :mod:`~tests.harness.cluster`: sharded nodes on a broker's topic (:class:`ShardedCluster`);
 - :mod:`~tests.harness.cli`: one-shot CLI runs (:func:`run_cli`);
+- :mod:`~tests.harness.feast`: the pinned Feast SDK's venv (:data:`FEAST_PY`, :func:`feast_env`);
 - :mod:`~tests.harness.loading`: a store's Kafka loader run until caught up;
 - :mod:`~tests.harness.http`, :mod:`~tests.harness.metrics`: calls and /metrics readings;
 - :mod:`~tests.harness.ports`, :mod:`~tests.harness.polling`, :mod:`~tests.harness.procfs`;
@@ -19,6 +20,7 @@ imports a test module.
 from tests.harness.broker import Broker, running_broker, tansu_binary
 from tests.harness.cli import ingest_until_idle, run_cli, stopped_stats
 from tests.harness.cluster import ShardedCluster
+from tests.harness.feast import FEAST_PY, feast_env, require_feast_venv
 from tests.harness.http import Outcome, http, post_whole
 from tests.harness.loading import load_until_caught_up
 from tests.harness.metrics import metric, rows_applied, samples, scrape
@@ -31,6 +33,7 @@ from tests.harness.server import Server, Servers, start_cli, start_server, stop_
 from tests.harness.stores import StoreFactory, copy_store
 
 __all__ = [
+    "FEAST_PY",
     "REGISTRIES",
     "ROOT",
     "TESTS",
@@ -42,6 +45,7 @@ __all__ = [
     "ShardedCluster",
     "StoreFactory",
     "copy_store",
+    "feast_env",
     "free_port",
     "http",
     "ingest_until_idle",
@@ -49,6 +53,7 @@ __all__ = [
     "metric",
     "post_whole",
     "present",
+    "require_feast_venv",
     "rows_applied",
     "rss_bytes",
     "run_cli",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from serving.frontend.auth import KeyFile
-from tests.harness import Server, Servers, http
+from tests.harness import Server, Servers, http, metric, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +60,10 @@ feature_views:
     push_source: split_push
     features: [{name: x, dtype: float32}]
     batch_source: {type: parquet, path: a_file/split_b_dir}
+  - name: crashed
+    entities: [user]
+    features: [{name: x, dtype: float32}]
+    batch_source: {type: parquet, path: crashed_dir}
 """
 
 T0 = "2026-01-01T00:00:00"
@@ -93,6 +98,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "reader": keys.create("reader", read=["*"])[0],
         "admin": keys.create("admin", read=["*"], write=["*"], admin=True)[0],
     }
+    # what a crash during an offline push leaves: a hidden temporary file, removed when a
+    # server starts once it is old; a recent one may be another node's push in progress
+    stale_dir = tmp / "crashed_dir"
+    stale_dir.mkdir()
+    for name, age in ((".push-crashed.parquet.tmp", 7200), (".push-recent.parquet.tmp", 10)):
+        (stale_dir / name).write_bytes(b"PAR1 half")
+        t = time.time() - age
+        os.utime(stale_dir / name, (t, t))
     servers = Servers(tmp)
     try:
         node = servers.serve(config, "db")
@@ -488,3 +501,53 @@ def test_a_batch_without_rows_is_a_no_op(env: dict[str, Any]) -> None:
             {"feature_view": "account", "rows": 0, "written": 0, "skipped_older": 0}
         ]
     assert parquet_files(directory) == before
+
+
+def test_stale_push_temp_files_are_removed_at_start(env: dict[str, Any]) -> None:
+    """The env fixture left two temporary files of offline pushes before the servers started."""
+    directory: Path = env["tmp"] / "crashed_dir"
+    assert ".push-crashed.parquet.tmp" not in os.listdir(directory)
+    assert ".push-recent.parquet.tmp" in os.listdir(directory)  # maybe another node's
+    log = (env["tmp"] / "db.log").read_text()
+    assert "crashed_dir/.push-crashed.parquet.tmp, left by an offline push that did not" in log
+
+
+def test_v1_push_refuses_a_fraction_for_an_integer_column(env: dict[str, Any]) -> None:
+    """pyarrow's cast would store 1.5 as 1: the column and row are named instead, nothing
+    of the batch is written."""
+    node: Server = env["node"]
+    df = account_df([80, 81])
+    rows = {k: v for k, v in df.items() if k not in ("created", "avatar", "signup_ts")}
+    rows["event_timestamp"] = [1_767_225_600_000_000] * 2  # epoch microseconds
+    rows["signup_ts"] = [1_700_000_000_000_000] * 2
+    rows["avatar"] = ["ab", "cd"]
+    rows["age"] = [1, 1.5]
+    status, body = node.post("/v1/push", {"feature_view": "account", "rows": rows})
+    assert status == 400, body
+    assert body["detail"] == "rows['age'] row 1: expected an integer (int32), got a number 1.5"
+    assert read(node, ["account:age"], [80, 81])["age"][1] == ["NOT_FOUND"] * 2
+    rows["age"] = [1, 2]
+    status, body = node.post("/v1/push", {"feature_view": "account", "rows": rows})
+    assert status == 200, body
+    got = read(node, ["account:age", "account:avatar", "account:signup_ts"], [80, 81])
+    assert got["age"][0] == [1, 2]
+    assert got["avatar"][0] == [base64.b64encode(b"ab").decode(), base64.b64encode(b"cd").decode()]
+    assert got["signup_ts"][0] == [1_700_000_000] * 2
+
+
+def test_write_endpoints_are_in_the_request_metrics(env: dict[str, Any]) -> None:
+    node: Server = env["node"]
+    before = scrape(node.url)
+    assert (
+        node.post("/push", {"push_source_name": "account_push", "df": account_df([90])})[0] == 200
+    )
+    assert node.post("/write-to-online-store", {"feature_view_name": "nope", "df": {}})[0] == 404
+    after = scrape(node.url)
+    name = "feature_serving_requests_total"
+    for labels in (
+        {"api": "feast-http", "method": "push", "code": "200"},
+        {"api": "feast-http", "method": "write-to-online-store", "code": "404"},
+    ):
+        assert metric(after, name, **labels) == metric(before, name, **labels) + 1, labels
+    assert metric(after, "feature_serving_request_duration_seconds_count", api="feast-http",
+                  method="push") > 0  # fmt: skip

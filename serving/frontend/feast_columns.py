@@ -209,6 +209,38 @@ def column_lengths(df: Mapping[str, Any], what: str = "df") -> int:
     return next(iter(lengths.values()))
 
 
+#: int values a float64 holds exactly (larger ones go the per-column way, which refuses them)
+_EXACT_INT = float(2**53)
+
+
+def _floats_at_once(df: Mapping[str, Any], fields: list[pa.Field]) -> dict[str, pa.Array]:
+    """The float features of ``df`` converted together, by one numpy conversion of all of them:
+    the per-column way costs ~150 us a column in pyarrow calls (30 ms for a 1-row push of a
+    200-feature view). Only columns of plain numbers take it; anything else (nulls, bools,
+    text, a value of the wrong shape) leaves every column to the per-column way, which names
+    the bad row."""
+    names = [f.name for f in fields if pa.types.is_floating(f.type) and f.name in df]
+    if len(names) < 8:
+        return {}
+    cols = [df[n] for n in names]
+    kinds = {type(x) for col in cols for x in col}
+    if not kinds <= {int, float}:
+        return {}
+    try:
+        mat = np.array(cols, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        return {}
+    if mat.ndim != 2 or (int in kinds and bool(np.any(np.abs(mat) > _EXACT_INT))):
+        return {}
+    types = {f.name: f.type for f in fields}
+    out: dict[str, pa.Array] = {}
+    with np.errstate(over="ignore"):  # as Arrow's double -> float cast: out of range is inf
+        for name, row in zip(names, mat, strict=True):
+            t = types[name]
+            out[name] = pa.array(row.astype(np.float32) if t == pa.float32() else row, type=t)
+    return out
+
+
 def view_table(registry: Registry, view: FeatureView, df: Mapping[str, Any]) -> pa.Table:
     """The rows of ``df`` for ``view``, in the schema of ``Store.write`` (join keys,
     ``event_timestamp``, features)."""
@@ -218,8 +250,12 @@ def view_table(registry: Registry, view: FeatureView, df: Mapping[str, Any]) -> 
         return schema.empty_table()
     ts_field = view.batch_source.timestamp_field if view.batch_source else EVENT_TIMESTAMP
     required = {k.name for k in view.join_keys} | {EVENT_TIMESTAMP}
+    floats = _floats_at_once(df, list(schema))
     columns = []
     for field in schema:
+        if field.name in floats:
+            columns.append(floats[field.name])
+            continue
         source = field.name
         if field.name == EVENT_TIMESTAMP and source not in df and ts_field in df:
             source = ts_field
@@ -258,9 +294,10 @@ def v1_rows_table(registry: Registry, view: FeatureView, rows: Mapping[str, Any]
     store ignores them); a missing column is the store's error, as before."""
     column_lengths(rows, "rows")
     schema = registry.arrow_schema(view.name)
+    known = set(schema.names)
     columns: dict[str, pa.Array] = {}
     for name, values in rows.items():
-        if name not in schema.names:
+        if name not in known:
             continue
         target = schema.field(name).type
         try:

@@ -111,8 +111,9 @@ def prepare(fv: FeatureView, rows: pa.Table) -> PreparedAppend:
         )
     schema = _source_schema(fv, rows)
     columns = []
+    given = set(rows.column_names)  # pyarrow rebuilds the list on every access
     for field in schema:
-        if field.name in rows.column_names:
+        if field.name in given:
             col = rows.column(field.name)
             try:
                 columns.append(col.cast(field.type))
@@ -128,7 +129,8 @@ def prepare(fv: FeatureView, rows: pa.Table) -> PreparedAppend:
                 f"feature view '{fv.name}': the batch source has a non-null column "
                 f"'{field.name}' that the view does not write"
             )
-    missing = [n for n in rows.column_names if n not in schema.names]
+    names = set(schema.names)
+    missing = [n for n in rows.column_names if n not in names]
     if missing:
         raise InvalidArgumentError(
             f"feature view '{fv.name}': the batch source {fv.batch_source.path} has no column "

@@ -61,6 +61,22 @@ $(FEAST_VENV)/.feast-$(FEAST_VERSION)-grpcio:
 .PHONY: feast-venv
 feast-venv: $(FEAST_VENV)/.feast-$(FEAST_VERSION)-grpcio ## create .venv-feast with the pinned Feast SDK (FEAST_VERSION=0.67.0)
 
+# The push benchmark's comparison: Feast's own server with its Redis online store needs Debian's
+# redis-server (started by the benchmark on loopback) and Feast's redis extra in .venv-feast
+$(FEAST_VENV)/.redis-$(FEAST_VERSION): $(FEAST_VENV)/.feast-$(FEAST_VERSION)-grpcio
+	@command -v redis-server >/dev/null || { apt-get update -q && apt-get install -y -q redis-server; }
+	@# the package's own service is not used: the benchmark starts its own on a free port
+	@if [ -d /run/systemd/system ]; then systemctl disable --now redis-server; fi
+	$(FEAST_VENV)/bin/python -m pip install -q "feast[grpcio,redis]==$(FEAST_VERSION)"
+	@touch $@
+
+.PHONY: bench-push-deps
+bench-push-deps: $(FEAST_VENV)/.redis-$(FEAST_VERSION) ## redis-server and Feast's redis extra, for make bench-push
+
+.PHONY: bench-push
+bench-push: build bench-push-deps ## push throughput over HTTP, ours (online, via Kafka) vs Feast 0.67 (SQLite, Redis) (~5 min; BENCH_ARGS=--quick)
+	$(PY) loadtest/bench_push.py $(BENCH_ARGS)
+
 .PHONY: proto
 proto: $(VENV)/.deps ## generate Python gRPC code and stubs from proto/
 	@$(PY) serving/_codegen.py

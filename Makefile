@@ -61,6 +61,22 @@ $(FEAST_VENV)/.feast-$(FEAST_VERSION)-grpcio:
 .PHONY: feast-venv
 feast-venv: $(FEAST_VENV)/.feast-$(FEAST_VERSION)-grpcio ## create .venv-feast with the pinned Feast SDK (FEAST_VERSION=0.67.0)
 
+# Debian's headless Chromium and its driver, for the console's browser tests (Selenium, from
+# requirements-dev.txt, drives them; Playwright's own browser download has no host to reach).
+BROWSER_PACKAGES := chromium chromium-driver
+
+$(VENV)/.browser: $(VENV)/.deps
+	@missing=$$(for p in $(BROWSER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+.PHONY: browser
+browser: $(VENV)/.browser ## install Debian's chromium + chromium-driver for the console's browser tests (idempotent)
+
 .PHONY: proto
 proto: $(VENV)/.deps ## generate Python gRPC code and stubs from proto/
 	@$(PY) serving/_codegen.py
@@ -126,7 +142,7 @@ test-rust: sysdeps ## cargo test of the Rust core
 	cargo test -q --all-targets
 
 .PHONY: test
-test: lint test-rust feast-venv ## lint, then every Rust and Python test
+test: lint test-rust feast-venv browser ## lint, then every Rust and Python test
 	$(PY) -m pytest -q
 
 .PHONY: bench

@@ -106,8 +106,8 @@ client-wheel: proto ## the client alone (feature-serving-client: pure Python, no
 wheels: wheel client-wheel ## both wheels into dist/
 
 .PHONY: sample
-sample: build ## generate the sample offline data (N_ENTITIES=20000)
-	$(PY) -m serving.sample --out $(SAMPLE_DIR) --entities $(N_ENTITIES)
+sample: build ## generate the sample offline data, stamped a day ago (N_ENTITIES=20000)
+	$(PY) -m serving.sample --out $(SAMPLE_DIR) --entities $(N_ENTITIES) --base-time now
 
 .PHONY: run
 run: sample ## build, load the sample into the store, serve on 127.0.0.1 and show real answers

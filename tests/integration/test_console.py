@@ -27,6 +27,7 @@ from serving.sample import generate
 from serving.sharding import shard_for_key
 from tests.harness.browser import Browser, chromium
 from tests.harness.paths import ROOT
+from tests.harness.polling import wait_until
 from tests.harness.server import Server, Servers, start_cli, stop_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -130,6 +131,19 @@ def test_page_and_headers_need_no_key_but_data_does(demo: Demo) -> None:
     assert b"console.js" in body
 
 
+def test_demo_prints_the_console_url_with_its_key(demo: Demo, browser: Browser) -> None:
+    lines = [ln for ln in demo.server.log.read_text().splitlines() if "Web console:" in ln]
+    assert lines, demo.server.log.read_text()
+    url = lines[0].split("Web console:", 1)[1].strip()
+    assert url == f"{demo.url}/ui/#key={demo.admin_key}"
+    browser.open(url)
+    browser.wait_css("#views tr[data-view]")
+    # signed in, and the key is out of the address bar
+    assert demo.admin_key not in browser.driver.current_url
+    assert "key demo (admin)" in browser.wait_css("#who").text
+    browser.assert_no_console_errors()
+
+
 def test_registry_lists_every_demo_view(demo: Demo, browser: Browser) -> None:
     registry = Registry.from_yaml(demo.config)
     browser.sign_in(demo.url, demo.admin_key)
@@ -192,7 +206,10 @@ def test_view_page_freshness_changes_after_a_push(demo: Demo, browser: Browser) 
     browser.wait_for(lambda: _newest(browser) == stamp, "the pushed event time on the view page")
     assert "PRESENT 1" in browser.wait_css("#values-served").text
     assert "older than the TTL" not in browser.wait_css("#freshness-state").text
-    browser.screenshot("view-after-push")
+    shot = browser.screenshot("view-after-push")
+    # the README's picture of the console: `FS_CONSOLE_README_SHOT=docs/console.png pytest ...`
+    if target := os.environ.get("FS_CONSOLE_README_SHOT"):
+        shutil.copy(shot, ROOT / target)
     browser.assert_no_console_errors()
 
 
@@ -234,6 +251,33 @@ def test_try_it_answers_what_the_http_api_answers(demo: Demo, browser: Browser) 
         env={**os.environ, "FEATURE_SERVING_API_KEY": demo.admin_key},
     )  # fmt: skip
     assert json.loads(out.stdout) == answer
+    browser.assert_no_console_errors()
+
+
+def test_quality_page_charts_the_sampled_history(demo: Demo, browser: Browser) -> None:
+    body = {"features": ["user_profile:f000"], "entities": {"user_id": [1, 2, 10**9]}}
+    base = demo.url + "/ui/api"
+
+    def sampled() -> bool:
+        # requests go on until a sample holds some: the sampler runs on its own timer
+        assert _post(demo.url + "/get-online-features", body, demo.admin_key)[0] == 200
+        history = json.loads(_get(base + "/history", demo.admin_key)[2])
+        return any(p["values"][0] for p in history["quality"]["user_profile"]) and any(
+            p["p99"] is not None for p in history["apis"].get("feast-http", [])
+        )
+
+    wait_until(sampled, 60, "a history sample with user_profile values and feast-http latency")
+    browser.sign_in(demo.url, demo.admin_key)
+    browser.go(demo.url, "#/quality")
+    quality = browser.wait_css('[data-chart="/ui/api/charts/quality/user_profile.svg"]')
+    statuses = {
+        str(r.get_attribute("data-status")) for r in quality.find_elements("css selector", "rect")
+    }
+    assert {"PRESENT", "NOT_FOUND"} <= statuses
+    latency = browser.wait_css('[data-chart="/ui/api/charts/latency.svg"]')
+    assert "feast-http p99" in latency.text
+    assert latency.find_elements("css selector", "polyline, circle")
+    browser.screenshot("quality")
     browser.assert_no_console_errors()
 
 

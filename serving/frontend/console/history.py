@@ -72,7 +72,8 @@ def quantile(buckets: tuple[float, ...], counts: list[float], q: float) -> float
 
 
 def _histograms(metrics: ServingMetrics) -> dict[str, tuple[float, list[float]]]:
-    """Per API label: (requests, cumulative bucket counts), summed over methods and codes."""
+    """Per API label: (requests, cumulative bucket counts as Prometheus keeps them), summed
+    over methods and codes."""
     out: dict[str, tuple[float, list[float]]] = {}
     n_buckets = len(LATENCY_BUCKETS) + 1
     for family in metrics.latency.collect():
@@ -129,7 +130,9 @@ class History:
             a_delta = {}
             for api, (count, cum) in apis.items():
                 b_count, b_cum = self._last_apis.get(api, (0.0, [0.0] * len(cum)))
-                per = [max(0.0, c - b) for c, b in zip(cum, b_cum, strict=True)]
+                grown = [max(0.0, c - b) for c, b in zip(cum, b_cum, strict=True)]
+                # Prometheus' buckets are cumulative (le=...): one count per bucket instead
+                per = [n - (grown[i - 1] if i else 0.0) for i, n in enumerate(grown)]
                 n = max(0.0, count - b_count)
                 a_delta[api] = ApiPoint(
                     requests=n,

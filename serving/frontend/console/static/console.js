@@ -140,6 +140,12 @@ function renderNav() {
 }
 
 async function start() {
+  // `make run` prints the console's URL with the demo key in the fragment (never sent to the
+  // server): keep it for this tab and take it out of the address bar and the history
+  if (location.hash.startsWith("#key=")) {
+    sessionStorage.setItem(KEY_ITEM, decodeURIComponent(location.hash.slice(5)));
+    history.replaceState(null, "", location.pathname + "#/registry");
+  }
   if (AUTH && !key()) { showLogin(); return; }
   try {
     who = await getJson("/ui/api/whoami");

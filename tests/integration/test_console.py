@@ -22,9 +22,11 @@ from typing import Any
 import pytest
 
 from serving import Registry
-from serving.loaders.kafka import encode_key
+from serving.loaders.kafka import encode_key, produce_rows
 from serving.sample import generate
 from serving.sharding import shard_for_key
+from tests.harness import scale_out_registry
+from tests.harness.broker import Broker
 from tests.harness.browser import Browser, chromium
 from tests.harness.paths import ROOT
 from tests.harness.polling import wait_until
@@ -58,12 +60,14 @@ def _create_key(keys_file: Path, name: str, *flags: str) -> str:
     return out.stdout.split()[0]
 
 
-def _start_demo(tmp: Path) -> Demo:
+def _start_demo(tmp: Path, *flags: str) -> Demo:
     config = tmp / "features.yaml"
     shutil.copy(ROOT / "features.yaml", config)
     generate(tmp / ".data" / "sample", 300)
     data = tmp / "store"
-    server = start_cli(["demo", "--config", str(config), "--data-dir", str(data)], tmp / "demo.log")
+    server = start_cli(
+        ["demo", "--config", str(config), "--data-dir", str(data), *flags], tmp / "demo.log"
+    )
     keys_file = Path(f"{data}.keys.json")
     admin_key = Path(f"{keys_file}.demo-token").read_text().strip()
     scoped = _create_key(keys_file, "scoped", "--read", "item_stats")
@@ -213,6 +217,33 @@ def test_view_page_freshness_changes_after_a_push(demo: Demo, browser: Browser) 
     browser.assert_no_console_errors()
 
 
+def test_view_page_shows_the_kafka_loaders_figures(
+    broker: Broker, tmp_path: Path, servers: Servers, browser: Browser
+) -> None:
+    config = tmp_path / "features.yaml"
+    config.write_text(scale_out_registry(broker.bootstrap))
+    broker.create_topic("users", 2)
+    view = Registry.from_yaml(config).view("users")
+    produce_rows(
+        broker.producer(), view,
+        [{"user_id": u, "event_timestamp": 1_000, "seq": 1} for u in range(40)],
+    )  # fmt: skip
+    node = servers.serve(config, "node", "--no-auth", "--max-ready-lag", "0")
+    browser.open(node.url + "/ui/#/view/users")
+    browser.wait_css("#freshness")
+
+    def shows_caught_up() -> bool:
+        browser.wait_css("#refresh").click()
+        kafka = " ".join(browser.wait_css("#kafka").text.split())
+        return "rows written 40" in kafka and "p0: 0" in kafka and "p1: 0" in kafka
+
+    browser.wait_for(shows_caught_up, "the loader's rows and lag per partition")
+    assert "Kafka (topic users)" in browser.wait_css("#freshness").text
+    assert "seconds since broker contact" in browser.wait_css("#kafka").text
+    browser.screenshot("view-kafka")
+    browser.assert_no_console_errors()
+
+
 def test_try_it_answers_what_the_http_api_answers(demo: Demo, browser: Browser) -> None:
     features = ["user_account:country", "user_account:age", "user_profile:f000"]
     users = [1, 2, 10**9]
@@ -251,6 +282,13 @@ def test_try_it_answers_what_the_http_api_answers(demo: Demo, browser: Browser) 
         env={**os.environ, "FEATURE_SERVING_API_KEY": demo.admin_key},
     )  # fmt: skip
     assert json.loads(out.stdout) == answer
+    # and the Python client snippet runs as shown
+    out = subprocess.run(
+        [sys.executable, "-c", python], capture_output=True, text=True, check=False, cwd=ROOT,
+        env={**os.environ, "FEATURE_SERVING_API_KEY": demo.admin_key},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "'user_account:country': ['BR', 'CA', '']" in out.stdout, out.stdout
     browser.assert_no_console_errors()
 
 
@@ -322,8 +360,13 @@ def test_scoped_key_sees_only_its_views_and_no_admin_panel(demo: Demo, browser: 
 def test_admin_panel_lists_keys_without_secrets_and_previews_a_reload(
     tmp_path: Path, browser: Browser
 ) -> None:
-    d = _start_demo(tmp_path)
+    d = _start_demo(tmp_path, "--prometheus-url", "http://prometheus.example:9090")
     try:
+        # with a Prometheus configured, the quality page links to it
+        browser.sign_in(d.url, d.admin_key)
+        browser.go(d.url, "#/quality")
+        link = browser.wait_css("#prometheus-link")
+        assert link.get_attribute("href") == "http://prometheus.example:9090/"
         # a key used once shows a last use (sampled every few seconds)
         assert (
             _post(

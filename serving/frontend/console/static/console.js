@@ -90,8 +90,9 @@ function fmtAge(s) {
 
 function fmtTtl(s) { return s ? fmtAge(s) + " (" + s + " s)" : "none"; }
 
-function facts(pairs) {
-  return el("dl", { class: "facts" },
+function facts(attrs, pairs) {
+  if (pairs === undefined) { pairs = attrs; attrs = {}; }
+  return el("dl", Object.assign({ class: "facts" }, attrs),
     pairs.map(([k, v, attrs]) => [el("dt", {}, k), el("dd", attrs || {}, v)]));
 }
 
@@ -290,7 +291,7 @@ function freshnessCard(f) {
   if (f.kafka) {
     const k = f.kafka;
     const lag = Object.entries(k.lag || {});
-    parts.push(el("h3", {}, "Kafka (topic " + k.topic + ")"), facts([
+    parts.push(el("h3", {}, "Kafka (topic " + k.topic + ")"), facts({ id: "kafka" }, [
       ["seconds since broker contact", k.seconds_since_broker_contact === null ||
         k.seconds_since_broker_contact === undefined ? "—" :
         k.seconds_since_broker_contact.toFixed(1)],

@@ -37,7 +37,6 @@ class Browser:
         """Opens the console at ``base`` and enters ``key`` in its key form."""
         self.open(base + "/ui/")
         self.driver.execute_script("sessionStorage.clear()")
-        self.open(base + "/ui/#/registry")
         self.driver.refresh()
         field = self.wait_css("#api-key")
         field.send_keys(key)

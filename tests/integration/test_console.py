@@ -475,3 +475,38 @@ def test_router_cluster_page_shows_a_replica_going_down(
     browser.assert_no_console_errors()
     # a router has no view freshness of its own, and a node no cluster page
     assert _get(a.url + "/ui/api/cluster")[0] == 404
+
+
+def test_router_console_with_keys_asks_the_nodes_with_the_callers_key(
+    tmp_path: Path, servers: Servers, browser: Browser
+) -> None:
+    config = tmp_path / "features.yaml"
+    config.write_text(
+        ROUTED_REGISTRY
+        + "  - {name: other, entities: [user], features: [{name: z, dtype: int64}]}\n"
+    )
+    keys = tmp_path / "keys.json"
+    admin = _create_key(keys, "ops", "--read", "*", "--admin")
+    scoped = _create_key(keys, "team", "--config", str(config), "--read", "users")
+    node = servers.serve(config, "node", "--no-ingest", "--keys-file", str(keys))
+    cmap = tmp_path / "cluster.yaml"
+    cmap.write_text(f"topic_partitions: 2\nshards:\n  0: ['127.0.0.1:{node.grpc}']\n")
+    router = servers.cli(
+        ["route", "--config", str(config), "--cluster-map", str(cmap), "--keys-file", str(keys)],
+        "router",
+    )
+    browser.sign_in(router.url, admin)
+    browser.go(router.url, "#/cluster")
+    row = browser.wait_css(f'tr[data-replica="127.0.0.1:{node.grpc}"]').text
+    # the node answered GetNodeInfo to the caller's key, forwarded by the router
+    assert "unreachable" not in row
+    assert "ready, v" in row
+    browser.screenshot("router-cluster-with-keys")
+    browser.sign_in(router.url, scoped)
+    browser.wait_css("#views tr[data-view]")
+    assert _rows(browser, "#views tr[data-view]", "data-view") == {"users"}
+    assert not browser.css("#nav-admin")
+    browser.assert_no_console_errors()
+    assert _get(router.url + "/ui/api/admin/keys", scoped)[0] == 403
+    assert _get(router.url + "/ui/api/views/other", scoped)[0] == 403
+    assert _get(router.url + "/ui/api/cluster/owner?view=other&key=1", scoped)[0] == 403

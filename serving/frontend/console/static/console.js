@@ -165,6 +165,7 @@ const PAGES = {
 
 async function route() {
   if (!who) return;
+  if (AUTH && !key()) { who = null; showLogin(); return; }
   if (refreshTimer) { clearInterval(refreshTimer); refreshTimer = null; }
   renderNav();
   const parts = location.hash.replace(/^#\//, "").split("/");

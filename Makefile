@@ -77,6 +77,22 @@ bench-push-deps: $(FEAST_VENV)/.redis-$(FEAST_VERSION) ## redis-server and Feast
 bench-push: build bench-push-deps ## push throughput over HTTP, ours (online, via Kafka) vs Feast 0.67 (SQLite, Redis) (~5 min; BENCH_ARGS=--quick)
 	$(PY) loadtest/bench_push.py $(BENCH_ARGS)
 
+# Debian's headless Chromium and its driver, for the console's browser tests (Selenium, from
+# requirements-dev.txt, drives them; Playwright's own browser download has no host to reach).
+BROWSER_PACKAGES := chromium chromium-driver
+
+$(VENV)/.browser: $(VENV)/.deps
+	@missing=$$(for p in $(BROWSER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+.PHONY: browser
+browser: $(VENV)/.browser ## install Debian's chromium + chromium-driver for the console's browser tests (idempotent)
+
 .PHONY: proto
 proto: $(VENV)/.deps ## generate Python gRPC code and stubs from proto/
 	@$(PY) serving/_codegen.py
@@ -106,8 +122,8 @@ client-wheel: proto ## the client alone (feature-serving-client: pure Python, no
 wheels: wheel client-wheel ## both wheels into dist/
 
 .PHONY: sample
-sample: build ## generate the sample offline data (N_ENTITIES=20000)
-	$(PY) -m serving.sample --out $(SAMPLE_DIR) --entities $(N_ENTITIES)
+sample: build ## generate the sample offline data, stamped a day ago (N_ENTITIES=20000)
+	$(PY) -m serving.sample --out $(SAMPLE_DIR) --entities $(N_ENTITIES) --base-time now
 
 .PHONY: run
 run: sample ## build, load the sample into the store, serve on 127.0.0.1 and show real answers
@@ -142,7 +158,7 @@ test-rust: sysdeps ## cargo test of the Rust core
 	cargo test -q --all-targets
 
 .PHONY: test
-test: lint test-rust feast-venv ## lint, then every Rust and Python test
+test: lint test-rust feast-venv browser ## lint, then every Rust and Python test
 	$(PY) -m pytest -q
 
 .PHONY: bench

@@ -156,6 +156,10 @@ with FeatureClient("{host}:{grpc_port}"{key_arg}) as client:
         m = await client.get_dense({"user_id": [1, 2, 3]}, feature_service="user_profile_all")
     print("answer:")
     print(textwrap.indent(f"{m.values.shape} {m.values[:, :3].tolist()}", "  "))
+    # the key rides in the URL's fragment, which the browser never sends: the page moves it to
+    # the tab's session storage and drops it from the address bar
+    fragment = f"#key={demo_key}" if demo_key else ""
+    print(f"\nWeb console: http://{host}:{http}/ui/{fragment}")
     print(f"\nServing on {host}: HTTP {http}, gRPC {grpc_port}. Ctrl-C stops.", flush=True)
 
 

@@ -130,6 +130,8 @@ class ServeSettings:
     #: route (and `route` routes by); on a sharded node its shard count and topic partitions must
     #: match the node's
     cluster_map: str = ""
+    #: the web console links its charts to this Prometheus (its base URL) when set
+    prometheus_url: str = ""
 
     def shard(self) -> Shard | None:
         """The node's shard, or None when not sharded; validates the three settings."""
@@ -280,6 +282,10 @@ def add_frontend_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC and HTTP over TLS")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates (mutual TLS)")
+    p.add_argument(
+        "--prometheus-url",
+        help="base URL of a Prometheus scraping this process: the console (/ui) links to it",
+    )
     p.add_argument(
         "--max-loop-lag-ms",
         type=float,

@@ -50,7 +50,6 @@ N_USER_ITEM = 5000
 EMBEDDING_DIM = 8
 COUNTRIES = ("US", "DE", "FR", "GB", "JP", "BR", "IN", "CA", "ES", "IT", "NL", "SE")
 
-_BASE_US = int(BASE_TIME.timestamp()) * 1_000_000
 _TS = pa.timestamp("us", tz="UTC")
 _U64 = npt.NDArray[np.uint64]
 _I64 = npt.NDArray[np.int64]
@@ -125,6 +124,8 @@ class SampleInfo:
     rows: Mapping[str, int]
     #: event time stamped on every item_stats row
     item_stats_time: datetime = field(default=BASE_TIME)
+    #: event time of every user_profile row (user_account's spread over the day after it)
+    base_time: datetime = field(default=BASE_TIME)
 
     @property
     def user_profile_path(self) -> str:
@@ -177,17 +178,17 @@ def _timestamps(micros: _I64, mask: npt.NDArray[np.bool_] | None = None) -> pa.A
 # tables
 
 
-def _user_profile_batch(ids: _I64) -> pa.RecordBatch:
+def _user_profile_batch(ids: _I64, base_us: int) -> pa.RecordBatch:
     base = (ids * 31) % 1000
     columns: list[pa.Array] = [
         pa.array(ids, type=pa.int64()),
-        _timestamps(np.full(len(ids), _BASE_US, dtype=np.int64)),
+        _timestamps(np.full(len(ids), base_us, dtype=np.int64)),
     ]
     columns.extend(pa.array(_PROFILE_LUT[base + off]) for off in _PROFILE_OFFSETS)
     return pa.RecordBatch.from_arrays(columns, schema=user_profile_schema())
 
 
-def _user_account_batch(ids: _I64) -> pa.RecordBatch:
+def _user_account_batch(ids: _I64, base_us: int) -> pa.RecordBatch:
     n = len(ids)
     country = np.array(COUNTRIES)[(_hash(ids, 1) % np.uint64(len(COUNTRIES))).astype(np.intp)]
     age = (18 + _hash(ids, 2) % np.uint64(63)).astype(np.int32)
@@ -199,7 +200,7 @@ def _user_account_batch(ids: _I64) -> pa.RecordBatch:
     digest = np.stack([_hash(ids, 70 + k) for k in range(4)], axis=1)  # 4 x 8 = 32 bytes
     emb = np.stack([_unit(_hash(ids, 80 + k)) for k in range(EMBEDDING_DIM)], axis=1)
     emb = (emb * 2.0 - 1.0).astype(np.float32)
-    event_us = _BASE_US + (ids % 86400) * 1_000_000
+    event_us = base_us + (ids % 86400) * 1_000_000
 
     avatar_nulls = _nulls(ids, 17)
     avatar = pa.Array.from_buffers(
@@ -233,9 +234,10 @@ def _user_account_batch(ids: _I64) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=user_account_schema())
 
 
-def user_account_values(user_id: int) -> dict[str, object]:
+def user_account_values(user_id: int, base_time: datetime = BASE_TIME) -> dict[str, object]:
     """The user_account row of ``user_id`` as Python values (None for nulls), for tests."""
-    row = _user_account_batch(np.array([user_id], dtype=np.int64)).to_pylist()[0]
+    base_us = int(base_time.timestamp()) * 1_000_000
+    row = _user_account_batch(np.array([user_id], dtype=np.int64), base_us).to_pylist()[0]
     return dict(row)
 
 
@@ -253,16 +255,16 @@ def _item_stats_table(at: datetime) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=item_stats_schema())
 
 
-def _user_item_table(n_entities: int, rng: np.random.Generator) -> pa.Table:
+def _user_item_table(n_entities: int, rng: np.random.Generator, base_us: int) -> pa.Table:
     n = min(N_USER_ITEM, n_entities * N_ITEMS)
     # Distinct pairs, so the file holds one row per composite key as a real export would.
     pairs = np.sort(rng.choice(n_entities * N_ITEMS, size=n, replace=False)).astype(np.int64)
     users, items = pairs // N_ITEMS, pairs % N_ITEMS
-    clicks = _BASE_US - (_hash(pairs, 32) % np.uint64(30 * 86400)).astype(np.int64) * 1_000_000
+    clicks = base_us - (_hash(pairs, 32) % np.uint64(30 * 86400)).astype(np.int64) * 1_000_000
     columns = [
         pa.array(users, type=pa.int64()),
         pa.array([f"item-{i:04d}" for i in items.tolist()], type=pa.string()),
-        _timestamps(np.full(n, _BASE_US, dtype=np.int64)),
+        _timestamps(np.full(n, base_us, dtype=np.int64)),
         pa.array(_unit(_hash(pairs, 31)).astype(np.float32)),
         _timestamps(clicks, _nulls(pairs, 33)),
     ]
@@ -314,11 +316,14 @@ def generate(
     seed: int = 0,
     *,
     item_stats_time: datetime | None = None,
+    base_time: datetime = BASE_TIME,
 ) -> SampleInfo:
     """Write the sample tables and ``ids.txt`` into ``out_dir`` (created if missing).
 
     ``item_stats_time`` stamps the item_stats rows; it defaults to now (whole seconds) because
     that view has a 7-day TTL, so a fixed date would make the demo serve only expired values.
+    ``base_time`` stamps the other views (default :data:`BASE_TIME`, which the tests compute
+    with; the demo passes :func:`fresh_base_time`).
     """
     if n_entities < 1:
         raise ValueError(f"n_entities must be at least 1, got {n_entities}")
@@ -327,6 +332,7 @@ def generate(
     if item_stats_time is None:
         item_stats_time = datetime.fromtimestamp(int(time.time()), tz=UTC)
     rng = np.random.default_rng(seed)
+    base_us = int(base_time.timestamp()) * 1_000_000
 
     paths = {
         view: os.path.join(out, f"{view}.parquet")
@@ -336,18 +342,18 @@ def generate(
         "user_profile": lambda: _write(
             paths["user_profile"],
             user_profile_schema(),
-            (_user_profile_batch(ids) for ids in _chunks(n_entities)),
+            (_user_profile_batch(ids, base_us) for ids in _chunks(n_entities)),
         ),
         "user_account": lambda: _write(
             paths["user_account"],
             user_account_schema(),
-            (_user_account_batch(ids) for ids in _chunks(n_entities)),
+            (_user_account_batch(ids, base_us) for ids in _chunks(n_entities)),
         ),
         "item_stats": lambda: _write(
             paths["item_stats"], item_stats_schema(), _item_stats_table(item_stats_time)
         ),
         "user_item": lambda: _write(
-            paths["user_item"], user_item_schema(), _user_item_table(n_entities, rng)
+            paths["user_item"], user_item_schema(), _user_item_table(n_entities, rng, base_us)
         ),
     }
     rows = {view: make() for view, make in makers.items()}
@@ -362,7 +368,27 @@ def generate(
         paths=MappingProxyType(paths),
         rows=MappingProxyType(rows),
         item_stats_time=item_stats_time,
+        base_time=base_time,
     )
+
+
+def fresh_base_time(now: float | None = None) -> datetime:
+    """A base time for a demo started now: one day ago (whole seconds), so that user_account's
+    rows, spread over the day after the base, end now; nothing is older than a day, within
+    the default FeatureViewDataStale threshold (48 h, docs/ops/alerts.yml), and none is in
+    the future."""
+    t = int(time.time() if now is None else now) - 86400
+    return datetime.fromtimestamp(t, tz=UTC)
+
+
+def _parse_base_time(text: str) -> datetime:
+    if text == "now":
+        return fresh_base_time()
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--base-time: expected 'now' or an ISO 8601 time, got {text!r}") from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -375,11 +401,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--entities", type=int, default=20000, help="number of users N (ids 0 .. N-1)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the id shuffle and pairs")
+    parser.add_argument(
+        "--base-time",
+        default=BASE_TIME.isoformat(),
+        help="event time of the rows: an ISO 8601 time (default 2024-01-01T00:00:00+00:00, "
+        "which the tests compute with) or 'now' (a day ago, so a fresh demo reads nothing "
+        "as stale; `make sample` passes it)",
+    )
     args = parser.parse_args(argv)
     if args.entities < 1:
         parser.error(f"--entities must be at least 1, got {args.entities}")
+    try:
+        base_time = _parse_base_time(args.base_time)
+    except ValueError as e:
+        parser.error(str(e))
     started = time.perf_counter()
-    info = generate(args.out, args.entities, args.seed)
+    info = generate(args.out, args.entities, args.seed, base_time=base_time)
     elapsed = time.perf_counter() - started
     summary = ", ".join(f"{view} {n} rows" for view, n in info.rows.items())
     print(f"wrote {info.out_dir} in {elapsed:.1f} s: {summary}, ids.txt {info.n_entities} ids")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -217,3 +220,27 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         sample.main(["--out", str(out), "--entities", "0"])
     assert exit_info.value.code == 2
+
+
+def test_base_time_now_stamps_the_demo_fresh(tmp_path: Path) -> None:
+    """`make sample` passes --base-time now: nothing a fresh demo serves is older than a day
+    (FeatureViewDataStale's default threshold is 48 h) and nothing lies in the future."""
+    before = time.time()
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.sample", "--out", str(tmp_path), "--entities", "30",
+         "--base-time", "now"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for view in ("user_profile", "user_account", "user_item"):
+        ts = pq.read_table(tmp_path / f"{view}.parquet").column("event_timestamp")
+        newest = max(t.timestamp() for t in ts.to_pylist())
+        oldest = min(t.timestamp() for t in ts.to_pylist())
+        assert oldest >= before - 86400 - 1, view
+        assert newest <= time.time(), view
+    bad = subprocess.run(
+        [sys.executable, "-m", "serving.sample", "--out", str(tmp_path), "--base-time", "soon"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "error: --base-time:" in bad.stderr

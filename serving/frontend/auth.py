@@ -192,6 +192,11 @@ class Authenticator:
         self._loaded = False
         self._next_check = 0.0
         self.failures = 0
+        #: key ids that authenticated since the last :meth:`note_uses`: one set add per
+        #: request; the console's sampler turns them into times every few seconds
+        self._used: set[str] = set()
+        #: key id -> Unix time of its last use seen by this process (to within a sample)
+        self.last_used: dict[str, float] = {}
         self._reload()
 
     def _reload(self) -> None:
@@ -245,6 +250,7 @@ class Authenticator:
             if cached.key.expired():
                 self._verified.pop(token, None)
                 raise self._fail("API key expired")
+            self._used.add(cached.key.key_id)
             return cached
         parts = token.split("_")
         rec = (
@@ -264,7 +270,16 @@ class Authenticator:
         self._core.set_scope(scope_id, None if read_all else list(rec.read), list(rec.read))
         principal = Principal(rec, scope_id, read_all)
         self._verified[token] = principal
+        self._used.add(rec.key_id)
         return principal
+
+    def note_uses(self, now: float | None = None) -> None:
+        """Stamps the keys used since the last call with ``now`` (off the request path)."""
+        if self._used:
+            at = time.time() if now is None else now
+            used, self._used = self._used, set()
+            for key_id in used:
+                self.last_used[key_id] = at
 
     def _fail(self, message: str) -> UnauthenticatedError:
         self.failures += 1

@@ -46,6 +46,8 @@ from serving.errors import (
 )
 from serving.frontend.auth import Authenticator, Principal
 from serving.frontend.endpoints import (
+    CONSOLE_OPEN_PATHS,
+    CONSOLE_STATIC_PREFIX,
     ENDPOINTS,
     FEAST_GRPC_SERVER,
     FEAST_SERVICE,
@@ -503,8 +505,12 @@ class Frontend(ABC):
     async def _http_auth(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if self.auth is not None and not (
-            self.settings.open_health and request.path in OPEN_HTTP_PATHS
+        path = request.path
+        if (
+            self.auth is not None
+            and not (self.settings.open_health and path in OPEN_HTTP_PATHS)
+            and path not in CONSOLE_OPEN_PATHS
+            and not path.startswith(CONSOLE_STATIC_PREFIX)
         ):
             request["principal"] = self.auth.authenticate(request.headers.get("Authorization"))
         return await handler(request)

@@ -24,6 +24,11 @@ JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
 #: HTTP paths answered without a key when `open_health` is set
 OPEN_HTTP_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+#: the web console (serving/frontend/console/): its page and static files hold no data and are
+#: answered without a key (the page asks for one); ``/ui/api/...`` needs a key like any route
+CONSOLE_PATH = "/ui"
+CONSOLE_STATIC_PREFIX = "/ui/static/"
+CONSOLE_OPEN_PATHS = frozenset({"/", CONSOLE_PATH, CONSOLE_PATH + "/"})
 #: gRPC methods answered without a key when `open_health` is set
 OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 

@@ -26,6 +26,7 @@ from serving.config import ServeSettings, default_keys_file
 from serving.errors import InvalidArgumentError, UnauthenticatedError
 from serving.frontend.admission import Admission
 from serving.frontend.auth import Authenticator, KeyFile
+from serving.frontend.console import Console, NodeFacts
 from serving.frontend.endpoints import V1_SERVICE, Endpoint
 from serving.frontend.feast_write import FeastWrites
 from serving.frontend.grpc_auth import principal
@@ -98,6 +99,7 @@ class FeatureServer(FeastWrites):
 
     def _extra_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/node", self._http_node)
+        Console(self, NodeFacts(self._core.serving_stats, self._loader_stats)).install(app)
         self._admin_routes(app)
         self._feast_write_routes(app)
 

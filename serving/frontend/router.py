@@ -51,6 +51,8 @@ from serving.errors import (
 )
 from serving.frontend.admission import LoopLagGuard
 from serving.frontend.auth import Authenticator, KeyFile
+from serving.frontend.console import Console, RouterFacts
+from serving.frontend.console.routes import replica_node_info
 from serving.frontend.endpoints import JSON, Endpoint
 from serving.frontend.grpc_auth import principal
 from serving.frontend.router_writes import RouterWrites
@@ -340,6 +342,12 @@ class FeatureRouter(RouterWrites):
         app.router.add_get("/v1/cluster", self._http_cluster)
         app.router.add_post("/admin/reload", self._admin_reload)
         self._router_write_routes(app)
+        facts = RouterFacts(
+            lambda: self.cluster,
+            lambda: self.replica_ready,
+            lambda endpoint, auth: replica_node_info(self.channels, endpoint, auth),
+        )
+        Console(self, facts).install(app)
 
     def _http_serving(self, endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Response]]:
         api = endpoint.api

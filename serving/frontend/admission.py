@@ -9,12 +9,13 @@ the Rust call runs on the loop (GIL released inside), guarded by :class:`LoopLag
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from serving import _rust_core
 from serving.config import ServeSettings
-from serving.errors import DeadlineExceededError, ResourceExhaustedError
+from serving.errors import DeadlineExceededError, ResourceExhaustedError, TransformError
+from serving.ondemand import OnDemandRunner
 
 
 class LoopLagGuard:
@@ -220,8 +221,22 @@ class Admission:
     batcher of ``--batch-window-us`` (None: inline).
     """
 
-    def __init__(self, core: _rust_core.Store, settings: ServeSettings) -> None:
+    def __init__(
+        self,
+        core: _rust_core.Store,
+        settings: ServeSettings,
+        on_demand: Callable[[], OnDemandRunner] | None = None,
+    ) -> None:
         self._serve = core.serve
+        #: the runner of the current registry's on-demand views (None: requests naming one
+        #: are refused)
+        self._on_demand = on_demand
+        self._transform_timeout = settings.transform_timeout_ms / 1000
+        # Transforms run off the loop: a pandas transform of W2's size takes ~1 ms, a buggy
+        # one forever, and neither may hold up the other requests the loop is serving.
+        # Two threads: one transform can run while another waits on the GIL's release in
+        # pyarrow / numpy kernels; a wedged transform takes one, not all.
+        self._transforms = ThreadPoolExecutor(2, thread_name_prefix="transform")
         self.batcher: RequestBatcher | None = None
         if settings.batch_window_us > 0:
             self.batcher = RequestBatcher(
@@ -245,12 +260,42 @@ class Admission:
         if batcher is not None:
             if guard is not None:
                 guard.check_hard()
-            return batcher.serve(api, body, scope, timeout)
+            return self._completed(batcher.serve(api, body, scope, timeout), timeout)
         if timeout is not None and timeout <= 0:
             raise DeadlineExceededError("the deadline expired before the request started")
         if guard is not None and guard.behind():
-            return guard.serve_overflow(api, body, scope, timeout)
-        return self._serve(api, body, scope)
+            return self._completed(guard.serve_overflow(api, body, scope, timeout), timeout)
+        out = self._serve(api, body, scope)
+        if out.__class__ is bytes:
+            return out  # type: ignore[return-value]
+        return self._transform(out, timeout)  # type: ignore[arg-type]
+
+    async def _completed(
+        self, answer: Awaitable[bytes | _rust_core.PendingAnswer], timeout: float | None
+    ) -> bytes:
+        out = await answer
+        if isinstance(out, bytes):
+            return out
+        return await self._transform(out, timeout)
+
+    async def _transform(self, pending: _rust_core.PendingAnswer, timeout: float | None) -> bytes:
+        """Runs the request's on-demand transforms on a worker thread, then encodes."""
+        if self._on_demand is None:
+            raise TransformError("this server does not run on-demand transforms")
+        runner = self._on_demand()
+        limit = self._transform_timeout
+        if timeout is not None:
+            limit = min(limit, timeout)
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._transforms, runner.complete, pending)
+        try:
+            return await asyncio.wait_for(work, limit if limit > 0 else None)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"the on-demand transforms of {', '.join(pending.views)} took longer than "
+                f"{limit * 1000:.0f} ms (the server's --transform-timeout-ms, or the request's "
+                "deadline)"
+            ) from None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.guard is not None:
@@ -261,3 +306,4 @@ class Admission:
             self.guard.stop()
         if self.batcher is not None:
             self.batcher.close()
+        self._transforms.shutdown(wait=False, cancel_futures=True)

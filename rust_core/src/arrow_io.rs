@@ -461,9 +461,10 @@ pub fn on_demand_rows(view: &ViewDef, batch: &StructArray, n: usize) -> Result<V
         let want = arrow_type(spec.dtype, spec.dim);
         expect_type(col, name, &want).map_err(|_| {
             what(format!(
-                "column '{name}' has type {} but the registry declares {} ({want})",
-                col.data_type(),
-                spec.dtype.name()
+                "column '{name}' has type {} but the registry declares {} (Arrow {})",
+                col.data_type().to_string().to_lowercase(),
+                spec.dtype.name(),
+                want.to_string().to_lowercase()
             ))
         })?;
         if spec.dtype == DType::Float32Array {

@@ -143,6 +143,8 @@ class FeatureView:
     description: str = ""
     #: the Feast push source name that `POST /push` writes this view through (None: none)
     push_source: str | None = None
+    #: the write-time on-demand view whose outputs this view stores (None: an ordinary view)
+    derived_by: str | None = None
     _by_name: Mapping[str, Feature] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -709,6 +711,7 @@ class _Parser:
                         features=o.features,
                         ttl_seconds=src.ttl_seconds,
                         description=o.description,
+                        derived_by=o.name,
                     )
 
         services: dict[str, FeatureService] = {}

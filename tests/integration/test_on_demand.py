@@ -300,6 +300,28 @@ def test_grpc_dense_of_a_transform_over_stored_features_only(env: dict[str, Any]
     assert np.isnan(m.values[2]).all()
 
 
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_python_client_sends_request_data(env: dict[str, Any], transport: str) -> None:
+    target = f"127.0.0.1:{env['node'].grpc}" if transport == "grpc" else env["node"].url
+    with FeatureClient(target, transport=transport, timeout=10) as client:
+        cols = client.get_features(
+            {"user_id": REQ_USERS, "item_id": REQ_ITEMS},
+            ["fit:score", "fit:tag"],
+            request_data={"budget": np.array(BUDGET), "boost": BOOST},
+        )
+        dense = client.get_dense(
+            {"user_id": REQ_USERS, "item_id": REQ_ITEMS},
+            ["fit:score"],
+            request_data={"budget": BUDGET, "boost": np.array(BOOST)},
+        )
+    want = expected_fit()
+    tags = [t if st == 1 else None for t, st in zip(cols.columns["fit:tag"], cols.statuses[:, 1],
+                                                      strict=True)]  # fmt: skip
+    assert tags == want["tag"]
+    score = [None if np.isnan(x) else float(x) for x in dense.values[:, 0]]
+    assert score == want["score"]
+
+
 def test_feature_service_with_on_demand_and_write_time_outputs(env: dict[str, Any]) -> None:
     entities = {"user_id": REQ_USERS, "item_id": REQ_ITEMS, "budget": BUDGET, "boost": BOOST}
     status, body = env["node"].post(

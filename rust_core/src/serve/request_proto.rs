@@ -181,14 +181,53 @@ pub(super) fn parse_v1(body: &[u8]) -> Result<Request> {
         Ok(v1::Layout::Dense) => true,
         Err(_) => return Err(invalid!("unknown layout {}", req.layout)),
     };
-    let columns = v1_entities(req.entities)?;
+    let mut entities = Entities::new(v1_entities(req.entities)?);
+    for (name, col) in req.request_data {
+        if entities.columns.iter().any(|(n, _)| *n == name) {
+            return Err(invalid!("'{name}' is given both in entities and in request_data"));
+        }
+        entities.values.push((name.clone(), v1_request_values(&name, col)?));
+    }
     Ok(Request {
         v1: V1Opts {
             include_statuses: req.include_statuses,
             include_event_timestamps: req.include_event_timestamps,
             dense,
         },
-        ..Request::new(sel, Entities::new(columns))
+        ..Request::new(sel, entities)
+    })
+}
+
+/// A v1 `request_data` column.
+fn v1_request_values(name: &str, col: v1::RequestColumn) -> Result<ValueColumn> {
+    use v1::request_column::Values;
+    let values = match col.values {
+        Some(Values::DoubleValues(c)) => c.values.into_iter().map(Scalar::Float).collect(),
+        Some(Values::FloatValues(c)) => c
+            .values
+            .into_iter()
+            .map(|x| Scalar::Float(f64::from(x)))
+            .collect(),
+        Some(Values::Int64Values(c)) => c.values.into_iter().map(Scalar::Int).collect(),
+        Some(Values::Int32Values(c)) => c
+            .values
+            .into_iter()
+            .map(|x| Scalar::Int(i64::from(x)))
+            .collect(),
+        Some(Values::StringValues(c)) => c.values.into_iter().map(Scalar::Str).collect(),
+        Some(Values::BoolValues(c)) => c.values.into_iter().map(Scalar::Bool).collect(),
+        None => {
+            return Err(invalid!(
+                "request_data['{name}'] has no values: set one of double_values, \
+                 int64_values, string_values, bool_values, float_values, int32_values"
+            ))
+        }
+    };
+    Ok(ValueColumn {
+        values,
+        not_a_key: format!(
+            "request_data['{name}'] is not a request field of any on-demand feature view"
+        ),
     })
 }
 

@@ -746,6 +746,7 @@ pub(crate) fn v1_req(
         include_statuses: true,
         include_event_timestamps: true,
         layout: layout as i32,
+        request_data: BTreeMap::new(),
     }
 }
 

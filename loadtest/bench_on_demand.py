@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-TRANSFORMS = '''
+TRANSFORMS = """
 import pyarrow as pa, pyarrow.compute as pc
 
 def ten(b):
@@ -47,9 +47,10 @@ def ten_pandas(df):
     import pandas as pd
     out = pd.DataFrame(index=df.index)
     for j in range(10):
-        out[f"o{j}"] = (df[f"f{2*j:03d}"] * df["a"] + df[f"f{2*j+1:03d}"] * df["b"]).astype("float32")
+        x = df[f"f{2*j:03d}"] * df["a"] + df[f"f{2*j+1:03d}"] * df["b"]
+        out[f"o{j}"] = x.astype("float32")
     return out
-'''
+"""
 
 REGISTRY = """
 project: bench_odfv
@@ -138,10 +139,12 @@ def main() -> int:
                 t.append(time.perf_counter_ns() - t0)
             samples[name].append(statistics.median(t) / 1000)
     base = statistics.median(samples["w2"])
-    print(f"in-process, 100 entities x 200 float32 + on-demand view (10 outputs from 20 stored "
-          f"features and 2 request fields), Feast JSON; {args.rounds} rounds x {args.iters} "
-          f"calls, medians (us); load average {open('/proc/loadavg').read().split()[0]}")
-    print(f"| row | p50 us | added to w2 |\n|---|---:|---:|")
+    print(
+        f"in-process, 100 entities x 200 float32 + on-demand view (10 outputs from 20 stored "
+        f"features and 2 request fields), Feast JSON; {args.rounds} rounds x {args.iters} "
+        f"calls, medians (us); load average {Path('/proc/loadavg').read_text().split()[0]}"
+    )
+    print("| row | p50 us | added to w2 |\n|---|---:|---:|")
     for name in rows:
         med = statistics.median(samples[name])
         added = "" if name in ("w2", "transform only") else f"{med - base:+.0f}"

@@ -20,9 +20,9 @@ pandas); an output null is answered ``NULL_VALUE``, any other output ``PRESENT``
 from __future__ import annotations
 
 import time
-from functools import partial
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np

@@ -354,7 +354,9 @@ class Registry:
                 {
                     "name": o.name,
                     "sources": [{"view": r.view, "feature": r.feature} for r in o.sources],
-                    "request_fields": [{"name": f.name, "dtype": f.dtype} for f in o.request_fields],
+                    "request_fields": [
+                        {"name": f.name, "dtype": f.dtype} for f in o.request_fields
+                    ],
                     "features": [
                         {"name": f.name, "dtype": f.dtype, "dim": f.dim} for f in o.features
                     ],

@@ -55,7 +55,8 @@ def test_a_good_entry_loads(tmp_path: Path) -> None:
     o = r.on_demand_views["odfv"]
     assert [str(s) for s in o.sources] == ["users:u0", "items:i0"]
     assert [(f.name, f.dtype) for f in o.request_fields] == [("lat", "float64")]
-    assert o.mode == "pyarrow" and not o.write_to_online_store
+    assert o.mode == "pyarrow"
+    assert not o.write_to_online_store
     assert "odfv" not in r.feature_views  # request-time views are not stored
     assert r.resolve_refs(["odfv:*"])[0].view == "odfv"
 
@@ -63,37 +64,57 @@ def test_a_good_entry_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("entry", "words"),
     [
-        ("    sources: [users:u0]\n    features: [{name: o, dtype: float32}]\n"
-         "    transform: no_such_module_xyz:f\n",
-         ["features.yaml:16", "cannot import module 'no_such_module_xyz'"]),
-        ("    sources: [users:u0]\n    features: [{name: o, dtype: float32}]\n"
-         "    transform: MOD:g\n",
-         ["features.yaml:16", "has no 'g'"]),
-        ("    sources: [users:u9]\n    features: [{name: o, dtype: float32}]\n"
-         "    transform: MOD:f\n",
-         ["features.yaml:14", "feature 'u9' not found in view 'users'"]),
-        ("    sources: [users:u0]\n    features: [{name: o, dtype: float16}]\n"
-         "    transform: MOD:f\n",
-         ["features.yaml:15", "unknown type 'float16'"]),
-        ("    sources: [users:u0]\n    features: [{name: o, dtype: float32}]\n"
-         "    transform: MOD:f\n    mode: polars\n",
-         ["features.yaml:17", "unknown mode 'polars'"]),
-        ("    sources: [users:u0]\n    features: [{name: o, dtype: float32}]\n"
-         "    transform: MOD\n",
-         ["features.yaml:16", "not of the form 'module:function'"]),
-        ("    sources: [users:u0, items:i0]\n    features: [{name: o, dtype: float32}]\n"
-         "    transform: MOD:f\n    write_to_online_store: true\n",
-         ["features.yaml:14", "derives from one feature view", "items, users"]),
-        ("    sources: [users:u0]\n    features: [{name: o, dtype: float32}]\n"
-         "    request_source: {schema: [{name: x, dtype: float64}]}\n"
-         "    transform: MOD:f\n    write_to_online_store: true\n",
-         ["features.yaml:16", "request_source is only for request-time views"]),
-        ("    sources: [users:u0]\n    features: [{name: o, dtype: float32}]\n"
-         "    request_source: {schema: [{name: x, dtype: bytes}]}\n    transform: MOD:f\n",
-         ["features.yaml:16", "unknown type 'bytes'"]),
-        ("    sources: [users:u0]\n    features: [{name: o, dtype: float32}]\n"
-         "    request_source: {schema: [{name: user_id, dtype: int64}]}\n    transform: MOD:f\n",
-         ["features.yaml:16", "'user_id' is a join key of source view 'users'"]),
+        (
+            "    sources: [users:u0]\n    features: [{name: o, dtype: float32}]\n"
+            "    transform: no_such_module_xyz:f\n",
+            ["features.yaml:16", "cannot import module 'no_such_module_xyz'"],
+        ),
+        (
+            "    sources: [users:u0]\n    features: [{name: o, dtype: float32}]\n"
+            "    transform: MOD:g\n",
+            ["features.yaml:16", "has no 'g'"],
+        ),
+        (
+            "    sources: [users:u9]\n    features: [{name: o, dtype: float32}]\n"
+            "    transform: MOD:f\n",
+            ["features.yaml:14", "feature 'u9' not found in view 'users'"],
+        ),
+        (
+            "    sources: [users:u0]\n    features: [{name: o, dtype: float16}]\n"
+            "    transform: MOD:f\n",
+            ["features.yaml:15", "unknown type 'float16'"],
+        ),
+        (
+            "    sources: [users:u0]\n    features: [{name: o, dtype: float32}]\n"
+            "    transform: MOD:f\n    mode: polars\n",
+            ["features.yaml:17", "unknown mode 'polars'"],
+        ),
+        (
+            "    sources: [users:u0]\n    features: [{name: o, dtype: float32}]\n"
+            "    transform: MOD\n",
+            ["features.yaml:16", "not of the form 'module:function'"],
+        ),
+        (
+            "    sources: [users:u0, items:i0]\n    features: [{name: o, dtype: float32}]\n"
+            "    transform: MOD:f\n    write_to_online_store: true\n",
+            ["features.yaml:14", "derives from one feature view", "items, users"],
+        ),
+        (
+            "    sources: [users:u0]\n    features: [{name: o, dtype: float32}]\n"
+            "    request_source: {schema: [{name: x, dtype: float64}]}\n"
+            "    transform: MOD:f\n    write_to_online_store: true\n",
+            ["features.yaml:16", "request_source is only for request-time views"],
+        ),
+        (
+            "    sources: [users:u0]\n    features: [{name: o, dtype: float32}]\n"
+            "    request_source: {schema: [{name: x, dtype: bytes}]}\n    transform: MOD:f\n",
+            ["features.yaml:16", "unknown type 'bytes'"],
+        ),
+        (
+            "    sources: [users:u0]\n    features: [{name: o, dtype: float32}]\n"
+            "    request_source: {schema: [{name: user_id, dtype: int64}]}\n    transform: MOD:f\n",
+            ["features.yaml:16", "'user_id' is a join key of source view 'users'"],
+        ),
     ],
 )
 def test_bad_entries_name_file_line_and_field(tmp_path: Path, entry: str, words: list[str]) -> None:
@@ -149,11 +170,13 @@ def test_static_artifacts_failure_names_the_view(tmp_path: Path) -> None:
         tmp_path,
         "    sources: [users:u0]\n    features: [{name: o, dtype: float32}]\n"
         "    transform: MOD:f\n    static_artifacts: MOD:art\n",
-        module="def f(b, a):\n    return b\n\ndef art():\n    raise OSError('stats.json missing')\n",
+        module="def f(b, a):\n    return b\n\n"
+        "def art():\n    raise OSError('stats.json missing')\n",
     )
     with pytest.raises(TransformError) as info:
         OnDemandRunner(r)
-    assert "odfv" in str(info.value) and "stats.json missing" in str(info.value)
+    assert "odfv" in str(info.value)
+    assert "stats.json missing" in str(info.value)
 
 
 def test_runner_checks_outputs_in_both_modes(tmp_path: Path) -> None:
@@ -168,4 +191,5 @@ def test_runner_checks_outputs_in_both_modes(tmp_path: Path) -> None:
     with pytest.raises(TransformError) as info:
         runner.compute("odfv", batch)
     assert "is str" in str(info.value)
-    assert runner.stats["odfv"].errors == 1 and runner.stats["odfv"].runs == 1
+    assert runner.stats["odfv"].errors == 1
+    assert runner.stats["odfv"].runs == 1

@@ -436,7 +436,7 @@ const NAN_BYTES: [u8; 4] = f32::NAN.to_le_bytes();
 
 /// The rows of a request-time on-demand view made from its transform's output for `n`
 /// entities: one column per output feature, of the feature's Arrow type (checked, naming the
-/// column), `n` rows. A null output is stored absent, so it is answered NULL_VALUE; the rows
+/// column), `n` rows. A null output is stored absent, so it is answered `NULL_VALUE`; the rows
 /// have no event time (0, as Feast answers on-demand features).
 pub fn on_demand_rows(view: &ViewDef, batch: &StructArray, n: usize) -> Result<Vec<RowState>> {
     let what = |msg: String| {
@@ -472,8 +472,7 @@ pub fn on_demand_rows(view: &ViewDef, batch: &StructArray, n: usize) -> Result<V
         }
         write_column(&mut w, *slot, spec.dtype, spec.dim, col.as_ref());
     }
-    Ok(w
-        .finish()
+    Ok(w.finish()
         .into_iter()
         .map(|r| ReadRow::live(RowBytes::from(r)).map_or(RowState::NotFound, RowState::Live))
         .collect())
@@ -502,9 +501,11 @@ pub fn request_column(ents: &Entities, name: &str, dtype: DType, view: &str) -> 
             (DType::Int32, Some(v), _) => {
                 let mut out = Vec::with_capacity(v.len());
                 for (i, x) in v.into_iter().enumerate() {
-                    out.push(i32::try_from(x).map_err(|_| {
-                        bad(i, format!("the integer {x}, out of range for int32"))
-                    })?);
+                    out.push(
+                        i32::try_from(x).map_err(|_| {
+                            bad(i, format!("the integer {x}, out of range for int32"))
+                        })?,
+                    );
                 }
                 Ok(Arc::new(arrow::array::Int32Array::from(out)))
             }
@@ -584,7 +585,10 @@ pub fn entities_of_rows(
     let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     for (k, r) in keys.iter().zip(rows) {
         let vals = decode_key(k.get(4..).unwrap_or_default(), &types).ok_or_else(|| {
-            CoreError::Storage(format!("view '{}': an entity key does not decode", view.name))
+            CoreError::Storage(format!(
+                "view '{}': an entity key does not decode",
+                view.name
+            ))
         })?;
         for (c, v) in cols.iter_mut().zip(vals) {
             c.push(v);
@@ -597,16 +601,30 @@ pub fn entities_of_rows(
         names.push(name.clone());
         arrays.push(match ty {
             KeyType::Int64 => Arc::new(arrow::array::Int64Array::from_iter_values(
-                col.into_iter().map(|v| if let KeyValue::Int64(x) = v { x } else { 0 }),
+                col.into_iter()
+                    .map(|v| if let KeyValue::Int64(x) = v { x } else { 0 }),
             )),
             KeyType::Int32 => Arc::new(arrow::array::Int32Array::from_iter_values(
-                col.into_iter().map(|v| if let KeyValue::Int32(x) = v { x } else { 0 }),
+                col.into_iter()
+                    .map(|v| if let KeyValue::Int32(x) = v { x } else { 0 }),
             )),
             KeyType::String => Arc::new(arrow::array::StringArray::from_iter_values(
-                col.into_iter().map(|v| if let KeyValue::Str(x) = v { x } else { String::new() }),
+                col.into_iter().map(|v| {
+                    if let KeyValue::Str(x) = v {
+                        x
+                    } else {
+                        String::new()
+                    }
+                }),
             )),
             KeyType::Bytes => Arc::new(arrow::array::BinaryArray::from_iter_values(
-                col.into_iter().map(|v| if let KeyValue::Bytes(x) = v { x } else { Vec::new() }),
+                col.into_iter().map(|v| {
+                    if let KeyValue::Bytes(x) = v {
+                        x
+                    } else {
+                        Vec::new()
+                    }
+                }),
             )),
         });
     }

@@ -89,7 +89,7 @@ class LoopLagGuard:
 
     async def serve_overflow(
         self, api: str, body: bytes, scope: int | None, timeout: float | None = None
-    ) -> bytes:
+    ) -> _Answer:
         """A request that arrived while the loop was behind: off the loop, bounded queue."""
         self.check_hard()
         if self.overflow is None:
@@ -107,7 +107,9 @@ class LoopLagGuard:
 
 
 #: a request waiting in the batcher: api, body, scope, its future, its deadline (loop time)
-_Pending = tuple[str, bytes, int | None, "asyncio.Future[bytes]", float | None]
+_Pending = tuple[str, bytes, int | None, "asyncio.Future[_Answer]", float | None]
+#: what the core answers a request: the response, or one waiting for on-demand transforms
+_Answer = bytes | _rust_core.PendingAnswer
 
 
 class RequestBatcher:
@@ -137,7 +139,7 @@ class RequestBatcher:
 
     async def serve(
         self, api: str, body: bytes, scope: int | None, timeout: float | None = None
-    ) -> bytes:
+    ) -> _Answer:
         """``timeout``: seconds the caller still waits (gRPC deadline); a request still queued
         when it passed is dropped before the Rust call and answered DEADLINE_EXCEEDED."""
         if len(self._pending) >= self._max_queue:
@@ -146,7 +148,7 @@ class RequestBatcher:
                 "--max-queue); retry with backoff"
             )
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bytes] = loop.create_future()
+        fut: asyncio.Future[_Answer] = loop.create_future()
         deadline = None if timeout is None else loop.time() + timeout
         self._pending.append((api, body, scope, fut, deadline))
         if not self._busy and self._timer is None:
@@ -192,11 +194,11 @@ class RequestBatcher:
     def _finish(
         self,
         batch: list[_Pending],
-        done: asyncio.Future[list[bytes | BaseException]],
+        done: asyncio.Future[list[_Answer | BaseException]],
     ) -> None:
         self._busy = False
         err = done.exception()
-        results: list[bytes | BaseException] = (
+        results: list[_Answer | BaseException] = (
             [err] * len(batch) if err is not None else done.result()
         )
         for (*_, fut, _deadline), r in zip(batch, results, strict=True):
@@ -266,9 +268,9 @@ class Admission:
         if guard is not None and guard.behind():
             return self._completed(guard.serve_overflow(api, body, scope, timeout), timeout)
         out = self._serve(api, body, scope)
-        if out.__class__ is bytes:
-            return out  # type: ignore[return-value]
-        return self._transform(out, timeout)  # type: ignore[arg-type]
+        if isinstance(out, bytes):
+            return out
+        return self._transform(out, timeout)
 
     async def _completed(
         self, answer: Awaitable[bytes | _rust_core.PendingAnswer], timeout: float | None

@@ -30,7 +30,7 @@ from tests.harness import Broker, Server, Servers, http
 
 pytestmark = pytest.mark.integration
 
-TRANSFORMS = '''
+TRANSFORMS = """
 import pathlib, time
 import pyarrow as pa, pyarrow.compute as pc
 
@@ -79,7 +79,7 @@ def slow(b):
             break
         time.sleep(0.05)
     return {"x": b["u0"]}
-'''
+"""
 
 REGISTRY = """
 project: odfv
@@ -207,7 +207,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 def feast_http(server: Server, features: list[str], **extra: Any) -> tuple[int, Any]:
     entities = {"user_id": REQ_USERS, "item_id": REQ_ITEMS, "budget": BUDGET, "boost": BOOST}
-    return server.post("/get-online-features", {"features": features, "entities": entities, **extra})
+    return server.post(
+        "/get-online-features", {"features": features, "entities": entities, **extra}
+    )
 
 
 def columns(body: dict[str, Any]) -> dict[str, tuple[list[Any], list[str]]]:
@@ -403,7 +405,8 @@ def test_bad_request_data_is_400_naming_the_field(env: dict[str, Any]) -> None:
     )
     assert status == 400, body
     msg = body["error"]["message"]
-    assert "request field 'budget'" in msg and "float64" in msg and '"cheap"' in msg, msg
+    for words in ("request field 'budget'", "float64", '"cheap"'):
+        assert words in msg, msg
     entities["budget"] = [1.0, 2.0]
     entities["boost"] = [1.5, 2]
     status, body = node.post(
@@ -441,7 +444,8 @@ def test_slow_transform_is_a_deadline_and_does_not_hold_up_others(env: dict[str,
         slow.join(timeout=10)
         ((status, body),) = result
         assert status == 504, body
-        assert "slow" in body["error"]["message"] and "1500 ms" in body["error"]["message"]
+        assert "slow" in body["error"]["message"]
+        assert "1500 ms" in body["error"]["message"]
     finally:
         release.write_text("")
         slow.join(timeout=10)
@@ -521,7 +525,7 @@ on_demand_feature_views:
     assert body["results"][1]["statuses"] == ["NOT_FOUND"], body
     servers.stop(node)
     again = servers.serve(config, "db", "--no-auth")
-    status, body = http(
+    _status, body = http(
         again.url + "/get-online-features",
         {"features": ["derived:total"], "entities": {"user_id": [1, 2]}},
     )

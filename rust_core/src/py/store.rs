@@ -3,6 +3,7 @@
 use super::arrow::{export_batch, import_batch};
 use super::errors::to_py_err;
 use super::gil::without_gil;
+use super::pending::PyPending;
 use super::settings::{parse_api, ServeSettings};
 use crate::arrow_io;
 use crate::catalog::ViewDef;
@@ -10,7 +11,6 @@ use crate::error::CoreError;
 use crate::partition::ShardCheck;
 use crate::query::{self, Entities, Limits, Selector};
 use crate::scope::Scope;
-use super::pending::PyPending;
 use crate::serve::on_demand::Started;
 use crate::serve::{self, Api, Caller, ServeConfig};
 use crate::store::{Store, StoreOptions, WriteStats};

@@ -92,7 +92,8 @@ pub(super) fn parse(api: Api, body: &[u8]) -> Result<Request> {
             all.push(n, Parsed::Key(c)).map_err(|e| invalid!("{e}"))?;
         }
         for (n, c) in data.values {
-            all.push(n, Parsed::Values(c)).map_err(|e| invalid!("{e}"))?;
+            all.push(n, Parsed::Values(c))
+                .map_err(|e| invalid!("{e}"))?;
         }
         entities = all.0;
     }
@@ -250,8 +251,7 @@ struct JsonEntities(Entities);
 impl JsonEntities {
     fn push(&mut self, name: String, col: Parsed) -> std::result::Result<(), String> {
         let e = &mut self.0;
-        if e.columns.iter().any(|(n, _)| *n == name) || e.values.iter().any(|(n, _)| *n == name)
-        {
+        if e.columns.iter().any(|(n, _)| *n == name) || e.values.iter().any(|(n, _)| *n == name) {
             return Err(format!("entities: join key '{name}' is given twice"));
         }
         match col {

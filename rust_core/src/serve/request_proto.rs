@@ -184,9 +184,13 @@ pub(super) fn parse_v1(body: &[u8]) -> Result<Request> {
     let mut entities = Entities::new(v1_entities(req.entities)?);
     for (name, col) in req.request_data {
         if entities.columns.iter().any(|(n, _)| *n == name) {
-            return Err(invalid!("'{name}' is given both in entities and in request_data"));
+            return Err(invalid!(
+                "'{name}' is given both in entities and in request_data"
+            ));
         }
-        entities.values.push((name.clone(), v1_request_values(&name, col)?));
+        entities
+            .values
+            .push((name.clone(), v1_request_values(&name, col)?));
     }
     Ok(Request {
         v1: V1Opts {

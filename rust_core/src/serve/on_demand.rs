@@ -135,3 +135,173 @@ impl Pending {
         Ok(self.p.finish(store, &self.answer, cfg))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::serve;
+    use crate::serve::tests::{fixture, NOW};
+    use arrow::array::{Array, AsArray, Float32Array, Float64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Float32Type, Float64Type};
+    use std::sync::Arc;
+
+    /// The serving fixture plus a request-time on-demand view over two of its views (one with
+    /// a TTL) and a request field.
+    fn store_with_odfv() -> (tempfile::TempDir, Store) {
+        let (dir, store) = fixture(3, 3);
+        let mut spec: serde_json::Value = serde_json::from_str(&store.catalog().spec_json).unwrap();
+        spec["on_demand_feature_views"] = serde_json::json!([{
+            "name": "od",
+            "sources": [{"view": "user_profile", "feature": "f000"},
+                        {"view": "fresh", "feature": "score"}],
+            "request_fields": [{"name": "x", "dtype": "float64"}],
+            "features": [{"name": "y", "dtype": "float32"}, {"name": "s", "dtype": "string"}]
+        }]);
+        store.apply_registry(&spec.to_string(), false).unwrap();
+        (dir, store)
+    }
+
+    fn caller() -> Caller<'static> {
+        Caller {
+            now_us: NOW,
+            ..Caller::default()
+        }
+    }
+
+    const BODY: &str = r#"{"features":["od:y","user_profile:f001","od:s"],
+        "entities":{"user_id":[1,2,99],"x":[0.5,1,null]}}"#;
+
+    fn pending(store: &Store, body: &str) -> Box<Pending> {
+        match start(
+            store,
+            Api::FeastHttp,
+            body.as_bytes(),
+            &ServeConfig::default(),
+            caller(),
+        ) {
+            Ok(Started::Pending(p)) => p,
+            Ok(Started::Done(_)) => panic!("expected a pending answer"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn output(y: Vec<Option<f32>>, s: Vec<&str>) -> StructArray {
+        StructArray::from(vec![
+            (
+                Arc::new(Field::new("y", DataType::Float32, true)),
+                Arc::new(Float32Array::from(y)) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("s", DataType::Utf8, true)),
+                Arc::new(StringArray::from(s)) as ArrayRef,
+            ),
+        ])
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp)] // the fixture's exact values
+    fn inputs_are_the_stored_features_and_request_fields_with_nulls_where_not_present() {
+        let (_dir, store) = store_with_odfv();
+        let p = pending(&store, BODY);
+        assert_eq!(p.views(), vec!["od".to_string()]);
+        let (names, arrays) = p.inputs(0).unwrap();
+        assert_eq!(names, ["f000", "score", "x"]);
+        let f000 = arrays[0].as_primitive::<Float32Type>();
+        assert!(f000.is_valid(0) && f000.is_valid(1) && f000.is_null(2));
+        // user 1's score is fresh, user 2's is past the view's TTL, user 99 has none
+        let score = arrays[1].as_primitive::<Float32Type>();
+        assert_eq!(score.value(0), 1.5);
+        assert!(score.is_null(1) && score.is_null(2));
+        let x = arrays[2].as_primitive::<Float64Type>();
+        assert_eq!((x.value(0), x.value(1)), (0.5, 1.0));
+        assert!(x.is_null(2));
+    }
+
+    #[test]
+    fn outputs_are_encoded_with_present_and_null_statuses_and_no_request_column() {
+        let (_dir, store) = store_with_odfv();
+        let mut p = pending(&store, BODY);
+        p.set_output(
+            0,
+            &output(vec![Some(1.0), None, Some(3.0)], vec!["a", "b", "c"]),
+        )
+        .unwrap();
+        let served = p.finish(&store, &ServeConfig::default()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&served.body).unwrap();
+        assert_eq!(
+            v["metadata"]["feature_names"],
+            serde_json::json!(["user_id", "y", "f001", "s"])
+        );
+        assert_eq!(
+            v["results"][1]["values"],
+            serde_json::json!([1.0, null, 3.0])
+        );
+        assert_eq!(
+            v["results"][1]["statuses"],
+            serde_json::json!(["PRESENT", "NULL_VALUE", "PRESENT"])
+        );
+        assert_eq!(
+            v["results"][3]["values"],
+            serde_json::json!(["a", "b", "c"])
+        );
+        assert_eq!(v["results"][2]["statuses"][2], "NOT_FOUND");
+    }
+
+    #[test]
+    fn bad_outputs_and_request_data_name_the_column_or_field() {
+        let (_dir, store) = store_with_odfv();
+        let mut p = pending(&store, BODY);
+        let wrong = StructArray::from(vec![(
+            Arc::new(Field::new("y", DataType::Float64, true)),
+            Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0])) as ArrayRef,
+        )]);
+        let e = p.set_output(0, &wrong).unwrap_err();
+        assert!(matches!(e, CoreError::Transform(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("column 'y' has type float64 but the registry declares float32"),
+            "{e}"
+        );
+        let e = p
+            .set_output(0, &output(vec![Some(1.0)], vec!["a"]))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("has 1 rows; the request has 3"),
+            "{e}"
+        );
+        let e = p.finish(&store, &ServeConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("has no output yet"), "{e}");
+        let short = StructArray::from(vec![(
+            Arc::new(Field::new("y", DataType::Float32, true)),
+            Arc::new(Float32Array::from(vec![1.0, 2.0, 3.0])) as ArrayRef,
+        )]);
+        let e = p.set_output(0, &short).unwrap_err();
+        assert!(e.to_string().contains("has no column 's'"), "{e}");
+
+        let cfg = ServeConfig::default();
+        let missing = r#"{"features":["od:y"],"entities":{"user_id":[1]}}"#;
+        let e = start(&store, Api::FeastHttp, missing.as_bytes(), &cfg, caller())
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("missing request field 'x' (float64)"),
+            "{e}"
+        );
+        let text = r#"{"features":["od:y"],"entities":{"user_id":[1],"x":["far"]}}"#;
+        let e = start(&store, Api::FeastHttp, text.as_bytes(), &cfg, caller())
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("is float64: value #0 is \"far\" (string)"),
+            "{e}"
+        );
+        // the one-call path, which runs no transforms, says so
+        let e = serve(&store, Api::FeastHttp, BODY.as_bytes(), &cfg, caller()).unwrap_err();
+        assert!(
+            e.to_string().contains("on-demand feature views (od)"),
+            "{e}"
+        );
+    }
+}

@@ -80,7 +80,7 @@ class ServingMetrics:
             registry=r,
         )
         self.transform_errors = Counter(
-            f"{NS}_transform_errors_total",
+            f"{NS}_transform_errors",
             "On-demand transforms that raised or returned output not matching the registry",
             ["view"],
             registry=r,

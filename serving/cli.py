@@ -156,11 +156,49 @@ with FeatureClient("{host}:{grpc_port}"{key_arg}) as client:
         m = await client.get_dense({"user_id": [1, 2, 3]}, feature_service="user_profile_all")
     print("answer:")
     print(textwrap.indent(f"{m.values.shape} {m.values[:, :3].tolist()}", "  "))
+    if "ranking_v2" in server.registry.feature_services:
+        await _show_on_demand(f"http://{host}:{http}", auth_header)
     # the key rides in the URL's fragment, which the browser never sends: the page moves it to
     # the tab's session storage and drops it from the address bar
     fragment = f"#key={demo_key}" if demo_key else ""
     print(f"\nWeb console: http://{host}:{http}/ui/{fragment}")
     print(f"\nServing on {host}: HTTP {http}, gRPC {grpc_port}. Ctrl-C stops.", flush=True)
+
+
+#: a request of the demo's feature service with on-demand outputs: `price` is request data
+ON_DEMAND_BODY = {
+    "feature_service": "ranking_v2",
+    "entities": {"user_id": [1, 2], "item_id": ["item-0001", "item-0002"], "price": [19.9, 4.5]},
+}
+
+
+async def _show_on_demand(base: str, auth_header: dict[str, str]) -> None:
+    """The demo's on-demand views answered: ranking_context (request-time, from the request's
+    price) and item_ctr_scaled (write-time, stored when item_stats was loaded)."""
+    import aiohttp
+
+    body = json.dumps(ON_DEMAND_BODY)
+    print("\nOn-demand features (docs/on-demand.md): a request-time transform over the request's")
+    print("`price` and stored features, and a write-time one stored with item_stats:")
+    auth = "".join(f" -H '{k}: {v}'" for k, v in auth_header.items())
+    print(f"  curl -s {base}/get-online-features{auth} -H 'Content-Type: application/json' \\")
+    print(f"    -d '{body}'")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{base}/get-online-features",
+            data=body,
+            headers={"Content-Type": "application/json", **auth_header},
+        ) as resp,
+    ):
+        answer = await resp.json()
+    print(f"answer (HTTP {resp.status}):")
+    if resp.status != 200:
+        print(textwrap.indent(json.dumps(answer), "  "))
+        return
+    names = answer["metadata"]["feature_names"]
+    for name, col in zip(names, answer["results"], strict=True):
+        print(f"  {name:>18}: {col['values']}")
 
 
 def _demo_key(keys: KeyFile) -> str:

@@ -58,6 +58,10 @@ class ServeSettings:
     #: many milliseconds behind is refused at once with RESOURCE_EXHAUSTED / 429, which bounds
     #: the queueing delay of admitted requests (0 disables; docs/reliability.md)
     max_loop_lag_ms: float = 100.0
+    #: how long a request waits for its on-demand views' transforms (they run on worker
+    #: threads, off the event loop) before it is answered DEADLINE_EXCEEDED / 504; a gRPC
+    #: deadline that ends sooner wins
+    transform_timeout_ms: float = 1000.0
     #: per-request metrics (counters, latency histograms, in-flight); off only to measure
     #: their cost: answer-quality counters in Rust stay on
     request_metrics: bool = True
@@ -299,6 +303,11 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     add_frontend_flags(p)
     p.add_argument("--hot-tier-bytes", type=int, help="hot tier RAM budget (default 256 MiB)")
     p.add_argument("--block-cache-bytes", type=int, help="RocksDB block cache (default 256 MiB)")
+    p.add_argument(
+        "--transform-timeout-ms",
+        type=float,
+        help="answer DEADLINE_EXCEEDED when on-demand transforms take longer (default 1000)",
+    )
     p.add_argument(
         "--batch-window-us",
         type=float,

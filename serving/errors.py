@@ -137,6 +137,16 @@ class ShardUnavailableError(StorageError):
     code = "shard_unavailable"
 
 
+class TransformError(FeatureServingError):
+    """An on-demand feature view's transform raised, or returned output that does not match the
+    registry (a missing column, a wrong type or length): the server's fault, not the caller's.
+    The message names the view (and the column, or the exception)."""
+
+    grpc_status = "INTERNAL"
+    http_status = 500
+    code = "transform_failed"
+
+
 #: every class of the hierarchy. Where several share a status, the first listed is the one a
 #: status alone is read back as (a client or a router sees only the status, or a JSON body whose
 #: ``code`` is unknown to it):
@@ -166,6 +176,7 @@ ERROR_CLASSES: tuple[type[FeatureServingError], ...] = (
     LimitExceededError,
     DeadlineExceededError,
     ShardAnswerError,
+    TransformError,
 )
 
 _BY_CODE: dict[str, type[FeatureServingError]] = {c.code: c for c in ERROR_CLASSES}
@@ -215,6 +226,7 @@ __all__ = [
     "ShardAnswerError",
     "ShardUnavailableError",
     "StorageError",
+    "TransformError",
     "UnauthenticatedError",
     "WrongShardError",
     "error_body",

@@ -72,6 +72,19 @@ class ServingMetrics:
             ["api", "reason"],
             registry=r,
         )
+        self.transform_latency = Histogram(
+            f"{NS}_transform_duration_seconds",
+            "Time an on-demand view's transform took, per call (one call per request or batch)",
+            ["view"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.transform_errors = Counter(
+            f"{NS}_transform_errors",
+            "On-demand transforms that raised or returned output not matching the registry",
+            ["view"],
+            registry=r,
+        )
         self.auth_failures = Counter(
             f"{NS}_auth_failures_total", "Requests with a missing or bad API key", registry=r
         )
@@ -91,6 +104,12 @@ class ServingMetrics:
             self._children[key] = child
         child[0].inc()
         child[1].observe(seconds)
+
+    def observe_transform(self, view: str, seconds: float, failed: bool) -> None:
+        """One run of an on-demand view's transform."""
+        self.transform_latency.labels(view).observe(seconds)
+        if failed:
+            self.transform_errors.labels(view).inc()
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)

@@ -9,11 +9,13 @@ exists. See the repository's ``features.yaml`` for a commented example of the fo
 from __future__ import annotations
 
 import difflib
+import importlib
 import itertools
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NoReturn
@@ -34,6 +36,7 @@ __all__ = [
     "FeatureService",
     "FeatureView",
     "JoinKey",
+    "OnDemandFeatureView",
     "Registry",
     "StreamSource",
     "parse_ttl",
@@ -54,6 +57,10 @@ JOIN_KEY_DTYPES: tuple[str, ...] = ("int32", "int64", "string", "bytes")
 BATCH_SOURCE_TYPES: tuple[str, ...] = ("parquet", "delta")
 STREAM_SOURCE_TYPES: tuple[str, ...] = ("kafka",)
 STREAM_FORMATS: tuple[str, ...] = ("json", "protobuf")
+#: how an on-demand view's transform takes and returns its batch (docs/on-demand.md)
+TRANSFORM_MODES: tuple[str, ...] = ("pyarrow", "pandas")
+#: the types request data can carry (JSON and Feast's Value have nothing else one-to-one)
+REQUEST_FIELD_DTYPES: tuple[str, ...] = ("bool", "int32", "int64", "float32", "float64", "string")
 #: column every write carries next to the join keys; features must not shadow it
 EVENT_TIMESTAMP = "event_timestamp"
 MAX_DIM = 65535
@@ -136,6 +143,8 @@ class FeatureView:
     description: str = ""
     #: the Feast push source name that `POST /push` writes this view through (None: none)
     push_source: str | None = None
+    #: the write-time on-demand view whose outputs this view stores (None: an ordinary view)
+    derived_by: str | None = None
     _by_name: Mapping[str, Feature] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -162,6 +171,39 @@ class FeatureService:
 
 
 @dataclass(frozen=True)
+class OnDemandFeatureView:
+    """A Python transform over a whole batch: stored features of other views plus request
+    fields in, typed ``features`` out (docs/on-demand.md).
+
+    Request-time (the default): run once per request by the frontend, outputs answered beside
+    the stored features. ``write_to_online_store``: run when rows of its one source view are
+    written; the outputs are stored under this name as a feature view's and served like one."""
+
+    name: str
+    sources: tuple[FeatureRef, ...]
+    request_fields: tuple[Feature, ...]
+    features: tuple[Feature, ...]
+    #: ``module:function`` as written in the registry
+    transform: str
+    mode: str = "pyarrow"
+    static_artifacts: str | None = None
+    write_to_online_store: bool = False
+    description: str = ""
+    #: the request source's name (Feast names them); "" when there is none
+    request_source: str = ""
+    #: ``file:line`` of the entry, for errors raised when the transform runs
+    where: str = ""
+    #: the imported transform and static-artifacts functions
+    function: Callable[..., Any] = field(default=lambda *a: None, compare=False, hash=False)
+    artifacts_function: Callable[[], Any] | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def source_view(self) -> str:
+        """The one view a write-time transform derives from."""
+        return self.sources[0].view
+
+
+@dataclass(frozen=True)
 class Registry:
     project: str
     entities: Mapping[str, Entity]
@@ -170,11 +212,19 @@ class Registry:
         default_factory=lambda: MappingProxyType({})
     )
     source_path: str | None = None
+    #: every on-demand view; a write-time one is also in ``feature_views`` (it is stored)
+    on_demand_views: Mapping[str, OnDemandFeatureView] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     # -- loading ---------------------------------------------------------------------------
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> Registry:
+    def from_yaml(
+        cls, path: str | os.PathLike[str], *, reload_transforms: bool = False
+    ) -> Registry:
+        """``reload_transforms``: import the on-demand views' modules again (by default a
+        module imported once, by an earlier load in this process, is used as it is)."""
         shown = os.fspath(path)
         try:
             with open(path, encoding="utf-8") as f:
@@ -183,7 +233,8 @@ class Registry:
             raise RegistryError(f"{shown}: cannot read registry file: {e.strerror or e}") from e
         absolute = os.path.abspath(shown)
         data, lines = _load_yaml(text, shown)
-        return _Parser(os.path.dirname(absolute), shown, lines).registry(data, absolute)
+        parser = _Parser(os.path.dirname(absolute), shown, lines, reload_transforms)
+        return parser.registry(data, absolute)
 
     @classmethod
     def from_yaml_text(cls, text: str, base_dir: str | None = None) -> Registry:
@@ -203,6 +254,14 @@ class Registry:
             raise NotFoundError(
                 f"feature view '{name}' not found{_hint(name, self.feature_views)}"
             ) from None
+
+    def write_time_views(self, source_view: str) -> tuple[OnDemandFeatureView, ...]:
+        """The write-time on-demand views derived from ``source_view``'s rows."""
+        return tuple(
+            o
+            for o in self.on_demand_views.values()
+            if o.write_to_online_store and o.source_view == source_view
+        )
 
     def push_views(self, push_source: str) -> tuple[FeatureView, ...]:
         """The views that declare ``push_source`` (Feast pushes to every one of them)."""
@@ -239,20 +298,23 @@ class Registry:
                 raise InvalidArgumentError(
                     f"invalid feature reference '{ref}' (expected 'view:feature' or 'view:*')"
                 )
-            view = self.feature_views.get(view_name)
+            view: FeatureView | OnDemandFeatureView | None = self.feature_views.get(view_name)
+            if view is None:
+                view = self.on_demand_views.get(view_name)
             if view is None:
                 raise NotFoundError(
                     f"feature reference '{ref}': feature view '{view_name}' not found"
-                    f"{_hint(view_name, self.feature_views)}"
+                    f"{_hint(view_name, [*self.feature_views, *self.on_demand_views])}"
                 )
+            names = {f.name for f in view.features}
             if feature_name == "*":
                 out.extend(FeatureRef(view_name, f.name) for f in view.features)
-            elif feature_name in view._by_name:
+            elif feature_name in names:
                 out.append(FeatureRef(view_name, feature_name))
             else:
                 raise NotFoundError(
                     f"feature reference '{ref}': feature '{feature_name}' not found in view "
-                    f"'{view_name}'{_hint(feature_name, view._by_name)}"
+                    f"'{view_name}'{_hint(feature_name, sorted(names))}"
                 )
         return tuple(out)
 
@@ -287,6 +349,20 @@ class Registry:
                     "features": [{"view": r.view, "feature": r.feature} for r in s.features],
                 }
                 for s in self.feature_services.values()
+            ],
+            "on_demand_feature_views": [
+                {
+                    "name": o.name,
+                    "sources": [{"view": r.view, "feature": r.feature} for r in o.sources],
+                    "request_fields": [
+                        {"name": f.name, "dtype": f.dtype} for f in o.request_fields
+                    ],
+                    "features": [
+                        {"name": f.name, "dtype": f.dtype, "dim": f.dim} for f in o.features
+                    ],
+                }
+                for o in self.on_demand_views.values()
+                if not o.write_to_online_store
             ],
         }
         return json.dumps(doc, separators=(",", ":"))
@@ -502,10 +578,13 @@ class _Loc:
 
 
 class _Parser:
-    def __init__(self, base_dir: str, source: str | None, lines: _Lines) -> None:
+    def __init__(
+        self, base_dir: str, source: str | None, lines: _Lines, reload_transforms: bool = False
+    ) -> None:
         self.base_dir = base_dir
         self.source = source
         self.lines = lines
+        self.reload_transforms = reload_transforms
 
     # -- primitives ------------------------------------------------------------------------
 
@@ -595,7 +674,10 @@ class _Parser:
                 "the registry is empty (expected a mapping with project, entities, feature_views)",
             )
         top = self.mapping(
-            root, data, ("project", "entities", "feature_views"), ("feature_services",)
+            root,
+            data,
+            ("project", "entities", "feature_views"),
+            ("feature_services", "on_demand_feature_views"),
         )
         project = self.name(self.child(root, top, "project"), top["project"], "project")
 
@@ -613,13 +695,35 @@ class _Parser:
             view = self.view(self.child(loc, top["feature_views"], i), raw, entities, seen)
             views[view.name] = view
 
+        on_demand: dict[str, OnDemandFeatureView] = {}
+        raw_odfvs = top.get("on_demand_feature_views")
+        if raw_odfvs is not None:
+            loc = self.child(root, top, "on_demand_feature_views")
+            view_seen = {n: f"feature_views ({n})" for n in views}
+            for i, raw in enumerate(self.sequence(loc, raw_odfvs, allow_empty=True)):
+                odfv = self.on_demand(self.child(loc, raw_odfvs, i), raw, views, view_seen)
+                on_demand[odfv.name] = odfv
+            for o in list(on_demand.values()):
+                if o.write_to_online_store:
+                    src = views[o.source_view]
+                    views[o.name] = FeatureView(
+                        name=o.name,
+                        entities=src.entities,
+                        join_keys=src.join_keys,
+                        features=o.features,
+                        ttl_seconds=src.ttl_seconds,
+                        description=o.description,
+                        derived_by=o.name,
+                    )
+
         services: dict[str, FeatureService] = {}
         raw_services = top.get("feature_services")
         if raw_services is not None:
             loc = self.child(root, top, "feature_services")
             seen = {}
+            servable: dict[str, FeatureView | OnDemandFeatureView] = {**on_demand, **views}
             for i, raw in enumerate(self.sequence(loc, raw_services, allow_empty=True)):
-                svc = self.service(self.child(loc, raw_services, i), raw, views, seen)
+                svc = self.service(self.child(loc, raw_services, i), raw, servable, seen)
                 services[svc.name] = svc
 
         return Registry(
@@ -628,7 +732,159 @@ class _Parser:
             feature_views=MappingProxyType(views),
             feature_services=MappingProxyType(services),
             source_path=source_path,
+            on_demand_views=MappingProxyType(on_demand),
         )
+
+    def on_demand(
+        self,
+        loc: _Loc,
+        raw: object,
+        views: Mapping[str, FeatureView],
+        seen: dict[str, str],
+    ) -> OnDemandFeatureView:
+        m = self.mapping(
+            loc,
+            raw,
+            ("name", "sources", "features", "transform"),
+            (
+                "request_source",
+                "mode",
+                "static_artifacts",
+                "write_to_online_store",
+                "description",
+            ),
+        )
+        name_loc = self.child(loc, m, "name")
+        name = self.name(name_loc, m["name"], "on-demand feature view")
+        self.unique(seen, name, name_loc, "view name")
+
+        src_loc = self.child(loc, m, "sources")
+        sources: list[FeatureRef] = []
+        src_seen: dict[str, str] = {}
+        for i, raw_ref in enumerate(self.sequence(src_loc, m["sources"])):
+            rloc = self.child(src_loc, m["sources"], i)
+            for ref in self.refs(rloc, raw_ref, views):
+                self.unique(src_seen, str(ref), rloc, "source feature")
+                sources.append(ref)
+
+        request_fields: list[Feature] = []
+        request_name = ""
+        if m.get("request_source") is not None:
+            rs_loc = self.child(loc, m, "request_source")
+            rs = self.mapping(rs_loc, m["request_source"], ("schema",), ("name",))
+            request_name = self.opt_str(rs_loc, rs, "name")
+            schema_loc = self.child(rs_loc, rs, "schema")
+            field_seen: dict[str, str] = {}
+            for i, raw_f in enumerate(self.sequence(schema_loc, rs["schema"])):
+                floc = self.child(schema_loc, rs["schema"], i)
+                fm = self.mapping(floc, raw_f, ("name", "dtype"), ("description",))
+                fname_loc = self.child(floc, fm, "name")
+                fname = self.name(fname_loc, fm["name"], "request field")
+                self.unique(field_seen, fname, fname_loc, "request field")
+                for v in {views[r.view].name for r in sources}:
+                    if any(k.name == fname for k in views[v].join_keys):
+                        self.fail(
+                            fname_loc,
+                            f"request field '{fname}' is a join key of source view '{v}'",
+                        )
+                dtype = self.choice(
+                    self.child(floc, fm, "dtype"), fm["dtype"], REQUEST_FIELD_DTYPES, "type"
+                )
+                request_fields.append(
+                    Feature(fname, dtype, None, self.opt_str(floc, fm, "description"))
+                )
+
+        feats_loc = self.child(loc, m, "features")
+        features: list[Feature] = []
+        feat_seen: dict[str, str] = {}
+        for i, raw_feat in enumerate(self.sequence(feats_loc, m["features"])):
+            floc = self.child(feats_loc, m["features"], i)
+            for feature in self.features(floc, raw_feat):
+                name_at = self.child(floc, raw_feat, "name")
+                if feature.name == EVENT_TIMESTAMP:
+                    self.fail(name_at, f"'{EVENT_TIMESTAMP}' is reserved for the event time column")
+                self.unique(feat_seen, feature.name, name_at, "feature name")
+                features.append(feature)
+
+        mode = "pyarrow"
+        if m.get("mode") is not None:
+            mode = self.choice(self.child(loc, m, "mode"), m["mode"], TRANSFORM_MODES, "mode")
+        write_time = False
+        if m.get("write_to_online_store") is not None:
+            wloc = self.child(loc, m, "write_to_online_store")
+            write_time = self.boolean(wloc, m["write_to_online_store"])
+        if write_time:
+            owners = sorted({r.view for r in sources})
+            if len(owners) > 1:
+                self.fail(
+                    src_loc,
+                    "a write-time on-demand view (write_to_online_store: true) derives from one "
+                    f"feature view's rows; these sources come from {', '.join(owners)}",
+                )
+            if request_fields:
+                self.fail(
+                    self.child(loc, m, "request_source"),
+                    "a write-time on-demand view has no request: request_source is only for "
+                    "request-time views",
+                )
+            src = views[owners[0]]
+            for f in features:
+                if any(k.name == f.name for k in src.join_keys):
+                    self.fail(feats_loc, f"feature name '{f.name}' collides with a join key")
+
+        transform_loc = self.child(loc, m, "transform")
+        transform = self.string(transform_loc, m["transform"])
+        function = self.import_callable(transform_loc, transform, "transform")
+        artifacts = None
+        artifacts_spec = None
+        if m.get("static_artifacts") is not None:
+            aloc = self.child(loc, m, "static_artifacts")
+            artifacts_spec = self.string(aloc, m["static_artifacts"])
+            artifacts = self.import_callable(aloc, artifacts_spec, "static_artifacts")
+        return OnDemandFeatureView(
+            name=name,
+            sources=tuple(sources),
+            request_fields=tuple(request_fields),
+            features=tuple(features),
+            transform=transform,
+            mode=mode,
+            static_artifacts=artifacts_spec,
+            write_to_online_store=write_time,
+            description=self.opt_str(loc, m, "description"),
+            request_source=request_name,
+            where=_where(self.source, loc.line).rstrip(": "),
+            function=function,
+            artifacts_function=artifacts,
+        )
+
+    def import_callable(self, loc: _Loc, spec: str, what: str) -> Callable[..., Any]:
+        """``module:function``, imported from the registry's directory or the Python path."""
+        module_name, sep, attr = spec.partition(":")
+        if not sep or not module_name or not attr:
+            self.fail(loc, f"{what} '{spec}' is not of the form 'module:function'")
+        if self.base_dir not in sys.path:
+            sys.path.insert(0, self.base_dir)
+        try:
+            module = sys.modules.get(module_name)
+            if module is None:
+                module = importlib.import_module(module_name)
+            elif self.reload_transforms:
+                module = importlib.reload(module)
+        except ImportError as e:
+            self.fail(loc, f"{what} '{spec}': cannot import module '{module_name}': {e}")
+        except Exception as e:  # the module's own code failed while it was imported
+            self.fail(
+                loc, f"{what} '{spec}': importing '{module_name}' raised {type(e).__name__}: {e}"
+            )
+        fn = getattr(module, attr, None)
+        if fn is None:
+            public = [n for n in dir(module) if not n.startswith("_")]
+            self.fail(
+                loc, f"{what} '{spec}': module '{module_name}' has no '{attr}'{_hint(attr, public)}"
+            )
+        if not callable(fn):
+            self.fail(loc, f"{what} '{spec}': '{attr}' is {_kind(fn)}, not a function")
+        return fn  # type: ignore[no-any-return]
 
     def entity(self, loc: _Loc, raw: object, seen: dict[str, str]) -> Entity:
         m = self.mapping(loc, raw, ("name", "join_keys"), ("description",))
@@ -820,7 +1076,11 @@ class _Parser:
         return StreamSource(kind, topic, servers, group_id, fmt, MappingProxyType(options))
 
     def service(
-        self, loc: _Loc, raw: object, views: Mapping[str, FeatureView], seen: dict[str, str]
+        self,
+        loc: _Loc,
+        raw: object,
+        views: Mapping[str, FeatureView | OnDemandFeatureView],
+        seen: dict[str, str],
     ) -> FeatureService:
         m = self.mapping(loc, raw, ("name", "features"), ("description",))
         name_loc = self.child(loc, m, "name")
@@ -836,7 +1096,9 @@ class _Parser:
                 refs.append(ref)
         return FeatureService(name, tuple(refs), self.opt_str(loc, m, "description"))
 
-    def refs(self, loc: _Loc, raw: object, views: Mapping[str, FeatureView]) -> list[FeatureRef]:
+    def refs(
+        self, loc: _Loc, raw: object, views: Mapping[str, FeatureView | OnDemandFeatureView]
+    ) -> list[FeatureRef]:
         text = self.string(loc, raw)
         view_name, sep, pattern = text.partition(":")
         if not sep or not view_name or not pattern:
@@ -852,12 +1114,12 @@ class _Parser:
             names = expand_braces(pattern)
         except ValueError as e:
             self.fail(loc, str(e))
+        known = [f.name for f in view.features]
         for n in names:
-            if n not in view._by_name:
+            if n not in known:
                 self.fail(
                     loc,
-                    f"'{text}': feature '{n}' not found in view '{view_name}'"
-                    f"{_hint(n, view._by_name)}",
+                    f"'{text}': feature '{n}' not found in view '{view_name}'{_hint(n, known)}",
                 )
         return [FeatureRef(view_name, n) for n in names]
 

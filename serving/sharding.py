@@ -18,7 +18,7 @@ from serving import _rust_core
 from serving.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
-    from serving.registry import Registry
+    from serving.registry import FeatureView, Registry
 
 __all__ = [
     "Ownership",
@@ -96,12 +96,16 @@ class Shard:
 
 
 def sharded_views(registry: Registry, topic_partitions: int) -> dict[str, int]:
-    """Views the nodes shard (those with a stream source) -> partition count of the topic."""
-    return {
-        v.name: topic_partitions
-        for v in registry.feature_views.values()
-        if v.stream_source is not None
-    }
+    """Views the nodes shard (those with a stream source, and the write-time on-demand views
+    derived from one, whose rows each shard derives from its own) -> partition count of the
+    topic."""
+
+    def streamed(v: FeatureView) -> bool:
+        if v.derived_by is not None:
+            v = registry.view(registry.on_demand_views[v.derived_by].source_view)
+        return v.stream_source is not None
+
+    return {v.name: topic_partitions for v in registry.feature_views.values() if streamed(v)}
 
 
 @dataclass(frozen=True)

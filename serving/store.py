@@ -22,6 +22,7 @@ from serving import _rust_core
 # the answers the clients return too; defined client-side (the client wheel has no Store)
 from serving.client.results import DenseResult, FieldStatus
 from serving.errors import InvalidArgumentError
+from serving.ondemand import Observer, OnDemandRunner
 from serving.registry import EVENT_TIMESTAMP, Registry
 
 __all__ = [
@@ -118,6 +119,23 @@ class Store:
             sync_writes=sync_writes,
             force=force,
         )
+        self._on_demand: OnDemandRunner | None = None
+        self._observe_transforms: Observer | None = None
+
+    @property
+    def on_demand(self) -> OnDemandRunner:
+        """The registry's on-demand views, ready to run (static artifacts are loaded when the
+        registry is first used, and again after a registry change)."""
+        runner = self._on_demand
+        if runner is None or runner.registry is not self.registry:
+            runner = self._on_demand = OnDemandRunner(self.registry, self._observe_transforms)
+        return runner
+
+    def observe_transforms(self, observer: Observer) -> None:
+        """Reports every transform run, ``(view, seconds, failed)``, to ``observer`` (a
+        server's metrics)."""
+        self._observe_transforms = observer
+        self._on_demand = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -235,9 +253,16 @@ class Store:
         meta_items = list(meta.items()) if meta else None
         if not batches and meta_items:
             batches = [pa.RecordBatch.from_pylist([], schema=self.registry.arrow_schema(view))]
+        # Write-time on-demand views are derived from the rows that won, after they are
+        # written; the loader's progress goes with the derived rows, so that a crash between
+        # the two writes makes the loader apply the batch again (idempotent under the merge
+        # rule) rather than leave derived rows missing.
+        derive = bool(self.registry.write_time_views(view))
         for i, batch in enumerate(batches):
-            last = i == len(batches) - 1
-            total += WriteStats(*op(view, batch, meta_items if last else None))
+            m = meta_items if i == len(batches) - 1 else None
+            total += WriteStats(*op(view, batch, None if derive else m))
+            if derive:
+                self.on_demand.derive(self._core, view, batch, m)
         return total
 
     def get_meta(self, key: str) -> bytes | None:

@@ -218,6 +218,7 @@ def test_v1_api(gen: SimpleNamespace) -> None:
         "include_statuses": 4,
         "include_event_timestamps": 5,
         "layout": 6,
+        "request_data": 7,
     }
     resp_fields = f.GetFeatureVectorResponse.DESCRIPTOR.fields_by_name
     assert {name: resp_fields[name].number for name in resp_fields} == {

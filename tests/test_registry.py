@@ -70,7 +70,13 @@ def test_demo_parses(demo: Registry) -> None:
     assert demo.source_path == str(REPO / "features.yaml")
     assert list(demo.entities) == ["user", "item"]
     assert demo.entities["item"].join_keys == (JoinKey("item_id", "string"),)
-    assert list(demo.feature_views) == ["user_profile", "user_account", "item_stats", "user_item"]
+    # the write-time on-demand view is stored, so it is a feature view too
+    assert list(demo.feature_views) == [
+        "user_profile", "user_account", "item_stats", "user_item", "item_ctr_scaled"
+    ]  # fmt: skip
+    assert list(demo.on_demand_views) == ["ranking_context", "item_ctr_scaled"]
+    assert demo.view("item_ctr_scaled").join_keys == demo.view("item_stats").join_keys
+    assert demo.view("item_ctr_scaled").ttl_seconds == demo.view("item_stats").ttl_seconds
 
     profile = demo.view("user_profile")
     assert [f.name for f in profile.features] == [f"f{i:03d}" for i in range(200)]
@@ -116,7 +122,12 @@ def test_demo_services(demo: Registry) -> None:
 
 def test_to_core_json_shape(demo: Registry) -> None:
     doc = json.loads(demo.to_core_json())
-    assert set(doc) == {"project", "feature_views", "feature_services"}
+    assert set(doc) == {"project", "feature_views", "feature_services", "on_demand_feature_views"}
+    # request-time on-demand views go to the core as such; write-time ones as stored views
+    assert [o["name"] for o in doc["on_demand_feature_views"]] == ["ranking_context"]
+    assert doc["on_demand_feature_views"][0]["request_fields"] == [
+        {"name": "price", "dtype": "float64"}
+    ]
     assert doc["project"] == "demo"
     assert [v["name"] for v in doc["feature_views"]] == list(demo.feature_views)
     for view in doc["feature_views"]:
@@ -209,8 +220,8 @@ def test_constants() -> None:
 def test_view_and_service_not_found(demo: Registry) -> None:
     with pytest.raises(NotFoundError, match=r"feature view 'user_profil' .*'user_profile'"):
         demo.view("user_profil")
-    with pytest.raises(NotFoundError, match=r"feature service 'ranking_v2'.*'ranking_v1'"):
-        demo.service("ranking_v2")
+    with pytest.raises(NotFoundError, match=r"feature service 'ranking_v3'.*'ranking_v2'"):
+        demo.service("ranking_v3")
     with pytest.raises(NotFoundError, match=r"feature view 'zzz' not found"):
         demo.arrow_schema("zzz")
 

@@ -71,6 +71,8 @@ def test_schema_matches_registry(info: SampleInfo, registry: Registry, view: str
 
 def test_registry_batch_sources_name_the_sample_files(registry: Registry) -> None:
     for view in registry.feature_views.values():
+        if view.derived_by:  # a write-time on-demand view: filled from item_stats' rows
+            continue
         assert view.batch_source is not None
         assert view.batch_source.path == str(REPO / ".data" / "sample" / f"{view.name}.parquet")
 

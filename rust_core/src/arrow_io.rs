@@ -5,8 +5,8 @@ use crate::catalog::ViewDef;
 use crate::error::{CoreError, Result};
 use crate::invalid;
 use crate::key::KeyColumn;
-use crate::query::{Answer, CellSource, Entities, Plan, RowState};
-use crate::row::{tombstone, BatchRowWriter, SlotPos, ValueRef};
+use crate::query::{Answer, CellSource, Entities, OutColumn, Plan, RowState, Scalar};
+use crate::row::{tombstone, BatchRowWriter, ReadRow, RowBytes, SlotPos, ValueRef};
 use crate::types::{DType, KeyType, Status};
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryBuilder, BooleanBuilder, FixedSizeListBuilder, Float32Builder,
@@ -100,7 +100,7 @@ pub fn entities_from_batch(batch: &StructArray) -> Result<Entities> {
     for (f, col) in fields.iter().zip(batch.columns()) {
         columns.push((f.name().clone(), key_column(col, f.name())?));
     }
-    Ok(Entities { columns })
+    Ok(Entities::new(columns))
 }
 
 fn arrow_type(dtype: DType, dim: u32) -> DataType {
@@ -282,11 +282,21 @@ pub fn tombstones_from_batch(view: &ViewDef, batch: &StructArray) -> Result<Keys
 
 /// One Arrow array per requested feature, entities in request order; nulls where not PRESENT.
 pub fn answer_to_arrow(answer: &Answer, plan: &Plan) -> Result<Vec<ArrayRef>> {
+    columns_to_arrow(answer, plan, &plan.columns)
+}
+
+/// One Arrow array per column of `plan`'s views (answered or not, such as an on-demand view's
+/// inputs), entities in request order; nulls where not PRESENT.
+pub fn columns_to_arrow(
+    answer: &Answer,
+    plan: &Plan,
+    columns: &[OutColumn],
+) -> Result<Vec<ArrayRef>> {
     let n = answer.num_entities;
     let cells = answer.cells(plan);
-    let mut out: Vec<ArrayRef> = Vec::with_capacity(plan.columns.len());
-    for (ci, c) in plan.columns.iter().enumerate() {
-        let cp = cells.col(ci);
+    let mut out: Vec<ArrayRef> = Vec::with_capacity(columns.len());
+    for c in columns {
+        let cp = cells.col_for(c);
         macro_rules! build {
             ($builder:expr, $pat:pat => $val:expr) => {{
                 let mut b = $builder;
@@ -423,3 +433,202 @@ pub fn dense_f32(answer: &Answer, plan: &Plan) -> Result<(Vec<u8>, Vec<u8>)> {
 }
 
 const NAN_BYTES: [u8; 4] = f32::NAN.to_le_bytes();
+
+/// The rows of a request-time on-demand view made from its transform's output for `n`
+/// entities: one column per output feature, of the feature's Arrow type (checked, naming the
+/// column), `n` rows. A null output is stored absent, so it is answered `NULL_VALUE`; the rows
+/// have no event time (0, as Feast answers on-demand features).
+pub fn on_demand_rows(view: &ViewDef, batch: &StructArray, n: usize) -> Result<Vec<RowState>> {
+    let what = |msg: String| {
+        CoreError::Transform(format!(
+            "on-demand feature view '{}': the transform's output {msg}",
+            view.name
+        ))
+    };
+    if batch.len() != n {
+        return Err(what(format!(
+            "has {} rows; the request has {n} entities (one output row per entity, in order)",
+            batch.len()
+        )));
+    }
+    let ts = vec![0_i64; n];
+    let mut w = BatchRowWriter::new(&view.layout, &ts);
+    for (name, slot) in &view.features {
+        let spec = view.layout.slots()[*slot];
+        let col = batch
+            .column_by_name(name)
+            .ok_or_else(|| what(format!("has no column '{name}'")))?;
+        let want = arrow_type(spec.dtype, spec.dim);
+        expect_type(col, name, &want).map_err(|_| {
+            what(format!(
+                "column '{name}' has type {} but the registry declares {} (Arrow {})",
+                col.data_type().to_string().to_lowercase(),
+                spec.dtype.name(),
+                want.to_string().to_lowercase()
+            ))
+        })?;
+        if spec.dtype == DType::Float32Array {
+            check_array_elements(col.as_ref(), name).map_err(|e| what(e.to_string()))?;
+        }
+        write_column(&mut w, *slot, spec.dtype, spec.dim, col.as_ref());
+    }
+    Ok(w.finish()
+        .into_iter()
+        .map(|r| ReadRow::live(RowBytes::from(r)).map_or(RowState::NotFound, RowState::Live))
+        .collect())
+}
+
+/// A request field of an on-demand view as an Arrow array of its declared type, from the
+/// request's column of that name (entity columns of integers or strings, or request-data
+/// columns); a value that does not convert is an error naming the field and the value.
+pub fn request_column(ents: &Entities, name: &str, dtype: DType, view: &str) -> Result<ArrayRef> {
+    let bad = |i: usize, what: String| {
+        invalid!(
+            "request field '{name}' of on-demand feature view '{view}' is {}: value #{i} is \
+             {what}",
+            dtype.name()
+        )
+    };
+    if let Some((_, col)) = ents.columns.iter().find(|(n, _)| n == name) {
+        let ints: Option<Vec<i64>> = match col {
+            KeyColumn::Int64(v) => Some(v.clone()),
+            KeyColumn::Int32(v) => Some(v.iter().map(|&x| i64::from(x)).collect()),
+            _ => None,
+        };
+        #[allow(clippy::cast_precision_loss)]
+        return match (dtype, ints, col) {
+            (DType::Int64, Some(v), _) => Ok(Arc::new(arrow::array::Int64Array::from(v))),
+            (DType::Int32, Some(v), _) => {
+                let mut out = Vec::with_capacity(v.len());
+                for (i, x) in v.into_iter().enumerate() {
+                    out.push(
+                        i32::try_from(x).map_err(|_| {
+                            bad(i, format!("the integer {x}, out of range for int32"))
+                        })?,
+                    );
+                }
+                Ok(Arc::new(arrow::array::Int32Array::from(out)))
+            }
+            (DType::Float64, Some(v), _) => Ok(Arc::new(arrow::array::Float64Array::from(
+                v.into_iter().map(|x| x as f64).collect::<Vec<_>>(),
+            ))),
+            (DType::Float32, Some(v), _) => Ok(Arc::new(arrow::array::Float32Array::from(
+                v.into_iter().map(|x| x as f32).collect::<Vec<_>>(),
+            ))),
+            (DType::String, _, KeyColumn::Str(v)) => {
+                Ok(Arc::new(arrow::array::StringArray::from(v.clone())))
+            }
+            (_, _, col) => Err(bad(0, format!("{} ({})", col.display(0), col.type_name()))),
+        };
+    }
+    let Some((_, col)) = ents.values.iter().find(|(n, _)| n == name) else {
+        return Err(invalid!(
+            "missing request field '{name}' ({}) of on-demand feature view '{view}': give it \
+             beside the join keys, one value per entity",
+            dtype.name()
+        ));
+    };
+    let vals = &col.values;
+    let describe = |v: &Scalar| match v {
+        Scalar::Null => "null".to_string(),
+        Scalar::Bool(b) => format!("the boolean {b}"),
+        Scalar::Int(x) => format!("the integer {x}"),
+        Scalar::Float(x) => format!("the number {x}"),
+        Scalar::Str(s) => format!("the string {s:?}"),
+        Scalar::Other(w) => (*w).to_string(),
+    };
+    macro_rules! build {
+        ($builder:expr, $($pat:pat $(if $guard:expr)? => $val:expr),+) => {{
+            let mut b = $builder;
+            for (i, v) in vals.iter().enumerate() {
+                match v {
+                    Scalar::Null => b.append_null(),
+                    $($pat $(if $guard)? => b.append_value($val),)+
+                    other => return Err(bad(i, describe(other))),
+                }
+            }
+            Ok(Arc::new(b.finish()) as ArrayRef)
+        }};
+    }
+    let n = vals.len();
+    #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+    match dtype {
+        DType::Float64 => build!(Float64Builder::with_capacity(n),
+            Scalar::Float(x) => *x, Scalar::Int(x) => *x as f64),
+        DType::Float32 => build!(Float32Builder::with_capacity(n),
+            Scalar::Float(x) => *x as f32, Scalar::Int(x) => *x as f32),
+        DType::Int64 => build!(Int64Builder::with_capacity(n), Scalar::Int(x) => *x),
+        DType::Int32 => build!(Int32Builder::with_capacity(n),
+            Scalar::Int(x) if i32::try_from(*x).is_ok() => *x as i32),
+        DType::Bool => build!(BooleanBuilder::with_capacity(n), Scalar::Bool(x) => *x),
+        DType::String => build!(StringBuilder::with_capacity(n, 16 * n), Scalar::Str(x) => x),
+        other => Err(invalid!(
+            "request field '{name}' of on-demand feature view '{view}' has type {}, which \
+             request data cannot carry",
+            other.name()
+        )),
+    }
+}
+
+/// The join keys and event times of encoded rows (hot-tier keys and rows or tombstones, as a
+/// decoded Kafka batch holds them), as Arrow columns named after the view's join keys and
+/// `event_timestamp`: what a write-time on-demand view derives from.
+pub fn entities_of_rows(
+    view: &ViewDef,
+    keys: &[Vec<u8>],
+    rows: &[Vec<u8>],
+) -> Result<(Vec<String>, Vec<ArrayRef>)> {
+    use crate::key::{decode_key, KeyValue};
+    let types: Vec<KeyType> = view.join_keys.iter().map(|k| k.1).collect();
+    let n = keys.len();
+    let mut cols: Vec<Vec<KeyValue>> = (0..types.len()).map(|_| Vec::with_capacity(n)).collect();
+    let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    for (k, r) in keys.iter().zip(rows) {
+        let vals = decode_key(k.get(4..).unwrap_or_default(), &types).ok_or_else(|| {
+            CoreError::Storage(format!(
+                "view '{}': an entity key does not decode",
+                view.name
+            ))
+        })?;
+        for (c, v) in cols.iter_mut().zip(vals) {
+            c.push(v);
+        }
+        ts.append_value(crate::row::RowView::new(r).map_or(0, |v| v.event_ts()));
+    }
+    let mut names = Vec::with_capacity(types.len() + 1);
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(types.len() + 1);
+    for ((name, ty), col) in view.join_keys.iter().zip(cols) {
+        names.push(name.clone());
+        arrays.push(match ty {
+            KeyType::Int64 => Arc::new(arrow::array::Int64Array::from_iter_values(
+                col.into_iter()
+                    .map(|v| if let KeyValue::Int64(x) = v { x } else { 0 }),
+            )),
+            KeyType::Int32 => Arc::new(arrow::array::Int32Array::from_iter_values(
+                col.into_iter()
+                    .map(|v| if let KeyValue::Int32(x) = v { x } else { 0 }),
+            )),
+            KeyType::String => Arc::new(arrow::array::StringArray::from_iter_values(
+                col.into_iter().map(|v| {
+                    if let KeyValue::Str(x) = v {
+                        x
+                    } else {
+                        String::new()
+                    }
+                }),
+            )),
+            KeyType::Bytes => Arc::new(arrow::array::BinaryArray::from_iter_values(
+                col.into_iter().map(|v| {
+                    if let KeyValue::Bytes(x) = v {
+                        x
+                    } else {
+                        Vec::new()
+                    }
+                }),
+            )),
+        });
+    }
+    names.push(EVENT_TS.to_string());
+    arrays.push(Arc::new(ts.finish()));
+    Ok((names, arrays))
+}

@@ -29,6 +29,10 @@ pub enum CoreError {
     /// A router cannot use a shard's answer (another registry on the node, malformed bytes).
     #[error("{0}")]
     BadShardAnswer(String),
+    /// An on-demand view's transform failed or returned output that does not match the
+    /// registry: the server's fault, not the caller's (INTERNAL / 500).
+    #[error("{0}")]
+    Transform(String),
 }
 
 impl From<rocksdb::Error> for CoreError {

@@ -451,6 +451,33 @@ pub mod v1 {
         }
     }
 
+    /// `feature_serving.v1.RequestColumn`: one request field's values.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RequestColumn {
+        #[prost(oneof = "request_column::Values", tags = "1, 2, 3, 4, 5, 6")]
+        pub values: Option<request_column::Values>,
+    }
+
+    /// Oneof of [`RequestColumn`].
+    pub mod request_column {
+        /// `feature_serving.v1.RequestColumn.values`.
+        #[derive(Clone, PartialEq, prost::Oneof)]
+        pub enum Values {
+            #[prost(message, tag = "1")]
+            DoubleValues(super::DoubleColumn),
+            #[prost(message, tag = "2")]
+            Int64Values(super::Int64Column),
+            #[prost(message, tag = "3")]
+            StringValues(super::StringColumn),
+            #[prost(message, tag = "4")]
+            BoolValues(super::BoolColumn),
+            #[prost(message, tag = "5")]
+            FloatValues(super::FloatColumn),
+            #[prost(message, tag = "6")]
+            Int32Values(super::Int32Column),
+        }
+    }
+
     /// `feature_serving.v1.GetFeatureVectorRequest`.
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct GetFeatureVectorRequest {
@@ -465,6 +492,9 @@ pub mod v1 {
         pub include_event_timestamps: bool,
         #[prost(enumeration = "Layout", tag = "6")]
         pub layout: i32,
+        /// Request field name -> its values, one per entity.
+        #[prost(btree_map = "string, message", tag = "7")]
+        pub request_data: BTreeMap<String, RequestColumn>,
     }
 
     /// Oneof of [`GetFeatureVectorRequest`].
@@ -950,6 +980,7 @@ mod tests {
             include_statuses: true,
             include_event_timestamps: false,
             layout: v1::Layout::Dense as i32,
+            request_data: BTreeMap::new(),
         };
         check(V1_REQUEST, &expected);
     }
@@ -981,6 +1012,7 @@ mod tests {
             include_statuses: false,
             include_event_timestamps: true,
             layout: v1::Layout::Columns as i32,
+            request_data: BTreeMap::new(),
         };
         check(V1_REQUEST_SERVICE, &expected);
     }

@@ -6,7 +6,7 @@
 //! an answer also reads its plan.
 
 pub use crate::catalog::plan::{
-    plan_cached, split_ref, Limits, OutColumn, Plan, PlanView, Selector,
+    plan_cached, split_ref, Limits, OutColumn, Plan, PlanOnDemand, PlanView, Selector,
 };
 use crate::catalog::ViewDef;
 use crate::error::{CoreError, Result};
@@ -23,31 +23,69 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone, Default)]
 pub struct Entities {
     pub columns: Vec<(String, KeyColumn)>,
+    /// Columns whose values cannot be join keys (floats, booleans, nulls): request data of
+    /// on-demand views, or a mistake reported as such once the plan shows which.
+    pub values: Vec<(String, ValueColumn)>,
+}
+
+/// One value of a request-data column, as the request wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    /// A list or an object: no request field's value; the text names it.
+    Other(&'static str),
+}
+
+/// A column that cannot be a join key.
+#[derive(Debug, Clone)]
+pub struct ValueColumn {
+    pub values: Vec<Scalar>,
+    /// The error a use of this column as a join key (or no use at all) answers.
+    pub not_a_key: String,
 }
 
 impl Entities {
+    #[must_use]
+    pub fn new(columns: Vec<(String, KeyColumn)>) -> Self {
+        Self {
+            columns,
+            values: Vec::new(),
+        }
+    }
+
     pub fn num_rows(&self) -> usize {
-        self.columns.first().map_or(0, |c| c.1.len())
+        self.columns
+            .first()
+            .map(|c| c.1.len())
+            .or_else(|| self.values.first().map(|c| c.1.values.len()))
+            .unwrap_or(0)
     }
 
     /// The one check of a request's entity columns, before anything is read: at least one
     /// entity, columns of equal length, at most `limits.max_entities`. Returns the count.
     pub fn check(&self, limits: Limits) -> Result<usize> {
-        let Some((first, col)) = self.columns.first() else {
+        let lens = self
+            .columns
+            .iter()
+            .map(|(name, c)| (name, c.len()))
+            .chain(self.values.iter().map(|(name, c)| (name, c.values.len())));
+        let Some((first, n)) = lens.clone().next() else {
             return Err(invalid!("no entities given: 'entities' has no join key"));
         };
-        let n = col.len();
-        for (name, col) in &self.columns {
-            if col.is_empty() {
+        for (name, len) in lens {
+            if len == 0 {
                 return Err(invalid!(
                     "no entities given: join key '{name}' has no values"
                 ));
             }
-            if col.len() != n {
+            if len != n {
                 return Err(invalid!(
                     "entities: join keys have different lengths: '{first}' has {n} values, \
-                     '{name}' has {}",
-                    col.len()
+                     '{name}' has {len}"
                 ));
             }
         }
@@ -109,7 +147,13 @@ pub fn execute(
     let keys = plan
         .views
         .iter()
-        .map(|pv| encode_keys(&pv.def, &pv.key_columns, entities, n))
+        .map(|pv| {
+            if pv.def.on_demand.is_some() {
+                Ok(Vec::new())
+            } else {
+                encode_keys(&pv.def, &pv.key_columns, entities, n)
+            }
+        })
         .collect::<Result<Vec<_>>>()?;
     if let Some(shard) = shard {
         for (pv, keys) in plan.views.iter().zip(&keys) {
@@ -120,6 +164,11 @@ pub fn execute(
     }
     let mut rows = Vec::with_capacity(plan.views.len());
     for (pv, keys) in plan.views.iter().zip(&keys) {
+        if pv.def.on_demand.is_some() {
+            // Filled from the transform's output (`serve::Pending::set_output`).
+            rows.push(vec![RowState::NotFound; n]);
+            continue;
+        }
         let ttl = pv.def.ttl_micros;
         rows.push(
             store
@@ -250,6 +299,18 @@ impl<'a> Cells<'a> {
     #[inline]
     pub fn col(&self, c: usize) -> CellCol<'a> {
         let col = &self.plan.columns[c];
+        let layout = &self.plan.views[col.view].def.layout;
+        CellCol {
+            view: col.view,
+            layout,
+            at: layout.slot_pos(col.slot),
+        }
+    }
+
+    /// Where the values of `col` (a column of this plan's views, not necessarily answered)
+    /// live.
+    #[inline]
+    pub fn col_for(&self, col: &OutColumn) -> CellCol<'a> {
         let layout = &self.plan.views[col.view].def.layout;
         CellCol {
             view: col.view,

@@ -104,6 +104,14 @@ impl Router {
             return Err(invalid!("a router does not answer GetCells; ask a node"));
         }
         let prepared = prepare(&self.catalog, api, body, cfg, scope)?;
+        if let Some(od) = prepared.plan().on_demand.first() {
+            return Err(CoreError::InvalidArgument(format!(
+                "on-demand feature view '{}' is not served through a router yet: ask a node \
+                 (every node holds the views it reads when they are not sharded), or make it \
+                 write-time (write_to_online_store: true), which a router serves like any view",
+                prepared.plan().views[od.view].def.name
+            )));
+        }
         let plan = prepared.plan();
         let entities = &prepared.entities;
         let n = prepared.num_entities();

@@ -328,6 +328,13 @@ impl Store {
         meta: &[(String, Vec<u8>)],
     ) -> Result<WriteStats> {
         debug_assert_eq!(keys.len(), rows.len());
+        if view.on_demand.is_some() {
+            return Err(CoreError::InvalidArgument(format!(
+                "'{}' is a request-time on-demand view: its values are computed per request \
+                 and cannot be written",
+                view.name
+            )));
+        }
         let _w = self.write_lock.lock();
         let current = self.catalog();
         if current.view(&view.name)?.id != view.id {
@@ -481,7 +488,12 @@ impl Store {
 
     /// Flushes memtables and compacts every view (benchmarks measure bytes per row after it).
     pub fn compact(&self) -> Result<()> {
-        for v in &self.catalog().views {
+        for v in self
+            .catalog()
+            .views
+            .iter()
+            .filter(|v| v.on_demand.is_none())
+        {
             let cf = self.view_cf(&v.name)?;
             self.db.flush_cf(&cf)?;
             self.db.compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
@@ -490,7 +502,12 @@ impl Store {
     }
 
     pub fn flush(&self) -> Result<()> {
-        for v in &self.catalog().views {
+        for v in self
+            .catalog()
+            .views
+            .iter()
+            .filter(|v| v.on_demand.is_none())
+        {
             self.db.flush_cf(&self.view_cf(&v.name)?)?;
         }
         self.db.flush_cf(&self.meta_cf()?)?;
@@ -511,7 +528,12 @@ impl Store {
             "rocksdb.estimate-pending-compaction-bytes",
         ];
         let mut out = Vec::new();
-        for v in &self.catalog().views {
+        for v in self
+            .catalog()
+            .views
+            .iter()
+            .filter(|v| v.on_demand.is_none())
+        {
             if let Ok(cf) = self.view_cf(&v.name) {
                 for p in PROPS {
                     if let Ok(Some(x)) = self.db.property_int_value_cf(&cf, p) {

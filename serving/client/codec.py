@@ -106,6 +106,32 @@ def check_features(features: Any, feature_service: Any) -> list[str] | None:
     return refs
 
 
+#: a request-data column: the RequestColumn oneof it goes to, and its values as Python scalars
+RequestData = Mapping[str, Sequence[Any] | npt.NDArray[Any]]
+
+
+def request_columns(data: RequestData | None) -> dict[str, tuple[str, list[Any]]]:
+    """Request fields of on-demand views (docs/on-demand.md) -> (RequestColumn kind, values):
+    booleans, integers, floats (integers among them widen) or strings, one value per entity."""
+    out: dict[str, tuple[str, list[Any]]] = {}
+    for name, raw in (data or {}).items():
+        values = raw.tolist() if isinstance(raw, np.ndarray) else list(raw)
+        if all(isinstance(v, bool) for v in values):
+            kind = "bool_values"
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            kind = "int64_values"
+        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            kind, values = "double_values", [float(v) for v in values]
+        elif all(isinstance(v, str) for v in values):
+            kind = "string_values"
+        else:
+            raise InvalidArgumentError(
+                f"request_data['{name}']: give all booleans, all numbers or all strings"
+            )
+        out[name] = (kind, values)
+    return out
+
+
 def build_request(
     entities: Entities,
     features: Sequence[str] | None,
@@ -113,8 +139,10 @@ def build_request(
     dense: bool,
     *,
     columns: Mapping[str, KeyColumn] | None = None,
+    request_data: RequestData | None = None,
 ) -> pb.GetFeatureVectorRequest:
-    """``columns``: ``entities`` already checked (:func:`entity_columns`)."""
+    """``columns``: ``entities`` already checked (:func:`entity_columns`); ``request_data``:
+    request fields of the on-demand views asked for."""
     refs = check_features(features, feature_service)
     req = pb.GetFeatureVectorRequest(
         include_statuses=True,
@@ -133,6 +161,8 @@ def build_request(
             col.bytes_values.values.extend(vals)
         else:
             col.int64_values.values.extend(vals)
+    for name, (kind, vals) in request_columns(request_data).items():
+        getattr(req.request_data[name], kind).values.extend(vals)
     return req
 
 
@@ -195,6 +225,7 @@ def http_body(
     dense: bool,
     *,
     columns: Mapping[str, KeyColumn] | None = None,
+    request_data: RequestData | None = None,
 ) -> dict[str, Any]:
     refs = check_features(features, service)
     body: dict[str, Any] = {
@@ -206,6 +237,8 @@ def http_body(
         "include_event_timestamps": not dense,
         "layout": "dense" if dense else "columns",
     }
+    if request_data:
+        body["request_data"] = {k: v for k, (_, v) in request_columns(request_data).items()}
     if service is not None:
         body["feature_service"] = service
     else:

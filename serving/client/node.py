@@ -18,6 +18,7 @@ import numpy.typing as npt
 from serving._proto.feature_serving.v1 import feature_service_pb2 as pb
 from serving.client.codec import (
     METHOD,
+    RequestData,
     build_request,
     columns_from_json,
     columns_result,
@@ -134,15 +135,21 @@ class FeatureClient:
         *,
         feature_service: str | None = None,
         timeout: float | None = None,
+        request_data: RequestData | None = None,
     ) -> DenseResult:
         """Numeric features as one ``[entities x features]`` float32 matrix, NaN where a value
-        is not PRESENT (see ``statuses``)."""
+        is not PRESENT (see ``statuses``). ``request_data``: request fields of the on-demand
+        views asked for, one value per entity (docs/on-demand.md)."""
         cols = entity_columns(entities)
         keys = {k: v for k, (_, v) in cols.items()}
         if self.transport == "http":
-            body = http_body(entities, features, feature_service, True, columns=cols)
+            body = http_body(
+                entities, features, feature_service, True, columns=cols, request_data=request_data
+            )
             return dense_from_json(self._http(body, timeout), keys)
-        req = build_request(entities, features, feature_service, True, columns=cols)
+        req = build_request(
+            entities, features, feature_service, True, columns=cols, request_data=request_data
+        )
         return dense_result(self._grpc(req, timeout), keys)
 
     def get_features(
@@ -152,15 +159,21 @@ class FeatureClient:
         *,
         feature_service: str | None = None,
         timeout: float | None = None,
+        request_data: RequestData | None = None,
     ) -> ColumnsResult:
         """Typed columns of any feature types, plus statuses and event timestamps; the same
-        types over gRPC and HTTP (:class:`~serving.client.ColumnsResult`)."""
+        types over gRPC and HTTP (:class:`~serving.client.ColumnsResult`). ``request_data``:
+        request fields of the on-demand views asked for (docs/on-demand.md)."""
         cols = entity_columns(entities)
         keys = {k: v for k, (_, v) in cols.items()}
         if self.transport == "http":
-            body = http_body(entities, features, feature_service, False, columns=cols)
+            body = http_body(
+                entities, features, feature_service, False, columns=cols, request_data=request_data
+            )
             return columns_from_json(self._http(body, timeout), keys)
-        req = build_request(entities, features, feature_service, False, columns=cols)
+        req = build_request(
+            entities, features, feature_service, False, columns=cols, request_data=request_data
+        )
         return columns_result(self._grpc(req, timeout), keys)
 
     def close(self) -> None:
@@ -215,9 +228,12 @@ class AsyncFeatureClient:
         *,
         feature_service: str | None = None,
         timeout: float | None = None,
+        request_data: RequestData | None = None,
     ) -> DenseResult:
         cols = entity_columns(entities)
-        req = build_request(entities, features, feature_service, True, columns=cols)
+        req = build_request(
+            entities, features, feature_service, True, columns=cols, request_data=request_data
+        )
         return dense_result(await self._grpc(req, timeout), {k: v for k, (_, v) in cols.items()})
 
     async def get_features(
@@ -227,9 +243,12 @@ class AsyncFeatureClient:
         *,
         feature_service: str | None = None,
         timeout: float | None = None,
+        request_data: RequestData | None = None,
     ) -> ColumnsResult:
         cols = entity_columns(entities)
-        req = build_request(entities, features, feature_service, False, columns=cols)
+        req = build_request(
+            entities, features, feature_service, False, columns=cols, request_data=request_data
+        )
         keys = {k: v for k, (_, v) in cols.items()}
         return columns_result(await self._grpc(req, timeout), keys)
 

@@ -159,10 +159,15 @@ class NodeAdmin(Frontend, ABC):
         return web.json_response({"snapshot": str(dest), "files": files, "bytes": size})
 
     async def _admin_reload_registry(self, request: web.Request) -> web.Response:
-        """Re-reads the registry file and applies it to the live store (``{"force": bool}``)."""
+        """Re-reads the registry file and applies it to the live store (``{"force": bool,
+        "reload_transforms": bool}``: the second imports the on-demand views' modules again;
+        without it a changed module is not picked up, so that a reload for a new feature view
+        does not swap transform code under a running service)."""
         self._require_admin(request)
         body = await self._json_body(request)
-        registry = Registry.from_yaml(self.settings.config)
+        registry = Registry.from_yaml(
+            self.settings.config, reload_transforms=bool(body.get("reload_transforms"))
+        )
         changes = self.store.apply_registry(registry, force=bool(body.get("force")))
         self._configure_sharding()
         return web.json_response({"changes": changes})

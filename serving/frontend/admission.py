@@ -9,12 +9,13 @@ the Rust call runs on the loop (GIL released inside), guarded by :class:`LoopLag
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from serving import _rust_core
 from serving.config import ServeSettings
-from serving.errors import DeadlineExceededError, ResourceExhaustedError
+from serving.errors import DeadlineExceededError, ResourceExhaustedError, TransformError
+from serving.ondemand import OnDemandRunner
 
 
 class LoopLagGuard:
@@ -88,7 +89,7 @@ class LoopLagGuard:
 
     async def serve_overflow(
         self, api: str, body: bytes, scope: int | None, timeout: float | None = None
-    ) -> bytes:
+    ) -> _Answer:
         """A request that arrived while the loop was behind: off the loop, bounded queue."""
         self.check_hard()
         if self.overflow is None:
@@ -106,7 +107,9 @@ class LoopLagGuard:
 
 
 #: a request waiting in the batcher: api, body, scope, its future, its deadline (loop time)
-_Pending = tuple[str, bytes, int | None, "asyncio.Future[bytes]", float | None]
+_Pending = tuple[str, bytes, int | None, "asyncio.Future[_Answer]", float | None]
+#: what the core answers a request: the response, or one waiting for on-demand transforms
+_Answer = bytes | _rust_core.PendingAnswer
 
 
 class RequestBatcher:
@@ -136,7 +139,7 @@ class RequestBatcher:
 
     async def serve(
         self, api: str, body: bytes, scope: int | None, timeout: float | None = None
-    ) -> bytes:
+    ) -> _Answer:
         """``timeout``: seconds the caller still waits (gRPC deadline); a request still queued
         when it passed is dropped before the Rust call and answered DEADLINE_EXCEEDED."""
         if len(self._pending) >= self._max_queue:
@@ -145,7 +148,7 @@ class RequestBatcher:
                 "--max-queue); retry with backoff"
             )
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bytes] = loop.create_future()
+        fut: asyncio.Future[_Answer] = loop.create_future()
         deadline = None if timeout is None else loop.time() + timeout
         self._pending.append((api, body, scope, fut, deadline))
         if not self._busy and self._timer is None:
@@ -191,11 +194,11 @@ class RequestBatcher:
     def _finish(
         self,
         batch: list[_Pending],
-        done: asyncio.Future[list[bytes | BaseException]],
+        done: asyncio.Future[list[_Answer | BaseException]],
     ) -> None:
         self._busy = False
         err = done.exception()
-        results: list[bytes | BaseException] = (
+        results: list[_Answer | BaseException] = (
             [err] * len(batch) if err is not None else done.result()
         )
         for (*_, fut, _deadline), r in zip(batch, results, strict=True):
@@ -220,8 +223,22 @@ class Admission:
     batcher of ``--batch-window-us`` (None: inline).
     """
 
-    def __init__(self, core: _rust_core.Store, settings: ServeSettings) -> None:
+    def __init__(
+        self,
+        core: _rust_core.Store,
+        settings: ServeSettings,
+        on_demand: Callable[[], OnDemandRunner] | None = None,
+    ) -> None:
         self._serve = core.serve
+        #: the runner of the current registry's on-demand views (None: requests naming one
+        #: are refused)
+        self._on_demand = on_demand
+        self._transform_timeout = settings.transform_timeout_ms / 1000
+        # Transforms run off the loop: a pandas transform of W2's size takes ~1 ms, a buggy
+        # one forever, and neither may hold up the other requests the loop is serving.
+        # Two threads: one transform can run while another waits on the GIL's release in
+        # pyarrow / numpy kernels; a wedged transform takes one, not all.
+        self._transforms = ThreadPoolExecutor(2, thread_name_prefix="transform")
         self.batcher: RequestBatcher | None = None
         if settings.batch_window_us > 0:
             self.batcher = RequestBatcher(
@@ -245,12 +262,42 @@ class Admission:
         if batcher is not None:
             if guard is not None:
                 guard.check_hard()
-            return batcher.serve(api, body, scope, timeout)
+            return self._completed(batcher.serve(api, body, scope, timeout), timeout)
         if timeout is not None and timeout <= 0:
             raise DeadlineExceededError("the deadline expired before the request started")
         if guard is not None and guard.behind():
-            return guard.serve_overflow(api, body, scope, timeout)
-        return self._serve(api, body, scope)
+            return self._completed(guard.serve_overflow(api, body, scope, timeout), timeout)
+        out = self._serve(api, body, scope)
+        if isinstance(out, bytes):
+            return out
+        return self._transform(out, timeout)
+
+    async def _completed(
+        self, answer: Awaitable[bytes | _rust_core.PendingAnswer], timeout: float | None
+    ) -> bytes:
+        out = await answer
+        if isinstance(out, bytes):
+            return out
+        return await self._transform(out, timeout)
+
+    async def _transform(self, pending: _rust_core.PendingAnswer, timeout: float | None) -> bytes:
+        """Runs the request's on-demand transforms on a worker thread, then encodes."""
+        if self._on_demand is None:
+            raise TransformError("this server does not run on-demand transforms")
+        runner = self._on_demand()
+        limit = self._transform_timeout
+        if timeout is not None:
+            limit = min(limit, timeout)
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._transforms, runner.complete, pending)
+        try:
+            return await asyncio.wait_for(work, limit if limit > 0 else None)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"the on-demand transforms of {', '.join(pending.views)} took longer than "
+                f"{limit * 1000:.0f} ms (the server's --transform-timeout-ms, or the request's "
+                "deadline)"
+            ) from None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.guard is not None:
@@ -261,3 +308,4 @@ class Admission:
             self.guard.stop()
         if self.batcher is not None:
             self.batcher.close()
+        self._transforms.shutdown(wait=False, cancel_futures=True)

@@ -66,7 +66,8 @@ class FeatureServer(FeastWrites):
             )
         )
         #: how serving requests run: inline, batched, or off the loop while it is behind
-        self.admission = Admission(self._core, settings)
+        store.observe_transforms(self.metrics.observe_transform)
+        self.admission = Admission(self._core, settings, lambda: self.store.on_demand)
         #: per view: time of the last batch job this server ran, and the rows those jobs applied
         self.batch_runs: dict[str, float] = {}
         self.batch_totals: dict[str, dict[str, int]] = {}

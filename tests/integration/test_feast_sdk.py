@@ -683,3 +683,105 @@ def test_sdk_writes(tmp_path: Path) -> None:
     assert narrow["error"].startswith("RuntimeError: Unable to write online store data"), narrow
     assert "Error_code=400" in narrow["error"]
     assert "df: missing column 'b' (float) of feature view 'narrow'" in narrow["error"]
+
+
+ODFV_SERVER_REGISTRY = """
+project: feastsdk_odfv
+entities:
+  - {name: user, join_keys: [{name: user_id, dtype: int64}]}
+feature_views:
+  - name: user_account
+    entities: [user]
+    features: [{name: balance, dtype: float64}]
+on_demand_feature_views:
+  - name: headroom
+    sources: ["user_account:balance"]
+    request_source: {name: price_request, schema: [{name: price, dtype: float64}]}
+    features: [{name: headroom, dtype: float64}]
+    transform: sdk_tx:headroom
+    mode: pandas
+feature_services:
+  - name: budget_svc
+    features: ["user_account:balance", "headroom:headroom"]
+"""
+
+ODFV_SERVER_TRANSFORM = """
+import pandas as pd
+
+def headroom(df):
+    return pd.DataFrame({"headroom": df["balance"] - df["price"]})
+"""
+
+# The same view, request source and on-demand view as a Feast user defines them: Feast's SDK
+# with a `remote` online store sends the feature service's name and the request data to the
+# server, which runs the transform (docs/on-demand.md, "Feast").
+ODFV_FEAST_DEFINITIONS = """
+from datetime import timedelta
+
+import pandas as pd
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float64, Int64
+
+user = Entity(name="user", join_keys=["user_id"])
+user_account = FeatureView(
+    name="user_account",
+    entities=[user],
+    ttl=timedelta(0),
+    schema=[Field(name="user_id", dtype=Int64), Field(name="balance", dtype=Float64)],
+    source=FileSource(path="SAMPLE_DIR/user_account.parquet", timestamp_field="event_timestamp"),
+)
+price_request = RequestSource(name="price_request", schema=[Field(name="price", dtype=Float64)])
+
+
+@on_demand_feature_view(
+    sources=[user_account, price_request],
+    schema=[Field(name="headroom", dtype=Float64)],
+    mode="pandas",
+)
+def headroom(inputs: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"headroom": inputs["balance"] - inputs["price"]})
+
+
+budget_svc = FeatureService(name="budget_svc", features=[user_account[["balance"]], headroom])
+"""
+
+
+def test_sdk_feature_service_with_an_on_demand_view(tmp_path: Path) -> None:
+    _require_feast_venv()
+    config = tmp_path / "features.yaml"
+    config.write_text(ODFV_SERVER_REGISTRY)
+    (tmp_path / "sdk_tx.py").write_text(ODFV_SERVER_TRANSFORM)
+    sample = generate(tmp_path / "sample", 20)
+    sample_dir = Path(sample.user_profile_path).parent
+    account = pq.read_table(sample_dir / "user_account.parquet")
+    with Store(tmp_path / "db", Registry.from_yaml(config)) as store:
+        store.write("user_account", account)
+    balance = dict(zip(account.column("user_id").to_pylist(),
+                       account.column("balance").to_pylist(), strict=True))  # fmt: skip
+    server = start_server(config, tmp_path / "db", tmp_path / "server.log", "--no-auth")
+    try:
+        repo = tmp_path / "repo"
+        write_repo(repo, server, repo / "data" / "registry.db")
+        (repo / "definitions.py").write_text(
+            ODFV_FEAST_DEFINITIONS.replace("SAMPLE_DIR", str(sample_dir))
+        )
+        proc = subprocess.run(
+            [str(FEAST_CLI), "apply"],
+            check=False, capture_output=True, text=True, cwd=repo, env=_feast_env(),
+            timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"feast apply failed:\n{proc.stdout}\n{proc.stderr}"
+        rows = [{"user_id": 3, "price": 10.0}, {"user_id": 5, "price": 0.5},
+                {"user_id": MISSING, "price": 1.0}]  # fmt: skip
+        out = run_sdk(repo, [{"service": "budget_svc", "rows": rows}])
+    finally:
+        stop_server(server)
+    (call,) = out["calls"]
+    assert "error" not in call, call
+    d = call["dict"]
+    assert d["user_id"] == [3, 5, MISSING]
+    assert d["balance"][:2] == [balance[3], balance[5]]
+    assert d["headroom"][:2] == [balance[3] - 10.0, balance[5] - 0.5]
+    assert d["headroom"][2] is None  # the balance is not found: pandas NaN, answered null
+    assert "price" not in d  # request data is not answered, as Feast's own server does

@@ -50,6 +50,10 @@ LOADER_ONLY = frozenset(
         "feature_serving_loader_dead_letters",
         "feature_serving_kafka_misrouted_records",
         "feature_serving_kafka_seconds_since_broker_contact",
+        # per on-demand view: samples once a transform ran (tests/integration/test_on_demand.py
+        # checks them); this registry has no on-demand view
+        "feature_serving_transform_duration_seconds",
+        "feature_serving_transform_errors",
     }
 )
 #: families only a router (`feature-serving route`) exposes: checked against a router's /metrics

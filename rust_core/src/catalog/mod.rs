@@ -18,6 +18,20 @@ pub struct RegistrySpec {
     pub feature_views: Vec<ViewSpec>,
     #[serde(default)]
     pub feature_services: Vec<ServiceSpec>,
+    /// Request-time on-demand views (write-time ones arrive as plain feature views).
+    #[serde(default)]
+    pub on_demand_feature_views: Vec<OnDemandSpec>,
+}
+
+/// A request-time on-demand view: a Python transform (run by the frontend) over stored
+/// features of other views and fields that arrive with the request.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OnDemandSpec {
+    pub name: String,
+    pub sources: Vec<RefSpec>,
+    #[serde(default)]
+    pub request_fields: Vec<FeatureSpec>,
+    pub features: Vec<FeatureSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +228,17 @@ pub struct ViewDef {
     pub by_name: AHashMap<String, usize>,
     /// 0 = no TTL.
     pub ttl_micros: i64,
+    /// Set for a request-time on-demand view: it has no stored rows; its rows are made from
+    /// the transform's output columns, per request.
+    pub on_demand: Option<Arc<OnDemandDef>>,
+}
+
+/// What a request-time on-demand view reads: stored features of other views (catalog view
+/// index, feature name) and typed request fields.
+#[derive(Debug)]
+pub struct OnDemandDef {
+    pub sources: Vec<(usize, String)>,
+    pub request_fields: Vec<(String, DType)>,
 }
 
 impl ViewDef {
@@ -303,6 +328,7 @@ impl Catalog {
                 by_name: features.iter().cloned().collect(),
                 features,
                 ttl_micros: v.ttl_seconds.saturating_mul(1_000_000),
+                on_demand: None,
             };
             if cat
                 .by_name
@@ -312,6 +338,67 @@ impl Catalog {
                 return Err(CoreError::InvalidArgument(format!(
                     "registry: feature view '{}' is defined twice",
                     v.name
+                )));
+            }
+            cat.views.push(Arc::new(def));
+        }
+        let stored_views = cat.views.len();
+        for (i, o) in spec.on_demand_feature_views.iter().enumerate() {
+            let mut sources = Vec::with_capacity(o.sources.len());
+            for r in &o.sources {
+                let vi = cat.view_index(&r.view)?;
+                if vi >= stored_views {
+                    return Err(CoreError::InvalidArgument(format!(
+                        "registry: on-demand feature view '{}' reads '{}:{}', another on-demand \
+                         view; sources must be feature views",
+                        o.name, r.view, r.feature
+                    )));
+                }
+                cat.views[vi].slot(&r.feature)?;
+                sources.push((vi, r.feature.clone()));
+            }
+            let slots: Vec<SlotSpec> = o.features.iter().map(slot_of).collect();
+            let layout = RowLayout::new(
+                slots
+                    .iter()
+                    .map(|s| Slot {
+                        dtype: s.dtype,
+                        dim: s.dim,
+                    })
+                    .collect(),
+            );
+            let features: Vec<(String, usize)> = o
+                .features
+                .iter()
+                .enumerate()
+                .map(|(slot, f)| (f.name.clone(), slot))
+                .collect();
+            let def = ViewDef {
+                name: o.name.clone(),
+                // Never stored nor cached: the id only has to differ from the stored views'.
+                id: u32::MAX - u32::try_from(i).unwrap_or(0),
+                join_keys: Vec::new(),
+                layout,
+                by_name: features.iter().cloned().collect(),
+                features,
+                ttl_micros: 0,
+                on_demand: Some(Arc::new(OnDemandDef {
+                    sources,
+                    request_fields: o
+                        .request_fields
+                        .iter()
+                        .map(|f| (f.name.clone(), f.dtype))
+                        .collect(),
+                })),
+            };
+            if cat
+                .by_name
+                .insert(o.name.clone(), cat.views.len())
+                .is_some()
+            {
+                return Err(CoreError::InvalidArgument(format!(
+                    "registry: '{}' is the name of a feature view and of an on-demand view",
+                    o.name
                 )));
             }
             cat.views.push(Arc::new(def));

@@ -42,6 +42,22 @@ pub struct PlanView {
 pub struct Plan {
     pub columns: Vec<OutColumn>,
     pub views: Vec<PlanView>,
+    /// The request-time on-demand views among [`Plan::views`], in plan-view order.
+    pub on_demand: Vec<PlanOnDemand>,
+}
+
+/// A request-time on-demand view of a plan: where its inputs come from.
+#[derive(Debug)]
+pub struct PlanOnDemand {
+    /// Index into [`Plan::views`] of the on-demand view (its rows are made from the
+    /// transform's output).
+    pub view: usize,
+    /// The stored features it reads, as columns of the plan's other views (not answered
+    /// unless also requested). `feature` is the column name the transform sees: the bare
+    /// feature name, or `view__feature` where two sources share a name.
+    pub inputs: Vec<OutColumn>,
+    /// Fields that arrive with the request: name and type.
+    pub request: Vec<(String, DType)>,
 }
 
 /// Limits applied before any lookup happens.
@@ -167,36 +183,40 @@ fn resolve(cat: &Catalog, sel: &Selector, entity_names: &[&str], limits: Limits)
     let mut views: Vec<PlanView> = Vec::new();
     let mut view_pos: Vec<Option<usize>> = vec![None; cat.views.len()];
     let mut used_entity = vec![false; entity_names.len()];
+    // The plan view of catalog view `vi`, added on first use with its join keys' columns.
+    let mut plan_view = |vi: usize, views: &mut Vec<PlanView>| -> Result<usize> {
+        if let Some(p) = view_pos[vi] {
+            return Ok(p);
+        }
+        let def = &cat.views[vi];
+        let mut key_columns = Vec::with_capacity(def.join_keys.len());
+        for (jk, _) in &def.join_keys {
+            let idx = entity_names.iter().position(|n| n == jk).ok_or_else(|| {
+                invalid!(
+                    "missing join key '{jk}': feature view '{}' is keyed by [{}]",
+                    def.name,
+                    def.join_keys
+                        .iter()
+                        .map(|k| k.0.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+            used_entity[idx] = true;
+            key_columns.push(idx);
+        }
+        views.push(PlanView {
+            def: def.clone(),
+            key_columns,
+        });
+        view_pos[vi] = Some(views.len() - 1);
+        Ok(views.len() - 1)
+    };
     let mut columns = Vec::with_capacity(refs.len());
     for (vi, feature, reference) in refs {
         let def = &cat.views[vi];
         let slot = def.slot(&feature)?;
-        let pv = if let Some(p) = view_pos[vi] {
-            p
-        } else {
-            let mut key_columns = Vec::with_capacity(def.join_keys.len());
-            for (jk, _) in &def.join_keys {
-                let idx = entity_names.iter().position(|n| n == jk).ok_or_else(|| {
-                    invalid!(
-                        "missing join key '{jk}': feature view '{}' is keyed by [{}]",
-                        def.name,
-                        def.join_keys
-                            .iter()
-                            .map(|k| k.0.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })?;
-                used_entity[idx] = true;
-                key_columns.push(idx);
-            }
-            views.push(PlanView {
-                def: def.clone(),
-                key_columns,
-            });
-            view_pos[vi] = Some(views.len() - 1);
-            views.len() - 1
-        };
+        let pv = plan_view(vi, &mut views)?;
         let s = def.slot_spec(slot);
         columns.push(OutColumn {
             reference,
@@ -207,11 +227,55 @@ fn resolve(cat: &Catalog, sel: &Selector, entity_names: &[&str], limits: Limits)
             dim: s.dim,
         });
     }
-    if let Some(i) = used_entity.iter().position(|u| !u) {
+    let mut on_demand = Vec::new();
+    for p in 0..views.len() {
+        let Some(od) = views[p].def.on_demand.clone() else {
+            continue;
+        };
+        let mut inputs = Vec::with_capacity(od.sources.len());
+        for (vi, feature) in &od.sources {
+            let src = &cat.views[*vi];
+            let slot = src.slot(feature)?;
+            let pv = plan_view(*vi, &mut views)?;
+            let s = src.slot_spec(slot);
+            let shared = od.sources.iter().filter(|(_, f)| f == feature).count() > 1;
+            inputs.push(OutColumn {
+                reference: format!("{}:{feature}", src.name),
+                feature: if shared {
+                    format!("{}__{feature}", src.name)
+                } else {
+                    feature.clone()
+                },
+                view: pv,
+                slot,
+                dtype: s.dtype,
+                dim: s.dim,
+            });
+        }
+        on_demand.push(PlanOnDemand {
+            view: p,
+            inputs,
+            request: od.request_fields.clone(),
+        });
+    }
+    let is_request_field = |name: &str| {
+        on_demand
+            .iter()
+            .any(|o| o.request.iter().any(|(f, _)| f == name))
+    };
+    if let Some(i) = used_entity
+        .iter()
+        .enumerate()
+        .position(|(i, u)| !u && !is_request_field(entity_names[i]))
+    {
         return Err(invalid!(
             "entity column '{}' is not a join key of any requested feature view",
             entity_names[i]
         ));
     }
-    Ok(Plan { columns, views })
+    Ok(Plan {
+        columns,
+        views,
+        on_demand,
+    })
 }

@@ -38,6 +38,7 @@ error_classes! {
     PermissionDenied => PermissionDeniedError,
     WrongShard => WrongShardError,
     BadShardAnswer => ShardAnswerError,
+    Transform => TransformError,
 }
 
 /// The classes of [`TABLE`], in its order.

@@ -1,9 +1,11 @@
 //! PyO3 functions of the Kafka loader (`serving/kafka_loader.py`): decoding and writing batches
 //! of records with the GIL released, and the record-key encoding shared with producers.
 
+use super::arrow::export_batch;
 use super::errors::to_py_err;
 use super::gil::without_gil;
 use super::store::PyStore;
+use crate::arrow_io;
 use crate::catalog::ViewDef;
 use crate::error::CoreError;
 use crate::ingest::{self, Decoded, Format, KeyInput, PartitionCheck, Record};
@@ -101,6 +103,21 @@ impl PyDecodedBatch {
     #[getter]
     fn misrouted(&self) -> Vec<(usize, u32, bool)> {
         self.misrouted.clone()
+    }
+
+    /// The join keys and event times of the batch's rows and tombstones (a pyarrow
+    /// `RecordBatch`), before `write`: what write-time on-demand views derive from.
+    fn entities(&self, py: Python<'_>) -> PyResult<PyObject> {
+        let (names, arrays) = {
+            let guard = self.pending.lock();
+            let d = guard.as_ref().ok_or_else(|| {
+                to_py_err(CoreError::InvalidArgument(
+                    "this batch was already written".into(),
+                ))
+            })?;
+            arrow_io::entities_of_rows(&self.view, &d.keys, &d.rows).map_err(to_py_err)?
+        };
+        export_batch(py, &names, arrays)
     }
 
     /// Writes the rows and `meta` in one atomic write; returns `(written, skipped_older)`.

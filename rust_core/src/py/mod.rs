@@ -6,6 +6,7 @@ mod arrow;
 mod errors;
 mod gil;
 mod ingest;
+mod pending;
 mod route;
 mod settings;
 mod store;
@@ -21,6 +22,7 @@ fn rust_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("ROCKSDB_BINDING", "rust-rocksdb 0.21 (system librocksdb)")?;
     m.add_class::<store::PyStore>()?;
+    m.add_class::<pending::PyPending>()?;
     m.add_class::<ingest::PyDecodedBatch>()?;
     m.add_function(wrap_pyfunction!(ingest::decode_batch, m)?)?;
     m.add_function(wrap_pyfunction!(ingest::ingest_batch, m)?)?;

@@ -3,6 +3,7 @@
 use super::arrow::{export_batch, import_batch};
 use super::errors::to_py_err;
 use super::gil::without_gil;
+use super::pending::PyPending;
 use super::settings::{parse_api, ServeSettings};
 use crate::arrow_io;
 use crate::catalog::ViewDef;
@@ -10,7 +11,8 @@ use crate::error::CoreError;
 use crate::partition::ShardCheck;
 use crate::query::{self, Entities, Limits, Selector};
 use crate::scope::Scope;
-use crate::serve::{self, Api, Caller};
+use crate::serve::on_demand::Started;
+use crate::serve::{self, Api, Caller, ServeConfig};
 use crate::store::{Store, StoreOptions, WriteStats};
 use arrow::array::StructArray;
 use parking_lot::{Mutex, RwLock};
@@ -19,6 +21,18 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// A served request as Python sees it: the response bytes, or the `PendingAnswer` of a request
+/// with on-demand views.
+fn started_to_py(py: Python<'_>, store: &Arc<Store>, cfg: ServeConfig, s: Started) -> PyObject {
+    match s {
+        Started::Done(served) => PyBytes::new(py, &served.body).into_any().unbind(),
+        Started::Pending(p) => match Py::new(py, PyPending::new(store.clone(), cfg, p)) {
+            Ok(obj) => obj.into_any(),
+            Err(e) => e.into_value(py).into_any(),
+        },
+    }
+}
 
 fn stats_tuple(s: WriteStats) -> (u64, u64, u64) {
     (s.rows, s.written, s.skipped_older)
@@ -136,15 +150,17 @@ impl PyStore {
     }
 
     /// The serving path: a request body of `api` (`feast_http`, `feast_grpc`, `v1_grpc`,
-    /// `v1_http`) in, the complete response body out, in one call with the GIL released.
+    /// `v1_http`) in, the complete response body out, in one call with the GIL released; a
+    /// request naming request-time on-demand views gives a `PendingAnswer` instead, which the
+    /// caller completes with the transforms' outputs.
     #[pyo3(signature = (api, body, scope_id = None))]
-    fn serve<'py>(
+    fn serve(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         api: &str,
         body: &[u8],
         scope_id: Option<u64>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
+    ) -> PyResult<PyObject> {
         let api = parse_api(api).map_err(to_py_err)?;
         let store = self.store()?;
         let cfg = self.settings.config();
@@ -156,9 +172,9 @@ impl PyStore {
                 shard: shard.as_deref(),
                 now_us: query::now_micros(),
             };
-            serve::serve(&store, api, body, &cfg, caller)
+            serve::on_demand::start(&store, api, body, &cfg, caller)
         })?;
-        Ok(PyBytes::new(py, &served.body))
+        Ok(started_to_py(py, &store, cfg, served))
     }
 
     /// Many requests in one call (request batching): `(api, body, scope_id)` each; returns, in
@@ -181,7 +197,7 @@ impl PyStore {
                 )
             })
             .collect();
-        let results: Vec<Result<Vec<u8>, CoreError>> = without_gil(py, || {
+        let results: Vec<Result<Started, CoreError>> = without_gil(py, || {
             let now = query::now_micros();
             Ok(parsed
                 .into_iter()
@@ -193,14 +209,14 @@ impl PyStore {
                         shard: shard.as_deref(),
                         now_us: now,
                     };
-                    serve::serve(&store, api, body, &cfg, caller).map(|s| s.body)
+                    serve::on_demand::start(&store, api, body, &cfg, caller)
                 })
                 .collect())
         })?;
         Ok(results
             .into_iter()
             .map(|r| match r {
-                Ok(body) => PyBytes::new(py, &body).into_any().unbind(),
+                Ok(started) => started_to_py(py, &store, cfg, started),
                 Err(e) => to_py_err(e).into_value(py).into_any(),
             })
             .collect())

@@ -82,7 +82,7 @@ fn json_key_value(out: &mut Vec<u8>, col: &KeyColumn, i: usize) {
 /// Rough size of a JSON answer, to allocate once.
 fn json_capacity(p: &Prepared) -> usize {
     let n = p.num_entities();
-    let f = p.num_features() + p.entities.columns.len();
+    let f = p.num_features() + p.num_key_columns;
     256 + f * (64 + n * 56)
 }
 
@@ -92,7 +92,7 @@ pub(super) fn feast(p: &Prepared, cells: &impl CellSource, shortest: bool) -> Ve
     let mut out = Vec::with_capacity(json_capacity(p));
     out.extend_from_slice(b"{\"metadata\":{\"feature_names\":[");
     let mut first = true;
-    for (name, _) in &p.entities.columns {
+    for (name, _) in p.key_columns() {
         if !std::mem::take(&mut first) {
             out.push(b',');
         }
@@ -106,7 +106,7 @@ pub(super) fn feast(p: &Prepared, cells: &impl CellSource, shortest: bool) -> Ve
     }
     out.extend_from_slice(b"]},\"results\":[");
     let mut first = true;
-    for (_, col) in &p.entities.columns {
+    for (_, col) in p.key_columns() {
         if !std::mem::take(&mut first) {
             out.push(b',');
         }

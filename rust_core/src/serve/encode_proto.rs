@@ -175,11 +175,11 @@ impl TimestampCache {
 pub(super) fn feast(p: &Prepared, cells: &impl CellSource) -> Vec<u8> {
     let n = cells.num_entities();
     let f = p.plan.columns.len();
-    let mut out = Vec::with_capacity(256 + (f + p.entities.columns.len()) * (16 + n * 20));
+    let mut out = Vec::with_capacity(256 + (f + p.num_key_columns) * (16 + n * 20));
     // metadata { feature_names { val: [...] } }
     pb::nested(&mut out, 1, |out| {
         pb::nested(out, 1, |out| {
-            for (name, _) in &p.entities.columns {
+            for (name, _) in p.key_columns() {
                 pb::bytes(out, 1, name.as_bytes());
             }
             for c in 0..f {
@@ -187,7 +187,7 @@ pub(super) fn feast(p: &Prepared, cells: &impl CellSource) -> Vec<u8> {
             }
         });
     });
-    for (_, col) in &p.entities.columns {
+    for (_, col) in p.key_columns() {
         pb::nested(&mut out, 2, |out| {
             for i in 0..n {
                 let v = match col {

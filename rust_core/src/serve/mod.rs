@@ -75,6 +75,7 @@
 mod encode_json;
 mod encode_proto;
 mod json;
+pub mod on_demand;
 mod pb;
 mod request_json;
 mod request_proto;
@@ -189,6 +190,10 @@ pub struct Prepared {
     pub(crate) service: Option<String>,
     full_feature_names: bool,
     v1: V1Opts,
+    /// Entity columns answered beside the features: the join keys, in request order (request
+    /// fields of on-demand views are not answered, as in Feast). `None`: all of them.
+    answered_keys: Option<Vec<usize>>,
+    num_key_columns: usize,
 }
 
 impl fmt::Debug for Prepared {
@@ -223,6 +228,16 @@ impl Prepared {
         &self.plan
     }
 
+    /// The entity columns the Feast APIs answer: the join keys of the request's views.
+    fn key_columns(&self) -> impl Iterator<Item = &(String, crate::key::KeyColumn)> {
+        let all = &self.entities.columns;
+        let (whole, some) = match &self.answered_keys {
+            None => (&all[..], &[][..]),
+            Some(idx) => (&[][..], &idx[..]),
+        };
+        whole.iter().chain(some.iter().map(|&c| &all[c]))
+    }
+
     /// Reads the rows of every view involved (on a sharded node, refusing entities another
     /// shard owns).
     pub fn execute(
@@ -247,6 +262,21 @@ impl Prepared {
             Api::V1Http if self.v1.dense => encode_json::v1_dense(self, cells, shortest),
             Api::V1Http => encode_json::v1_columns(self, cells, shortest),
             Api::Cells => cells_codec::encode(&self.plan, cells),
+        }
+    }
+
+    /// Counts ([`crate::stats`]) and encodes the answer read for this request.
+    fn finish(&self, store: &Store, answer: &Answer, cfg: &ServeConfig) -> Served {
+        store.serve_stats.record(
+            self.views().zip(answer.view_stats(&self.plan)),
+            self.num_entities(),
+            self.num_features(),
+        );
+        Served {
+            body: self.encode(&answer.cells(&self.plan), cfg),
+            views: self.views().map(str::to_string).collect(),
+            num_entities: self.num_entities(),
+            num_features: self.num_features(),
         }
     }
 
@@ -284,8 +314,32 @@ pub fn prepare(
         }
     }
     req.entities.check(cfg.limits)?;
-    let names: Vec<&str> = req.entities.columns.iter().map(|c| c.0.as_str()).collect();
+    // A column that cannot be a join key is only accepted as some on-demand view's request
+    // field; otherwise it is answered as before there were any.
+    for (name, col) in &req.entities.values {
+        let is_field = cat.views.iter().any(|v| {
+            v.on_demand
+                .as_ref()
+                .is_some_and(|od| od.request_fields.iter().any(|(f, _)| f == name))
+        });
+        if !is_field {
+            return Err(invalid!("{}", col.not_a_key));
+        }
+    }
+    let names: Vec<&str> = req
+        .entities
+        .columns
+        .iter()
+        .map(|c| c.0.as_str())
+        .chain(req.entities.values.iter().map(|c| c.0.as_str()))
+        .collect();
     let plan = query::plan_cached(cat, &req.sel, &names, cfg.limits)?;
+    let n_keys = req.entities.columns.len();
+    for pv in &plan.views {
+        if let Some(&c) = pv.key_columns.iter().find(|&&c| c >= n_keys) {
+            return Err(invalid!("{}", req.entities.values[c - n_keys].1.not_a_key));
+        }
+    }
     if req.v1.dense {
         if let Some(c) = plan.columns.iter().find(|c| !c.dtype.is_dense_compatible()) {
             return Err(invalid!(
@@ -300,8 +354,15 @@ pub fn prepare(
         Selector::Service(s) => Some(s),
         Selector::Refs(_) => None,
     };
+    let answered_keys = (!plan.on_demand.is_empty()).then(|| {
+        (0..n_keys)
+            .filter(|c| plan.views.iter().any(|pv| pv.key_columns.contains(c)))
+            .collect::<Vec<_>>()
+    });
     Ok(Prepared {
         api,
+        num_key_columns: answered_keys.as_ref().map_or(n_keys, Vec::len),
+        answered_keys,
         plan,
         entities: req.entities,
         service,
@@ -319,18 +380,12 @@ pub fn serve(
     cfg: &ServeConfig,
     caller: Caller<'_>,
 ) -> Result<Served> {
-    let p = prepare(&store.catalog(), api, body, cfg, caller.scope)?;
-    let answer = p.execute(store, caller.now_us, caller.shard)?;
-    store.serve_stats.record(
-        p.views().zip(answer.view_stats(&p.plan)),
-        p.num_entities(),
-        p.num_features(),
-    );
-    let body = p.encode(&answer.cells(&p.plan), cfg);
-    Ok(Served {
-        body,
-        views: p.views().map(str::to_string).collect(),
-        num_entities: p.num_entities(),
-        num_features: p.num_features(),
-    })
+    match on_demand::start(store, api, body, cfg, caller)? {
+        on_demand::Started::Done(served) => Ok(served),
+        on_demand::Started::Pending(p) => Err(crate::error::CoreError::InvalidArgument(format!(
+            "the request names on-demand feature views ({}), whose transforms only a server \
+             runs (serve_start)",
+            p.views().join(", ")
+        ))),
+    }
 }

@@ -5,7 +5,7 @@ use super::{Api, Request, V1Opts};
 use crate::error::Result;
 use crate::invalid;
 use crate::key::KeyColumn;
-use crate::query::{Entities, Selector};
+use crate::query::{Entities, Scalar, Selector, ValueColumn};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -19,6 +19,8 @@ struct JsonRequest<'a> {
     feature_service: Option<Cow<'a, str>>,
     #[serde(default)]
     entities: Option<JsonEntities>,
+    #[serde(default)]
+    request_data: Option<JsonEntities>,
     #[serde(default)]
     full_feature_names: bool,
     #[serde(default)]
@@ -72,13 +74,29 @@ pub(super) fn parse(api: Api, body: &[u8]) -> Result<Request> {
             ))
         }
     };
-    let Some(entities) = req.entities else {
+    let Some(JsonEntities(mut entities)) = req.entities else {
         return Err(invalid!(
             "missing 'entities': give an object of join key -> list of values, for example \
              {{\"user_id\": [1, 2]}}"
         ));
     };
     let mut v1 = V1Opts::default();
+    if let Some(JsonEntities(data)) = req.request_data {
+        if api != Api::V1Http {
+            return Err(invalid!(
+                "'request_data' is a v1 member; Feast's API carries request data in 'entities'"
+            ));
+        }
+        let mut all = JsonEntities(entities);
+        for (n, c) in data.columns {
+            all.push(n, Parsed::Key(c)).map_err(|e| invalid!("{e}"))?;
+        }
+        for (n, c) in data.values {
+            all.push(n, Parsed::Values(c))
+                .map_err(|e| invalid!("{e}"))?;
+        }
+        entities = all.0;
+    }
     if api == Api::V1Http {
         v1.include_statuses = req.include_statuses;
         v1.include_event_timestamps = req.include_event_timestamps;
@@ -95,12 +113,7 @@ pub(super) fn parse(api: Api, body: &[u8]) -> Result<Request> {
     Ok(Request {
         full_feature_names: req.full_feature_names,
         v1,
-        ..Request::new(
-            sel,
-            Entities {
-                columns: entities.0,
-            },
-        )
+        ..Request::new(sel, entities)
     })
 }
 
@@ -109,9 +122,26 @@ enum Elem {
     Int(i64),
     Str(String),
     /// An integer outside int64, as the request wrote it (serde gives a JSON integer past
-    /// u64 as an f64, so `1e20` and `100000000000000000000` both arrive here).
-    OutOfRange(String),
-    Other(String),
+    /// u64 as an f64, so `1e20` and `100000000000000000000` both arrive here), and as a float.
+    OutOfRange(String, f64),
+    /// A value no join key can have (a float, a boolean, null, a list, an object).
+    NotKey(Scalar),
+}
+
+/// How an error message names a value that cannot be a join key.
+fn describe(v: &Scalar) -> String {
+    match v {
+        Scalar::Float(v) if v.is_finite() && v.fract() == 0.0 => format!(
+            "the number {v} in floating-point form ({v:e}); write an integer without a fraction \
+             or exponent"
+        ),
+        Scalar::Float(v) => format!("the non-integer number {v}"),
+        Scalar::Bool(v) => format!("the boolean {v}"),
+        Scalar::Null => "null".into(),
+        Scalar::Int(v) => format!("the number {v}"),
+        Scalar::Str(v) => format!("the string {v:?}"),
+        Scalar::Other(what) => (*what).into(),
+    }
 }
 
 impl<'de> Deserialize<'de> for Elem {
@@ -125,32 +155,29 @@ impl<'de> Deserialize<'de> for Elem {
             fn visit_i64<E>(self, v: i64) -> Result<Elem, E> {
                 Ok(Elem::Int(v))
             }
+            #[allow(clippy::cast_precision_loss)]
             fn visit_u64<E>(self, v: u64) -> Result<Elem, E> {
-                Ok(i64::try_from(v).map_or_else(|_| Elem::OutOfRange(v.to_string()), Elem::Int))
+                Ok(i64::try_from(v)
+                    .map_or_else(|_| Elem::OutOfRange(v.to_string(), v as f64), Elem::Int))
             }
             #[allow(clippy::cast_precision_loss)]
             fn visit_f64<E>(self, v: f64) -> Result<Elem, E> {
                 let integral = v.is_finite() && v.fract() == 0.0;
                 let int64 = (i64::MIN as f64)..(i64::MAX as f64);
-                Ok(if !integral {
-                    Elem::Other(format!("the non-integer number {v}"))
-                } else if !int64.contains(&v) {
-                    Elem::OutOfRange(format!("{v:e}"))
+                Ok(if integral && !int64.contains(&v) {
+                    Elem::OutOfRange(format!("{v:e}"), v)
                 } else {
-                    Elem::Other(format!(
-                        "the number {v} in floating-point form ({v:e}); write an integer \
-                         without a fraction or exponent"
-                    ))
+                    Elem::NotKey(Scalar::Float(v))
                 })
             }
             fn visit_bool<E>(self, v: bool) -> Result<Elem, E> {
-                Ok(Elem::Other(format!("the boolean {v}")))
+                Ok(Elem::NotKey(Scalar::Bool(v)))
             }
             fn visit_unit<E>(self) -> Result<Elem, E> {
-                Ok(Elem::Other("null".into()))
+                Ok(Elem::NotKey(Scalar::Null))
             }
             fn visit_none<E>(self) -> Result<Elem, E> {
-                Ok(Elem::Other("null".into()))
+                Ok(Elem::NotKey(Scalar::Null))
             }
             fn visit_str<E>(self, v: &str) -> Result<Elem, E> {
                 Ok(Elem::Str(v.to_string()))
@@ -160,11 +187,11 @@ impl<'de> Deserialize<'de> for Elem {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Elem, A::Error> {
                 while a.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Elem::Other("a list".into()))
+                Ok(Elem::NotKey(Scalar::Other("a list")))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Elem, A::Error> {
                 while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Elem::Other("an object".into()))
+                Ok(Elem::NotKey(Scalar::Other("an object")))
             }
         }
         d.deserialize_any(V)
@@ -193,16 +220,17 @@ impl<'de> Deserialize<'de> for FeatureRefs {
                             out.len()
                         )))
                         }
-                        Elem::OutOfRange(n) => {
+                        Elem::OutOfRange(n, _) => {
                             return Err(de::Error::custom(format!(
                             "features[{}] must be a \"view:feature\" string, not the number {n}",
                             out.len()
                         )))
                         }
-                        Elem::Other(what) => {
+                        Elem::NotKey(v) => {
                             return Err(de::Error::custom(format!(
-                                "features[{}] must be a \"view:feature\" string, not {what}",
-                                out.len()
+                                "features[{}] must be a \"view:feature\" string, not {}",
+                                out.len(),
+                                describe(&v)
                             )))
                         }
                     }
@@ -214,8 +242,25 @@ impl<'de> Deserialize<'de> for FeatureRefs {
     }
 }
 
-/// `entities`: an object of join key -> list of values, in document order.
-struct JsonEntities(Vec<(String, KeyColumn)>);
+/// `entities` (and v1's `request_data`): an object of name -> list of values, in document
+/// order. Columns of integers or strings may be join keys; any other column is request data
+/// (or an error, once the plan shows it is neither).
+#[derive(Default)]
+struct JsonEntities(Entities);
+
+impl JsonEntities {
+    fn push(&mut self, name: String, col: Parsed) -> std::result::Result<(), String> {
+        let e = &mut self.0;
+        if e.columns.iter().any(|(n, _)| *n == name) || e.values.iter().any(|(n, _)| *n == name) {
+            return Err(format!("entities: join key '{name}' is given twice"));
+        }
+        match col {
+            Parsed::Key(c) => e.columns.push((name, c)),
+            Parsed::Values(c) => e.values.push((name, c)),
+        }
+        Ok(())
+    }
+}
 
 impl<'de> Deserialize<'de> for JsonEntities {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -226,50 +271,61 @@ impl<'de> Deserialize<'de> for JsonEntities {
                 f.write_str("'entities' as an object of join key -> list of values")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<JsonEntities, A::Error> {
-                let mut out: Vec<(String, KeyColumn)> = Vec::new();
+                let mut out = JsonEntities::default();
                 while let Some(name) = a.next_key::<String>()? {
-                    if out.iter().any(|(n, _)| *n == name) {
-                        return Err(de::Error::custom(format!(
-                            "entities: join key '{name}' is given twice"
-                        )));
-                    }
                     let col = a.next_value_seed(KeySeed(&name))?;
-                    out.push((name, col));
+                    out.push(name, col).map_err(de::Error::custom)?;
                 }
-                Ok(JsonEntities(out))
+                Ok(out)
             }
         }
         d.deserialize_map(V)
     }
 }
 
-/// The values of one join key: all integers or all strings.
+/// One parsed column: join-key-able or not.
+enum Parsed {
+    Key(KeyColumn),
+    Values(ValueColumn),
+}
+
+/// The values of one column: all integers or all strings (a join key), else request data.
 struct KeySeed<'n>(&'n str);
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
-    type Value = KeyColumn;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<KeyColumn, D::Error> {
+    type Value = Parsed;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Parsed, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
+fn to_scalars(col: Option<KeyColumn>, cap: usize) -> Vec<Scalar> {
+    let mut out = Vec::with_capacity(cap);
+    match col {
+        Some(KeyColumn::Int64(v)) => out.extend(v.into_iter().map(Scalar::Int)),
+        Some(KeyColumn::Str(v)) => out.extend(v.into_iter().map(Scalar::Str)),
+        _ => {}
+    }
+    out
+}
+
 impl<'de> Visitor<'de> for KeySeed<'_> {
-    type Value = KeyColumn;
+    type Value = Parsed;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "a list of values for join key '{}'", self.0)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<KeyColumn, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Parsed, A::Error> {
         let name = self.0;
         let cap = a.size_hint().unwrap_or(16);
         let mut col: Option<KeyColumn> = None;
         let mut i = 0usize;
+        let bad = |i: usize, what: &str| {
+            format!(
+                "entities: join key '{name}' value #{i} is {what}; the values of a join key must \
+                 be all integers or all strings"
+            )
+        };
         while let Some(e) = a.next_element::<Elem>()? {
-            let bad = |what: &str| {
-                de::Error::custom(format!(
-                    "entities: join key '{name}' value #{i} is {what}; the values of a join key \
-                     must be all integers or all strings"
-                ))
-            };
             match (e, &mut col) {
                 (Elem::Int(x), Some(KeyColumn::Int64(v))) => v.push(x),
                 (Elem::Str(s), Some(KeyColumn::Str(v))) => v.push(s),
@@ -284,23 +340,52 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
                     col = Some(KeyColumn::Str(v));
                 }
                 (Elem::Int(x), Some(_)) => {
-                    return Err(bad(&format!("the number {x} after strings")))
+                    return Err(de::Error::custom(bad(
+                        i,
+                        &format!("the number {x} after strings"),
+                    )))
                 }
                 (Elem::Str(s), Some(_)) => {
-                    return Err(bad(&format!("the string {s:?} after numbers")))
+                    return Err(de::Error::custom(bad(
+                        i,
+                        &format!("the string {s:?} after numbers"),
+                    )))
                 }
-                (Elem::OutOfRange(n), _) => {
-                    return Err(de::Error::custom(format!(
+                (Elem::OutOfRange(n, x), _) => {
+                    let not_a_key = format!(
                         "entities: join key '{name}' value #{i} is the integer {n}, which is out \
                          of range for int64 ({} to {})",
                         i64::MIN,
                         i64::MAX
-                    )))
+                    );
+                    return values_rest(a, to_scalars(col, cap), Scalar::Float(x), not_a_key);
                 }
-                (Elem::Other(what), _) => return Err(bad(&what)),
+                (Elem::NotKey(v), _) => {
+                    let not_a_key = bad(i, &describe(&v));
+                    return values_rest(a, to_scalars(col, cap), v, not_a_key);
+                }
             }
             i += 1;
         }
-        Ok(col.unwrap_or(KeyColumn::Int64(Vec::new())))
+        Ok(Parsed::Key(col.unwrap_or(KeyColumn::Int64(Vec::new()))))
     }
+}
+
+/// The rest of a column that turned out not to be a join key, from its first such value on.
+fn values_rest<'de, A: SeqAccess<'de>>(
+    mut a: A,
+    mut values: Vec<Scalar>,
+    first: Scalar,
+    not_a_key: String,
+) -> Result<Parsed, A::Error> {
+    values.push(first);
+    while let Some(e) = a.next_element::<Elem>()? {
+        values.push(match e {
+            Elem::Int(x) => Scalar::Int(x),
+            Elem::Str(s) => Scalar::Str(s),
+            Elem::OutOfRange(_, x) => Scalar::Float(x),
+            Elem::NotKey(v) => v,
+        });
+    }
+    Ok(Parsed::Values(ValueColumn { values, not_a_key }))
 }

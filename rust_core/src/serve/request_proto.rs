@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::invalid;
 use crate::key::KeyColumn;
 use crate::proto::{feast, v1};
-use crate::query::{Entities, Selector};
+use crate::query::{Entities, Scalar, Selector, ValueColumn};
 use prost::Message as _;
 use std::collections::BTreeMap;
 
@@ -15,17 +15,6 @@ pub(super) fn parse_feast(body: &[u8]) -> Result<Request> {
     use feast::get_online_features_request::Kind;
     let req = feast::GetOnlineFeaturesRequest::decode(body)
         .map_err(|e| invalid!("malformed GetOnlineFeaturesRequest: {e}"))?;
-    if !req.request_context.is_empty() {
-        return Err(invalid!(
-            "request_context is not supported (on-demand feature views are not served); got \
-             [{}]",
-            req.request_context
-                .keys()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
     let sel = match req.kind {
         Some(Kind::FeatureService(s)) => Selector::Service(s),
         Some(Kind::Features(f)) => Selector::Refs(f.val),
@@ -36,10 +25,44 @@ pub(super) fn parse_feast(body: &[u8]) -> Result<Request> {
         let col = feast_key_column(&name, rv.val)?;
         columns.push((name, col));
     }
+    let mut entities = Entities::new(columns);
+    for (name, rv) in req.request_context {
+        if entities.columns.iter().any(|(n, _)| *n == name) {
+            return Err(invalid!(
+                "'{name}' is given both in entities and in request_context"
+            ));
+        }
+        let col = request_values(&name, rv.val);
+        entities.values.push((name, col));
+    }
     Ok(Request {
         full_feature_names: req.full_feature_names,
-        ..Request::new(sel, Entities { columns })
+        ..Request::new(sel, entities)
     })
+}
+
+/// A `request_context` column: request data of on-demand views.
+fn request_values(name: &str, vals: Vec<feast::Value>) -> ValueColumn {
+    use feast::value::Val;
+    let values = vals
+        .into_iter()
+        .map(|v| match v.val {
+            None => Scalar::Null,
+            Some(Val::DoubleVal(x)) => Scalar::Float(x),
+            Some(Val::FloatVal(x)) => Scalar::Float(f64::from(x)),
+            Some(Val::Int64Val(x)) => Scalar::Int(x),
+            Some(Val::Int32Val(x)) => Scalar::Int(i64::from(x)),
+            Some(Val::StringVal(s)) => Scalar::Str(s),
+            Some(Val::BoolVal(b)) => Scalar::Bool(b),
+            Some(_) => Scalar::Other("a bytes, timestamp, list, set or map value"),
+        })
+        .collect();
+    ValueColumn {
+        values,
+        not_a_key: format!(
+            "request_context['{name}'] is not a request field of any on-demand feature view"
+        ),
+    }
 }
 
 fn feast_key_column(name: &str, vals: Vec<feast::Value>) -> Result<KeyColumn> {
@@ -158,14 +181,57 @@ pub(super) fn parse_v1(body: &[u8]) -> Result<Request> {
         Ok(v1::Layout::Dense) => true,
         Err(_) => return Err(invalid!("unknown layout {}", req.layout)),
     };
-    let columns = v1_entities(req.entities)?;
+    let mut entities = Entities::new(v1_entities(req.entities)?);
+    for (name, col) in req.request_data {
+        if entities.columns.iter().any(|(n, _)| *n == name) {
+            return Err(invalid!(
+                "'{name}' is given both in entities and in request_data"
+            ));
+        }
+        entities
+            .values
+            .push((name.clone(), v1_request_values(&name, col)?));
+    }
     Ok(Request {
         v1: V1Opts {
             include_statuses: req.include_statuses,
             include_event_timestamps: req.include_event_timestamps,
             dense,
         },
-        ..Request::new(sel, Entities { columns })
+        ..Request::new(sel, entities)
+    })
+}
+
+/// A v1 `request_data` column.
+fn v1_request_values(name: &str, col: v1::RequestColumn) -> Result<ValueColumn> {
+    use v1::request_column::Values;
+    let values = match col.values {
+        Some(Values::DoubleValues(c)) => c.values.into_iter().map(Scalar::Float).collect(),
+        Some(Values::FloatValues(c)) => c
+            .values
+            .into_iter()
+            .map(|x| Scalar::Float(f64::from(x)))
+            .collect(),
+        Some(Values::Int64Values(c)) => c.values.into_iter().map(Scalar::Int).collect(),
+        Some(Values::Int32Values(c)) => c
+            .values
+            .into_iter()
+            .map(|x| Scalar::Int(i64::from(x)))
+            .collect(),
+        Some(Values::StringValues(c)) => c.values.into_iter().map(Scalar::Str).collect(),
+        Some(Values::BoolValues(c)) => c.values.into_iter().map(Scalar::Bool).collect(),
+        None => {
+            return Err(invalid!(
+                "request_data['{name}'] has no values: set one of double_values, \
+                 int64_values, string_values, bool_values, float_values, int32_values"
+            ))
+        }
+    };
+    Ok(ValueColumn {
+        values,
+        not_a_key: format!(
+            "request_data['{name}'] is not a request field of any on-demand feature view"
+        ),
     })
 }
 
@@ -180,6 +246,6 @@ pub(super) fn parse_cells(body: &[u8]) -> Result<Request> {
     let columns = v1_entities(req.entities)?;
     Ok(Request {
         part_of_service: Some(req.feature_service).filter(|s| !s.is_empty()),
-        ..Request::new(Selector::Refs(req.refs), Entities { columns })
+        ..Request::new(Selector::Refs(req.refs), Entities::new(columns))
     })
 }

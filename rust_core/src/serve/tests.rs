@@ -51,9 +51,7 @@ fn write_rows(
     let cat = store.catalog();
     let def = cat.view(view).unwrap();
     let n = keys.len();
-    let ents = Entities {
-        columns: vec![("k".into(), keys)],
-    };
+    let ents = Entities::new(vec![("k".into(), keys)]);
     let k = query::encode_keys(def, &[0], &ents, n).unwrap();
     let mut w = BatchRowWriter::new(&def.layout, ts);
     for r in 0..n {
@@ -716,10 +714,10 @@ fn feast_grpc_bad_input() {
     );
     let e = err(Api::FeastGrpc, &store, &ctx.encode_to_vec());
     assert!(
-        e.to_string().contains("request_context is not supported"),
+        e.to_string()
+            .contains("request_context['val_to_add'] is not a request field"),
         "{e}"
     );
-    assert!(e.to_string().contains("val_to_add"), "{e}");
     let mut none = feast_req(&[], vec![("user_id", vec![fv(Val::Int64Val(1))])]);
     none.kind = None;
     let e = err(Api::FeastGrpc, &store, &none.encode_to_vec());
@@ -748,6 +746,7 @@ pub(crate) fn v1_req(
         include_statuses: true,
         include_event_timestamps: true,
         layout: layout as i32,
+        request_data: BTreeMap::new(),
     }
 }
 

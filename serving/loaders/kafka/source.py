@@ -315,7 +315,13 @@ class Source:
             (offset_key(self.view.name, self.topic, p), str(o).encode())
             for p, o in batch.next_offsets
         ]
-        written, skipped = batch.write(meta)
+        if self.store.registry.write_time_views(self.view.name):
+            # Derived after the rows they derive from, with the offsets (Store._apply says why).
+            entities = batch.entities()
+            written, skipped = batch.write(None)
+            self.store.on_demand.derive(self.store.core, self.view.name, entities, meta)
+        else:
+            written, skipped = batch.write(meta)
         now = time.monotonic()
         with self.lock:
             for p, o in batch.next_offsets:

@@ -157,6 +157,11 @@ def test_registry_lists_every_demo_view(demo: Demo, browser: Browser) -> None:
         registry.feature_services
     )
     assert _rows(browser, "#entities tr[data-entity]", "data-entity") == set(registry.entities)
+    # the demo's on-demand views (docs/on-demand.md), request-time and write-time
+    assert registry.on_demand_views
+    assert _rows(browser, "tr[data-on-demand-view]", "data-on-demand-view") == set(
+        registry.on_demand_views
+    )
     browser.screenshot("registry")
     # searchable: a feature's description finds its view
     browser.wait_css("#search").send_keys("ISO 3166")

@@ -104,10 +104,25 @@ def registry_json(registry: Registry, seen: Visibility) -> dict[str, Any]:
         ],
         "feature_views": [view_json(v) for v in views],
         "feature_services": [service_json(s) for s in services],
-        # ON-DEMAND VIEWS (issue 16): once the registry has on-demand feature views, list
-        # here those the caller may read (their sources and output features); the registry
-        # page and the try-it panel already render this list.
-        "on_demand_views": [],
+        # on-demand views the caller may read (docs/on-demand.md): sources, request fields,
+        # outputs, the transform and where it runs
+        "on_demand_views": [
+            {
+                "name": o.name,
+                "description": o.description,
+                "kind": "write-time" if o.write_to_online_store else "request-time",
+                "sources": [str(r) for r in o.sources],
+                "request_fields": [{"name": f.name, "dtype": f.dtype} for f in o.request_fields],
+                "features": [
+                    {"name": f.name, "dtype": f.dtype, "dim": f.dim, "description": f.description}
+                    for f in o.features
+                ],
+                "transform": o.transform,
+                "mode": o.mode,
+            }
+            for o in registry.on_demand_views.values()
+            if seen.view(o.name)
+        ],
     }
 
 

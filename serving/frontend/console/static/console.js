@@ -229,8 +229,12 @@ async function pageRegistry() {
     return tr;
   });
   const odfvRows = reg.on_demand_views.map((v) => {
+    const inputs = (v.sources || []).concat(
+      (v.request_fields || []).map((f) => "request: " + f.name + " (" + f.dtype + ")"));
     const tr = el("tr", { "data-on-demand-view": v.name }, el("td", {}, v.name),
-      el("td", {}, (v.features || []).map((f) => f.name).join(", ")),
+      el("td", {}, (v.kind || "") + (v.mode ? ", " + v.mode : "")),
+      el("td", {}, inputs.join(", ")),
+      el("td", {}, (v.features || []).map((f) => f.name + " (" + f.dtype + ")").join(", ")),
       el("td", { class: "muted" }, v.description || ""));
     rows.push([tr, JSON.stringify(v).toLowerCase()]);
     return tr;
@@ -249,7 +253,7 @@ async function pageRegistry() {
       serviceRows.length ? table(["name", "features", "views", "description"], serviceRows,
         { id: "services" }) : el("p", { class: "muted" }, "none this key may read")),
     el("section", { class: "card" }, el("h3", {}, "On-demand feature views"),
-      odfvRows.length ? table(["name", "features", "description"], odfvRows,
+      odfvRows.length ? table(["name", "kind", "inputs", "features", "description"], odfvRows,
         { id: "on-demand-views" }) : el("p", { class: "muted" }, "none")),
     el("section", { class: "card" }, el("h3", {}, "Entities"),
       table(["name", "join keys", "description"], entityRows, { id: "entities" })));

@@ -103,6 +103,8 @@ class Diff:
     changed_new: pa.Table
     deleted: pa.Table
     notes: list[str] = field(default_factory=list)
+    #: the view's join keys (how a changed row is named when shown)
+    keys: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         return {

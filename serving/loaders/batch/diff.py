@@ -3,6 +3,7 @@ view's table-format source, or between a version and what the online store holds
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import numpy as np
@@ -169,11 +170,19 @@ def format_diff(d: Diff, *, show: bool, limit: int = 50) -> str:
         old_row = old_rows[i]
         changed = {k: v for k, v in new_row.items() if old_row.get(k) != v}
         keys = {k: new_row[k] for k in d.keys}
-        delta = ", ".join(f"{k}: {old_row.get(k)!r} -> {v!r}" for k, v in changed.items())
+        delta = ", ".join(f"{k}: {_show(old_row.get(k))} -> {_show(v)}" for k, v in changed.items())
         lines.append(f"~ {_show_row(keys)} {delta}")
     rows("-", d.deleted)
     return "\n".join(lines)
 
 
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.7g}"  # float32 values, without their binary noise
+    if isinstance(value, dt.datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return repr(value)
+
+
 def _show_row(row: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}: {v!r}" for k, v in row.items()) + "}"
+    return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in row.items()) + "}"

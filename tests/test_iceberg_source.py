@@ -188,3 +188,14 @@ def test_registry_checks_iceberg_keys() -> None:
     parquet = small_registry_dict({"type": "parquet", "path": "x", "table": "t"})
     with pytest.raises(Exception, match="'table' is for iceberg sources only"):
         Registry.from_dict(parquet)
+
+
+def test_offline_push_to_an_iceberg_source_is_refused(tmp_path: Path) -> None:
+    from serving.loaders.batch.append import prepare
+
+    lake = IcebergLake(tmp_path / "lake")
+    lake.create(small_rows(range(3), D1, 1.0))
+    registry = Registry.from_dict(small_registry_dict(lake.source()))
+    with pytest.raises(InvalidArgumentError, match=r"offline pushes to iceberg sources"):
+        prepare(registry.view("small"), small_rows([7], D2, 1.0))
+    assert len(lake.table().snapshots()) == 1

@@ -61,6 +61,17 @@ $(FEAST_VENV)/.feast-$(FEAST_VERSION)-grpcio:
 .PHONY: feast-venv
 feast-venv: $(FEAST_VENV)/.feast-$(FEAST_VERSION)-grpcio ## create .venv-feast with the pinned Feast SDK (FEAST_VERSION=0.67.0)
 
+# The test-only Hudi writer (tools/hudi-writer, over the hudi-rs crate): the tests write real
+# Hudi tables with it, since the `hudi` package on PyPI reads only. Its own workspace and target
+# dir; the first build compiles ~540 crates (about 30 min on 2 busy cores), later ones are
+# no-ops.
+HUDI_WRITER_TARGET ?= $(HOME)/.cache/feature-serving/hudi-writer-target
+export FS_HUDI_WRITER_TARGET := $(HUDI_WRITER_TARGET)
+
+.PHONY: hudi-writer
+hudi-writer: ## build tools/hudi-writer (hudi-rs, test-only; its own target dir, HUDI_WRITER_TARGET)
+	cd tools/hudi-writer && CARGO_TARGET_DIR=$(HUDI_WRITER_TARGET) nice -n 10 cargo build --release --locked -q
+
 .PHONY: proto
 proto: $(VENV)/.deps ## generate Python gRPC code and stubs from proto/
 	@$(PY) serving/_codegen.py
@@ -126,7 +137,7 @@ test-rust: sysdeps ## cargo test of the Rust core
 	cargo test -q --all-targets
 
 .PHONY: test
-test: lint test-rust feast-venv ## lint, then every Rust and Python test
+test: lint test-rust feast-venv hudi-writer ## lint, then every Rust and Python test
 	$(PY) -m pytest -q
 
 .PHONY: bench

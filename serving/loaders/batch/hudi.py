@@ -109,11 +109,19 @@ def read_version(fv: FeatureView, version: int | None, columns: list[str]) -> pa
             f"feature view '{fv.name}': Hudi table {fv.batch_source.path}: missing column "
             f"'{missing[0]}'"
         )
-    fields = pa.schema([schema.field(c) for c in columns])
     if target is None:
-        return fields.empty_table()
-    batches = table.read(_options(projection=columns, as_of=target.timestamp))
-    return pa.Table.from_batches([b.select(columns) for b in batches if b.num_rows], schema=fields)
+        return pa.schema([schema.field(c) for c in columns]).empty_table()
+    return _read(table, columns, target.timestamp)
+
+
+def _read(table: Any, columns: list[str], as_of: str) -> pa.Table:
+    """A snapshot's ``columns`` (logs merged), in memory."""
+    schema = table.get_schema()
+    fields = pa.schema([schema.field(c) for c in columns])
+    batches = table.read(_options(projection=columns, as_of=as_of))
+    return pa.Table.from_batches(
+        [b.select(columns).cast(fields) for b in batches if b.num_rows], schema=fields
+    )
 
 
 def latest_version(fv: FeatureView) -> int | None:
@@ -216,15 +224,8 @@ def _deletes(plan: Plan, table: Any, synced: int, target: Any, first: Any) -> No
     keys = [k.name for k in fv.join_keys]
     ts_field = fv.batch_source.timestamp_field
     try:
-        old = pa.Table.from_batches(
-            [
-                b.select([*keys, ts_field])
-                for b in table.read(_options(projection=[*keys, ts_field], as_of=str(synced)))
-            ]
-        )
-        new = pa.Table.from_batches(
-            [b.select(keys) for b in table.read(_options(projection=keys, as_of=target.timestamp))]
-        )
+        old = _read(table, [*keys, ts_field], str(synced))
+        new = _read(table, keys, target.timestamp)
     except Exception as e:
         raise InvalidArgumentError(
             f"feature view '{fv.name}': cannot read Hudi table {plan.summary.path} for its "

@@ -32,7 +32,11 @@ def _shared_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="validate the sources, write nothing")
     p.add_argument(
-        "--as-of-version", type=int, metavar="N", help="Delta sources: read table version N"
+        "--as-of-version",
+        type=int,
+        metavar="N",
+        help="table formats: read version N (time travel): the Delta version, the Iceberg "
+        "snapshot id or the Hudi instant",
     )
     p.add_argument(
         "--batch-rows", type=int, default=BATCH_ROWS, help=f"rows per batch (default {BATCH_ROWS})"
@@ -62,7 +66,8 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="load rows of a time window from the batch sources",
         description="Load rows with START <= event timestamp < END from each view's batch "
-        "source (Parquet file / directory / hive dataset, or Delta table) into the store.",
+        "source (Parquet file / directory / hive dataset, or a Delta, Iceberg or Hudi "
+        "table) into the store.",
     )
     _shared_flags(m)
     m.add_argument("--start", help="window start, inclusive (ISO 8601, 'now', 'now-2d')")
@@ -78,9 +83,10 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
     inc = subparsers.add_parser(
         "materialize-incremental",
         parents=[common],
-        help="load what is new since the last run (watermark / Delta version)",
+        help="load what is new since the last run (watermark / table version)",
         description="Load everything since each view's last successful run: Parquet by "
-        "event-time watermark up to END (default now), Delta by table version.",
+        "event-time watermark up to END (default now); Delta, Iceberg and Hudi by table "
+        "version (what the commits since added, and tombstones for what they deleted).",
     )
     _shared_flags(inc)
     inc.add_argument("--end", help="Parquet sources: load up to this time (default now)")

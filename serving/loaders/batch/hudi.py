@@ -23,8 +23,9 @@ from serving.loaders.batch.meta import OnError
 from serving.loaders.batch.plan import Plan, _reader_unit
 from serving.registry import FeatureView
 
-#: write operations that never remove a record: a range of only these deletes nothing
-_ADDS_ONLY = {"insert", "upsert", "bulk_insert"}
+#: operations that never remove a record (compaction and clustering rewrite them): a range of
+#: only these deletes nothing
+_ADDS_ONLY = {"insert", "upsert", "bulk_insert", "compact", "cluster"}
 
 
 def _hudi() -> Any:

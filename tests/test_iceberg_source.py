@@ -199,3 +199,19 @@ def test_offline_push_to_an_iceberg_source_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match=r"offline pushes to iceberg sources"):
         prepare(registry.view("small"), small_rows([7], D2, 1.0))
     assert len(lake.table().snapshots()) == 1
+
+
+def test_renamed_column_is_read_by_field_id(tmp_path: Path) -> None:
+    lake = IcebergLake(tmp_path / "lake")
+    rows = small_rows(range(3), D1, 1.0).rename_columns(
+        ["user_id", "event_timestamp", "y", "label"]
+    )
+    table = lake.create(rows)
+    with table.update_schema() as update:
+        update.rename_column("y", "x")  # the data file still calls it y
+    table = lake.table()
+    table.append(small_rows([3], D2, 4.0))  # a new file, written with x
+    with store_for(tmp_path, lake.source()) as store:
+        v = bl.materialize(store, progress=False)["small"]
+        assert (v.rows_read, v.written) == (4, 4)
+        assert values(store, [0, 2, 3]) == {0: (1.0, "a0"), 2: (1.002, "a2"), 3: (4.003, "a3")}

@@ -29,9 +29,9 @@ import pytest
 
 from serving.loaders import batch as bl
 from serving.loaders.batch import api as bla
-from serving.loaders.batch.formats import TABLE_FORMATS
 from serving.loaders.batch import plan as blp
 from serving.loaders.batch import read as blr
+from serving.loaders.batch.formats import TABLE_FORMATS
 from serving.registry import Registry
 from serving.sample import generate, user_profile_value
 from serving.store import FieldStatus, Store

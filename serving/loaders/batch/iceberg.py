@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 from serving.errors import InvalidArgumentError
-from serving.loaders.batch.changes import deleted_entities
+from serving.loaders.batch.changes import deleted_entities, source_columns
 from serving.loaders.batch.meta import OnError
-from serving.loaders.batch.plan import Plan, _reader_unit
+from serving.loaders.batch.plan import Plan, _build_units, _reader_unit
 from serving.registry import FeatureView
 
 #: snapshot operations that only add rows: a range of only these deletes nothing
@@ -269,10 +270,16 @@ def plan_iceberg(
         plan.summary.notes.append(f"Iceberg table at snapshot {tid}, already synced")
         only = set()
     arrow_schema = schema.as_arrow()
+    wanted = source_columns(plan.fv, features=True)
+    plain: list[Any] = []
     for path, task in live.items():
         if only is not None and path not in only:
             continue
         label = path[len("file://") :] if path.startswith("file://") else path
+        fragment = _plain_fragment(label, task, schema, wanted)
+        if fragment is not None:
+            plain.append(fragment)
+            continue
         _reader_unit(
             plan,
             label,
@@ -281,4 +288,36 @@ def plan_iceberg(
             _reader(table, schema, task),
             on_error=on_error,
         )
+    if plain:
+        _build_units(
+            plan,
+            plain,
+            table_schema=None,
+            partition_schema=None,
+            base=None,
+            prune_partitions=False,
+            on_error=on_error,
+        )
     return tid
+
+
+def _plain_fragment(label: str, task: Any, schema: Any, wanted: list[str]) -> Any | None:
+    """The data file as a plain Parquet fragment when reading it as Parquet gives what
+    pyiceberg's scan would: a local file without delete files whose columns carry the field
+    ids of the view's columns under their current names (no rename since it was written).
+    Parquet's own reader is ~4x faster than the scan's per-file projection (1M x 200 float32:
+    3.8 s against 16 s to read and convert), and it prunes row groups by statistics."""
+    if task.delete_files or "://" in label:
+        return None
+    try:
+        fragment = next(iter(pads.dataset(label, format="parquet").get_fragments()))
+        physical = fragment.physical_schema
+    except (OSError, pa.ArrowException, StopIteration):
+        return None
+    for name in wanted:
+        if name not in schema.column_names or name not in physical.names:
+            return None
+        meta = physical.field(name).metadata or {}
+        if meta.get(b"PARQUET:field_id") != str(schema.find_field(name).field_id).encode():
+            return None
+    return fragment

@@ -61,10 +61,9 @@ $(FEAST_VENV)/.feast-$(FEAST_VERSION)-grpcio:
 .PHONY: feast-venv
 feast-venv: $(FEAST_VENV)/.feast-$(FEAST_VERSION)-grpcio ## create .venv-feast with the pinned Feast SDK (FEAST_VERSION=0.67.0)
 
-# The test-only Hudi writer (tools/hudi-writer, over the hudi-rs crate): the tests write real
-# Hudi tables with it, since the `hudi` package on PyPI reads only. Its own workspace and target
-# dir; the first build compiles ~540 crates (about 30 min on 2 busy cores), later ones are
-# no-ops.
+# The test-only Hudi writer (tools/hudi-writer, over the hudi-rs crate), for writing real Hudi
+# tables in tests: the `hudi` package on PyPI reads only. Its own workspace and target dir; the
+# first build compiles ~540 crates (over 50 min at -j1 on 2 busy cores), later ones are no-ops.
 HUDI_WRITER_TARGET ?= $(HOME)/.cache/feature-serving/hudi-writer-target
 export FS_HUDI_WRITER_TARGET := $(HUDI_WRITER_TARGET)
 
@@ -137,7 +136,7 @@ test-rust: sysdeps ## cargo test of the Rust core
 	cargo test -q --all-targets
 
 .PHONY: test
-test: lint test-rust feast-venv hudi-writer ## lint, then every Rust and Python test
+test: lint test-rust feast-venv ## lint, then every Rust and Python test
 	$(PY) -m pytest -q
 
 .PHONY: bench

@@ -93,6 +93,10 @@ class IcebergLake:
         return int(self.table(name).current_snapshot().snapshot_id)
 
 
+def hudi_writer_built() -> bool:
+    return (HUDI_WRITER_TARGET / "release" / "hudi-writer").exists()
+
+
 def hudi_writer() -> Path:
     path = HUDI_WRITER_TARGET / "release" / "hudi-writer"
     if not path.exists():

@@ -1,6 +1,10 @@
 """Hudi batch sources: real copy-on-write and merge-on-read tables written by hudi-rs
 (tools/hudi-writer), read through the ``hudi`` package: full loads, incremental queries across
-appends, upserts and deletes (tombstones), time travel to an instant, diff, bad input."""
+appends, upserts and deletes (tombstones), time travel to an instant, diff, bad input.
+
+Skipped until ``make hudi-writer`` has built the writer (a long first build; see
+docs/building.md). Written before the writer could be built on the shared machine, so these
+tests have not run yet: expect to adjust them on their first run."""
 
 from __future__ import annotations
 
@@ -18,9 +22,12 @@ from serving.loaders.batch.meta import table_version_key
 from serving.registry import Registry
 from serving.store import FieldStatus, Store
 from tests.harness import run_cli
-from tests.harness.tables import HudiTable, small_registry_dict, small_rows
+from tests.harness.tables import HudiTable, hudi_writer_built, small_registry_dict, small_rows
 
 pytest.importorskip("hudi")
+needs_writer = pytest.mark.skipif(
+    not hudi_writer_built(), reason="the Hudi writer is not built: make hudi-writer"
+)
 
 UTC = dt.UTC
 D1 = dt.datetime(2024, 1, 1, tzinfo=UTC)
@@ -46,6 +53,7 @@ def values(store: Store, ids: list[int]) -> dict[int, tuple[float, str] | None]:
     return out
 
 
+@needs_writer
 @pytest.mark.parametrize("kind", ["cow", "mor"])
 def test_full_incremental_time_travel_diff(tmp_path: Path, kind: str) -> None:
     table = HudiTable(tmp_path / "hudi", kind)
@@ -96,6 +104,7 @@ def test_full_incremental_time_travel_diff(tmp_path: Path, kind: str) -> None:
     ]
 
 
+@needs_writer
 def test_mor_compaction_brings_nothing_new(tmp_path: Path) -> None:
     table = HudiTable(tmp_path / "hudi", "mor")
     table.write("append", small_rows(range(10), D1, 1.0))
@@ -108,7 +117,7 @@ def test_mor_compaction_brings_nothing_new(tmp_path: Path) -> None:
         assert (v.written, v.deleted) == (0, 0)
 
 
-def test_bad_input(tmp_path: Path) -> None:
+def test_not_a_hudi_table(tmp_path: Path) -> None:
     not_hudi = tmp_path / "plain"
     not_hudi.mkdir()
     with (
@@ -116,6 +125,15 @@ def test_bad_input(tmp_path: Path) -> None:
         pytest.raises(InvalidArgumentError, match=r"plain is not a Hudi table \(no \.hoodie\)"),
     ):
         bl.materialize(store, progress=False)
+    with (
+        store_for(tmp_path, tmp_path / "nope", "b") as store,
+        pytest.raises(InvalidArgumentError, match=r"batch source .*nope does not exist"),
+    ):
+        bl.materialize_incremental(store, progress=False)
+
+
+@needs_writer
+def test_bad_input(tmp_path: Path) -> None:
 
     no_label = HudiTable(tmp_path / "no_label")
     no_label.write("append", small_rows(range(3), D1, 1.0).drop_columns(["label"]))

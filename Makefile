@@ -93,6 +93,16 @@ $(VENV)/.browser: $(VENV)/.deps
 .PHONY: browser
 browser: $(VENV)/.browser ## install Debian's chromium + chromium-driver for the console's browser tests (idempotent)
 
+# The test-only Hudi writer (tools/hudi-writer, over the hudi-rs crate), for writing real Hudi
+# tables in tests: the `hudi` package on PyPI reads only. Its own workspace and target dir; the
+# first build compiles ~540 crates (over 50 min at -j1 on 2 busy cores), later ones are no-ops.
+HUDI_WRITER_TARGET ?= $(HOME)/.cache/feature-serving/hudi-writer-target
+export FS_HUDI_WRITER_TARGET := $(HUDI_WRITER_TARGET)
+
+.PHONY: hudi-writer
+hudi-writer: ## build tools/hudi-writer (hudi-rs, test-only; its own target dir, HUDI_WRITER_TARGET)
+	cd tools/hudi-writer && CARGO_TARGET_DIR=$(HUDI_WRITER_TARGET) nice -n 10 cargo build --release --locked -q
+
 .PHONY: proto
 proto: $(VENV)/.deps ## generate Python gRPC code and stubs from proto/
 	@$(PY) serving/_codegen.py

@@ -54,7 +54,7 @@ FEATURE_DTYPES: tuple[str, ...] = (
     "float32_array",
 )
 JOIN_KEY_DTYPES: tuple[str, ...] = ("int32", "int64", "string", "bytes")
-BATCH_SOURCE_TYPES: tuple[str, ...] = ("parquet", "delta")
+BATCH_SOURCE_TYPES: tuple[str, ...] = ("parquet", "delta", "iceberg", "hudi")
 STREAM_SOURCE_TYPES: tuple[str, ...] = ("kafka",)
 STREAM_FORMATS: tuple[str, ...] = ("json", "protobuf")
 #: how an on-demand view's transform takes and returns its batch (docs/on-demand.md)
@@ -106,8 +106,21 @@ class Feature:
 @dataclass(frozen=True)
 class BatchSource:
     type: str
+    #: Parquet / Delta / Hudi: the file, directory or table URI; Iceberg: a metadata file (or
+    #: the table directory holding metadata/), empty when the table is named in a catalog
     path: str
     timestamp_field: str = EVENT_TIMESTAMP
+    #: Iceberg: ``namespace.table`` in ``catalog``
+    table: str = ""
+    #: Iceberg: the catalog's properties (pyiceberg's ``load_catalog``: type, uri, warehouse...)
+    catalog: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+
+    @property
+    def location(self) -> str:
+        """What the source is called in messages and summaries."""
+        if self.table:
+            return f"{self.catalog.get('type', 'catalog')}:{self.table}"
+        return self.path
 
 
 @dataclass(frozen=True)
@@ -1024,15 +1037,57 @@ class _Parser:
         return [Feature(n, dtype, dim, description) for n in names]
 
     def batch_source(self, loc: _Loc, raw: object) -> BatchSource:
-        m = self.mapping(loc, raw, ("type", "path"), ("timestamp_field",))
+        m = self.mapping(loc, raw, ("type",), ("path", "timestamp_field", "table", "catalog"))
         kind = self.choice(self.child(loc, m, "type"), m["type"], BATCH_SOURCE_TYPES, "source type")
-        path = os.path.expanduser(self.string(self.child(loc, m, "path"), m["path"]))
-        if "://" not in path:  # object-store URLs (s3://, gs://) are passed through as written
-            path = os.path.normpath(os.path.join(self.base_dir, path))
         ts_field = EVENT_TIMESTAMP
         if m.get("timestamp_field") is not None:
             ts_field = self.string(self.child(loc, m, "timestamp_field"), m["timestamp_field"])
+        table, catalog = "", {}
+        if kind == "iceberg" and m.get("table") is not None:
+            table = self.string(self.child(loc, m, "table"), m["table"])
+            if m.get("path") is not None:
+                self.fail(loc, "give either 'table' (with 'catalog') or 'path', not both")
+            catalog = self.iceberg_catalog(loc, m)
+            return BatchSource(kind, "", ts_field, table, MappingProxyType(catalog))
+        for key in ("table", "catalog"):
+            if key in m:
+                what = "'table' and 'catalog'" if kind == "iceberg" else f"'{key}'"
+                need = " need each other" if kind == "iceberg" else " is for iceberg sources only"
+                self.fail(self.child(loc, m, key), f"{what}{need}")
+        if "path" not in m:
+            hint = " (or 'table' and 'catalog')" if kind == "iceberg" else ""
+            self.fail(loc, f"missing required key 'path'{hint}")
+        path = os.path.expanduser(self.string(self.child(loc, m, "path"), m["path"]))
+        if "://" not in path:  # object-store URLs (s3://, gs://) are passed through as written
+            path = os.path.normpath(os.path.join(self.base_dir, path))
         return BatchSource(kind, path, ts_field)
+
+    def iceberg_catalog(self, loc: _Loc, m: Mapping[str, Any]) -> dict[str, str]:
+        cloc = self.child(loc, m, "catalog")
+        raw = m.get("catalog")
+        if raw is None:
+            self.fail(loc, "an iceberg 'table' needs its 'catalog' (e.g. {type: sql, uri: ...})")
+        if not isinstance(raw, Mapping):
+            self.fail(cloc, f"expected a mapping, got {_kind(raw)}")
+        out: dict[str, str] = {}
+        for key, value in raw.items():
+            if not isinstance(key, str) or not isinstance(value, str | int | float | bool):
+                self.fail(cloc, f"catalog properties are strings, got {key!r}: {_kind(value)}")
+            out[key] = str(value).lower() if isinstance(value, bool) else str(value)
+        if "type" not in out and "uri" not in out:
+            self.fail(cloc, "missing 'type' (sql, rest, ...) or 'uri'")
+        # a local SQLite catalog and warehouse are named relative to the registry file
+        uri = out.get("uri", "")
+        if uri.startswith("sqlite:///") and not uri[len("sqlite:///") :].startswith("/"):
+            db = uri[len("sqlite:///") :]
+            if db and db != ":memory:":
+                out["uri"] = "sqlite:///" + os.path.normpath(os.path.join(self.base_dir, db))
+        wh = out.get("warehouse", "")
+        if wh and "://" not in wh:
+            out["warehouse"] = "file://" + os.path.normpath(
+                os.path.join(self.base_dir, os.path.expanduser(wh))
+            )
+        return out
 
     def stream_source(self, loc: _Loc, raw: object) -> StreamSource:
         m = self.mapping(

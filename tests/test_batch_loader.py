@@ -345,10 +345,10 @@ def test_delta_incremental_versions_overwrite_compaction(tmp_path: Path, open_st
     # v3: overwrite with 300 rows, newer values for keys 0..299
     w(path, profile_table(range(300), D3, shift=5), mode="overwrite")
     v = incremental(store)["user_profile"]
-    assert (v.rows_read, v.written, v.delta_version) == (300, 300, 3)
+    assert (v.rows_read, v.written, v.delta_version, v.deleted) == (300, 300, 3, 1200)
     check_profile(store, range(300), shift=5, ts=D3)
-    # rows that vanished from the table stay served (latest known value)
-    check_profile(store, range(300, 1500))
+    # rows the overwrite removed are deleted online too (tombstones, issue 20)
+    check_absent(store, range(300, 1500))
 
     w(path, profile_table(range(2000, 2100), D3), mode="append")  # v4
     w(path, profile_table(range(2100, 2150), D3), mode="append")  # v5
@@ -554,7 +554,7 @@ def test_arguments(tmp_path: Path, open_store: Any) -> None:
     store = small_store(open_store, path)
     with pytest.raises(InvalidArgumentError, match="empty window"):
         load(store, start=D3, end=D2)
-    with pytest.raises(InvalidArgumentError, match="Delta sources only"):
+    with pytest.raises(InvalidArgumentError, match=r"table formats \(Delta, Iceberg, Hudi\) only"):
         load(store, as_of_version=1)
     with pytest.raises(InvalidArgumentError, match="invalid time"):
         load(store, start="last tuesday")

@@ -76,6 +76,8 @@ class PublishState:
     watermark: dt.datetime | None = None
     #: Delta: every file live at this table version was published
     delta_version: int | None = None
+    #: Iceberg (snapshot id) / Hudi (instant): the same
+    table_version: int | None = None
     #: rows the run that recorded this state published
     published: int = 0
     recorded_at: dt.datetime | None = None
@@ -92,6 +94,7 @@ class PublishState:
         if not isinstance(d, dict) or d.get("format") != _FORMAT:
             raise ValueError(f"not a state record of format {_FORMAT}")
         version = d.get("delta_version")
+        table_version = d.get("table_version")
         return cls(
             topic=str(d["topic"]),
             view=str(d["view"]),
@@ -99,6 +102,7 @@ class PublishState:
             source_path=str(d.get("source_path", "")),
             watermark=_time(d.get("watermark")),
             delta_version=int(version) if version is not None else None,
+            table_version=int(table_version) if table_version is not None else None,
             published=int(d.get("published") or 0),
             recorded_at=_time(d.get("recorded_at")),
         )
@@ -106,6 +110,9 @@ class PublishState:
     def describe(self) -> str:
         if self.delta_version is not None:
             return f"Delta version {self.delta_version}"
+        if self.table_version is not None:
+            what = {"iceberg": "Iceberg snapshot", "hudi": "Hudi instant"}
+            return f"{what.get(self.source_type, 'version')} {self.table_version}"
         if self.watermark is not None:
             return f"watermark {_iso(self.watermark)}"
         return "nothing"

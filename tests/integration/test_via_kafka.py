@@ -463,3 +463,43 @@ def test_incremental_via_kafka_errors(
     assert "2,000 published" in done.stdout, done.stdout
     assert "recorded in topic 'team.state'" in done.stdout, done.stdout
     assert not topic_exists(broker, STATE_TOPIC)
+
+
+def test_incremental_via_kafka_iceberg_snapshots_and_deletes(
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("pyiceberg")
+    from tests.harness.tables import IcebergLake
+
+    lake = IcebergLake(tmp_path / "lake")
+    table = lake.create(users_table(range(500), 1, 0), "fs.users")
+    src = lake.source("fs.users")
+    text = registry_text(broker.bootstrap, tmp_path).replace(
+        f'{{type: parquet, path: "{tmp_path}"}}',
+        "{type: iceberg, table: fs.users, catalog: {type: sql, "
+        f'uri: "{src["catalog"]["uri"]}", warehouse: "{src["catalog"]["warehouse"]}"}}}}',
+    )
+    registry = Registry.from_yaml_text(text)
+    broker.create_topic("users", PARTITIONS)
+    s = materialize_incremental(registry, via_kafka=True, progress=False)
+    first = lake.snapshot("fs.users")
+    assert (s["users"].published, s["users"].table_version) == (500, first)
+    table.append(users_table(range(500, 800), 3, 1))
+    lake.table("fs.users").delete("user_id < 50")
+    last = lake.snapshot("fs.users")
+    s = materialize_incremental(registry, via_kafka=True, progress=False)
+    # the appended file, the rewritten file's 450 surviving rows, then 50 tombstones
+    assert (s["users"].published, s["users"].deleted, s["users"].table_version) == (750, 50, last)
+    states = [st for _k, st in state_records(broker) if st is not None]
+    assert [(st["source_type"], st["table_version"]) for st in states] == [
+        ("iceberg", first),
+        ("iceberg", last),
+    ]
+    # a store consuming the topic ends with the table's rows, the deleted users gone
+    with Store(tmp_path / "node", registry) as node:
+        load_until_caught_up(node)
+        assert sorted(present(node, list(range(800)))) == list(range(50, 800))
+    # nothing new: nothing published
+    s = materialize_incremental(registry, via_kafka=True, progress=False)
+    assert (s["users"].published, s["users"].deleted) == (0, 0)

@@ -8,15 +8,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from serving.errors import InvalidArgumentError
-from serving.loaders.batch.delta import _plan_delta
+from serving.loaders.batch.formats import TABLE_FORMATS
 from serving.loaders.batch.meta import (
     BATCH_ROWS,
     OnError,
-    _get_delta_version,
+    _get_table_version,
     _get_watermark,
     _iso,
     delta_version_key,
     parse_time,
+    table_version_key,
     watermark_key,
 )
 from serving.loaders.batch.plan import Plan, _plan_parquet, _source_path
@@ -130,6 +131,19 @@ def _record_meta(plan: Plan) -> None:
     dv = plan.meta.get(delta_version_key(plan.fv.name))
     if dv is not None:
         plan.summary.delta_version = int(dv.decode())
+    assert plan.fv.batch_source is not None
+    if plan.fv.batch_source.type in ("iceberg", "hudi"):
+        tv = plan.meta.get(table_version_key(plan.fv.name, plan.fv.batch_source.type))
+        if tv is not None:
+            plan.summary.table_version = int(tv.decode())
+
+
+def _no_version(fv: FeatureView) -> InvalidArgumentError:
+    assert fv.batch_source is not None
+    return InvalidArgumentError(
+        f"feature view '{fv.name}': as_of_version applies to table formats (Delta, Iceberg, "
+        f"Hudi) only (its source is {fv.batch_source.type})"
+    )
 
 
 def materialize(
@@ -203,60 +217,42 @@ def materialize(
     for fv in selected:
         assert fv.batch_source is not None
         plan = _new_plan(store, fv, t_start, t_end)
-        if via_kafka:
-            if fv.batch_source.type == "delta":
-                _plan_delta(
-                    plan,
-                    version=as_of_version,
-                    synced=None,
-                    incremental=False,
-                    prune_partitions=prune_partitions,
-                    on_error=on_error,
-                )
-            elif as_of_version is not None:
-                raise InvalidArgumentError(
-                    f"feature view '{fv.name}': as_of_version applies to Delta sources only "
-                    f"(its source is {fv.batch_source.type})"
-                )
-            else:
-                _plan_parquet(plan, prune_partitions=prune_partitions, on_error=on_error)
-            plan.summary.notes.append(
-                f"published to topic '{fv.stream_source.topic if fv.stream_source else ''}'; "
-                f"no watermark recorded (the consuming nodes apply the rows)"
-            )
-        elif fv.batch_source.type == "delta":
-            assert isinstance(store, Store)
-            version = _plan_delta(
+        fmt = TABLE_FORMATS.get(fv.batch_source.type)
+        if fmt is not None:
+            # a full load of the latest version over an older synced one also applies what
+            # was deleted since; windows and time travel never delete nor record a version
+            full_latest = t_start is None and t_end is None and as_of_version is None
+            synced = None
+            if full_latest and isinstance(store, Store) and not via_kafka:
+                synced = _get_table_version(store, fv.name, fv.batch_source.type)
+            version = fmt.plan(
                 plan,
                 version=as_of_version,
-                synced=None,
+                synced=synced,
                 incremental=False,
                 prune_partitions=prune_partitions,
                 on_error=on_error,
             )
-            synced = _get_delta_version(store, fv.name)
-            if (
-                t_start is None
-                and t_end is None
-                and as_of_version is None
-                and (synced is None or version > synced)
-            ):
-                plan.meta[delta_version_key(fv.name)] = str(version).encode()
+            if full_latest and not via_kafka and version is not None and fmt.newer(version, synced):
+                plan.meta[table_version_key(fv.name, fv.batch_source.type)] = str(version).encode()
+        elif as_of_version is not None:
+            raise _no_version(fv)
         else:
-            assert isinstance(store, Store)
-            if as_of_version is not None:
-                raise InvalidArgumentError(
-                    f"feature view '{fv.name}': as_of_version applies to Delta sources only "
-                    f"(its source is {fv.batch_source.type})"
-                )
             _plan_parquet(plan, prune_partitions=prune_partitions, on_error=on_error)
-            mark = _get_watermark(store, fv.name)
-            plan.summary.watermark = mark
-            new = t_end or now
-            if (t_start is None or (mark is not None and t_start <= mark)) and (
-                mark is None or new > mark
-            ):
-                plan.meta[watermark_key(fv.name)] = _iso(new).encode()
+            if not via_kafka:
+                assert isinstance(store, Store)
+                mark = _get_watermark(store, fv.name)
+                plan.summary.watermark = mark
+                new = t_end or now
+                if (t_start is None or (mark is not None and t_start <= mark)) and (
+                    mark is None or new > mark
+                ):
+                    plan.meta[watermark_key(fv.name)] = _iso(new).encode()
+        if via_kafka:
+            plan.summary.notes.append(
+                f"published to topic '{fv.stream_source.topic if fv.stream_source else ''}'; "
+                f"no watermark recorded (the consuming nodes apply the rows)"
+            )
         plans.append(plan)
     return _execute(
         store if isinstance(store, Store) else None,
@@ -333,14 +329,15 @@ def materialize_incremental(
         published: PublishState | None = None
         if kafka is not None:
             published = _published_state(kafka, fv, dry_run=dry_run)
-        if fv.batch_source.type == "delta":
+        fmt = TABLE_FORMATS.get(fv.batch_source.type)
+        if fmt is not None:
             plan = _new_plan(store, fv, None, None)
             if kafka is not None:
                 synced = _published_version(plan, published)
             else:
                 assert isinstance(store, Store)
-                synced = _get_delta_version(store, fv.name)
-            version = _plan_delta(
+                synced = _get_table_version(store, fv.name, fv.batch_source.type)
+            version = fmt.plan(
                 plan,
                 version=as_of_version,
                 synced=synced,
@@ -348,19 +345,20 @@ def materialize_incremental(
                 prune_partitions=prune_partitions,
                 on_error=on_error,
             )
-            if synced is None or version > synced:
+            if version is not None and fmt.newer(version, synced):
                 if kafka is not None:
-                    plan.publish = _state_of(fv, delta_version=version)
+                    plan.publish = _state_of(fv, version=version)
                 else:
-                    plan.meta[delta_version_key(fv.name)] = str(version).encode()
-            else:
+                    plan.meta[table_version_key(fv.name, fv.batch_source.type)] = str(
+                        version
+                    ).encode()
+            elif fv.batch_source.type == "delta":
                 plan.summary.delta_version = synced
+            else:
+                plan.summary.table_version = synced
         else:
             if as_of_version is not None:
-                raise InvalidArgumentError(
-                    f"feature view '{fv.name}': as_of_version applies to Delta sources only "
-                    f"(its source is {fv.batch_source.type})"
-                )
+                raise _no_version(fv)
             if kafka is not None:
                 mark = published.watermark if published is not None else None
             else:

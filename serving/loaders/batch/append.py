@@ -66,6 +66,12 @@ def _source_schema(fv: FeatureView, rows: pa.Table) -> pa.Schema:
     the source holds nothing yet."""
     assert fv.batch_source is not None
     src = fv.batch_source
+    if src.type in ("iceberg", "hudi"):
+        raise InvalidArgumentError(
+            f"feature view '{fv.name}': offline pushes to {src.type} sources "
+            f"({src.location}) are not supported; write them with the table's own engine, "
+            f"or use a Parquet directory or a Delta table"
+        )
     if src.type == "delta":
         deltalake = _deltalake()
         if os.path.exists(src.path) and deltalake.DeltaTable.is_deltatable(src.path):

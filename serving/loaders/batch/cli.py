@@ -32,7 +32,11 @@ def _shared_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="validate the sources, write nothing")
     p.add_argument(
-        "--as-of-version", type=int, metavar="N", help="Delta sources: read table version N"
+        "--as-of-version",
+        type=int,
+        metavar="N",
+        help="table formats: read version N (time travel): the Delta version, the Iceberg "
+        "snapshot id or the Hudi instant",
     )
     p.add_argument(
         "--batch-rows", type=int, default=BATCH_ROWS, help=f"rows per batch (default {BATCH_ROWS})"
@@ -62,7 +66,8 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="load rows of a time window from the batch sources",
         description="Load rows with START <= event timestamp < END from each view's batch "
-        "source (Parquet file / directory / hive dataset, or Delta table) into the store.",
+        "source (Parquet file / directory / hive dataset, or a Delta, Iceberg or Hudi "
+        "table) into the store.",
     )
     _shared_flags(m)
     m.add_argument("--start", help="window start, inclusive (ISO 8601, 'now', 'now-2d')")
@@ -78,9 +83,10 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
     inc = subparsers.add_parser(
         "materialize-incremental",
         parents=[common],
-        help="load what is new since the last run (watermark / Delta version)",
+        help="load what is new since the last run (watermark / table version)",
         description="Load everything since each view's last successful run: Parquet by "
-        "event-time watermark up to END (default now), Delta by table version.",
+        "event-time watermark up to END (default now); Delta, Iceberg and Hudi by table "
+        "version (what the commits since added, and tombstones for what they deleted).",
     )
     _shared_flags(inc)
     inc.add_argument("--end", help="Parquet sources: load up to this time (default now)")
@@ -126,6 +132,77 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
             default=os.environ.get("FS_API_KEY"),
             help="admin API key for --server (env FS_API_KEY)",
         )
+
+    d = subparsers.add_parser(
+        "diff",
+        parents=[common],
+        help="rows added, changed and deleted between two versions of a view's source",
+        description="Compare two versions of a view's Delta, Iceberg or Hudi source (--from, "
+        "--to: a Delta version, an Iceberg snapshot id, a Hudi instant), or a version with "
+        "the online store in --data-dir (--against-online). One row per entity: the one the "
+        "merge rule keeps.",
+    )
+    d.add_argument("view", metavar="VIEW", help="the feature view")
+    d.add_argument("--from", dest="from_version", type=int, metavar="V1", help="older version")
+    d.add_argument(
+        "--to",
+        dest="to_version",
+        type=int,
+        metavar="V2",
+        help="newer version (default: the latest)",
+    )
+    d.add_argument(
+        "--against-online",
+        action="store_true",
+        help="compare the online store with --to (default the latest version) instead",
+    )
+    d.add_argument("--show", action="store_true", help="print the rows, not only the counts")
+    d.add_argument(
+        "--limit", type=int, default=50, help="--show: rows printed per kind (default 50)"
+    )
+    d.set_defaults(func=cmd_diff)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """``feature-serving diff``: exit 1 on bad input, 2 when the store is held by a server."""
+    from serving.loaders.batch.diff import diff_online, diff_versions, format_diff
+
+    config = getattr(args, "config", None) or os.environ.get("FS_CONFIG") or "features.yaml"
+    try:
+        if args.limit < 1:
+            raise InvalidArgumentError(f"--limit must be at least 1, got {args.limit}")
+        if args.against_online:
+            if args.from_version is not None:
+                raise InvalidArgumentError(
+                    "--against-online compares the store with --to (or the latest version); "
+                    "--from does not apply"
+                )
+            try:
+                store = _open(args)
+            except _StoreInUse as e:
+                print(
+                    f"error: the store in {e.data_dir} is held by a running server; diff "
+                    f"--against-online opens it itself: run it where no server holds the store "
+                    f"(e.g. on a snapshot of it: POST /admin/snapshot)",
+                    file=sys.stderr,
+                )
+                return 2
+            with store:
+                result = diff_online(store, args.view, args.to_version)
+        else:
+            if args.from_version is None:
+                raise InvalidArgumentError("diff needs --from V1 (or --against-online)")
+            result = diff_versions(
+                Registry.from_yaml(config), args.view, args.from_version, args.to_version
+            )
+    except StorageError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    except FeatureServingError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 1
+    print(format_diff(result, show=args.show, limit=args.limit))
+    return 0
 
 
 class _StoreInUse(Exception):

@@ -3,6 +3,7 @@ already synced (the table's log since the last synced version)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import urllib.parse
@@ -11,8 +12,10 @@ from typing import Any
 import pyarrow as pa
 
 from serving.errors import InvalidArgumentError
+from serving.loaders.batch.changes import deleted_entities
 from serving.loaders.batch.meta import OnError
 from serving.loaders.batch.plan import Plan, _build_units
+from serving.registry import FeatureView
 
 
 def _deltalake() -> Any:
@@ -87,6 +90,82 @@ def _already_synced(path: str, synced: int, target: int, live_then: set[str]) ->
     return synced_files
 
 
+def _removes_data(path: str, synced: int, target: int) -> bool:
+    """Whether a commit after ``synced`` removed files with a data change (DELETE, MERGE,
+    UPDATE, overwrite); True when a log entry is not available."""
+    for version in range(synced + 1, target + 1):
+        actions = _log_actions(path, version)
+        if actions is None:
+            return True
+        if any(a["remove"].get("dataChange", True) for a in actions if "remove" in a):
+            return True
+    return False
+
+
+def _delete_time(path: str, table: Any, synced: int, target: int) -> dt.datetime:
+    """When the first commit after ``synced`` that removed rows was made (its commitInfo
+    timestamp; the table's history, or now, when the log entry is not available)."""
+    for version in range(synced + 1, target + 1):
+        actions = _log_actions(path, version)
+        if actions is None:
+            break
+        removes = [a["remove"] for a in actions if "remove" in a]
+        if not any(r.get("dataChange", True) for r in removes):
+            continue
+        for a in actions:
+            ts = (a.get("commitInfo") or {}).get("timestamp")
+            if isinstance(ts, int):
+                return dt.datetime.fromtimestamp(ts / 1000, tz=dt.UTC)
+        break
+    try:
+        for h in sorted(table.history(), key=lambda h: h.get("version", 0)):
+            if h.get("version", -1) > synced and isinstance(h.get("timestamp"), int):
+                return dt.datetime.fromtimestamp(h["timestamp"] / 1000, tz=dt.UTC)
+    except Exception:  # informational fallback below
+        pass
+    return dt.datetime.now(dt.UTC)
+
+
+def _deletes(plan: Plan, then: Any, table: Any, synced: int, target: int) -> None:
+    """Tombstones for the entities live at version ``synced`` and gone at ``target``: a key
+    diff of the two snapshots (a Delta log only says which files were replaced)."""
+    fv, path = plan.fv, plan.summary.path
+    assert fv.batch_source is not None
+    keys = [k.name for k in fv.join_keys]
+    ts_field = fv.batch_source.timestamp_field
+    try:
+        old = then.to_pyarrow_dataset().to_table(columns=[*keys, ts_field])
+        new = table.to_pyarrow_dataset().to_table(columns=keys)
+    except Exception as e:
+        raise InvalidArgumentError(
+            f"feature view '{fv.name}': cannot read Delta table {path} for its deletes: {e}"
+        ) from None
+    at = _delete_time(path, table, synced, target)
+    plan.deletes = deleted_entities(fv, old, new, at)
+    plan.summary.notes.append(
+        f"{plan.deletes.num_rows} entities deleted after version {synced} (key diff of "
+        f"versions {synced} and {target}): tombstones timed "
+        f"{at.isoformat().replace('+00:00', 'Z')} or their row's later event time"
+    )
+
+
+def read_version(fv: FeatureView, version: int | None, columns: list[str]) -> pa.Table:
+    """The table's rows at ``version`` (latest if None), only ``columns``."""
+    assert fv.batch_source is not None
+    table = _open_delta(fv.batch_source.path, version, fv.name)
+    try:
+        return table.to_pyarrow_dataset().to_table(columns=columns)
+    except Exception as e:
+        raise InvalidArgumentError(
+            f"feature view '{fv.name}': cannot read Delta table {fv.batch_source.path}: {e}"
+        ) from None
+
+
+def latest_version(fv: FeatureView) -> int | None:
+    assert fv.batch_source is not None
+    return int(_open_delta(fv.batch_source.path, None, fv.name).version())
+
+
 def _history_note(table: Any, synced: int, target: int) -> str:
     try:
         entries = table.history(limit=max(target - synced, 1))
@@ -118,28 +197,33 @@ def _plan_delta(
     target = int(table.version())
     plan.summary.delta_version = target
     only: set[str] | None = None
-    if incremental and synced is not None:
-        if synced >= target:
+    if synced is not None and synced < target:
+        history = _history_note(table, synced, target)
+        try:
+            then = _deltalake().DeltaTable(path, version=synced)
+            live_then = _live_files(then)
+        except Exception:
             plan.summary.notes.append(
-                f"Delta table at version {target}, already synced to version {synced}"
+                f"synced version {synced} is no longer in the Delta log (vacuumed or "
+                f"checkpointed away): full reload of version {target}, no deletes applied"
             )
-            only = set()
         else:
-            history = _history_note(table, synced, target)
-            try:
-                live_then = _live_files(_deltalake().DeltaTable(path, version=synced))
-            except Exception:
-                plan.summary.notes.append(
-                    f"synced version {synced} is no longer in the Delta log (vacuumed or "
-                    f"checkpointed away): full reload of version {target}"
-                )
-            else:
-                live_now = _live_files(table)
-                only = live_now - _already_synced(path, synced, target, live_then)
+            live_now = _live_files(table)
+            rewritten = _already_synced(path, synced, target, live_then)
+            if incremental:
+                only = live_now - rewritten
                 plan.summary.notes.append(
                     f"Delta versions {synced + 1}..{target} [{history}]: "
                     f"{len(only)} of {len(live_now)} live files new or rewritten"
                 )
+            # files removed without a data change (OPTIMIZE, Z-order) delete nothing
+            if live_then - live_now and _removes_data(path, synced, target):
+                _deletes(plan, then, table, synced, target)
+    elif incremental and synced is not None:
+        plan.summary.notes.append(
+            f"Delta table at version {target}, already synced to version {synced}"
+        )
+        only = set()
     try:
         dataset = table.to_pyarrow_dataset()
     except Exception as e:

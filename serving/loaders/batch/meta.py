@@ -36,6 +36,15 @@ def delta_version_key(view: str) -> str:
     return f"batch/{view}/delta_version"
 
 
+def table_version_key(view: str, source_type: str) -> str:
+    """Meta key of the table version a view was last synced to (decimal text): the Delta
+    version, the Iceberg snapshot id, the Hudi instant."""
+    if source_type == "delta":
+        return delta_version_key(view)
+    what = {"iceberg": "iceberg_snapshot", "hudi": "hudi_instant"}[source_type]
+    return f"batch/{view}/{what}"
+
+
 # --------------------------------------------------------------------------------------------
 # time helpers
 
@@ -86,4 +95,9 @@ def _get_watermark(store: Store, view: str) -> dt.datetime | None:
 
 def _get_delta_version(store: Store, view: str) -> int | None:
     raw = store.get_meta(delta_version_key(view))
+    return int(raw.decode()) if raw else None
+
+
+def _get_table_version(store: Store, view: str, source_type: str) -> int | None:
+    raw = store.get_meta(table_version_key(view, source_type))
     return int(raw.decode()) if raw else None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,9 +37,14 @@ class Column:
     check: bool
 
 
+#: reads a unit that is not a plain Parquet file (a Hudi file slice merging its logs, an
+#: Iceberg file with delete files): ``(columns, batch_rows) -> record batches``
+Reader = Callable[[list[str], int], Iterator[pa.RecordBatch]]
+
+
 @dataclass
 class Unit:
-    """One data file and the row groups of it to read."""
+    """One data file and the row groups of it to read (or one ``reader``, one pseudo group)."""
 
     label: str
     fragment: Any
@@ -49,6 +54,7 @@ class Unit:
     #: (partition column, day) when the file was kept by date-partition pruning: its rows must
     #: then all fall on that day, which is checked while reading
     date_partition: tuple[str, dt.date] | None = None
+    reader: Reader | None = None
 
     @property
     def rows(self) -> int:
@@ -68,6 +74,9 @@ class Plan:
     #: incremental via-kafka runs: the state recorded in the state topic once every row of
     #: the plan was acknowledged
     publish: PublishState | None = None
+    #: table formats: entities deleted in the source since the synced version (join keys and
+    #: ``event_timestamp``, the delete's time), applied as tombstones after the rows
+    deletes: pa.Table | None = None
 
     @property
     def total_rows(self) -> int:
@@ -76,7 +85,7 @@ class Plan:
 
 def _source_path(fv: FeatureView) -> str:
     assert fv.batch_source is not None
-    return fv.batch_source.path
+    return fv.batch_source.location
 
 
 def _timestamp_ok(t: pa.DataType) -> bool:
@@ -265,6 +274,25 @@ def _build_units(
             plan.skipped_files.append((unit, column, reason))
             continue
         plan.units.append(unit)
+
+
+def _reader_unit(
+    plan: Plan, label: str, schema: pa.Schema, rows: int, reader: Reader, *, on_error: OnError
+) -> None:
+    """Adds a unit read by ``reader`` (``rows``: its row count, or an estimate for progress),
+    after the same column checks as a Parquet file."""
+    columns, problems = _columns(plan.fv, schema, plan.schema)
+    unit = Unit(label, None, schema, [RowGroup(0, 0, rows)], columns, None, reader)
+    if problems:
+        column, reason = problems[0]
+        if on_error == "fail":
+            more = f" (and {len(problems) - 1} more column problems)" if len(problems) > 1 else ""
+            raise InvalidArgumentError(
+                f"feature view '{plan.fv.name}': {label}: column '{column}': {reason}{more}"
+            )
+        plan.skipped_files.append((unit, column, reason))
+        return
+    plan.units.append(unit)
 
 
 def _open_parquet(path: str) -> Any:

@@ -9,13 +9,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from serving.errors import StorageError
 from serving.loaders.batch.meta import MAX_REPORTED_ERRORS, READ_AHEAD, OnError, _iso
 from serving.loaders.batch.plan import Plan
 from serving.loaders.batch.read import _fail, _note_errors, _prepared, _read_ahead
 from serving.loaders.progress import Progress, format_count
 from serving.loaders.publish_state import PublishState, StateTopic, check_topic
-from serving.registry import FeatureView
+from serving.registry import EVENT_TIMESTAMP, FeatureView
 
 #: librdkafka's own log lines of via-kafka runs (connection retries while a broker is down
 #: come many a second; the run's errors say what failed)
@@ -129,6 +131,8 @@ def _publish(
             bar.update(prep.scanned)
             if kafka.failed:  # the broker refuses records: stop producing more
                 break
+        if plan.deletes is not None and plan.deletes.num_rows and not kafka.failed:
+            summary.deleted += _publish_deletes(producer, plan)
         left = producer.flush(PUBLISH_FLUSH_S)
         if left or kafka.failed:
             shown = "; ".join(e for e in kafka.failed if e)
@@ -152,6 +156,27 @@ def _publish(
         _record_state(kafka, plan, producer, progress=progress)
 
 
+def _publish_deletes(producer: Any, plan: Plan) -> int:
+    """Tombstones for the plan's deleted entities, after its rows. A record's timestamp is in
+    milliseconds: rounded up, so the delete is never older than the row it deletes."""
+    from serving.loaders.kafka.produce import produce_deletes
+
+    assert plan.deletes is not None
+    keys = [k.name for k in plan.fv.join_keys]
+    columns = [plan.deletes.column(k).to_pylist() for k in keys]
+    micros = plan.deletes.column(EVENT_TIMESTAMP).cast(pa.int64()).to_pylist()
+    n = 0
+    for i, us in enumerate(micros):
+        n += produce_deletes(
+            producer,
+            plan.fv,
+            [[c[i] for c in columns]],
+            timestamp=-(-int(us) // 1000),
+            flush=False,
+        )
+    return n
+
+
 def _record_state(kafka: KafkaTarget, plan: Plan, producer: Any, *, progress: bool) -> None:
     """Records the plan's publish state once every one of its rows was acknowledged."""
     assert plan.publish is not None
@@ -165,6 +190,8 @@ def _record_state(kafka: KafkaTarget, plan: Plan, producer: Any, *, progress: bo
         summary.watermark = state.watermark
     if state.delta_version is not None:
         summary.delta_version = state.delta_version
+    if state.table_version is not None:
+        summary.table_version = state.table_version
     summary.notes.append(
         f"{state.describe()} recorded in topic '{st.name}' (key "
         f"{state.topic}/{state.view}) after the broker acknowledged every record"
@@ -181,30 +208,40 @@ def _published_state(kafka: KafkaTarget, fv: FeatureView, *, dry_run: bool) -> P
 
 
 def _published_version(plan: Plan, published: PublishState | None) -> int | None:
-    """The Delta version recorded as published, if it is of this view's current table."""
-    if published is None or published.delta_version is None:
+    """The table version recorded as published (Delta version, Iceberg snapshot, Hudi
+    instant), if it is of this view's current table."""
+    if published is None:
         return None
-    if published.source_path != plan.summary.path:
+    delta = plan.summary.source_type == "delta"
+    version = published.delta_version if delta else published.table_version
+    if version is None:
+        return None
+    if published.source_path != plan.summary.path or (
+        published.source_type and published.source_type != plan.summary.source_type
+    ):
         plan.summary.notes.append(
-            f"the published Delta version {published.delta_version} is of another table "
+            f"the published {published.describe()} is of another table "
             f"({published.source_path}): publishing the table as of its latest version"
         )
         return None
-    return published.delta_version
+    return version
 
 
 def _state_of(
-    fv: FeatureView, *, watermark: dt.datetime | None = None, delta_version: int | None = None
+    fv: FeatureView, *, watermark: dt.datetime | None = None, version: int | None = None
 ) -> PublishState:
+    """The state to record: a watermark (Parquet) or a table version (Delta, Iceberg, Hudi)."""
     assert fv.stream_source is not None
     assert fv.batch_source is not None
+    delta = fv.batch_source.type == "delta"
     return PublishState(
         topic=fv.stream_source.topic,
         view=fv.name,
         source_type=fv.batch_source.type,
-        source_path=fv.batch_source.path,
+        source_path=fv.batch_source.location,
         watermark=watermark,
-        delta_version=delta_version,
+        delta_version=version if delta else None,
+        table_version=None if delta else version,
     )
 
 

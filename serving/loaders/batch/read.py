@@ -21,6 +21,18 @@ from serving.store import Store, WriteStats
 
 def _scan(unit: Unit, columns: list[str], batch_rows: int) -> Iterator[tuple[int, pa.RecordBatch]]:
     """``(first row within the file, batch)`` over the unit's row groups, in file order."""
+    if unit.reader is not None:
+        row = 0
+        try:
+            for batch in unit.reader(columns, batch_rows):
+                if batch.num_rows:
+                    yield row, batch
+                    row += batch.num_rows
+        except InvalidArgumentError:
+            raise
+        except Exception as e:  # the format's reader raises its own hierarchy
+            raise InvalidArgumentError(f"cannot read {unit.label}: {e}") from None
+        return
     for rg in unit.row_groups:
         fragment = unit.fragment.subset(row_group_ids=[rg.id])
         row = rg.first_row
@@ -155,7 +167,15 @@ def _load(store: Store, plan: Plan, *, on_error: OnError, progress: bool, batch_
                     stats += store.write(view, pending)
                 pending = prep.batch
             bar.update(prep.scanned)
-        if pending is not None or plan.meta:
+        deletes = plan.deletes if plan.deletes is not None and plan.deletes.num_rows else None
+        if deletes is not None:
+            # the rows first, then the tombstones with the meta: a crash in between leaves the
+            # old version recorded, and the rerun finds the same deletes again
+            if pending is not None:
+                stats += store.write(view, pending)
+            dstats = store.delete(view, deletes, meta=plan.meta or None)
+            summary.deleted += dstats.written
+        elif pending is not None or plan.meta:
             if pending is None:
                 pending = pa.RecordBatch.from_pylist([], schema=plan.schema)
             stats += store.write(view, pending, meta=plan.meta or None)

@@ -44,6 +44,10 @@ class ViewSummary:
     watermark: dt.datetime | None = None
     #: Delta table version read, and the version stored as synced by this run
     delta_version: int | None = None
+    #: the same for Iceberg (snapshot id) and Hudi (instant) sources
+    table_version: int | None = None
+    #: tombstones applied (or published) for entities deleted in the source
+    deleted: int = 0
     first_errors: list[RowError] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -111,6 +115,9 @@ class LoadSummary:
         for v in self.views:
             if v.delta_version is not None:
                 synced = f"version {v.delta_version}"
+            elif v.table_version is not None:
+                what = {"iceberg": "snapshot", "hudi": "instant"}.get(v.source_type, "version")
+                synced = f"{what} {v.table_version}"
             elif v.watermark is not None:
                 synced = v.watermark.isoformat().replace("+00:00", "Z")
             else:
@@ -153,6 +160,10 @@ class LoadSummary:
                 f"{format_count(self.errors)} bad rows, {format_duration(self.seconds)} "
                 f"({format_count(rate)} rows/s)"
             )
+        deleted = sum(v.deleted for v in self.views)
+        if deleted:
+            done = "published as tombstones" if self.via_kafka else "deleted (tombstones)"
+            lines.append(f"{format_count(deleted)} entities {done}")
         for v in self.views:
             lines.extend(f"{v.view}: {note}" for note in v.notes)
             if v.errors:

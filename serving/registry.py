@@ -772,13 +772,7 @@ class _Parser:
         self.unique(seen, name, name_loc, "view name")
 
         src_loc = self.child(loc, m, "sources")
-        sources: list[FeatureRef] = []
-        src_seen: dict[str, str] = {}
-        for i, raw_ref in enumerate(self.sequence(src_loc, m["sources"])):
-            rloc = self.child(src_loc, m["sources"], i)
-            for ref in self.refs(rloc, raw_ref, views):
-                self.unique(src_seen, str(ref), rloc, "source feature")
-                sources.append(ref)
+        sources = self.ref_list(loc, m, "sources", views, "source feature")
 
         request_fields: list[Feature] = []
         request_name = ""
@@ -808,16 +802,7 @@ class _Parser:
                 )
 
         feats_loc = self.child(loc, m, "features")
-        features: list[Feature] = []
-        feat_seen: dict[str, str] = {}
-        for i, raw_feat in enumerate(self.sequence(feats_loc, m["features"])):
-            floc = self.child(feats_loc, m["features"], i)
-            for feature in self.features(floc, raw_feat):
-                name_at = self.child(floc, raw_feat, "name")
-                if feature.name == EVENT_TIMESTAMP:
-                    self.fail(name_at, f"'{EVENT_TIMESTAMP}' is reserved for the event time column")
-                self.unique(feat_seen, feature.name, name_at, "feature name")
-                features.append(feature)
+        features = self.feature_list(loc, m, {})
 
         mode = "pyarrow"
         if m.get("mode") is not None:
@@ -954,23 +939,7 @@ class _Parser:
                 key_owner[key.name] = ename
                 join_keys.append(key)
 
-        feats_loc = self.child(loc, m, "features")
-        features: list[Feature] = []
-        feat_seen: dict[str, str] = {}
-        for i, raw_feat in enumerate(self.sequence(feats_loc, m["features"])):
-            floc = self.child(feats_loc, m["features"], i)
-            for feature in self.features(floc, raw_feat):
-                name_at = self.child(floc, raw_feat, "name")
-                if feature.name in key_owner:
-                    self.fail(
-                        name_at,
-                        f"feature name '{feature.name}' collides with the join key of entity "
-                        f"'{key_owner[feature.name]}'",
-                    )
-                if feature.name == EVENT_TIMESTAMP:
-                    self.fail(name_at, f"'{EVENT_TIMESTAMP}' is reserved for the event time column")
-                self.unique(feat_seen, feature.name, name_at, "feature name")
-                features.append(feature)
+        features = self.feature_list(loc, m, key_owner)
 
         ttl_loc = self.child(loc, m, "ttl")
         try:
@@ -1141,15 +1110,52 @@ class _Parser:
         name_loc = self.child(loc, m, "name")
         name = self.name(name_loc, m["name"], "feature service")
         self.unique(seen, name, name_loc, "feature service name")
-        feats_loc = self.child(loc, m, "features")
-        refs: list[FeatureRef] = []
-        ref_seen: dict[str, str] = {}
-        for i, raw_ref in enumerate(self.sequence(feats_loc, m["features"])):
-            rloc = self.child(feats_loc, m["features"], i)
-            for ref in self.refs(rloc, raw_ref, views):
-                self.unique(ref_seen, str(ref), rloc, "feature reference")
-                refs.append(ref)
+        refs = self.ref_list(loc, m, "features", views, "feature reference")
         return FeatureService(name, tuple(refs), self.opt_str(loc, m, "description"))
+
+    def ref_list(
+        self,
+        loc: _Loc,
+        m: Mapping[str, Any],
+        key: str,
+        views: Mapping[str, FeatureView | OnDemandFeatureView],
+        what: str,
+    ) -> list[FeatureRef]:
+        """``m[key]``: a list of ``view:feature`` / ``view:*`` / brace references, expanded,
+        each feature once."""
+        list_loc = self.child(loc, m, key)
+        refs: list[FeatureRef] = []
+        seen: dict[str, str] = {}
+        for i, raw_ref in enumerate(self.sequence(list_loc, m[key])):
+            rloc = self.child(list_loc, m[key], i)
+            for ref in self.refs(rloc, raw_ref, views):
+                self.unique(seen, str(ref), rloc, what)
+                refs.append(ref)
+        return refs
+
+    def feature_list(
+        self, loc: _Loc, m: Mapping[str, Any], key_owner: Mapping[str, str]
+    ) -> list[Feature]:
+        """``m["features"]``, brace ranges expanded; a name may not be the event time column,
+        repeat, or be a join key (``key_owner``: join key -> its entity)."""
+        feats_loc = self.child(loc, m, "features")
+        features: list[Feature] = []
+        seen: dict[str, str] = {}
+        for i, raw_feat in enumerate(self.sequence(feats_loc, m["features"])):
+            floc = self.child(feats_loc, m["features"], i)
+            for feature in self.features(floc, raw_feat):
+                name_at = self.child(floc, raw_feat, "name")
+                if feature.name in key_owner:
+                    self.fail(
+                        name_at,
+                        f"feature name '{feature.name}' collides with the join key of entity "
+                        f"'{key_owner[feature.name]}'",
+                    )
+                if feature.name == EVENT_TIMESTAMP:
+                    self.fail(name_at, f"'{EVENT_TIMESTAMP}' is reserved for the event time column")
+                self.unique(seen, feature.name, name_at, "feature name")
+                features.append(feature)
+        return features
 
     def refs(
         self, loc: _Loc, raw: object, views: Mapping[str, FeatureView | OnDemandFeatureView]

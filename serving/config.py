@@ -291,6 +291,11 @@ def add_frontend_flags(p: argparse.ArgumentParser) -> None:
         help="base URL of a Prometheus scraping this process: the console (/ui) links to it",
     )
     p.add_argument(
+        "--transform-timeout-ms",
+        type=float,
+        help="answer DEADLINE_EXCEEDED when on-demand transforms take longer (default 1000)",
+    )
+    p.add_argument(
         "--max-loop-lag-ms",
         type=float,
         help="refuse serving requests (429 / RESOURCE_EXHAUSTED) while the event loop is more "
@@ -303,11 +308,6 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     add_frontend_flags(p)
     p.add_argument("--hot-tier-bytes", type=int, help="hot tier RAM budget (default 256 MiB)")
     p.add_argument("--block-cache-bytes", type=int, help="RocksDB block cache (default 256 MiB)")
-    p.add_argument(
-        "--transform-timeout-ms",
-        type=float,
-        help="answer DEADLINE_EXCEEDED when on-demand transforms take longer (default 1000)",
-    )
     p.add_argument(
         "--batch-window-us",
         type=float,

@@ -292,11 +292,21 @@ pub fn columns_to_arrow(
     plan: &Plan,
     columns: &[OutColumn],
 ) -> Result<Vec<ArrayRef>> {
-    let n = answer.num_entities;
     let cells = answer.cells(plan);
+    let cols: Vec<_> = columns
+        .iter()
+        .map(|c| (cells.col_for(c), c.dtype, c.dim))
+        .collect();
+    Ok(cells_to_arrow(&cells, &cols))
+}
+
+/// One Arrow array per column of `cells` (a source's column handle, its type and width),
+/// entities in order; nulls where not PRESENT. A router's gathered answer is such a source
+/// as much as a node's.
+pub fn cells_to_arrow<S: CellSource>(cells: &S, columns: &[(S::Col, DType, u32)]) -> Vec<ArrayRef> {
+    let n = cells.num_entities();
     let mut out: Vec<ArrayRef> = Vec::with_capacity(columns.len());
-    for c in columns {
-        let cp = cells.col_for(c);
+    for &(cp, dtype, dim) in columns {
         macro_rules! build {
             ($builder:expr, $pat:pat => $val:expr) => {{
                 let mut b = $builder;
@@ -309,7 +319,7 @@ pub fn columns_to_arrow(
                 Arc::new(b.finish()) as ArrayRef
             }};
         }
-        let arr = match c.dtype {
+        let arr = match dtype {
             DType::Bool => build!(BooleanBuilder::with_capacity(n), ValueRef::Bool(x) => x),
             DType::Int32 => build!(Int32Builder::with_capacity(n), ValueRef::Int32(x) => x),
             DType::Int64 => build!(Int64Builder::with_capacity(n), ValueRef::Int64(x) => x),
@@ -327,10 +337,10 @@ pub fn columns_to_arrow(
                 build!(BinaryBuilder::with_capacity(n, 16 * n), ValueRef::Bytes(x) => x)
             }
             DType::Float32Array => {
-                let d = c.dim as usize;
+                let d = dim as usize;
                 let mut b = FixedSizeListBuilder::with_capacity(
                     Float32Builder::with_capacity(n * d),
-                    c.dim as i32,
+                    dim as i32,
                     n,
                 );
                 for e in 0..n {
@@ -352,7 +362,7 @@ pub fn columns_to_arrow(
         };
         out.push(arr);
     }
-    Ok(out)
+    out
 }
 
 /// Statuses (u8, Feast's numbers) and event timestamps (i64 us), row-major `[entity][feature]`.

@@ -17,7 +17,14 @@
 //!
 //! The router checks every column's type against its own registry, so a node running another
 //! registry is an error, never a misread value.
+//!
+//! Request-time on-demand views are computed by the router, not by the nodes: their inputs may
+//! come from views keyed by different entities and so from different shards. Their stored
+//! inputs are fetched as hidden columns of the parts; [`Routed::start`] then hands back a
+//! [`RoutedPending`] that gives the transform its inputs and encodes the answer with the
+//! outputs, the same protocol as a node's [`crate::serve::on_demand::Pending`].
 
+use crate::arrow_io;
 use crate::catalog::Catalog;
 use crate::cells_codec::PartCells;
 use crate::error::{CoreError, Result};
@@ -25,11 +32,15 @@ use crate::invalid;
 use crate::key::KeyColumn;
 use crate::partition::murmur2;
 use crate::proto::v1;
-use crate::query::{dense_f32, encode_keys, Cell, CellSource};
+use crate::query::{
+    dense_f32, encode_keys, Answer, Cell, CellCol, CellSource, Cells, OutColumn, PlanOnDemand,
+    RowState,
+};
 use crate::scope::Scope;
 use crate::serve::{prepare, Api, Prepared, ServeConfig};
 use crate::types::{DType, KeyType, Status};
 use ahash::AHashMap;
+use arrow::array::{ArrayRef, StructArray};
 use prost::Message as _;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,8 +66,15 @@ pub struct Part {
 #[derive(Debug)]
 pub struct Routed {
     prepared: Prepared,
-    /// Per column of the plan: (group, index among the group's columns).
+    /// Per column of the plan: (group, index among the group's columns); `usize::MAX` for
+    /// the columns of on-demand views.
     col_map: Vec<(usize, usize)>,
+    /// Per on-demand view of the plan, per input: (group, index among the group's columns).
+    od_inputs: Vec<Vec<(usize, usize)>>,
+    /// Per on-demand view of the plan, its request fields.
+    request: Vec<Vec<ArrayRef>>,
+    /// Per group, the type and width of each column its parts answer.
+    group_shapes: Vec<Vec<(DType, u32)>>,
     /// Per group, per entity: (part, row within the part).
     rows: Vec<Vec<(u32, u32)>>,
     /// Per part: its group and row count.
@@ -104,22 +122,30 @@ impl Router {
             return Err(invalid!("a router does not answer GetCells; ask a node"));
         }
         let prepared = prepare(&self.catalog, api, body, cfg, scope)?;
-        if let Some(od) = prepared.plan().on_demand.first() {
-            return Err(CoreError::InvalidArgument(format!(
-                "on-demand feature view '{}' is not served through a router yet: ask a node \
-                 (every node holds the views it reads when they are not sharded), or make it \
-                 write-time (write_to_online_store: true), which a router serves like any view",
-                prepared.plan().views[od.view].def.name
-            )));
-        }
         let plan = prepared.plan();
         let entities = &prepared.entities;
         let n = prepared.num_entities();
+        // Request fields are checked before anything is asked of a shard.
+        let request = plan
+            .on_demand
+            .iter()
+            .map(|od| {
+                let view = &plan.views[od.view].def.name;
+                od.request
+                    .iter()
+                    .map(|(name, dtype)| arrow_io::request_column(entities, name, *dtype, view))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
 
-        // Group the plan's views by routing: same join-key columns and partition count.
+        // Group the plan's stored views by routing: same join-key columns and partition
+        // count. On-demand views have no rows on the shards.
         let mut groups: Vec<Group> = Vec::new();
         let mut loose = Vec::new();
         for (v, pv) in plan.views.iter().enumerate() {
+            if pv.def.on_demand.is_some() {
+                continue;
+            }
             let Some(&parts) = self.partitions.get(&pv.def.name) else {
                 loose.push(v);
                 continue;
@@ -142,21 +168,50 @@ impl Router {
         } else {
             groups[0].views.extend(loose);
         }
-        let mut view_group = vec![0; plan.views.len()];
+        let mut view_group = vec![usize::MAX; plan.views.len()];
         for (g, group) in groups.iter().enumerate() {
             for &v in &group.views {
                 view_group[v] = g;
             }
         }
 
-        // Columns of each group, in plan order.
-        let mut group_cols: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
-        let mut col_map = Vec::with_capacity(plan.columns.len());
-        for (c, col) in plan.columns.iter().enumerate() {
+        // The features each group asks its shards for: the answered columns of its views,
+        // then the on-demand views' inputs among them (each reference once).
+        let mut group_refs: Vec<Vec<String>> = vec![Vec::new(); groups.len()];
+        let mut group_shapes: Vec<Vec<(DType, u32)>> = vec![Vec::new(); groups.len()];
+        let mut placed: AHashMap<String, (usize, usize)> = AHashMap::new();
+        let mut place = |col: &OutColumn, reference: String| {
             let g = view_group[col.view];
-            col_map.push((g, group_cols[g].len()));
-            group_cols[g].push(c);
-        }
+            *placed.entry(reference).or_insert_with_key(|r| {
+                group_refs[g].push(r.clone());
+                group_shapes[g].push((col.dtype, col.dim));
+                (g, group_refs[g].len() - 1)
+            })
+        };
+        let col_map: Vec<(usize, usize)> = plan
+            .columns
+            .iter()
+            .map(|col| {
+                if view_group[col.view] == usize::MAX {
+                    (usize::MAX, 0) // an on-demand view's output: the router computes it
+                } else {
+                    place(
+                        col,
+                        format!("{}:{}", plan.views[col.view].def.name, col.feature),
+                    )
+                }
+            })
+            .collect();
+        let od_inputs: Vec<Vec<(usize, usize)>> = plan
+            .on_demand
+            .iter()
+            .map(|od| {
+                od.inputs
+                    .iter()
+                    .map(|c| place(c, c.reference.clone()))
+                    .collect()
+            })
+            .collect();
 
         let service = prepared.service.clone().unwrap_or_default();
         let shards = self.shard_count as usize;
@@ -193,20 +248,15 @@ impl Router {
             // messages concatenate (repeated fields and map entries append), so each part is
             // these bytes followed by the encoding of its own entities.
             let refs = v1::GetCellsRequest {
-                refs: group_cols[g]
-                    .iter()
-                    .map(|&c| {
-                        let col = &plan.columns[c];
-                        format!("{}:{}", plan.views[col.view].def.name, col.feature)
-                    })
-                    .collect(),
+                refs: group_refs[g].clone(),
                 feature_service: service.clone(),
                 ..Default::default()
             }
             .encode_to_vec();
             let mut where_ = vec![(0u32, 0u32); n];
             for (shard, members) in by_shard.iter().enumerate() {
-                if members.is_empty() {
+                // A request of on-demand views over request fields only asks no shard.
+                if members.is_empty() || group_refs[g].is_empty() {
                     continue;
                 }
                 let part = parts.len() as u32;
@@ -237,6 +287,9 @@ impl Router {
         Ok(Routed {
             prepared,
             col_map,
+            od_inputs,
+            request,
+            group_shapes,
             rows,
             part_shape,
             parts,
@@ -285,8 +338,26 @@ impl Routed {
         &self.prepared
     }
 
-    /// Gathers the parts' answers (`answers[i]` answers `parts[i]`) and encodes the response.
+    /// Gathers the parts' answers (`answers[i]` answers `parts[i]`) and encodes the response
+    /// of a request without on-demand views (see [`Routed::start`]).
     pub fn merge(&self, answers: &[&[u8]], cfg: &ServeConfig) -> Result<Vec<u8>> {
+        if let Some(od) = self.prepared.plan().on_demand.first() {
+            return Err(CoreError::Transform(format!(
+                "on-demand feature view '{}' has no output yet",
+                self.prepared.plan().views[od.view].def.name
+            )));
+        }
+        Ok(self.prepared.encode(&self.gather(answers)?, cfg))
+    }
+
+    /// Whether the request names request-time on-demand views, which the router computes
+    /// once the parts are answered.
+    #[must_use]
+    pub fn has_on_demand(&self) -> bool {
+        !self.prepared.plan().on_demand.is_empty()
+    }
+
+    fn gather<'a>(&'a self, answers: &[&'a [u8]]) -> Result<Gathered<'a>> {
         if answers.len() != self.part_shape.len() {
             return Err(CoreError::BadShardAnswer(format!(
                 "{} answers for {} parts",
@@ -294,29 +365,179 @@ impl Routed {
                 self.part_shape.len()
             )));
         }
-        let plan = self.prepared.plan();
         let mut parts = Vec::with_capacity(answers.len());
         for (i, (answer, &(g, n))) in answers.iter().zip(&self.part_shape).enumerate() {
-            let expect: Vec<(DType, u32)> = plan
-                .columns
-                .iter()
-                .zip(&self.col_map)
-                .filter(|(_, (cg, _))| *cg == g)
-                .map(|(c, _)| (c.dtype, c.dim))
-                .collect();
-            let part = PartCells::parse(answer, n, &expect).map_err(|e| {
+            let part = PartCells::parse(answer, n, &self.group_shapes[g]).map_err(|e| {
                 let shard = self.parts.get(i).map_or(0, |p| p.shard);
                 CoreError::BadShardAnswer(format!("the answer of shard {shard}: {e}"))
             })?;
             parts.push(part);
         }
-        let gathered = Gathered {
+        Ok(Gathered {
             n: self.prepared.num_entities(),
             parts,
             col_map: &self.col_map,
             rows: &self.rows,
+        })
+    }
+}
+
+/// A routed request whose parts are answered and whose on-demand transforms are due: the
+/// router's side of the protocol of [`crate::serve::on_demand::Pending`].
+pub struct RoutedPending {
+    routed: Arc<Routed>,
+    /// The parts' answers (the gathered cells borrow them; parsed again on each use, which
+    /// costs a pass over the cells, not a copy of them).
+    answers: Vec<Vec<u8>>,
+    /// Per on-demand view, the rows made from its transform's output.
+    outputs: Vec<Option<Vec<RowState>>>,
+}
+
+impl RoutedPending {
+    /// Checks the answers' shapes and waits for the transforms.
+    pub fn start(routed: Arc<Routed>, answers: Vec<Vec<u8>>) -> Result<Self> {
+        {
+            let slices: Vec<&[u8]> = answers.iter().map(Vec::as_slice).collect();
+            routed.gather(&slices)?;
+        }
+        let outputs = vec![None; routed.prepared.plan().on_demand.len()];
+        Ok(Self {
+            routed,
+            answers,
+            outputs,
+        })
+    }
+
+    fn plan(&self) -> &crate::query::Plan {
+        self.routed.prepared.plan()
+    }
+
+    fn od(&self, k: usize) -> Result<&PlanOnDemand> {
+        self.plan().on_demand.get(k).ok_or_else(|| {
+            invalid!(
+                "the request has {} on-demand views; there is no view #{k}",
+                self.plan().on_demand.len()
+            )
+        })
+    }
+
+    #[must_use]
+    pub fn views(&self) -> Vec<String> {
+        let plan = self.plan();
+        plan.on_demand
+            .iter()
+            .map(|od| plan.views[od.view].def.name.clone())
+            .collect()
+    }
+
+    #[must_use]
+    pub fn num_entities(&self) -> usize {
+        self.routed.prepared.num_entities()
+    }
+
+    /// The inputs of on-demand view `k`, as a node gives them: the stored source features
+    /// (nulls where not PRESENT), then the request fields.
+    pub fn inputs(&self, k: usize) -> Result<(Vec<String>, Vec<ArrayRef>)> {
+        let od = self.od(k)?;
+        let slices: Vec<&[u8]> = self.answers.iter().map(Vec::as_slice).collect();
+        let gathered = self.routed.gather(&slices)?;
+        let cols: Vec<(GatheredCol, DType, u32)> = od
+            .inputs
+            .iter()
+            .zip(&self.routed.od_inputs[k])
+            .map(|(c, &(group, local))| (GatheredCol { group, local }, c.dtype, c.dim))
+            .collect();
+        let mut arrays = arrow_io::cells_to_arrow(&gathered, &cols);
+        arrays.extend(self.routed.request[k].iter().cloned());
+        let names = od
+            .inputs
+            .iter()
+            .map(|c| c.feature.clone())
+            .chain(od.request.iter().map(|(n, _)| n.clone()))
+            .collect();
+        Ok((names, arrays))
+    }
+
+    /// Takes the transform's output of on-demand view `k` (checked as a node checks it).
+    pub fn set_output(&mut self, k: usize, batch: &StructArray) -> Result<()> {
+        let def = self.plan().views[self.od(k)?.view].def.clone();
+        let rows = arrow_io::on_demand_rows(&def, batch, self.num_entities())?;
+        self.outputs[k] = Some(rows);
+        Ok(())
+    }
+
+    /// The response, once every on-demand view has its output.
+    pub fn finish(&self, cfg: &ServeConfig) -> Result<Vec<u8>> {
+        let plan = self.plan();
+        let mut rows = vec![Vec::new(); plan.views.len()];
+        for (k, od) in plan.on_demand.iter().enumerate() {
+            let Some(out) = &self.outputs[k] else {
+                return Err(CoreError::Transform(format!(
+                    "on-demand feature view '{}' has no output yet",
+                    plan.views[od.view].def.name
+                )));
+            };
+            rows[od.view].clone_from(out);
+        }
+        let computed = Answer {
+            num_entities: self.num_entities(),
+            rows,
         };
-        Ok(self.prepared.encode(&gathered, cfg))
+        let slices: Vec<&[u8]> = self.answers.iter().map(Vec::as_slice).collect();
+        let gathered = self.routed.gather(&slices)?;
+        let source = WithOnDemand {
+            plan,
+            gathered: &gathered,
+            computed: computed.cells(plan),
+        };
+        Ok(self.routed.prepared.encode(&source, cfg))
+    }
+}
+
+/// The gathered cells of the shards, with the on-demand views' columns read from the
+/// transforms' outputs.
+struct WithOnDemand<'a> {
+    plan: &'a crate::query::Plan,
+    gathered: &'a Gathered<'a>,
+    computed: Cells<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum EitherCol<'a> {
+    Gathered(GatheredCol),
+    Computed(CellCol<'a>),
+}
+
+impl<'a> CellSource for WithOnDemand<'a> {
+    type Col = EitherCol<'a>;
+
+    fn num_entities(&self) -> usize {
+        self.gathered.n
+    }
+
+    fn col(&self, c: usize) -> EitherCol<'a> {
+        let view = self.plan.columns[c].view;
+        if self.plan.views[view].def.on_demand.is_some() {
+            EitherCol::Computed(self.computed.col(c))
+        } else {
+            EitherCol::Gathered(self.gathered.col(c))
+        }
+    }
+
+    #[inline]
+    fn cell(&self, col: EitherCol<'a>, e: usize) -> Cell<'_> {
+        match col {
+            EitherCol::Gathered(g) => self.gathered.cell(g, e),
+            EitherCol::Computed(c) => self.computed.cell(c, e),
+        }
+    }
+
+    #[inline]
+    fn f32(&self, col: EitherCol<'a>, e: usize) -> (f32, Status, i64) {
+        match col {
+            EitherCol::Gathered(g) => self.gathered.f32(g, e),
+            EitherCol::Computed(c) => CellSource::f32(&self.computed, c, e),
+        }
     }
 }
 
@@ -492,6 +713,133 @@ mod tests {
             ],
         );
         same(&r, &store, Api::FeastGrpc, &req.encode_to_vec());
+    }
+
+    /// The fixture's registry plus a request-time on-demand view over two views keyed by
+    /// different entities (so by different shards) and a request field.
+    fn with_odfv(store: &Store) -> Router {
+        let mut spec: serde_json::Value = serde_json::from_str(&store.catalog().spec_json).unwrap();
+        spec["on_demand_feature_views"] = serde_json::json!([{
+            "name": "od",
+            "sources": [{"view": "user_profile", "feature": "f000"},
+                        {"view": "kitchen", "feature": "f32"}],
+            "request_fields": [{"name": "x", "dtype": "float64"}],
+            "features": [{"name": "y", "dtype": "float32"}]
+        }]);
+        store.apply_registry(&spec.to_string(), false).unwrap();
+        let cat = Catalog::from_spec_json(&store.catalog().spec_json).unwrap();
+        Router::new(Arc::new(cat), SHARDS, parts()).unwrap()
+    }
+
+    #[test]
+    fn on_demand_views_are_computed_by_the_router_from_the_shards_cells() {
+        use crate::serve::on_demand::{start, Started};
+        use arrow::array::{Array, Float32Array};
+        use arrow::datatypes::{DataType, Field};
+        let (_d, store) = fixture(40, 6);
+        let r = with_odfv(&store);
+        let body = br#"{"features":["user_profile:f001","od:y","kitchen:s"],
+            "entities":{"user_id":[1,2,999,3],"sku":["a","b","a","zz"],"x":[0.5,1,2,null]}}"#;
+        let caller = Caller {
+            now_us: NOW,
+            ..Caller::default()
+        };
+        let Ok(Started::Pending(mut node)) = start(&store, Api::FeastHttp, body, &cfg(), caller)
+        else {
+            panic!("a node answers the request with a pending answer");
+        };
+        let routed = Arc::new(r.route(Api::FeastHttp, body, &cfg(), None, 0).unwrap());
+        assert!(routed.has_on_demand());
+        // Every part names stored features only, the view's inputs among them.
+        let refs: Vec<String> = routed
+            .parts
+            .iter()
+            .flat_map(|p| v1::GetCellsRequest::decode(p.body.as_slice()).unwrap().refs)
+            .collect();
+        assert!(refs.iter().all(|r| !r.starts_with("od:")), "{refs:?}");
+        assert!(refs.contains(&"user_profile:f000".into()) && refs.contains(&"kitchen:f32".into()));
+        let answers = cells_answers(&store, &routed);
+        let mut pending = RoutedPending::start(routed.clone(), answers).unwrap();
+        assert_eq!(pending.views(), node.views());
+        let (names, inputs) = pending.inputs(0).unwrap();
+        let (node_names, node_inputs) = node.inputs(0).unwrap();
+        assert_eq!(names, node_names);
+        assert_eq!(names, ["f000", "f32", "x"]);
+        for (a, b) in inputs.iter().zip(&node_inputs) {
+            assert_eq!(a.to_data(), b.to_data());
+        }
+        // The request field is passed through; an unknown user's input is null.
+        assert!(inputs[0].is_null(2) && inputs[2].is_null(3));
+        let out = StructArray::from(vec![(
+            Arc::new(Field::new("y", DataType::Float32, true)),
+            Arc::new(Float32Array::from(vec![
+                Some(1.5),
+                None,
+                Some(3.0),
+                Some(4.0),
+            ])) as ArrayRef,
+        )]);
+        assert!(pending.finish(&cfg()).is_err(), "no output yet");
+        pending.set_output(0, &out).unwrap();
+        node.set_output(0, &out).unwrap();
+        let got = pending.finish(&cfg()).unwrap();
+        let want = node.finish(&store, &cfg()).unwrap().body;
+        assert!(
+            got == want,
+            "routed answer differs\n got {}\nwant {}",
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want)
+        );
+        // Without pending, merge refuses rather than answering without the outputs.
+        let slices: Vec<&[u8]> = pending.answers.iter().map(Vec::as_slice).collect();
+        assert!(routed.merge(&slices, &cfg()).is_err());
+        // A request field of the wrong type is refused before any shard is asked.
+        let bad = br#"{"features":["od:y"],"entities":{"user_id":[1],"sku":["a"],"x":["no"]}}"#;
+        let e = r.route(Api::FeastHttp, bad, &cfg(), None, 0).unwrap_err();
+        assert!(e.to_string().contains("request field 'x'"), "{e}");
+    }
+
+    #[test]
+    fn on_demand_inputs_are_in_a_service_scope_of_its_parts() {
+        let (_d, store) = fixture(10, 6);
+        let mut spec: serde_json::Value = serde_json::from_str(&store.catalog().spec_json).unwrap();
+        spec["on_demand_feature_views"] = serde_json::json!([{
+            "name": "od",
+            "sources": [{"view": "user_profile", "feature": "f000"}],
+            "request_fields": [],
+            "features": [{"name": "y", "dtype": "float32"}]
+        }]);
+        spec["feature_services"] = serde_json::json!([{"name": "ranked",
+            "features": [{"view": "od", "feature": "y"}, {"view": "fresh", "feature": "score"}]}]);
+        store.apply_registry(&spec.to_string(), false).unwrap();
+        let cat = Catalog::from_spec_json(&store.catalog().spec_json).unwrap();
+        let r = Router::new(Arc::new(cat), SHARDS, parts()).unwrap();
+        let scope = Scope {
+            services: ["ranked".to_string()].into_iter().collect(),
+            ..Scope::default()
+        };
+        let body = br#"{"feature_service":"ranked","entities":{"user_id":[1,2]}}"#;
+        let routed = r
+            .route(Api::FeastHttp, body, &cfg(), Some(&scope), 0)
+            .unwrap();
+        for p in &routed.parts {
+            serve_scoped_cells(&store, &p.body, &scope).unwrap();
+        }
+        // The view's inputs, yes; other features of their view, no.
+        let other = v1::GetCellsRequest {
+            refs: vec!["user_profile:f001".into()],
+            feature_service: "ranked".into(),
+            entities: [(
+                "user_id".to_string(),
+                v1::EntityColumn {
+                    values: Some(Values::Int64Values(v1::Int64Column { values: vec![1] })),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let e = serve_scoped_cells(&store, &other.encode_to_vec(), &scope).unwrap_err();
+        assert!(matches!(e, CoreError::PermissionDenied(_)), "{e:?}");
     }
 
     #[test]

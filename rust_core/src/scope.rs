@@ -75,9 +75,16 @@ impl Scope {
             .ok_or_else(|| CoreError::NotFound(format!("unknown feature service '{service}'")))?;
         for r in refs {
             let (v, f) = split_ref(r)?;
-            let ok = members
-                .iter()
-                .any(|(vi, mf)| mf == f && cat.views[*vi].name == v);
+            // A router computes the service's on-demand views itself, so it also asks for
+            // their stored inputs on the caller's behalf.
+            let ok = members.iter().any(|(vi, mf)| {
+                (mf == f && cat.views[*vi].name == v)
+                    || cat.views[*vi].on_demand.as_ref().is_some_and(|od| {
+                        od.sources
+                            .iter()
+                            .any(|(si, sf)| sf == f && cat.views[*si].name == v)
+                    })
+            });
             if !ok {
                 return Err(CoreError::PermissionDenied(format!(
                     "feature '{r}' is not part of feature service '{service}'"

@@ -482,7 +482,14 @@ class AsyncShardedFeatureClient:
         routed = self._core.route("v1_grpc", body, None)
         answers = await self._fan_out(CELLS_METHOD, routed.parts(), timeout)
         keys = {name: vals for name, (_, vals) in cols.items()}
-        return pb.GetFeatureVectorResponse.FromString(routed.merge(answers)), keys
+        out = routed.merge(answers)
+        if not isinstance(out, bytes):
+            raise InvalidArgumentError(
+                f"on-demand feature views ({', '.join(out.views)}) run their Python transforms "
+                "on the server: ask a node or `feature-serving route` for them, not the routing "
+                "client"
+            )
+        return pb.GetFeatureVectorResponse.FromString(out), keys
 
     async def get_dense(
         self,

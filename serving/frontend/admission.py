@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from serving import _rust_core
 from serving.config import ServeSettings
-from serving.errors import DeadlineExceededError, ResourceExhaustedError, TransformError
+from serving.errors import DeadlineExceededError, ResourceExhaustedError
+from serving.frontend.transforms import TransformPool
 from serving.ondemand import OnDemandRunner
 
 
@@ -230,15 +231,8 @@ class Admission:
         on_demand: Callable[[], OnDemandRunner] | None = None,
     ) -> None:
         self._serve = core.serve
-        #: the runner of the current registry's on-demand views (None: requests naming one
-        #: are refused)
-        self._on_demand = on_demand
-        self._transform_timeout = settings.transform_timeout_ms / 1000
-        # Transforms run off the loop: a pandas transform of W2's size takes ~1 ms, a buggy
-        # one forever, and neither may hold up the other requests the loop is serving.
-        # Two threads: one transform can run while another waits on the GIL's release in
-        # pyarrow / numpy kernels; a wedged transform takes one, not all.
-        self._transforms = ThreadPoolExecutor(2, thread_name_prefix="transform")
+        #: runs the on-demand transforms of requests naming some
+        self.transforms = TransformPool(on_demand, settings.transform_timeout_ms / 1000)
         self.batcher: RequestBatcher | None = None
         if settings.batch_window_us > 0:
             self.batcher = RequestBatcher(
@@ -280,24 +274,10 @@ class Admission:
             return out
         return await self._transform(out, timeout)
 
-    async def _transform(self, pending: _rust_core.PendingAnswer, timeout: float | None) -> bytes:
-        """Runs the request's on-demand transforms on a worker thread, then encodes."""
-        if self._on_demand is None:
-            raise TransformError("this server does not run on-demand transforms")
-        runner = self._on_demand()
-        limit = self._transform_timeout
-        if timeout is not None:
-            limit = min(limit, timeout)
-        loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._transforms, runner.complete, pending)
-        try:
-            return await asyncio.wait_for(work, limit if limit > 0 else None)
-        except TimeoutError:
-            raise DeadlineExceededError(
-                f"the on-demand transforms of {', '.join(pending.views)} took longer than "
-                f"{limit * 1000:.0f} ms (the server's --transform-timeout-ms, or the request's "
-                "deadline)"
-            ) from None
+    def _transform(
+        self, pending: _rust_core.PendingAnswer, timeout: float | None
+    ) -> Awaitable[bytes]:
+        return self.transforms.complete(pending, timeout)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.guard is not None:
@@ -308,4 +288,4 @@ class Admission:
             self.guard.stop()
         if self.batcher is not None:
             self.batcher.close()
-        self._transforms.shutdown(wait=False, cancel_futures=True)
+        self.transforms.close()

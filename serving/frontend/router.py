@@ -57,7 +57,9 @@ from serving.frontend.endpoints import JSON, Endpoint
 from serving.frontend.grpc_auth import principal
 from serving.frontend.router_writes import RouterWrites
 from serving.frontend.tls import node_credentials, node_ssl_context
+from serving.frontend.transforms import TransformPool
 from serving.metrics import LATENCY_BUCKETS, NS, ServingMetrics
+from serving.ondemand import OnDemandRunner
 from serving.registry import Registry
 from serving.sharding import sharded_views
 
@@ -173,6 +175,12 @@ class FeatureRouter(RouterWrites):
         self.metrics = ServingMetrics()
         self.metrics.describe_build(rocksdb="none (router)", core=_rust_core.__version__)
         self.router_metrics = RouterMetrics(self.metrics, sorted(cluster.shards))
+        #: request-time on-demand views are computed here, over the inputs the shards answer
+        #: (they may come from views keyed by different entities, so from different shards)
+        self.on_demand = OnDemandRunner(registry, self.metrics.observe_transform)
+        self.transforms = TransformPool(
+            lambda: self.on_demand, settings.transform_timeout_ms / 1000
+        )
         self.auth: Authenticator | None = None
         if not settings.no_auth:
             if not settings.keys_file:
@@ -241,6 +249,7 @@ class FeatureRouter(RouterWrites):
             cluster.shard_count,
             sharded_views(registry, cluster.topic_partitions),
         )
+        self.on_demand = OnDemandRunner(registry, self.metrics.observe_transform)
         self._registry = registry
         changed = cluster != self.cluster
         if changed:
@@ -294,7 +303,10 @@ class FeatureRouter(RouterWrites):
         if budget <= 0:
             raise DeadlineExceededError("the deadline expired before the request started")
         metadata = (("authorization", authorization),) if authorization else None
-        if len(parts) == 1:
+        t0 = time.perf_counter()
+        if not parts:  # on-demand views over request fields only
+            answers = []
+        elif len(parts) == 1:
             shard, part = parts[0]
             answers = [await self._ask(shard, part, metadata, budget)]
         else:
@@ -308,7 +320,10 @@ class FeatureRouter(RouterWrites):
                 for t in tasks:
                     t.cancel()
                 raise
-        return routed.merge(answers)
+        out = routed.merge(answers)
+        if isinstance(out, bytes):
+            return out
+        return await self.transforms.complete(out, budget - (time.perf_counter() - t0))
 
     async def _ask(
         self,
@@ -471,6 +486,7 @@ class FeatureRouter(RouterWrites):
         if self.guard is not None:
             self.guard.stop()
         await self.channels.close()
+        self.transforms.close()
         await self._close_router_writes()
         log.info("stopped")
 

@@ -1,24 +1,55 @@
-//! `PendingAnswer`: a request with on-demand views, read and waiting for its transforms
-//! (`serve/on_demand.rs`). The frontend runs each transform over the inputs and hands the
-//! output back; `finish` encodes the answer with the GIL released.
+//! `PendingAnswer`: a request with on-demand views, read and waiting for its transforms. A
+//! node's (`serve/on_demand.rs`: read from its store) or a router's (`route.rs`: gathered from
+//! the shards' answers); the frontend runs each transform over the inputs and hands the output
+//! back, the same way for both; `finish` encodes the answer with the GIL released.
 
 use super::arrow::{export_batch, import_batch};
 use super::errors::to_py_err;
 use super::gil::without_gil;
-use crate::error::CoreError;
+use crate::error::{CoreError, Result};
+use crate::route::RoutedPending;
 use crate::serve::on_demand::Pending;
 use crate::serve::ServeConfig;
 use crate::store::Store;
+use arrow::array::{ArrayRef, StructArray};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::sync::Arc;
 
+/// Whose request waits: a node's or a router's.
+enum Waiting {
+    Node(Arc<Store>, Box<Pending>),
+    Routed(Box<RoutedPending>),
+}
+
+impl Waiting {
+    fn inputs(&self, k: usize) -> Result<(Vec<String>, Vec<ArrayRef>)> {
+        match self {
+            Self::Node(_, p) => p.inputs(k),
+            Self::Routed(p) => p.inputs(k),
+        }
+    }
+
+    fn set_output(&mut self, k: usize, batch: &StructArray) -> Result<()> {
+        match self {
+            Self::Node(_, p) => p.set_output(k, batch),
+            Self::Routed(p) => p.set_output(k, batch),
+        }
+    }
+
+    fn finish(&self, cfg: &ServeConfig) -> Result<Vec<u8>> {
+        match self {
+            Self::Node(store, p) => Ok(p.finish(store, cfg)?.body),
+            Self::Routed(p) => p.finish(cfg),
+        }
+    }
+}
+
 #[pyclass(frozen, module = "serving._rust_core", name = "PendingAnswer")]
 pub(super) struct PyPending {
-    store: Arc<Store>,
     cfg: ServeConfig,
-    inner: Mutex<Box<Pending>>,
+    inner: Mutex<Waiting>,
     views: Vec<String>,
     num_entities: usize,
 }
@@ -26,11 +57,19 @@ pub(super) struct PyPending {
 impl PyPending {
     pub(super) fn new(store: Arc<Store>, cfg: ServeConfig, p: Box<Pending>) -> Self {
         Self {
-            store,
             cfg,
             views: p.views(),
             num_entities: p.num_entities(),
-            inner: Mutex::new(p),
+            inner: Mutex::new(Waiting::Node(store, p)),
+        }
+    }
+
+    pub(super) fn routed(cfg: ServeConfig, p: Box<RoutedPending>) -> Self {
+        Self {
+            cfg,
+            views: p.views(),
+            num_entities: p.num_entities(),
+            inner: Mutex::new(Waiting::Routed(p)),
         }
     }
 }
@@ -70,8 +109,8 @@ impl PyPending {
 
     /// The complete response body, once every view has its output.
     fn finish<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let (inner, store, cfg) = (&self.inner, &self.store, &self.cfg);
-        let served = without_gil(py, || inner.lock().finish(store, cfg))?;
-        Ok(PyBytes::new(py, &served.body))
+        let (inner, cfg) = (&self.inner, &self.cfg);
+        let body = without_gil(py, || inner.lock().finish(cfg))?;
+        Ok(PyBytes::new(py, &body))
     }
 }

@@ -3,9 +3,10 @@
 
 use super::errors::to_py_err;
 use super::gil::without_gil;
+use super::pending::PyPending;
 use super::settings::{parse_api, ServeSettings};
 use crate::catalog::Catalog;
-use crate::route::{Routed, Router};
+use crate::route::{Routed, RoutedPending, Router};
 use crate::serve::ServeConfig;
 use parking_lot::RwLock;
 use pyo3::prelude::*;
@@ -110,14 +111,17 @@ impl PyRouter {
         let routed = without_gil(py, || {
             router.route(api, body, &cfg, scope.as_deref(), spread)
         })?;
-        Ok(PyRouted { routed, cfg })
+        Ok(PyRouted {
+            routed: Arc::new(routed),
+            cfg,
+        })
     }
 }
 
 /// A request split into per-shard parts.
 #[pyclass(module = "serving._rust_core", name = "Routed", frozen)]
 pub(super) struct PyRouted {
-    routed: Routed,
+    routed: Arc<Routed>,
     cfg: ServeConfig,
 }
 
@@ -134,15 +138,23 @@ impl PyRouted {
         )
     }
 
-    /// The response body from the parts' answers, in `parts()` order (GIL released).
+    /// The response body from the parts' answers, in `parts()` order (GIL released); for a
+    /// request naming on-demand views, a `PendingAnswer` whose transforms are due.
     fn merge<'py>(
         &self,
         py: Python<'py>,
         answers: Vec<Bound<'py, PyBytes>>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if self.routed.has_on_demand() {
+            let owned: Vec<Vec<u8>> = answers.iter().map(|a| a.as_bytes().to_vec()).collect();
+            let routed = self.routed.clone();
+            let pending = without_gil(py, || RoutedPending::start(routed, owned))?;
+            let obj = Bound::new(py, PyPending::routed(self.cfg, Box::new(pending)))?;
+            return Ok(obj.into_any());
+        }
         let slices: Vec<&[u8]> = answers.iter().map(PyBytesMethods::as_bytes).collect();
         let body = without_gil(py, || self.routed.merge(&slices, &self.cfg))?;
-        Ok(PyBytes::new(py, &body))
+        Ok(PyBytes::new(py, &body).into_any())
     }
 
     #[getter]

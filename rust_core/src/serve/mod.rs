@@ -74,6 +74,7 @@
 
 mod encode_json;
 mod encode_proto;
+pub mod feature_log;
 mod json;
 pub mod on_demand;
 mod pb;
@@ -138,6 +139,8 @@ pub struct Caller<'a> {
     pub shard: Option<&'a ShardCheck>,
     /// The time of the request (us since the epoch), against which TTLs are checked.
     pub now_us: i64,
+    /// Served-feature logging (`serve/feature_log.rs`): the log and this request's id.
+    pub log: Option<&'a feature_log::LogTag>,
 }
 
 /// A complete response and what the request touched.
@@ -265,15 +268,26 @@ impl Prepared {
         }
     }
 
-    /// Counts ([`crate::stats`]) and encodes the answer read for this request.
-    fn finish(&self, store: &Store, answer: &Answer, cfg: &ServeConfig) -> Served {
+    /// Counts ([`crate::stats`]), logs (when the request's service is logged,
+    /// [`feature_log`]) and encodes the answer read for this request.
+    fn finish(
+        &self,
+        store: &Store,
+        answer: &Answer,
+        cfg: &ServeConfig,
+        log: Option<&feature_log::LogTag>,
+    ) -> Served {
         store.serve_stats.record(
             self.views().zip(answer.view_stats(&self.plan)),
             self.num_entities(),
             self.num_features(),
         );
+        let cells = answer.cells(&self.plan);
+        if let Some(tag) = log {
+            feature_log::FeatureLog::append(tag, self, &cells);
+        }
         Served {
-            body: self.encode(&answer.cells(&self.plan), cfg),
+            body: self.encode(&cells, cfg),
             views: self.views().map(str::to_string).collect(),
             num_entities: self.num_entities(),
             num_features: self.num_features(),

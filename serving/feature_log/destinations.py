@@ -93,7 +93,7 @@ class KafkaDestination(Destination):
     """One JSON message per logged row, keyed by the request id (so a request's rows land in
     one partition, in order), with the project's Kafka client (confluent-kafka)."""
 
-    def __init__(self, topic: str, bootstrap_servers: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, topic: str, bootstrap_servers: str, timeout_s: float = 5.0) -> None:
         from confluent_kafka import Producer
 
         self.topic = topic
@@ -131,7 +131,8 @@ class KafkaDestination(Destination):
             raise OSError(f"kafka topic '{self.topic}': {reason}")
 
     def close(self) -> None:
-        self._producer.flush(self._timeout)
+        # what is still queued had its chance in write(); do not hold up a shutdown for it
+        self._producer.flush(1.0)
 
 
 def open_destination(d: LogDestination) -> Destination:

@@ -70,6 +70,8 @@ def read_logs(registry: Registry, service: str, start: dt.datetime, end: dt.date
                 dest.path,
                 format="parquet",
                 partitioning=ds.partitioning(pa.schema([(LOG_DATE, pa.date32())]), flavor="hive"),
+                # the day folders (__log_date=...) start with "_", which pyarrow skips by default
+                ignore_prefixes=["."],
             )
         except FileNotFoundError:
             raise NotFoundError(f"no log dataset at {dest.path} (nothing logged yet?)") from None

@@ -105,14 +105,20 @@ class FeatureLogger:
         self._thread = threading.Thread(target=self._run, name="feature-log", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stops the thread and flushes what is buffered (each destination tried once more)."""
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stops the thread and flushes what is buffered, each healthy destination written
+        once more; within ``timeout_s`` (a destination failing at that moment is not waited
+        for: its rows are reported lost in the log)."""
         self._stop.set()
+        deadline = time.monotonic() + timeout_s
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout_s)
             self._thread = None
-        with self._lock:
-            self._flush_all(force=True)
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            log.warning("feature log: the writer is still writing at shutdown; buffered rows lost")
+            return
+        try:
+            self._flush_all(force=True, shutdown=True)
             for name, s in self._services.items():
                 for d in s.dests:
                     if d.pending_rows:
@@ -124,6 +130,8 @@ class FeatureLogger:
                             d.last_error,
                         )
                     d.dest.close()
+        finally:
+            self._lock.release()
 
     def _run(self) -> None:
         while not self._stop.wait(TICK_S):
@@ -133,7 +141,7 @@ class FeatureLogger:
             except Exception:  # keep the writer alive whatever a destination raises
                 log.exception("feature log writer")
 
-    def _flush_all(self, force: bool) -> None:
+    def _flush_all(self, force: bool, shutdown: bool = False) -> None:
         if not self._services:
             return
         counts = self._core.log_counts()
@@ -144,7 +152,7 @@ class FeatureLogger:
             if force or buffered >= s.cfg.flush_rows or (due and buffered):
                 self._flush(name, s, now)
             if force or any(d.pending and now >= d.next_try for d in s.dests):
-                self._retry(s, now, force)
+                self._retry(s, now, force, shutdown)
 
     def _flush(self, name: str, s: _Service, now: float) -> None:
         t0 = time.thread_time()
@@ -165,9 +173,9 @@ class FeatureLogger:
         s.flushed_rows += table.num_rows
         s.flush_cpu_s += time.thread_time() - t0
 
-    def _retry(self, s: _Service, now: float, force: bool) -> None:
+    def _retry(self, s: _Service, now: float, force: bool, shutdown: bool = False) -> None:
         for d in s.dests:
-            if not d.pending or (not force and now < d.next_try):
+            if not d.pending or (not force and now < d.next_try) or (shutdown and d.last_error):
                 continue
             t0 = time.thread_time()
             table = _concat(d.pending) if len(d.pending) > 1 else d.pending[0]

@@ -367,7 +367,7 @@ class FeatureServer(FeastWrites):
         )
         self.admission.stop()
         # after the listeners drained: every answered request's rows are in the buffer
-        await asyncio.to_thread(self.feature_log.stop)
+        await asyncio.to_thread(self.feature_log.stop, grace)
         self._close_writes()
         forget_server(self.store.data_dir)
         self.store.close()

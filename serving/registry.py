@@ -1201,7 +1201,7 @@ class _Parser:
         if len(offline) > 1 or len(dests) - len(offline) > 1:
             self.fail(dloc, "at most one table destination (delta or parquet) and one kafka topic")
         out = ServiceLogging(float(rate), tuple(dests))
-        numbers: dict[str, float] = {}
+        numbers: dict[str, Any] = {}
         for key in keys:
             if m.get(key) is None:
                 continue

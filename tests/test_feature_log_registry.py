@@ -45,7 +45,11 @@ def test_a_logging_block_with_defaults_and_both_destinations(tmp_path: Path) -> 
     assert (cfg.flush_interval_seconds, cfg.flush_rows, cfg.buffer_rows) == (5.0, 65536, 262144)
     delta, kafka = cfg.destinations
     assert (delta.type, delta.path) == ("delta", str(tmp_path / "logs" / "ranking"))
-    assert (kafka.type, kafka.topic, kafka.bootstrap_servers) == ("kafka", "served", "127.0.0.1:9092")
+    assert (kafka.type, kafka.topic, kafka.bootstrap_servers) == (
+        "kafka",
+        "served",
+        "127.0.0.1:9092",
+    )
 
 
 def test_one_destination_as_a_mapping_and_tuned_flushes(tmp_path: Path) -> None:
@@ -55,7 +59,8 @@ def test_one_destination_as_a_mapping_and_tuned_flushes(tmp_path: Path) -> None:
         "      flush_interval_seconds: 0.5\n      flush_rows: 1000\n      buffer_rows: 5000\n",
     )
     cfg = reg.service("ranking").logging
-    assert cfg is not None and cfg.destinations[0].path == "/data/logs"
+    assert cfg is not None
+    assert cfg.destinations[0].path == "/data/logs"
     assert (cfg.flush_interval_seconds, cfg.flush_rows, cfg.buffer_rows) == (0.5, 1000, 5000)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import math
 import os
 import uuid
 from typing import Any
@@ -84,8 +85,6 @@ def _json_value(v: Any) -> Any:
         return v.isoformat()
     if isinstance(v, bytes):
         return base64.b64encode(v).decode()
-    if isinstance(v, float) and v != v:  # NaN: no JSON number
-        return None
     raise TypeError(f"cannot write {type(v).__name__} as JSON")
 
 
@@ -116,12 +115,16 @@ class KafkaDestination(Destination):
                 failed.append(str(err))
 
         rows = table.to_pylist()
-        for row in rows:
+        for raw in rows:
+            # NaN is no JSON number: written as null
+            row = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in raw.items()}
             value = json.dumps(row, default=_json_value, separators=(",", ":"))
             key = str(row.get(REQUEST_ID) or "")
             while True:
                 try:
-                    self._producer.produce(self.topic, value.encode(), key.encode(), on_delivery=done)
+                    self._producer.produce(
+                        self.topic, value.encode(), key.encode(), on_delivery=done
+                    )
                     break
                 except BufferError:  # the producer's queue is full: let it send
                     self._producer.poll(0.05)

@@ -84,14 +84,12 @@ def read_logs(registry: Registry, service: str, start: dt.datetime, end: dt.date
 
 def join_labels(
     logs: pa.Table, labels: pa.Table, join_keys: list[str]
-) -> tuple[pa.Table, dict[str, int]]:
+) -> tuple[pa.Table, dict[str, Any]]:
     """The labels joined with their logged rows (see the module doc); and counts."""
     rid = next((c for c in (REQUEST_ID, "request_id") if c in labels.column_names), None)
     if rid is not None:
         keys = [k for k in join_keys if k in labels.column_names and k in logs.column_names]
-        left = labels.rename_columns(
-            [REQUEST_ID if c == rid else c for c in labels.column_names]
-        )
+        left = labels.rename_columns([REQUEST_ID if c == rid else c for c in labels.column_names])
         on = [REQUEST_ID, *keys]
         right = logs.select([c for c in logs.column_names if c not in left.column_names or c in on])
         out = left.join(right, keys=on, join_type="inner")
@@ -118,9 +116,9 @@ def join_labels(
         out = left.sort_by("__t").join_asof(right, on="__t", by=keys, tolerance=-(2**62))
         out = out.filter(pc.is_valid(out.column(LOG_TIMESTAMP))).drop_columns(["__t"])
         how = f"{', '.join(keys)} as of {tcol}"
-    counts = {"labels": labels.num_rows, "joined": out.num_rows}
+    counts: dict[str, Any] = {"labels": labels.num_rows, "joined": out.num_rows}
     counts["without_logged_row"] = labels.num_rows - out.num_rows
-    return out, {**counts, "how": how}  # type: ignore[dict-item]
+    return out, {**counts, "how": how}
 
 
 def cmd_logs_export(args: argparse.Namespace) -> int:

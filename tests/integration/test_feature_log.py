@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -294,16 +293,16 @@ def wait_logged(path: Path, rid: str, n: int, timeout: float = 15.0) -> list[dic
 
 def same_value(got: Any, logged_value: Any) -> bool:
     if isinstance(got, float) or isinstance(logged_value, float):
-        return got is not None and logged_value is not None and np.float32(got) == np.float32(
-            logged_value
+        return (
+            got is not None
+            and logged_value is not None
+            and np.float32(got) == np.float32(logged_value)
         )
     return bool(got == logged_value)
 
 
 @pytest.mark.parametrize("api", list(API_CALLS))
-def test_every_served_row_is_logged_with_what_the_caller_got(
-    env: dict[str, Any], api: str
-) -> None:
+def test_every_served_row_is_logged_with_what_the_caller_got(env: dict[str, Any], api: str) -> None:
     rid = f"req-{api}-{time.time_ns()}"
     answer, got_rid = API_CALLS[api](env["node"], rid)
     assert got_rid == rid, "the caller's request id comes back"
@@ -318,9 +317,10 @@ def test_every_served_row_is_logged_with_what_the_caller_got(
     for e, key in enumerate(zip(REQ_USERS, REQ_ITEMS, strict=True)):
         row = by_key[key]
         assert row["budget"] == BUDGET[e], "request data of the on-demand view is logged"
-        assert row["__log_timestamp"] // 86_400_000_000 == (
-            row["__log_date"] - dt.date(1970, 1, 1)
-        ).days
+        assert (
+            row["__log_timestamp"] // 86_400_000_000
+            == (row["__log_date"] - dt.date(1970, 1, 1)).days
+        )
         for col in feature_cols:
             value, status, ts = answer[col][e]
             assert row[f"{col}__status"] == status, (api, col, e)
@@ -335,7 +335,8 @@ def test_every_served_row_is_logged_with_what_the_caller_got(
 
 def test_a_request_without_an_id_gets_one_and_it_is_logged(env: dict[str, Any]) -> None:
     _, rid = feast_http(env["node"], None)
-    assert len(rid) == 32 and int(rid, 16) >= 0
+    assert len(rid) == 32
+    assert int(rid, 16) >= 0
     rows = wait_logged(env["tmp"] / "logs" / "ranking", rid, len(REQ_USERS))
     assert {r["__request_id"] for r in rows} == {rid}
 
@@ -360,13 +361,15 @@ def test_sampling_logs_a_tenth_of_the_requests(env: dict[str, Any]) -> None:
     node = env["node"]
     n = 1500
     prefix = f"s{time.time_ns()}-"
+    body = {"feature_service": "sampled", "entities": {"user_id": [1, 2]}}
     for i in range(n):
-        post(node, "/get-online-features",
-             {"feature_service": "sampled", "entities": {"user_id": [1, 2]}}, f"{prefix}{i}")  # fmt: skip
+        post(node, "/get-online-features", body, f"{prefix}{i}")
     path = env["tmp"] / "logs" / "sampled"
 
     def read() -> pa.Table:
-        t = ds.dataset(path, format="parquet", partitioning="hive", ignore_prefixes=["."]).to_table()
+        t = ds.dataset(
+            path, format="parquet", partitioning="hive", ignore_prefixes=["."]
+        ).to_table()
         return t.filter(pc.starts_with(t.column("__request_id"), prefix))
 
     def stats() -> dict[str, Any]:
@@ -397,7 +400,8 @@ def test_metrics_and_readyz_show_the_log(env: dict[str, Any]) -> None:
         body = json.loads(r.read())
     dests = body["feature_logging"]["ranking"]["destinations"]
     (name,) = dests
-    assert name.startswith("delta:") and dests[name]["ok"] is True
+    assert name.startswith("delta:")
+    assert dests[name]["ok"] is True
 
 
 # -- destinations that fail or stall -------------------------------------------------------------
@@ -405,8 +409,8 @@ def test_metrics_and_readyz_show_the_log(env: dict[str, Any]) -> None:
 
 def one_service(dest: str, **extra: Any) -> str:
     opts = "".join(f"\n      {k}: {v}" for k, v in extra.items())
-    return REGISTRY.split("feature_services:")[0] + (
-        "feature_services:\n  - name: ranking\n    features: [\"users:*\"]\n    logging:\n"
+    return REGISTRY.split("feature_services:", maxsplit=1)[0] + (
+        'feature_services:\n  - name: ranking\n    features: ["users:*"]\n    logging:\n'
         f"      sample_rate: 1.0\n      destination: {dest}{opts}\n"
     )
 
@@ -449,7 +453,8 @@ def test_a_failing_destination_keeps_serving_retries_and_catches_up(
     user_request(node, "after")
     wait_until(lambda: len(delta_rows(tmp_path / "logs" / "ranking")) == 12, 40, "caught up")
     d = next(iter(readyz(node)["feature_logging"]["ranking"]["destinations"].values()))
-    assert d["ok"] is True and d["pending_rows"] == 0 and d["written_rows"] == 12
+    assert d["ok"] is True
+    assert (d["pending_rows"], d["written_rows"]) == (0, 12)
 
 
 @pytest.mark.slow
@@ -605,14 +610,14 @@ def test_logs_export_joins_labels_by_request_id_and_as_of_time(
         ("e1", 1, True),
         ("e2", 2, False),
     ]
-    assert train[0]["users__u0"] == 1.5 and train[1]["users__name"] == "bob"
+    assert (train[0]["users__u0"], train[1]["users__name"]) == (1.5, "bob")
 
     # as of the label's time, on the join keys: a label after e2 gets e2's row; one before
     # anything was logged gets none
     pq.write_table(
         pa.table({
             "user_id": pa.array([2, 2], pa.int64()),
-            "label_timestamp": ts_col([t_e2 + dt.timedelta(seconds=5), NOW - dt.timedelta(hours=5)]),
+            "label_timestamp": ts_col([t_e2 + dt.timedelta(seconds=5), NOW - dt.timedelta(hours=5)]),  # noqa: E501
             "clicked": [True, False],
         }),
         tmp_path / "labels2.parquet",

@@ -465,7 +465,10 @@ impl FeatureLog {
         for od in &p.plan.on_demand {
             let view = &p.plan.views[od.view].def.name;
             for (name, dtype) in &od.request {
-                if request.iter().any(|(n2, _): &(&String, ArrayRef)| *n2 == name) {
+                if request
+                    .iter()
+                    .any(|(n2, _): &(&String, ArrayRef)| *n2 == name)
+                {
                     continue;
                 }
                 match arrow_io::request_column(&p.entities, name, *dtype, view) {
@@ -557,7 +560,13 @@ mod tests {
             log: Some(tag),
             ..Caller::default()
         };
-        match start(store, Api::FeastHttp, body.as_bytes(), &ServeConfig::default(), caller) {
+        match start(
+            store,
+            Api::FeastHttp,
+            body.as_bytes(),
+            &ServeConfig::default(),
+            caller,
+        ) {
             Ok(Started::Done(_)) => {}
             Ok(Started::Pending(_)) => panic!("pending"),
             Err(e) => panic!("{e}"),
@@ -636,7 +645,10 @@ mod tests {
             r#"{"features":["user_profile:f000"],"entities":{"user_id":[1]}}"#,
         );
         let c = t.log.counts()[0].1;
-        assert_eq!((c.appended_rows, c.dropped_rows, c.buffered_rows), (3, 3, 3));
+        assert_eq!(
+            (c.appended_rows, c.dropped_rows, c.buffered_rows),
+            (3, 3, 3)
+        );
         let b = t.log.drain(&svc).unwrap();
         assert_eq!(b.iter().map(|b| b.rows).sum::<usize>(), 3);
     }

@@ -287,6 +287,17 @@ impl Routed {
 
     /// Gathers the parts' answers (`answers[i]` answers `parts[i]`) and encodes the response.
     pub fn merge(&self, answers: &[&[u8]], cfg: &ServeConfig) -> Result<Vec<u8>> {
+        self.merge_logged(answers, cfg, None)
+    }
+
+    /// [`Routed::merge`], logging the merged answer when its service is logged (a router
+    /// started with `--log-at router`, `serve/feature_log.rs`).
+    pub fn merge_logged(
+        &self,
+        answers: &[&[u8]],
+        cfg: &ServeConfig,
+        log: Option<&crate::serve::feature_log::LogTag>,
+    ) -> Result<Vec<u8>> {
         if answers.len() != self.part_shape.len() {
             return Err(CoreError::BadShardAnswer(format!(
                 "{} answers for {} parts",
@@ -316,6 +327,9 @@ impl Routed {
             col_map: &self.col_map,
             rows: &self.rows,
         };
+        if let Some(tag) = log {
+            crate::serve::feature_log::FeatureLog::append(tag, &self.prepared, &gathered);
+        }
         Ok(self.prepared.encode(&gathered, cfg))
     }
 }

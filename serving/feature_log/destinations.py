@@ -56,10 +56,12 @@ class DeltaDestination(Destination):
 
 
 class ParquetDestination(Destination):
-    """Writes one Parquet file per flush and day into a hive-partitioned dataset
-    (``path/__log_date=2026-12-03/part-<uuid>.parquet``). A file is written under a hidden name
-    and renamed into place, so a reader never sees a partial file (pyarrow, polars and
-    DuckDB skip names starting with ``.``)."""
+    """Writes one Parquet file per flush and day into a folder per day
+    (``path/2026-12-03/part-<uuid>.parquet``), ``__log_date`` kept in the files. Not hive's
+    ``__log_date=...`` folders: pyarrow (so pandas) skips folders starting with ``_`` unless
+    told, and would read such a dataset as empty. A file is written under a hidden name and
+    renamed into place, so a reader never sees a partial file (pyarrow, polars and DuckDB skip
+    names starting with ``.``)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -69,8 +71,7 @@ class ParquetDestination(Destination):
         days = pc.unique(table.column(LOG_DATE)).to_pylist()
         for day in days:
             part = table.filter(pc.equal(table.column(LOG_DATE), pa.scalar(day, pa.date32())))
-            part = part.drop_columns([LOG_DATE])
-            folder = os.path.join(self.path, f"{LOG_DATE}={day.isoformat()}")
+            folder = os.path.join(self.path, day.isoformat())
             os.makedirs(folder, exist_ok=True)
             name = f"part-{uuid.uuid4().hex}.parquet"
             tmp = os.path.join(folder, f".{name}.tmp")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 from typing import Any
 
@@ -43,6 +44,14 @@ def _time(text: str, flag: str) -> dt.datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
 
 
+def _is_day(name: str) -> bool:
+    try:
+        dt.date.fromisoformat(name)
+    except ValueError:
+        return False
+    return len(name) == 10
+
+
 def read_logs(registry: Registry, service: str, start: dt.datetime, end: dt.datetime) -> pa.Table:
     """The logged rows of ``service`` with ``start <= __log_timestamp < end``."""
     svc = registry.service(service)
@@ -65,16 +74,23 @@ def read_logs(registry: Registry, service: str, start: dt.datetime, end: dt.date
         except TableNotFoundError:
             raise NotFoundError(f"no log table at {dest.path} (nothing logged yet?)") from None
     else:
-        try:
-            dataset = ds.dataset(
-                dest.path,
-                format="parquet",
-                partitioning=ds.partitioning(pa.schema([(LOG_DATE, pa.date32())]), flavor="hive"),
-                # the day folders (__log_date=...) start with "_", which pyarrow skips by default
-                ignore_prefixes=["."],
-            )
-        except FileNotFoundError:
-            raise NotFoundError(f"no log dataset at {dest.path} (nothing logged yet?)") from None
+        if not os.path.isdir(dest.path):
+            raise NotFoundError(f"no log dataset at {dest.path} (nothing logged yet?)")
+        # one folder per day (YYYY-MM-DD): only the window's days are listed
+        days = [
+            os.path.join(dest.path, d)
+            for d in sorted(os.listdir(dest.path))
+            if _is_day(d) and start.date().isoformat() <= d <= end.date().isoformat()
+        ]
+        files = [
+            os.path.join(d, f)
+            for d in days
+            for f in sorted(os.listdir(d))
+            if f.endswith(".parquet") and not f.startswith(".")
+        ]
+        if not files:
+            return pa.table({})
+        dataset = ds.dataset(files, format="parquet")
     flt = (ds.field(LOG_TIMESTAMP) >= lo) & (ds.field(LOG_TIMESTAMP) < hi)
     # the day partitions prune whole files before the timestamp filter reads them
     flt = flt & (ds.field(LOG_DATE) >= pa.scalar(start.date(), pa.date32()))

@@ -17,11 +17,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
-from serving import _rust_core
 from serving.feature_log.destinations import Destination, open_destination
 from serving.registry import Registry, ServiceLogging
 
@@ -36,6 +35,16 @@ RETRY_MAX_S = 30.0
 def new_request_id() -> str:
     """A request id for a request that brought none (``x-request-id``): 32 hex digits."""
     return uuid.uuid4().hex
+
+
+class LogCore(Protocol):
+    """What the writer needs of the core: a node's ``Store`` or a router's ``RouterCore``."""
+
+    @property
+    def closed(self) -> bool: ...
+    def configure_logging(self, services: dict[str, tuple[float, int]] | None = None) -> None: ...
+    def drain_log(self, service: str) -> list[pa.RecordBatch]: ...
+    def log_counts(self) -> dict[str, dict[str, int]]: ...
 
 
 @dataclass
@@ -64,7 +73,7 @@ class _Service:
 class FeatureLogger:
     """Configures the core's log buffers from the registry and writes them out."""
 
-    def __init__(self, core: _rust_core.Store) -> None:
+    def __init__(self, core: LogCore) -> None:
         self._core = core
         self._services: dict[str, _Service] = {}
         self._lock = threading.Lock()

@@ -162,6 +162,7 @@ class FeatureServer(FeastWrites):
         api, content_type = endpoint.api, endpoint.content_type
 
         feature_log = self.feature_log
+        own_id = api != "cells"
 
         async def handle(request: web.Request) -> web.Response:
             body, scope = await self._serving_body(request)
@@ -170,13 +171,15 @@ class FeatureServer(FeastWrites):
                 if not isinstance(out, bytes):
                     out = await out
                 return web.Response(body=out, content_type=content_type)
-            # logging on: every answer carries its request id, the caller's or a new one
-            rid = request.headers.get("X-Request-Id") or new_request_id()
+            # logging on: every answer carries its request id, the caller's or a new one; a
+            # router's part is logged only under the id the router passes on (--log-at nodes)
+            rid = request.headers.get("X-Request-Id") or (new_request_id() if own_id else None)
             out = dispatch(api, body, scope, None, rid)
             if not isinstance(out, bytes):
                 out = await out
             resp = web.Response(body=out, content_type=content_type)
-            resp.headers["X-Request-Id"] = rid
+            if rid is not None:
+                resp.headers["X-Request-Id"] = rid
             return resp
 
         return handle
@@ -259,6 +262,7 @@ class FeatureServer(FeastWrites):
         dispatch = self.admission.dispatch
         api = endpoint.api
         feature_log = self.feature_log
+        own_id = api != "cells"
 
         async def call(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             p = principal.get()
@@ -267,8 +271,9 @@ class FeatureServer(FeastWrites):
             scope = None if p is None or p.read_all else p.scope_id
             rid = None
             if feature_log.active:
-                rid = _metadata_request_id(context) or new_request_id()
-                context.set_trailing_metadata((("x-request-id", rid),))
+                rid = _metadata_request_id(context) or (new_request_id() if own_id else None)
+                if rid is not None:
+                    context.set_trailing_metadata((("x-request-id", rid),))
             out = dispatch(api, request, scope, context.time_remaining(), rid)
             return out if isinstance(out, bytes) else await out
 

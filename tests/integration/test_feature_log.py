@@ -367,9 +367,7 @@ def test_sampling_logs_a_tenth_of_the_requests(env: dict[str, Any]) -> None:
     path = env["tmp"] / "logs" / "sampled"
 
     def read() -> pa.Table:
-        t = ds.dataset(
-            path, format="parquet", partitioning="hive", ignore_prefixes=["."]
-        ).to_table()
+        t = ds.dataset(path, format="parquet").to_table()
         return t.filter(pc.starts_with(t.column("__request_id"), prefix))
 
     def stats() -> dict[str, Any]:
@@ -497,10 +495,9 @@ def test_graceful_shutdown_flushes_the_buffer(tmp_path: Path, servers: Servers) 
         user_request(node, f"g{i}")
     assert not (tmp_path / "logs" / "ranking").exists()
     assert servers.stop(node) == 0
-    # the day folders start with "_" (__log_date=...), which pyarrow skips unless told
-    t = ds.dataset(
-        tmp_path / "logs" / "ranking", format="parquet", partitioning="hive", ignore_prefixes=["."]
-    ).to_table()
+    day = NOW.date().isoformat()
+    assert [p.name for p in (tmp_path / "logs" / "ranking").iterdir()] == [day]
+    t = ds.dataset(tmp_path / "logs" / "ranking", format="parquet").to_table()
     assert sorted(set(t.column("__request_id").to_pylist())) == [f"g{i}" for i in range(7)]
     assert t.num_rows == 14
 
@@ -629,3 +626,52 @@ def test_logs_export_joins_labels_by_request_id_and_as_of_time(
     train2 = pq.read_table(tmp_path / "train2.parquet").to_pylist()
     assert [(t["__request_id"], t["clicked"]) for t in train2] == [("e2", True)]
     assert "1 without a logged row left out" in r.stderr
+
+
+# -- a router in front: --log-at nodes (default) or router, never both --------------------------
+
+
+@pytest.mark.slow
+def test_router_log_at_nodes_or_router_logs_each_request_once(
+    tmp_path: Path, servers: Servers
+) -> None:
+    config = setup_store(
+        tmp_path, one_service("{type: delta, path: logs/nodes}", flush_interval_seconds=0.2)
+    )
+    # the router that logs itself reads a copy of the registry logging elsewhere
+    router_config = tmp_path / "router.yaml"
+    router_config.write_text(config.read_text().replace("logs/nodes", "logs/router"))
+    node = servers.serve(config, "db", "--no-auth")
+    cmap = tmp_path / "cluster.yaml"
+    cmap.write_text(f"topic_partitions: 1\nshards:\n  0: ['127.0.0.1:{node.grpc}']\n")
+    at_nodes = servers.cli(
+        ["route", "--config", str(config), "--cluster-map", str(cmap), "--no-auth"], "r-nodes"
+    )
+    at_router = servers.cli(
+        ["route", "--config", str(router_config), "--cluster-map", str(cmap), "--no-auth",
+         "--log-at", "router"], "r-router",
+    )  # fmt: skip
+    for router, rid in ((at_nodes, "via-nodes"), (at_router, "via-router")):
+        assert user_request(router, rid) < 5
+    _, generated = feast_http_service(at_nodes)
+    nodes_log, router_log = tmp_path / "logs" / "nodes", tmp_path / "logs" / "router"
+
+    def ids(path: Path) -> list[str]:
+        return sorted(delta_rows(path).column("__request_id").to_pylist())
+
+    wait_until(lambda: len(ids(nodes_log)) == 4 and len(ids(router_log)) == 2, 20, "logged")
+    time.sleep(4 * TICK_S)
+    # each request's rows once: by the node (with the id the router passed on) or the router
+    assert ids(nodes_log) == sorted([generated, generated, "via-nodes", "via-nodes"])
+    assert ids(router_log) == ["via-router", "via-router"]
+    routed = delta_rows(router_log).sort_by("user_id").to_pylist()
+    assert [(r["user_id"], r["users__u0"], r["users__u0__status"]) for r in routed] == [
+        (1, 1.5, 1),
+        (2, -3.0, 1),
+    ]
+
+
+def feast_http_service(server: Server) -> tuple[dict[str, Any], str]:
+    """A logged request without an id: the router makes one and returns it."""
+    body = {"feature_service": "ranking", "entities": {"user_id": [1, 2]}}
+    return post(server, "/get-online-features", body, None)

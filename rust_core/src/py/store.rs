@@ -2,6 +2,7 @@
 
 use super::arrow::{export_batch, import_batch};
 use super::errors::to_py_err;
+use super::feature_log::LogSlot;
 use super::gil::without_gil;
 use super::pending::PyPending;
 use super::settings::{parse_api, ServeSettings};
@@ -11,7 +12,7 @@ use crate::error::CoreError;
 use crate::partition::ShardCheck;
 use crate::query::{self, Entities, Limits, Selector};
 use crate::scope::Scope;
-use crate::serve::feature_log::{FeatureLog, LogTag, ServiceLogConfig};
+use crate::serve::feature_log::LogTag;
 use crate::serve::on_demand::Started;
 use crate::serve::{self, Api, Caller, ServeConfig};
 use crate::store::{Store, StoreOptions, WriteStats};
@@ -50,7 +51,7 @@ pub(super) struct PyStore {
     /// for the same features again and again, and building 200 strings costs ~10 us a call.
     names_cache: Mutex<Option<(Arc<query::Plan>, Py<PyTuple>)>>,
     /// Served-feature logging (None: off); requests with a request id are logged.
-    log: RwLock<Option<Arc<FeatureLog>>>,
+    log: LogSlot,
 }
 
 impl PyStore {
@@ -89,17 +90,6 @@ impl PyStore {
         .map(stats_tuple)
     }
 
-    /// The logging tag of a request with id `request_id` (None when logging is off).
-    fn log_tag(&self, request_id: Option<String>) -> Option<LogTag> {
-        let request_id = request_id?;
-        let log = self.log.read().clone()?;
-        Some(LogTag {
-            log,
-            request_id,
-            now_us: query::now_micros(),
-        })
-    }
-
     pub(super) fn store(&self) -> PyResult<Arc<Store>> {
         self.inner
             .read()
@@ -133,7 +123,7 @@ impl PyStore {
             settings: ServeSettings::default(),
             shard: RwLock::new(None),
             names_cache: Mutex::new(None),
-            log: RwLock::new(None),
+            log: LogSlot::default(),
         })
     }
 
@@ -184,7 +174,7 @@ impl PyStore {
         let cfg = self.settings.config();
         let scope = self.settings.scope(scope_id).map_err(to_py_err)?;
         let shard = self.shard.read().clone();
-        let log = self.log_tag(request_id);
+        let log = self.log.tag(request_id);
         let served = without_gil(py, || {
             let now_us = log.as_ref().map_or_else(query::now_micros, |t| t.now_us);
             let caller = Caller {
@@ -213,7 +203,7 @@ impl PyStore {
         let shard = self.shard.read().clone();
         let mut ids = request_ids.unwrap_or_default().into_iter();
         let tags: Vec<Option<LogTag>> = (0..requests.len())
-            .map(|_| self.log_tag(ids.next().flatten()))
+            .map(|_| self.log.tag(ids.next().flatten()))
             .collect();
         let parsed: Vec<ParsedRequest<'_>> = requests
             .iter()
@@ -256,49 +246,18 @@ impl PyStore {
     /// buffers (drain the old ones first); `None` turns logging off.
     #[pyo3(signature = (services = None))]
     fn configure_logging(&self, services: Option<HashMap<String, (f64, usize)>>) {
-        *self.log.write() = services.map(|m| {
-            Arc::new(FeatureLog::new(m.into_iter().map(|(name, (rate, cap))| {
-                (
-                    name,
-                    ServiceLogConfig {
-                        sample_rate: rate,
-                        capacity_rows: cap,
-                    },
-                )
-            })))
-        });
+        self.log.configure(services);
     }
 
     /// Takes the logged rows buffered for `service`: a list of pyarrow `RecordBatch`es
     /// (oldest first; one per request shape), empty when nothing is buffered.
     fn drain_log(&self, py: Python<'_>, service: &str) -> PyResult<Vec<PyObject>> {
-        let Some(log) = self.log.read().clone() else {
-            return Ok(Vec::new());
-        };
-        let batches = without_gil(py, || log.drain(service))?;
-        batches
-            .into_iter()
-            .map(|b| export_batch(py, &b.names, b.arrays))
-            .collect()
+        self.log.drain(py, service)
     }
 
     /// Per logged service: `{sampled_requests, appended_rows, dropped_rows, buffered_rows}`.
     fn log_counts(&self) -> HashMap<String, HashMap<&'static str, u64>> {
-        let Some(log) = self.log.read().clone() else {
-            return HashMap::new();
-        };
-        log.counts()
-            .into_iter()
-            .map(|(name, c)| {
-                let m = HashMap::from([
-                    ("sampled_requests", c.sampled_requests),
-                    ("appended_rows", c.appended_rows),
-                    ("dropped_rows", c.dropped_rows),
-                    ("buffered_rows", c.buffered_rows),
-                ]);
-                (name, m)
-            })
-            .collect()
+        self.log.counts()
     }
 
     /// Registers the read scope of an API key: `views=None` reads everything.

@@ -448,7 +448,7 @@ impl FeatureLog {
     /// The hook of the encode entry point: appends the answered rows of a sampled request of a
     /// logged service. Requests that name features instead of a service are not logged.
     pub fn append<C: CellSource>(tag: &LogTag, p: &Prepared, cells: &C) {
-        let Some(service) = p.service.as_deref() else {
+        let Some(service) = p.log_service.as_deref() else {
             return;
         };
         let Some(s) = tag.log.services.get(service) else {

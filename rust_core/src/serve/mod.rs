@@ -191,6 +191,9 @@ pub struct Prepared {
     pub(crate) entities: Entities,
     /// The feature service the request named, if any (a router passes it on to the shards).
     pub(crate) service: Option<String>,
+    /// The feature service whose log the answer goes to: the one named, or the one a router's
+    /// part belongs to (`serve/feature_log.rs`).
+    pub(crate) log_service: Option<String>,
     full_feature_names: bool,
     v1: V1Opts,
     /// Entity columns answered beside the features: the join keys, in request order (request
@@ -368,6 +371,7 @@ pub fn prepare(
         Selector::Service(s) => Some(s),
         Selector::Refs(_) => None,
     };
+    let log_service = service.clone().or(req.part_of_service);
     let answered_keys = (!plan.on_demand.is_empty()).then(|| {
         (0..n_keys)
             .filter(|c| plan.views.iter().any(|pv| pv.key_columns.contains(c)))
@@ -380,6 +384,7 @@ pub fn prepare(
         plan,
         entities: req.entities,
         service,
+        log_service,
         full_feature_names: req.full_feature_names,
         v1: req.v1,
     })

@@ -59,6 +59,7 @@ for w in ("w1", "w2"):
     except Exception as e:  # noqa: BLE001
         print(w, "no table:", e)
         continue
-    n = sum(a["num_records"] for a in t.get_add_actions(flatten=True).to_pylist())
-    print(f"{w}: {n} rows logged in {len(t.files())} files, {t.version() + 1} commits")
+    import pyarrow as pa
+    n = sum(pa.table(t.get_add_actions(flatten=True)).column("num_records").to_pylist())
+    print(f"{w}: {n} rows logged in {len(t.file_uris())} files, {t.version() + 1} commits")
 PYEOF

@@ -40,8 +40,11 @@ class Destination:
 
 
 class DeltaDestination(Destination):
-    """Appends to a Delta table partitioned by ``__log_date``, one commit per flush (deltalake's
-    writer: a commit is atomic, so a crash leaves no partial rows)."""
+    """Appends to a Delta table, one commit per flush (deltalake's writer: a commit is atomic,
+    so a crash leaves no partial rows). Not partitioned: deltalake 1.6 wrote 60,000 W2 rows
+    (603 columns) in 16 s with ``partition_by=["__log_date"]`` and in 2.4 s without (loaded
+    2-core machine, 2026-12-03); rows arrive in time order, so each file's min/max statistics
+    of ``__log_date`` and ``__log_timestamp`` let readers skip files by day all the same."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -50,9 +53,7 @@ class DeltaDestination(Destination):
     def write(self, table: pa.Table) -> None:
         from deltalake import write_deltalake
 
-        write_deltalake(
-            self.path, table, mode="append", partition_by=[LOG_DATE], schema_mode="merge"
-        )
+        write_deltalake(self.path, table, mode="append", schema_mode="merge")
 
 
 class ParquetDestination(Destination):

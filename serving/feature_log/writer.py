@@ -12,10 +12,11 @@ shutdown).
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,9 +33,17 @@ RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
 
 
+#: request ids this process makes: a random 64-bit prefix per process, then a counter. Measured
+#: on the loaded 2-core machine: uuid4().hex 9.8 us a call, os.urandom(16).hex() 1.8 us, this
+#: well under 1 us; W1 requests that bring no id pay it each.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
 def new_request_id() -> str:
-    """A request id for a request that brought none (``x-request-id``): 32 hex digits."""
-    return uuid.uuid4().hex
+    """A request id for a request that brought none (``x-request-id``): 32 hex digits, unique
+    per process (the counter) and across processes (the random prefix)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 class LogCore(Protocol):

@@ -115,6 +115,7 @@ impl PyRouter {
 
     /// A router has no store to close (the writer asks, as of a node's store).
     #[getter]
+    #[allow(clippy::unused_self)] // a Python property needs its receiver
     fn closed(&self) -> bool {
         false
     }

@@ -191,6 +191,10 @@ loadtest: sample ## Locust, HTTP users then gRPC users (TOGETHER=1: at once), ag
 bench-serving: sample ## end-to-end wrk/h2load figures of the serving targets, ceiling in the same run (~6 min; BENCH_ARGS=--quick)
 	$(PY) loadtest/bench_serving.py --sample-dir $(SAMPLE_DIR) --ceiling $(BENCH_ARGS)
 
+.PHONY: bench-feature-log
+bench-feature-log: sample ## served-feature logging off vs sample_rate 1.0 to Delta, W1/W2 A/B, writer CPU per 1,000 rows (~4 min)
+	loadtest/bench_feature_log.sh
+
 .PHONY: bench-scale-out
 bench-scale-out: build ## W2 on one node vs two shards (router, client routing), one run (~9 min; BENCH_ARGS=--quick)
 	$(PY) loadtest/bench_scale_out.py $(BENCH_ARGS)

@@ -71,3 +71,10 @@ PYEOF
     done
   done
 done
+# SHOW_READYZ=1: each server's /readyz at the end (loadtest/bench_feature_log.sh reads its
+# feature_logging section)
+if [ -n "${SHOW_READYZ:-}" ]; then
+  for port in "${ports[@]}"; do
+    echo "READYZ $(curl -s -H "Authorization: Bearer $key" "http://127.0.0.1:$port/readyz")"
+  done
+fi

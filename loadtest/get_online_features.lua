@@ -74,6 +74,13 @@ function init(args)
     feats[#feats + 1] = string.format('"%s:f%03d"', fv, i)
   end
   prefix = '{"features":[' .. table.concat(feats, ",") .. '],"entities":{"user_id":['
+  -- FS_FEATURE_SERVICE=bench_{workload}: ask for a feature service of the same features
+  -- instead (loadtest/bench_feature_log.sh: served-feature logging logs services only)
+  local service = os.getenv("FS_FEATURE_SERVICE")
+  if service and service ~= "" then
+    service = string.gsub(service, "{workload}", workload)
+    prefix = '{"feature_service":"' .. service .. '","entities":{"user_id":['
+  end
   math.randomseed(1000003 * (tid or 1) + 17)
   -- discard the first few numbers (weak seeding on some Lua builds)
   for _ = 1, 10 do math.random() end

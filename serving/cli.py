@@ -466,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     from serving import snapshot
 
     snapshot.add_commands(sub, common)
+    from serving.feature_log import export as feature_log_export
+
+    feature_log_export.add_commands(sub, common)
     return p
 
 

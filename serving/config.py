@@ -116,6 +116,10 @@ class ServeSettings:
     #: address the cluster map gives (half the CPU of gRPC per part, docs/benchmarks.md),
     #: gRPC to the others; `grpc` always gRPC; `http` requires every HTTP address
     route_transport: str = "auto"
+    #: served-feature logging on a cluster (docs/feature-logging.md): `nodes` (each node logs
+    #: the rows it served; the router passes the request id on) or `router` (the router logs
+    #: the merged answer, the nodes log nothing of it); never both
+    log_at: str = "nodes"
     #: a replica that refused a connection is avoided for this long
     route_down_seconds: float = 5.0
     #: how often the router health-checks every replica (not SERVING = avoided)
@@ -399,6 +403,12 @@ def add_route_flags(p: argparse.ArgumentParser) -> None:
         choices=("auto", "grpc", "http"),
         help="parts to the nodes over HTTP where the map gives HTTP addresses (auto, default), "
         "always gRPC, or always HTTP",
+    )
+    p.add_argument(
+        "--log-at",
+        choices=("nodes", "router"),
+        help="who logs the answers of logged feature services: each node its part (nodes, "
+        "default) or the router the merged answer (router); never both",
     )
     p.add_argument(
         "--route-hedge-budget",

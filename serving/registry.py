@@ -8,6 +8,7 @@ exists. See the repository's ``features.yaml`` for a commented example of the fo
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import itertools
@@ -62,6 +63,8 @@ TRANSFORM_MODES: tuple[str, ...] = ("pyarrow", "pandas")
 #: the types request data can carry (JSON and Feast's Value have nothing else one-to-one)
 REQUEST_FIELD_DTYPES: tuple[str, ...] = ("bool", "int32", "int64", "float32", "float64", "string")
 #: column every write carries next to the join keys; features must not shadow it
+#: destinations of served-feature logs (docs/feature-logging.md)
+LOG_DESTINATION_TYPES: tuple[str, ...] = ("delta", "parquet", "kafka")
 EVENT_TIMESTAMP = "event_timestamp"
 MAX_DIM = 65535
 # A typo like f{0..99999999} would otherwise build a registry the core cannot hold.
@@ -177,10 +180,36 @@ class FeatureView:
 
 
 @dataclass(frozen=True)
+class LogDestination:
+    """Where a feature service's served-feature logs go: a Delta table or a Parquet dataset
+    (``path``, partitioned by ``__log_date``), or a Kafka topic (JSON rows keyed by the
+    request id)."""
+
+    type: str
+    path: str = ""
+    topic: str = ""
+    bootstrap_servers: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceLogging:
+    """A feature service's ``logging:`` block (docs/feature-logging.md)."""
+
+    sample_rate: float
+    destinations: tuple[LogDestination, ...]
+    #: the background writer flushes when this much time passed or this many rows wait
+    flush_interval_seconds: float = 5.0
+    flush_rows: int = 65_536
+    #: rows the in-memory buffer holds at most; past it a request's rows are dropped (counted)
+    buffer_rows: int = 262_144
+
+
+@dataclass(frozen=True)
 class FeatureService:
     name: str
     features: tuple[FeatureRef, ...]
     description: str = ""
+    logging: ServiceLogging | None = None
 
 
 @dataclass(frozen=True)
@@ -1106,12 +1135,69 @@ class _Parser:
         views: Mapping[str, FeatureView | OnDemandFeatureView],
         seen: dict[str, str],
     ) -> FeatureService:
-        m = self.mapping(loc, raw, ("name", "features"), ("description",))
+        m = self.mapping(loc, raw, ("name", "features"), ("description", "logging"))
         name_loc = self.child(loc, m, "name")
         name = self.name(name_loc, m["name"], "feature service")
         self.unique(seen, name, name_loc, "feature service name")
         refs = self.ref_list(loc, m, "features", views, "feature reference")
-        return FeatureService(name, tuple(refs), self.opt_str(loc, m, "description"))
+        logging_cfg = None
+        if m.get("logging") is not None:
+            logging_cfg = self.service_logging(self.child(loc, m, "logging"), m["logging"])
+        return FeatureService(name, tuple(refs), self.opt_str(loc, m, "description"), logging_cfg)
+
+    def service_logging(self, loc: _Loc, raw: object) -> ServiceLogging:
+        keys = ("flush_interval_seconds", "flush_rows", "buffer_rows")
+        m = self.mapping(loc, raw, ("sample_rate", "destination"), keys)
+        rloc = self.child(loc, m, "sample_rate")
+        rate = m["sample_rate"]
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+            self.fail(rloc, f"sample_rate must be a number from 0.0 to 1.0, got {rate!r}")
+        dloc = self.child(loc, m, "destination")
+        raw_dest = m["destination"]
+        items = raw_dest if isinstance(raw_dest, list) else [raw_dest]
+        dests: list[LogDestination] = []
+        for i, d in enumerate(self.sequence(dloc, items)):
+            iloc = self.child(dloc, raw_dest, i) if isinstance(raw_dest, list) else dloc
+            dests.append(self.log_destination(iloc, d))
+        offline = [d for d in dests if d.type != "kafka"]
+        if len(offline) > 1 or len(dests) - len(offline) > 1:
+            self.fail(dloc, "at most one table destination (delta or parquet) and one kafka topic")
+        out = ServiceLogging(float(rate), tuple(dests))
+        numbers: dict[str, Any] = {}
+        for key in keys:
+            if m.get(key) is None:
+                continue
+            v = m[key]
+            integral = key != "flush_interval_seconds"
+            ok = isinstance(v, int) if integral else isinstance(v, int | float)
+            if isinstance(v, bool) or not ok or v <= 0:
+                kind = "a positive integer" if integral else "a positive number of seconds"
+                self.fail(self.child(loc, m, key), f"{key} must be {kind}, got {v!r}")
+            numbers[key] = v
+        return dataclasses.replace(out, **numbers)
+
+    def log_destination(self, loc: _Loc, raw: object) -> LogDestination:
+        m = self.mapping(loc, raw, ("type",), ("path", "topic", "bootstrap_servers"))
+        kind = self.choice(
+            self.child(loc, m, "type"), m["type"], LOG_DESTINATION_TYPES, "log destination type"
+        )
+        need = ("topic", "bootstrap_servers") if kind == "kafka" else ("path",)
+        for key in m:
+            if key != "type" and key not in need:
+                self.fail(self.child(loc, m, key), f"'{key}' is not an option of a {kind} log")
+        for key in need:
+            if key not in m:
+                self.fail(loc, f"missing required key '{key}' (a {kind} log destination)")
+        if kind == "kafka":
+            topic = self.string(self.child(loc, m, "topic"), m["topic"])
+            if not _TOPIC_RE.fullmatch(topic):
+                self.fail(self.child(loc, m, "topic"), f"invalid Kafka topic name '{topic}'")
+            servers = self.string(self.child(loc, m, "bootstrap_servers"), m["bootstrap_servers"])
+            return LogDestination(kind, topic=topic, bootstrap_servers=servers)
+        path = os.path.expanduser(self.string(self.child(loc, m, "path"), m["path"]))
+        if "://" not in path:
+            path = os.path.normpath(os.path.join(self.base_dir, path))
+        return LogDestination(kind, path=path)
 
     def ref_list(
         self,

@@ -103,7 +103,7 @@ pub fn entities_from_batch(batch: &StructArray) -> Result<Entities> {
     Ok(Entities::new(columns))
 }
 
-fn arrow_type(dtype: DType, dim: u32) -> DataType {
+pub fn arrow_type(dtype: DType, dim: u32) -> DataType {
     match dtype {
         DType::Bool => DataType::Boolean,
         DType::Int32 => DataType::Int32,

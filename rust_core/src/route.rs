@@ -37,6 +37,7 @@ use crate::query::{
     RowState,
 };
 use crate::scope::Scope;
+use crate::serve::feature_log::{FeatureLog, LogTag};
 use crate::serve::{prepare, Api, Prepared, ServeConfig};
 use crate::types::{DType, KeyType, Status};
 use ahash::AHashMap;
@@ -339,15 +340,30 @@ impl Routed {
     }
 
     /// Gathers the parts' answers (`answers[i]` answers `parts[i]`) and encodes the response
-    /// of a request without on-demand views (see [`Routed::start`]).
+    /// of a request without on-demand views (see [`RoutedPending`]).
     pub fn merge(&self, answers: &[&[u8]], cfg: &ServeConfig) -> Result<Vec<u8>> {
+        self.merge_logged(answers, cfg, None)
+    }
+
+    /// [`Routed::merge`], logging the merged answer when its service is logged (a router
+    /// started with `--log-at router`, `serve/feature_log.rs`).
+    pub fn merge_logged(
+        &self,
+        answers: &[&[u8]],
+        cfg: &ServeConfig,
+        log: Option<&LogTag>,
+    ) -> Result<Vec<u8>> {
         if let Some(od) = self.prepared.plan().on_demand.first() {
             return Err(CoreError::Transform(format!(
                 "on-demand feature view '{}' has no output yet",
                 self.prepared.plan().views[od.view].def.name
             )));
         }
-        Ok(self.prepared.encode(&self.gather(answers)?, cfg))
+        let gathered = self.gather(answers)?;
+        if let Some(tag) = log {
+            FeatureLog::append(tag, &self.prepared, &gathered);
+        }
+        Ok(self.prepared.encode(&gathered, cfg))
     }
 
     /// Whether the request names request-time on-demand views, which the router computes
@@ -391,11 +407,13 @@ pub struct RoutedPending {
     answers: Vec<Vec<u8>>,
     /// Per on-demand view, the rows made from its transform's output.
     outputs: Vec<Option<Vec<RowState>>>,
+    /// Set when the router logs what it answers (`--log-at router`).
+    log: Option<LogTag>,
 }
 
 impl RoutedPending {
     /// Checks the answers' shapes and waits for the transforms.
-    pub fn start(routed: Arc<Routed>, answers: Vec<Vec<u8>>) -> Result<Self> {
+    pub fn start(routed: Arc<Routed>, answers: Vec<Vec<u8>>, log: Option<LogTag>) -> Result<Self> {
         {
             let slices: Vec<&[u8]> = answers.iter().map(Vec::as_slice).collect();
             routed.gather(&slices)?;
@@ -405,6 +423,7 @@ impl RoutedPending {
             routed,
             answers,
             outputs,
+            log,
         })
     }
 
@@ -490,6 +509,9 @@ impl RoutedPending {
             gathered: &gathered,
             computed: computed.cells(plan),
         };
+        if let Some(tag) = &self.log {
+            FeatureLog::append(tag, &self.routed.prepared, &source);
+        }
         Ok(self.routed.prepared.encode(&source, cfg))
     }
 }
@@ -759,7 +781,7 @@ mod tests {
         assert!(refs.iter().all(|r| !r.starts_with("od:")), "{refs:?}");
         assert!(refs.contains(&"user_profile:f000".into()) && refs.contains(&"kitchen:f32".into()));
         let answers = cells_answers(&store, &routed);
-        let mut pending = RoutedPending::start(routed.clone(), answers).unwrap();
+        let mut pending = RoutedPending::start(routed.clone(), answers, None).unwrap();
         assert_eq!(pending.views(), node.views());
         let (names, inputs) = pending.inputs(0).unwrap();
         let (node_names, node_inputs) = node.inputs(0).unwrap();

@@ -35,6 +35,10 @@ class NodeAdmin(Frontend, ABC):
     def _configure_sharding(self) -> None:
         """Applies the shard's ownership check to the store's current registry."""
 
+    @abstractmethod
+    def _configure_logging(self) -> None:
+        """Applies the store's current registry's served-feature logging."""
+
     def _admin_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/push", self._http_push)
         app.router.add_post("/admin/materialize", self._admin_materialize)
@@ -170,4 +174,5 @@ class NodeAdmin(Frontend, ABC):
         )
         changes = self.store.apply_registry(registry, force=bool(body.get("force")))
         self._configure_sharding()
+        await asyncio.to_thread(self._configure_logging)
         return web.json_response({"changes": changes})

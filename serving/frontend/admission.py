@@ -89,7 +89,12 @@ class LoopLagGuard:
             )
 
     async def serve_overflow(
-        self, api: str, body: bytes, scope: int | None, timeout: float | None = None
+        self,
+        api: str,
+        body: bytes,
+        scope: int | None,
+        timeout: float | None = None,
+        request_id: str | None = None,
     ) -> _Answer:
         """A request that arrived while the loop was behind: off the loop, bounded queue."""
         self.check_hard()
@@ -97,7 +102,7 @@ class LoopLagGuard:
             self.shed += 1
             raise ResourceExhaustedError("server overloaded: event loop behind; retry with backoff")
         self.overflowed += 1
-        return await self.overflow.serve(api, body, scope, timeout)
+        return await self.overflow.serve(api, body, scope, timeout, request_id)
 
     def stop(self) -> None:
         if self._handle is not None:
@@ -107,8 +112,9 @@ class LoopLagGuard:
             self.overflow.close()
 
 
-#: a request waiting in the batcher: api, body, scope, its future, its deadline (loop time)
-_Pending = tuple[str, bytes, int | None, "asyncio.Future[_Answer]", float | None]
+#: a request waiting in the batcher: api, body, scope, its future, its deadline (loop time),
+#: its request id (served-feature logging)
+_Pending = tuple[str, bytes, int | None, "asyncio.Future[_Answer]", float | None, str | None]
 #: what the core answers a request: the response, or one waiting for on-demand transforms
 _Answer = bytes | _rust_core.PendingAnswer
 
@@ -139,7 +145,12 @@ class RequestBatcher:
         self.dropped = 0
 
     async def serve(
-        self, api: str, body: bytes, scope: int | None, timeout: float | None = None
+        self,
+        api: str,
+        body: bytes,
+        scope: int | None,
+        timeout: float | None = None,
+        request_id: str | None = None,
     ) -> _Answer:
         """``timeout``: seconds the caller still waits (gRPC deadline); a request still queued
         when it passed is dropped before the Rust call and answered DEADLINE_EXCEEDED."""
@@ -151,7 +162,7 @@ class RequestBatcher:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[_Answer] = loop.create_future()
         deadline = None if timeout is None else loop.time() + timeout
-        self._pending.append((api, body, scope, fut, deadline))
+        self._pending.append((api, body, scope, fut, deadline, request_id))
         if not self._busy and self._timer is None:
             self._timer = loop.call_later(self._window, self._flush)
         return await fut
@@ -173,7 +184,10 @@ class RequestBatcher:
         self.batches += 1
         self.requests += len(batch)
         work = loop.run_in_executor(
-            self._executor, self._core.serve_many, [(a, b, s) for a, b, s, *_ in batch]
+            self._executor,
+            self._core.serve_many,
+            [(a, b, s) for a, b, s, *_ in batch],
+            [it[5] for it in batch],
         )
         work.add_done_callback(lambda done: self._finish(batch, done))
 
@@ -202,7 +216,7 @@ class RequestBatcher:
         results: list[_Answer | BaseException] = (
             [err] * len(batch) if err is not None else done.result()
         )
-        for (*_, fut, _deadline), r in zip(batch, results, strict=True):
+        for (*_, fut, _deadline, _rid), r in zip(batch, results, strict=True):
             if fut.done():  # the caller went away (deadline, disconnect)
                 continue
             if isinstance(r, BaseException):
@@ -246,22 +260,29 @@ class Admission:
             self.guard = LoopLagGuard(settings.max_loop_lag_ms / 1000, overflow)
 
     def dispatch(
-        self, api: str, body: bytes, scope: int | None, timeout: float | None = None
+        self,
+        api: str,
+        body: bytes,
+        scope: int | None,
+        timeout: float | None = None,
+        request_id: str | None = None,
     ) -> bytes | Awaitable[bytes]:
         """The core's answer to one request: the bytes when it ran inline, else an awaitable
         of them (``await`` only then: a coroutine per inline request would cost the hot path
         about 0.3 us). ``timeout``: seconds the caller still waits (a gRPC deadline; None
-        over HTTP)."""
+        over HTTP). ``request_id``: logged with the answer when its feature service is logged
+        (docs/feature-logging.md)."""
         batcher, guard = self.batcher, self.guard
         if batcher is not None:
             if guard is not None:
                 guard.check_hard()
-            return self._completed(batcher.serve(api, body, scope, timeout), timeout)
+            return self._completed(batcher.serve(api, body, scope, timeout, request_id), timeout)
         if timeout is not None and timeout <= 0:
             raise DeadlineExceededError("the deadline expired before the request started")
         if guard is not None and guard.behind():
-            return self._completed(guard.serve_overflow(api, body, scope, timeout), timeout)
-        out = self._serve(api, body, scope)
+            answer = guard.serve_overflow(api, body, scope, timeout, request_id)
+            return self._completed(answer, timeout)
+        out = self._serve(api, body, scope, request_id)
         if isinstance(out, bytes):
             return out
         return self._transform(out, timeout)

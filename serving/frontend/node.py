@@ -24,6 +24,8 @@ from serving.admin_client import forget_server, record_server
 from serving.cluster.map import NodeInfo
 from serving.config import ServeSettings, default_keys_file
 from serving.errors import InvalidArgumentError, UnauthenticatedError
+from serving.feature_log import FeatureLogger, new_request_id
+from serving.feature_log.metrics import FeatureLogCollector
 from serving.frontend.admission import Admission
 from serving.frontend.auth import Authenticator, KeyFile
 from serving.frontend.console import Console, NodeFacts
@@ -68,6 +70,10 @@ class FeatureServer(FeastWrites):
         #: how serving requests run: inline, batched, or off the loop while it is behind
         store.observe_transforms(self.metrics.observe_transform)
         self.admission = Admission(self._core, settings, lambda: self.store.on_demand)
+        #: served-feature logging (docs/feature-logging.md): the registry's `logging:` blocks
+        self.feature_log = FeatureLogger(self._core)
+        self.feature_log.configure(store.registry)
+        self.metrics.add_collector(FeatureLogCollector(self.feature_log))
         #: per view: time of the last batch job this server ran, and the rows those jobs applied
         self.batch_runs: dict[str, float] = {}
         self.batch_totals: dict[str, dict[str, int]] = {}
@@ -87,6 +93,9 @@ class FeatureServer(FeastWrites):
     @property
     def registry(self) -> Registry:
         return self.store.registry
+
+    def _configure_logging(self) -> None:
+        self.feature_log.configure(self.store.registry)
 
     def _configure_sharding(self) -> None:
         """Ownership check in the Rust serving path: only views with a stream source are
@@ -152,12 +161,26 @@ class FeatureServer(FeastWrites):
         dispatch = self.admission.dispatch
         api, content_type = endpoint.api, endpoint.content_type
 
+        feature_log = self.feature_log
+        own_id = api != "cells"
+
         async def handle(request: web.Request) -> web.Response:
             body, scope = await self._serving_body(request)
-            out = dispatch(api, body, scope)
+            if not feature_log.active:
+                out = dispatch(api, body, scope)
+                if not isinstance(out, bytes):
+                    out = await out
+                return web.Response(body=out, content_type=content_type)
+            # logging on: every answer carries its request id, the caller's or a new one; a
+            # router's part is logged only under the id the router passes on (--log-at nodes)
+            rid = request.headers.get("X-Request-Id") or (new_request_id() if own_id else None)
+            out = dispatch(api, body, scope, None, rid)
             if not isinstance(out, bytes):
                 out = await out
-            return web.Response(body=out, content_type=content_type)
+            resp = web.Response(body=out, content_type=content_type)
+            if rid is not None:
+                resp.headers["X-Request-Id"] = rid
+            return resp
 
         return handle
 
@@ -205,6 +228,9 @@ class FeatureServer(FeastWrites):
                     for view, st in loader.stats().items()
                     if st.get("waiting_for")
                 },
+                # served-feature logging: a failing destination keeps the node serving (and
+                # ready); it shows here, in the metrics and in the alert rules
+                "feature_logging": self.feature_log.stats(),
             },
             status=200 if ready else 503,
         )
@@ -235,13 +261,20 @@ class FeatureServer(FeastWrites):
     ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]:
         dispatch = self.admission.dispatch
         api = endpoint.api
+        feature_log = self.feature_log
+        own_id = api != "cells"
 
         async def call(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             p = principal.get()
             if p is None and self.auth is not None:
                 raise UnauthenticatedError("missing API key")
             scope = None if p is None or p.read_all else p.scope_id
-            out = dispatch(api, request, scope, context.time_remaining())
+            rid = None
+            if feature_log.active:
+                rid = _metadata_request_id(context) or (new_request_id() if own_id else None)
+                if rid is not None:
+                    context.set_trailing_metadata((("x-request-id", rid),))
+            out = dispatch(api, request, scope, context.time_remaining(), rid)
             return out if isinstance(out, bytes) else await out
 
         return call
@@ -278,6 +311,7 @@ class FeatureServer(FeastWrites):
                 "serving WITHOUT authentication (--no-auth): any local process can read every "
                 "feature; use API keys outside local experiments"
             )
+        self.feature_log.start()
         self.ready = True
         await self._publish_health()
         if self.loaders:
@@ -337,10 +371,19 @@ class FeatureServer(FeastWrites):
             asyncio.to_thread(loader.stop, grace) for loader in self.loaders
         )
         self.admission.stop()
+        # after the listeners drained: every answered request's rows are in the buffer
+        await asyncio.to_thread(self.feature_log.stop, grace)
         self._close_writes()
         forget_server(self.store.data_dir)
         self.store.close()
         log.info("stopped")
+
+
+def _metadata_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            return value if isinstance(value, str) else value.decode()
+    return None
 
 
 def run(

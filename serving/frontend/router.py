@@ -49,6 +49,8 @@ from serving.errors import (
     WrongShardError,
     error_class,
 )
+from serving.feature_log import FeatureLogger, new_request_id
+from serving.feature_log.metrics import FeatureLogCollector
 from serving.frontend.admission import LoopLagGuard
 from serving.frontend.auth import Authenticator, KeyFile
 from serving.frontend.console import Console, RouterFacts
@@ -198,6 +200,13 @@ class FeatureRouter(RouterWrites):
         self.guard = (
             LoopLagGuard(settings.max_loop_lag_ms / 1000) if settings.max_loop_lag_ms > 0 else None
         )
+        #: served-feature logging (docs/feature-logging.md): the router logs the merged
+        #: answers with --log-at router; with nodes (the default) it passes request ids on
+        if settings.log_at not in ("nodes", "router"):
+            raise InvalidArgumentError(f"--log-at must be nodes or router, not {settings.log_at!r}")
+        self.feature_log = FeatureLogger(self.core)
+        self._configure_logging()
+        self.metrics.add_collector(FeatureLogCollector(self.feature_log))
         #: per replica endpoint: did its last health check say SERVING
         self.replica_ready: dict[str, bool] = {}
         self._probe_task: asyncio.Task[None] | None = None
@@ -205,6 +214,12 @@ class FeatureRouter(RouterWrites):
     @property
     def registry(self) -> Registry:
         return self._registry
+
+    def _configure_logging(self) -> None:
+        #: answers carry a request id while some service of the registry is logged
+        self.request_ids = any(s.logging for s in self._registry.feature_services.values())
+        if self.settings.log_at == "router":
+            self.feature_log.configure(self._registry)
 
     def _channels_for(self, cluster: ClusterMap) -> ClusterChannels:
         """Channels to the cluster's replicas: parts over HTTP to replicas whose HTTP address
@@ -251,6 +266,7 @@ class FeatureRouter(RouterWrites):
         )
         self.on_demand = OnDemandRunner(registry, self.metrics.observe_transform)
         self._registry = registry
+        await asyncio.to_thread(self._configure_logging)
         changed = cluster != self.cluster
         if changed:
             for shard, endpoints in self.cluster.shards.items():
@@ -292,17 +308,24 @@ class FeatureRouter(RouterWrites):
         scope: int | None,
         authorization: str | None,
         timeout: float | None,
+        *,
+        request_id: str | None = None,
     ) -> bytes:
-        """Splits, fans out, merges. ``timeout``: the caller's remaining deadline (seconds)."""
+        """Splits, fans out, merges. ``timeout``: the caller's remaining deadline (seconds).
+        ``request_id``: logged here (``--log-at router``) or passed on to the nodes."""
         if self.guard is not None and self.guard.behind():
             self.guard.shed += 1
             raise ResourceExhaustedError("router overloaded: event loop behind; retry with backoff")
-        routed = self.core.route(api, body, scope)
+        at_router = self.settings.log_at == "router"
+        routed = self.core.route(api, body, scope, request_id if at_router else None)
         parts = routed.parts()
         budget = self.timeout if timeout is None else min(timeout, self.timeout)
         if budget <= 0:
             raise DeadlineExceededError("the deadline expired before the request started")
-        metadata = (("authorization", authorization),) if authorization else None
+        md: list[tuple[str, str]] = [("authorization", authorization)] if authorization else []
+        if request_id is not None and not at_router:
+            md.append(("x-request-id", request_id))
+        metadata = tuple(md) or None
         t0 = time.perf_counter()
         if not parts:  # on-demand views over request fields only
             answers = []
@@ -369,8 +392,13 @@ class FeatureRouter(RouterWrites):
 
         async def handle(request: web.Request) -> web.Response:
             body, scope = await self._serving_body(request)
-            out = await self.route(api, body, scope, request.headers.get("Authorization"), None)
-            return web.Response(body=out, content_type=JSON)
+            auth = request.headers.get("Authorization")
+            if not self.request_ids:
+                out = await self.route(api, body, scope, auth, None)
+                return web.Response(body=out, content_type=JSON)
+            rid = request.headers.get("X-Request-Id") or new_request_id()
+            out = await self.route(api, body, scope, auth, None, request_id=rid)
+            return web.Response(body=out, content_type=JSON, headers={"X-Request-Id": rid})
 
         return handle
 
@@ -390,6 +418,7 @@ class FeatureRouter(RouterWrites):
                     str(shard): {e: self.replica_ready.get(e, False) for e in endpoints}
                     for shard, endpoints in sorted(self.cluster.shards.items())
                 },
+                "feature_logging": self.feature_log.stats(),
             },
             status=200 if ready else 503,
         )
@@ -409,12 +438,19 @@ class FeatureRouter(RouterWrites):
             if p is None and self.auth is not None:
                 raise UnauthenticatedError("missing API key")
             scope = None if p is None or p.read_all else p.scope_id
-            authorization = None
+            authorization = rid = None
             for k, v in context.invocation_metadata() or ():
                 if k == "authorization":
                     authorization = v if isinstance(v, str) else v.decode()
-                    break
-            return await self.route(api, request, scope, authorization, context.time_remaining())
+                elif k == "x-request-id":
+                    rid = v if isinstance(v, str) else v.decode()
+            if self.request_ids:
+                rid = rid or new_request_id()
+                context.set_trailing_metadata((("x-request-id", rid),))
+            else:
+                rid = None
+            remaining = context.time_remaining()
+            return await self.route(api, request, scope, authorization, remaining, request_id=rid)
 
         return call
 
@@ -467,6 +503,7 @@ class FeatureRouter(RouterWrites):
         await self._listen()
         if self.auth is None:
             log.warning("routing WITHOUT authentication (--no-auth)")
+        self.feature_log.start()
         self.ready = True
         await self.probe_replicas()
         self._probe_task = asyncio.create_task(self._probe_loop())
@@ -487,6 +524,7 @@ class FeatureRouter(RouterWrites):
             self.guard.stop()
         await self.channels.close()
         self.transforms.close()
+        await asyncio.to_thread(self.feature_log.stop, self.settings.grace_seconds)
         await self._close_router_writes()
         log.info("stopped")
 

@@ -42,6 +42,7 @@ N_USERS = 200
 DASHBOARD = ROOT / "docs" / "ops" / "grafana-dashboard.json"
 ALERTS = ROOT / "docs" / "ops" / "alerts.yml"
 METRICS_PY = ROOT / "serving" / "metrics.py"
+FEATURE_LOG_METRICS_PY = ROOT / "serving" / "feature_log" / "metrics.py"
 #: metric families that only have samples when a Kafka loader runs in the server (none does in
 #: these tests): they are checked against the names serving/metrics.py declares instead
 LOADER_ONLY = frozenset(
@@ -54,6 +55,10 @@ LOADER_ONLY = frozenset(
         # checks them); this registry has no on-demand view
         "feature_serving_transform_duration_seconds",
         "feature_serving_transform_errors",
+        # per logged feature service (serving/feature_log/metrics.py): samples once a service
+        # is logged (tests/integration/test_feature_log.py checks them); none is logged here
+        "feature_serving_feature_log_dropped_rows",
+        "feature_serving_feature_log_write_errors",
     }
 )
 #: families only a router (`feature-serving route`) exposes: checked against a router's /metrics
@@ -316,7 +321,7 @@ def test_every_metric_in_dashboard_and_rules_is_exposed(env: Env) -> None:
     # readiness as a gauge on both (FeatureServingNotReady): node and router are ready here
     assert "\nfeature_serving_ready 1.0\n" in scrape(s)
     assert "\nfeature_serving_ready 1.0\n" in router_text
-    declared = METRICS_PY.read_text()
+    declared = METRICS_PY.read_text() + FEATURE_LOG_METRICS_PY.read_text()
     used = {
         "dashboard": {n for e in dashboard_exprs() for n in _NAME.findall(e)},
         "alerts": {n for e in alert_exprs() for n in _NAME.findall(e)},

@@ -4,6 +4,7 @@
 
 mod arrow;
 mod errors;
+mod feature_log;
 mod gil;
 mod ingest;
 mod pending;

@@ -2,11 +2,13 @@
 //! per-shard parts and merges their answers; the Python router only moves the bytes.
 
 use super::errors::to_py_err;
+use super::feature_log::LogSlot;
 use super::gil::without_gil;
 use super::pending::PyPending;
 use super::settings::{parse_api, ServeSettings};
 use crate::catalog::Catalog;
 use crate::route::{Routed, RoutedPending, Router};
+use crate::serve::feature_log::LogTag;
 use crate::serve::ServeConfig;
 use parking_lot::RwLock;
 use pyo3::prelude::*;
@@ -21,6 +23,8 @@ pub(super) struct PyRouter {
     router: RwLock<Arc<Router>>,
     settings: ServeSettings,
     spread: AtomicUsize,
+    /// Served-feature logging of the merged answers (`route --log-at router`).
+    log: LogSlot,
 }
 
 fn build(
@@ -51,6 +55,7 @@ impl PyRouter {
             router: RwLock::new(Arc::new(build(registry_json, shard_count, partitions)?)),
             settings: ServeSettings::default(),
             spread: AtomicUsize::new(0),
+            log: LogSlot::default(),
         })
     }
 
@@ -93,15 +98,40 @@ impl PyRouter {
         self.settings.clear_scopes();
     }
 
+    /// Served-feature logging of merged answers, as `Store.configure_logging`.
+    #[pyo3(signature = (services = None))]
+    fn configure_logging(&self, services: Option<HashMap<String, (f64, usize)>>) {
+        self.log.configure(services);
+    }
+
+    /// The logged rows buffered for `service`, as `Store.drain_log`.
+    fn drain_log(&self, py: Python<'_>, service: &str) -> PyResult<Vec<PyObject>> {
+        self.log.drain(py, service)
+    }
+
+    /// The log's counters, as `Store.log_counts`.
+    fn log_counts(&self) -> HashMap<String, HashMap<&'static str, u64>> {
+        self.log.counts()
+    }
+
+    /// A router has no store to close (the writer asks, as of a node's store).
+    #[getter]
+    #[allow(clippy::unused_self)] // a Python property needs its receiver
+    fn closed(&self) -> bool {
+        false
+    }
+
     /// Parses, plans and splits a request of `api` (GIL released). Errors are those a node
-    /// would raise for the same request.
-    #[pyo3(signature = (api, body, scope_id = None))]
+    /// would raise for the same request. `request_id`: the merged answer is logged under it
+    /// when its service is logged (`configure_logging`).
+    #[pyo3(signature = (api, body, scope_id = None, request_id = None))]
     fn route(
         &self,
         py: Python<'_>,
         api: &str,
         body: &[u8],
         scope_id: Option<u64>,
+        request_id: Option<String>,
     ) -> PyResult<PyRouted> {
         let api = parse_api(api).map_err(to_py_err)?;
         let scope = self.settings.scope(scope_id).map_err(to_py_err)?;
@@ -111,9 +141,11 @@ impl PyRouter {
         let routed = without_gil(py, || {
             router.route(api, body, &cfg, scope.as_deref(), spread)
         })?;
+        let log = self.log.tag(request_id);
         Ok(PyRouted {
             routed: Arc::new(routed),
             cfg,
+            log,
         })
     }
 }
@@ -123,6 +155,7 @@ impl PyRouter {
 pub(super) struct PyRouted {
     routed: Arc<Routed>,
     cfg: ServeConfig,
+    log: Option<LogTag>,
 }
 
 #[pymethods]
@@ -148,12 +181,16 @@ impl PyRouted {
         if self.routed.has_on_demand() {
             let owned: Vec<Vec<u8>> = answers.iter().map(|a| a.as_bytes().to_vec()).collect();
             let routed = self.routed.clone();
-            let pending = without_gil(py, || RoutedPending::start(routed, owned))?;
+            let log = self.log.clone();
+            let pending = without_gil(py, || RoutedPending::start(routed, owned, log))?;
             let obj = Bound::new(py, PyPending::routed(self.cfg, Box::new(pending)))?;
             return Ok(obj.into_any());
         }
         let slices: Vec<&[u8]> = answers.iter().map(PyBytesMethods::as_bytes).collect();
-        let body = without_gil(py, || self.routed.merge(&slices, &self.cfg))?;
+        let body = without_gil(py, || {
+            self.routed
+                .merge_logged(&slices, &self.cfg, self.log.as_ref())
+        })?;
         Ok(PyBytes::new(py, &body).into_any())
     }
 

@@ -2,6 +2,7 @@
 
 use super::arrow::{export_batch, import_batch};
 use super::errors::to_py_err;
+use super::feature_log::LogSlot;
 use super::gil::without_gil;
 use super::pending::PyPending;
 use super::settings::{parse_api, ServeSettings};
@@ -11,6 +12,7 @@ use crate::error::CoreError;
 use crate::partition::ShardCheck;
 use crate::query::{self, Entities, Limits, Selector};
 use crate::scope::Scope;
+use crate::serve::feature_log::LogTag;
 use crate::serve::on_demand::Started;
 use crate::serve::{self, Api, Caller, ServeConfig};
 use crate::store::{Store, StoreOptions, WriteStats};
@@ -48,6 +50,8 @@ pub(super) struct PyStore {
     /// The feature names of the last plan answered, as a Python tuple: a model server asks
     /// for the same features again and again, and building 200 strings costs ~10 us a call.
     names_cache: Mutex<Option<(Arc<query::Plan>, Py<PyTuple>)>>,
+    /// Served-feature logging (None: off); requests with a request id are logged.
+    log: LogSlot,
 }
 
 impl PyStore {
@@ -119,6 +123,7 @@ impl PyStore {
             settings: ServeSettings::default(),
             shard: RwLock::new(None),
             names_cache: Mutex::new(None),
+            log: LogSlot::default(),
         })
     }
 
@@ -153,24 +158,30 @@ impl PyStore {
     /// `v1_http`) in, the complete response body out, in one call with the GIL released; a
     /// request naming request-time on-demand views gives a `PendingAnswer` instead, which the
     /// caller completes with the transforms' outputs.
-    #[pyo3(signature = (api, body, scope_id = None))]
+    /// `request_id`: the request's id, logged with its rows when its feature service is
+    /// logged (`configure_logging`); without one nothing is logged.
+    #[pyo3(signature = (api, body, scope_id = None, request_id = None))]
     fn serve(
         &self,
         py: Python<'_>,
         api: &str,
         body: &[u8],
         scope_id: Option<u64>,
+        request_id: Option<String>,
     ) -> PyResult<PyObject> {
         let api = parse_api(api).map_err(to_py_err)?;
         let store = self.store()?;
         let cfg = self.settings.config();
         let scope = self.settings.scope(scope_id).map_err(to_py_err)?;
         let shard = self.shard.read().clone();
+        let log = self.log.tag(request_id);
         let served = without_gil(py, || {
+            let now_us = log.as_ref().map_or_else(query::now_micros, |t| t.now_us);
             let caller = Caller {
                 scope: scope.as_deref(),
                 shard: shard.as_deref(),
-                now_us: query::now_micros(),
+                now_us,
+                log: log.as_ref(),
             };
             serve::on_demand::start(&store, api, body, &cfg, caller)
         })?;
@@ -179,14 +190,21 @@ impl PyStore {
 
     /// Many requests in one call (request batching): `(api, body, scope_id)` each; returns, in
     /// order, the response bytes or the exception of each. The GIL is released once for all.
+    /// `request_ids`: per request, its id for served-feature logging (as `serve`).
+    #[pyo3(signature = (requests, request_ids = None))]
     fn serve_many<'py>(
         &self,
         py: Python<'py>,
         requests: Vec<(String, Bound<'py, PyBytes>, Option<u64>)>,
+        request_ids: Option<Vec<Option<String>>>,
     ) -> PyResult<Vec<PyObject>> {
         let store = self.store()?;
         let cfg = self.settings.config();
         let shard = self.shard.read().clone();
+        let mut ids = request_ids.unwrap_or_default().into_iter();
+        let tags: Vec<Option<LogTag>> = (0..requests.len())
+            .map(|_| self.log.tag(ids.next().flatten()))
+            .collect();
         let parsed: Vec<ParsedRequest<'_>> = requests
             .iter()
             .map(|(api, body, scope_id)| {
@@ -201,13 +219,15 @@ impl PyStore {
             let now = query::now_micros();
             Ok(parsed
                 .into_iter()
-                .map(|(api, body, scope)| {
+                .zip(&tags)
+                .map(|((api, body, scope), log)| {
                     let api = api?;
                     let scope = scope?;
                     let caller = Caller {
                         scope: scope.as_deref(),
                         shard: shard.as_deref(),
                         now_us: now,
+                        log: log.as_ref(),
                     };
                     serve::on_demand::start(&store, api, body, &cfg, caller)
                 })
@@ -220,6 +240,24 @@ impl PyStore {
                 Err(e) => to_py_err(e).into_value(py).into_any(),
             })
             .collect())
+    }
+
+    /// Served-feature logging: `{service: (sample_rate, capacity_rows)}` starts new, empty
+    /// buffers (drain the old ones first); `None` turns logging off.
+    #[pyo3(signature = (services = None))]
+    fn configure_logging(&self, services: Option<HashMap<String, (f64, usize)>>) {
+        self.log.configure(services);
+    }
+
+    /// Takes the logged rows buffered for `service`: a list of pyarrow `RecordBatch`es
+    /// (oldest first; one per request shape), empty when nothing is buffered.
+    fn drain_log(&self, py: Python<'_>, service: &str) -> PyResult<Vec<PyObject>> {
+        self.log.drain(py, service)
+    }
+
+    /// Per logged service: `{sampled_requests, appended_rows, dropped_rows, buffered_rows}`.
+    fn log_counts(&self) -> HashMap<String, HashMap<&'static str, u64>> {
+        self.log.counts()
     }
 
     /// Registers the read scope of an API key: `views=None` reads everything.

@@ -74,6 +74,7 @@
 
 mod encode_json;
 mod encode_proto;
+pub mod feature_log;
 mod json;
 pub mod on_demand;
 mod pb;
@@ -138,6 +139,8 @@ pub struct Caller<'a> {
     pub shard: Option<&'a ShardCheck>,
     /// The time of the request (us since the epoch), against which TTLs are checked.
     pub now_us: i64,
+    /// Served-feature logging (`serve/feature_log.rs`): the log and this request's id.
+    pub log: Option<&'a feature_log::LogTag>,
 }
 
 /// A complete response and what the request touched.
@@ -188,6 +191,9 @@ pub struct Prepared {
     pub(crate) entities: Entities,
     /// The feature service the request named, if any (a router passes it on to the shards).
     pub(crate) service: Option<String>,
+    /// The feature service whose log the answer goes to: the one named, or the one a router's
+    /// part belongs to (`serve/feature_log.rs`).
+    pub(crate) log_service: Option<String>,
     full_feature_names: bool,
     v1: V1Opts,
     /// Entity columns answered beside the features: the join keys, in request order (request
@@ -265,15 +271,26 @@ impl Prepared {
         }
     }
 
-    /// Counts ([`crate::stats`]) and encodes the answer read for this request.
-    fn finish(&self, store: &Store, answer: &Answer, cfg: &ServeConfig) -> Served {
+    /// Counts ([`crate::stats`]), logs (when the request's service is logged,
+    /// [`feature_log`]) and encodes the answer read for this request.
+    fn finish(
+        &self,
+        store: &Store,
+        answer: &Answer,
+        cfg: &ServeConfig,
+        log: Option<&feature_log::LogTag>,
+    ) -> Served {
         store.serve_stats.record(
             self.views().zip(answer.view_stats(&self.plan)),
             self.num_entities(),
             self.num_features(),
         );
+        let cells = answer.cells(&self.plan);
+        if let Some(tag) = log {
+            feature_log::FeatureLog::append(tag, self, &cells);
+        }
         Served {
-            body: self.encode(&answer.cells(&self.plan), cfg),
+            body: self.encode(&cells, cfg),
             views: self.views().map(str::to_string).collect(),
             num_entities: self.num_entities(),
             num_features: self.num_features(),
@@ -354,6 +371,7 @@ pub fn prepare(
         Selector::Service(s) => Some(s),
         Selector::Refs(_) => None,
     };
+    let log_service = service.clone().or(req.part_of_service);
     let answered_keys = (!plan.on_demand.is_empty()).then(|| {
         (0..n_keys)
             .filter(|c| plan.views.iter().any(|pv| pv.key_columns.contains(c)))
@@ -366,6 +384,7 @@ pub fn prepare(
         plan,
         entities: req.entities,
         service,
+        log_service,
         full_feature_names: req.full_feature_names,
         v1: req.v1,
     })

@@ -23,6 +23,8 @@ pub struct Pending {
     request: Vec<Vec<ArrayRef>>,
     /// Per on-demand view, whether its output was set.
     done: Vec<bool>,
+    /// Served-feature logging of the request, done when it is encoded.
+    log: Option<super::feature_log::LogTag>,
 }
 
 /// What [`start`] ends with.
@@ -43,7 +45,7 @@ pub fn start(
     let p = prepare(&store.catalog(), api, body, cfg, caller.scope)?;
     let answer = p.execute(store, caller.now_us, caller.shard)?;
     if p.plan.on_demand.is_empty() {
-        return Ok(Started::Done(p.finish(store, &answer, cfg)));
+        return Ok(Started::Done(p.finish(store, &answer, cfg, caller.log)));
     }
     if api == Api::Cells {
         return Err(CoreError::InvalidArgument(
@@ -70,6 +72,7 @@ pub fn start(
         answer,
         request,
         done: vec![false; n],
+        log: caller.log.cloned(),
     })))
 }
 
@@ -132,7 +135,7 @@ impl Pending {
                 self.views()[k]
             )));
         }
-        Ok(self.p.finish(store, &self.answer, cfg))
+        Ok(self.p.finish(store, &self.answer, cfg, self.log.as_ref()))
     }
 }
 

@@ -58,10 +58,12 @@ from serving.frontend.endpoints import (
     V1_SERVICE,
     Endpoint,
 )
-from serving.frontend.grpc_auth import AuthInterceptor
+from serving.frontend.grpc_auth import AuthInterceptor, principal
 from serving.frontend.tls import server_credentials, server_ssl_context
 from serving.metrics import ServingMetrics
 from serving.registry import Registry
+from serving.security import audit
+from serving.security.config import SecurityConfig, load_security
 
 log = logging.getLogger("serving.server")
 
@@ -220,6 +222,16 @@ class Frontend(ABC):
         self._health_status: int | None = None
         self._stopping = asyncio.Event()
         self._not_http1 = _NotHttp1Filter(self)
+        #: the --auth-config file's identity sources and audit log (docs/security.md)
+        self.security = (
+            load_security(settings.auth_config) if settings.auth_config else SecurityConfig()
+        )
+        self.audit = audit.AuditLog(self.security.audit) if self.security.audit else None
+
+    @property
+    def project_name(self) -> str:
+        """The project this frontend serves."""
+        return self.auth.project if self.auth is not None else self.registry.project
 
     #: whether this frontend answers the table's ``node_only`` endpoints
     answers_node_only = False
@@ -289,6 +301,11 @@ class Frontend(ABC):
             client_max_size=self.settings.max_message_bytes,
             middlewares=[self._http_metrics, self._http_errors, self._http_auth],
         )
+        if self.audit is not None:
+            from serving.frontend.audit_layer import http_middleware
+
+            # outside the errors middleware: it sees every answer's status and error
+            app.middlewares.insert(1, http_middleware(self, self.audit))
         for e in ENDPOINTS:
             if e.transport == "http" and (self.answers_node_only or not e.node_only):
                 app.router.add_post(e.path, self._http_serving(e))
@@ -303,7 +320,9 @@ class Frontend(ABC):
         """The gRPC server (not bound yet): the serving methods, the listings, health and
         reflection, behind the auth interceptor."""
         interceptors = (
-            [] if self.auth is None else [AuthInterceptor(self.auth, self.settings, self.metrics)]
+            []
+            if self.auth is None
+            else [AuthInterceptor(self.auth, self.settings, self.metrics, self._grpc_denied)]
         )
         server = grpc.aio.server(
             interceptors=interceptors,
@@ -577,6 +596,8 @@ class Frontend(ABC):
     ) -> grpc.RpcMethodHandler[Any, Any]:
         """Bytes in, bytes out (no Python protobuf objects), errors mapped and requests
         counted in one place."""
+        if self.audit is not None:
+            fn = self._grpc_audited(fn, method, self.audit)
         metrics = self.metrics
         gauge = metrics.in_flight.labels(api)
         if not self.settings.request_metrics:
@@ -619,6 +640,52 @@ class Frontend(ABC):
 
         return grpc.unary_unary_rpc_method_handler(handler)
 
+    def _grpc_audited(
+        self,
+        fn: Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]],
+        method: str,
+        log: audit.AuditLog,
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]:
+        """``fn`` writing its audit line (serving.frontend.audit_layer)."""
+        from serving.frontend.audit_layer import GRPC_EVENTS, grpc_record
+
+        event = GRPC_EVENTS.get(method)
+
+        async def audited(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            sampled = event != "read" or log.sampled()
+            noted = audit.Noted()
+            token = audit.current.set(noted)
+            err: FeatureServingError | None = None
+            status = "INTERNAL"
+            try:
+                out = await fn(request, context)
+                status = "OK"
+                return out
+            except FeatureServingError as e:
+                err, status = e, e.grpc_status
+                raise
+            finally:
+                audit.current.reset(token)
+                denied = isinstance(err, UnauthenticatedError | PermissionDeniedError)
+                if event is not None and (sampled or denied):
+                    grpc_record(
+                        self, log, method, status=status, p=principal.get(), err=err,
+                        noted=noted, body=request if event == "read" else None,
+                        request_id=_request_id(context),
+                    )  # fmt: skip
+
+        return audited
+
+    def _grpc_denied(self, method: str, error: FeatureServingError, request_id: str | None) -> None:
+        """The audit line of a call the auth interceptor refused."""
+        if self.audit is not None:
+            from serving.frontend.audit_layer import grpc_record
+
+            grpc_record(
+                self, self.audit, method, status=error.grpc_status, p=None, err=error,
+                noted=audit.Noted(), body=None, request_id=request_id,
+            )  # fmt: skip
+
     async def _serving_info(
         self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
@@ -641,3 +708,10 @@ class Frontend(ABC):
         for s in self.registry.feature_services.values():
             resp.feature_services.add(name=s.name, refs=[str(r) for r in s.features])
         return resp.SerializeToString()
+
+
+def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    for k, v in context.invocation_metadata() or ():
+        if k == "x-request-id":
+            return v if isinstance(v, str) else v.decode()
+    return None

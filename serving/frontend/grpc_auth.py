@@ -36,11 +36,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Checks ``authorization: Bearer <key>`` for every gRPC method, in one place."""
 
     def __init__(
-        self, auth: Authenticator, settings: ServeSettings, metrics: ServingMetrics
+        self,
+        auth: Authenticator,
+        settings: ServeSettings,
+        metrics: ServingMetrics,
+        on_denied: Callable[[str, FeatureServingError, str | None], None] | None = None,
     ) -> None:
         self._auth = auth
         self._open = settings.open_health
         self._metrics = metrics
+        #: told (method, error, request id) of every refused call: the audit log
+        self._on_denied = on_denied
 
     async def intercept_service(
         self,
@@ -53,15 +59,21 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if self._open and method.startswith(OPEN_GRPC_PREFIXES):
             return await continuation(details)
         header = None
+        request_id = None
         for k, v in details.invocation_metadata or ():
             if k == "authorization":
                 header = v if isinstance(v, str) else v.decode()
-                break
+            elif k == "x-request-id":
+                request_id = v if isinstance(v, str) else v.decode()
         try:
             principal.set(self._auth.authenticate(header))
         except FeatureServingError as e:
             api = "feast-grpc" if method.startswith("/feast.") else "grpc"
             self._metrics.rejected.labels(api, "auth").inc()
             self._metrics.auth_failures.inc()
-            return _deny(e, self._metrics, api, method.rsplit("/", 1)[-1])
+            service, _, short = method.lstrip("/").partition("/")
+            if self._on_denied is not None:
+                label = f"{service}.{short}" if service == "GrpcFeatureServer" else short
+                self._on_denied(label, e, request_id)
+            return _deny(e, self._metrics, api, short)
         return await continuation(details)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from serving.errors import InvalidArgumentError, UnauthenticatedError
+from serving.errors import InvalidArgumentError, RateLimitedError, UnauthenticatedError
 from serving.security import jwks as jwks_mod
 from serving.security.audit import AuditConfig, AuditLog
 from serving.security.config import load_security
+from serving.security.limits import Limit, Limiter, LimitsConfig
 from serving.security.roles import Grant, rights
 from serving.security.tokens import TokenVerifier
 from tests.harness.oidc import AUDIENCE, ISSUER, Issuer
@@ -197,3 +198,39 @@ def test_audit_sampling_is_a_fraction(tmp_path: Path) -> None:
     finally:
         for log in (never, always, some):
             log.close()
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    now = [0.0]
+    lim = Limiter(
+        LimitsConfig(Limit(rate=2.0, burst=3.0), {"vip": Limit(concurrency=1)}),
+        clock=lambda: now[0],
+    )
+    for _ in range(3):
+        lim.take("a")
+    with pytest.raises(RateLimitedError, match=r"2/s \(burst 3\)") as e:
+        lim.take("a")
+    assert e.value.retry_after_seconds == 1
+    lim.take("b")  # another identity has its own bucket
+    now[0] = 0.5  # one token back
+    lim.take("a")
+    with pytest.raises(RateLimitedError):
+        lim.take("a")
+    lim.take("vip")  # no rate limit of its own
+    assert lim.enter("vip")
+    with pytest.raises(RateLimitedError, match="concurrency 1"):
+        lim.enter("vip")
+    lim.leave("vip")
+    assert lim.enter("vip")
+    assert not lim.enter("a")  # no cap: nothing to leave
+
+
+def test_limits_config_names_bad_entries(tmp_path: Path) -> None:
+    p = tmp_path / "a.yaml"
+    p.write_text("limits: {identities: {ranker: {rate: 10, bursts: 5}}}")
+    with pytest.raises(InvalidArgumentError, match=r"identities.ranker: unknown field.*bursts"):
+        load_security(p)
+    p.write_text("limits: {default: {rate: 10}}")
+    cfg = load_security(p).limits
+    assert cfg is not None
+    assert cfg.default == Limit(rate=10.0, burst=10.0)

@@ -42,6 +42,7 @@ from serving.errors import (
     UnauthenticatedError,
 )
 from serving.security.config import SecurityConfig, load_security
+from serving.security.limits import Limiter
 from serving.security.roles import ROLES, rights, role_of
 from serving.security.tokens import TokenVerifier
 
@@ -280,6 +281,9 @@ class Authenticator:
         self.project = project
         #: read scope (sorted view names) -> its Rust scope id, shared by tokens alike
         self._token_scopes: dict[tuple[str, ...], int] = {}
+        #: per-identity request rate and concurrency (None: unlimited); the rate is taken
+        #: here, the concurrency by the frontends around the handler (enter / leave)
+        self.limiter: Limiter | None = None
         self._by_id: dict[str, ApiKey] = {}
         self._verified: dict[str, Principal] = {}
         self._mtime: float | None = None
@@ -337,7 +341,10 @@ class Authenticator:
         tokens = None
         if security is not None and security.jwt is not None:
             tokens = TokenVerifier(security.jwt)
-        return cls(keys_file, core, tokens=tokens, project=project)
+        auth = cls(keys_file, core, tokens=tokens, project=project)
+        if security is not None and security.limits is not None:
+            auth.limiter = Limiter(security.limits)
+        return auth
 
     def set_project(self, project: str) -> None:
         """The frontend's project changed (a registry reload): cached callers are checked
@@ -374,6 +381,8 @@ class Authenticator:
                     cached.identity,
                 )
             self._used.add(cached.key.key_id)
+            if self.limiter is not None:
+                self.limiter.take(cached.key.name)
             return cached
         if self.tokens is not None and not token.startswith(KEY_PREFIX) and token.count(".") == 2:
             return self._authenticate_token(token)
@@ -400,6 +409,8 @@ class Authenticator:
         principal = Principal(rec, scope_id, read_all, expires_at=rec.expires_at)
         self._verified[token] = principal
         self._used.add(rec.key_id)
+        if self.limiter is not None:
+            self.limiter.take(rec.name)
         return principal
 
     def _authenticate_token(self, token: str) -> Principal:
@@ -440,6 +451,8 @@ class Authenticator:
             if len(self._verified) >= MAX_CACHED_TOKENS:
                 self._verified.clear()
         self._verified[token] = principal
+        if self.limiter is not None:
+            self.limiter.take(identity)
         return principal
 
     def note_uses(self, now: float | None = None) -> None:

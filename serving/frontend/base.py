@@ -40,6 +40,7 @@ from serving.errors import (
     InvalidArgumentError,
     LimitExceededError,
     PermissionDeniedError,
+    RateLimitedError,
     ResourceExhaustedError,
     UnauthenticatedError,
     error_body,
@@ -64,6 +65,7 @@ from serving.metrics import ServingMetrics
 from serving.registry import Registry
 from serving.security import audit
 from serving.security.config import SecurityConfig, load_security
+from serving.security.limits import Limiter
 
 log = logging.getLogger("serving.server")
 
@@ -74,6 +76,8 @@ def rejection_reason(e: FeatureServingError) -> str | None:
         return "auth"
     if isinstance(e, LimitExceededError):
         return "limit"
+    if isinstance(e, RateLimitedError):
+        return "rate_limit"
     if isinstance(e, ResourceExhaustedError):
         return "overload"
     if isinstance(e, DeadlineExceededError):
@@ -382,6 +386,11 @@ class Frontend(ABC):
     async def _listen(self) -> None:
         """Binds gRPC and HTTP (ports 0: any free one; the bound ports are set)."""
         s = self.settings
+        if self.auth is not None and self.auth.limiter is not None:
+            limited = self.metrics.limited
+            self.auth.limiter.on_limited = lambda kind: limited.labels(
+                self.project_name, kind
+            ).inc()
         await self._set_health(False)
         self._grpc = self._grpc_server()
         address = f"{s.host}:{s.grpc_port}"
@@ -531,7 +540,14 @@ class Frontend(ABC):
             and path not in CONSOLE_OPEN_PATHS
             and not path.startswith(CONSOLE_STATIC_PREFIX)
         ):
-            request["principal"] = self.auth.authenticate(request.headers.get("Authorization"))
+            p = self.auth.authenticate(request.headers.get("Authorization"))
+            request["principal"] = p
+            limiter = self.auth.limiter
+            if limiter is not None and limiter.enter(p.key.name):
+                try:
+                    return await handler(request)
+                finally:
+                    limiter.leave(p.key.name)
         return await handler(request)
 
     @staticmethod
@@ -547,7 +563,10 @@ class Frontend(ABC):
             return await handler(request)
         except FeatureServingError as e:
             request["error"] = e
-            return _json_error(e.http_status, e.code, e.message)
+            resp = _json_error(e.http_status, e.code, e.message)
+            if isinstance(e, RateLimitedError):
+                resp.headers["Retry-After"] = str(e.retry_after_seconds)
+            return resp
         except web.HTTPRequestEntityTooLarge:
             return _json_error(
                 413,
@@ -596,6 +615,8 @@ class Frontend(ABC):
     ) -> grpc.RpcMethodHandler[Any, Any]:
         """Bytes in, bytes out (no Python protobuf objects), errors mapped and requests
         counted in one place."""
+        if self.auth is not None and self.auth.limiter is not None:
+            fn = self._grpc_capped(fn, self.auth.limiter)
         if self.audit is not None:
             fn = self._grpc_audited(fn, method, self.audit)
         metrics = self.metrics
@@ -606,6 +627,7 @@ class Frontend(ABC):
                 try:
                     return await fn(request, context)
                 except FeatureServingError as e:
+                    retry_after(context, e)
                     await context.abort(grpc.StatusCode[e.grpc_status], e.message)
                     raise AssertionError("unreachable: abort raises") from None
 
@@ -627,6 +649,7 @@ class Frontend(ABC):
                 reason = rejection_reason(e)
                 if reason is not None:
                     metrics.rejected.labels(api, reason).inc()
+                retry_after(context, e)
                 await context.abort(grpc.StatusCode[e.grpc_status], e.message)
                 raise AssertionError("unreachable: abort raises") from None
             except asyncio.CancelledError:
@@ -639,6 +662,24 @@ class Frontend(ABC):
                 self._maybe_log_slow(api, method, code, elapsed, None)
 
         return grpc.unary_unary_rpc_method_handler(handler)
+
+    @staticmethod
+    def _grpc_capped(
+        fn: Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]],
+        limiter: Limiter,
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]:
+        """``fn`` under the caller's concurrent-request cap."""
+
+        async def capped(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            p = principal.get()
+            if p is None or not limiter.enter(p.key.name):
+                return await fn(request, context)
+            try:
+                return await fn(request, context)
+            finally:
+                limiter.leave(p.key.name)
+
+        return capped
 
     def _grpc_audited(
         self,
@@ -715,3 +756,9 @@ def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
         if k == "x-request-id":
             return v if isinstance(v, str) else v.decode()
     return None
+
+
+def retry_after(context: grpc.aio.ServicerContext[Any, Any], e: FeatureServingError) -> None:
+    """A rate-limited call's ``retry-after`` trailing metadata (whole seconds)."""
+    if isinstance(e, RateLimitedError):
+        context.set_trailing_metadata((("retry-after", str(e.retry_after_seconds)),))

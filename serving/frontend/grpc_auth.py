@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from serving.config import ServeSettings
-from serving.errors import FeatureServingError
+from serving.errors import FeatureServingError, RateLimitedError
 from serving.frontend.auth import Authenticator, Principal
 from serving.frontend.endpoints import OPEN_GRPC_PREFIXES
 from serving.metrics import ServingMetrics
@@ -26,6 +26,8 @@ def _deny(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     async def handler(_request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         metrics.observe(api, method, error.grpc_status, 0.0)
+        if isinstance(error, RateLimitedError):
+            context.set_trailing_metadata((("retry-after", str(error.retry_after_seconds)),))
         await context.abort(grpc.StatusCode[error.grpc_status], error.message)
         raise AssertionError("unreachable: abort raises")
 
@@ -69,6 +71,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             principal.set(self._auth.authenticate(header))
         except FeatureServingError as e:
             api = "feast-grpc" if method.startswith("/feast.") else "grpc"
+            if isinstance(e, RateLimitedError):
+                self._metrics.rejected.labels(api, "rate_limit").inc()
+                return _deny(e, self._metrics, api, method.rsplit("/", 1)[-1])
             self._metrics.rejected.labels(api, "auth").inc()
             self._metrics.auth_failures.inc()
             service, _, short = method.lstrip("/").partition("/")

@@ -20,6 +20,10 @@
       max_bytes: 104857600                         # rotate at 100 MiB ...
       backups: 5                                   # ... keeping 5 old files
       read_sample: 0.01                            # log 1 % of reads
+    limits:
+      default: {rate: 200, burst: 400, concurrency: 32}   # per identity
+      identities:
+        ranker: {rate: 5000, burst: 10000, concurrency: 256}
 
 docs/security.md describes every field and the Kubernetes service-account mapping.
 """
@@ -34,6 +38,7 @@ import yaml
 
 from serving.errors import InvalidArgumentError
 from serving.security.audit import AuditConfig, audit_config
+from serving.security.limits import LimitsConfig, limits_config
 from serving.security.roles import ALL, Grant
 
 #: the algorithms a token may be signed with: asymmetric only, so that a public key taken from
@@ -70,6 +75,7 @@ class JwtConfig:
 class SecurityConfig:
     jwt: JwtConfig | None = None
     audit: AuditConfig | None = None
+    limits: LimitsConfig | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -155,9 +161,10 @@ def load_security(path: str | Path) -> SecurityConfig:
         raise InvalidArgumentError(f"auth config '{p}': {e}") from None
     if not isinstance(data, dict):
         raise InvalidArgumentError(f"auth config '{p}': expected a mapping")
-    if unknown := sorted(set(data) - {"jwt", "audit"}):
+    if unknown := sorted(set(data) - {"jwt", "audit", "limits"}):
         raise InvalidArgumentError(
-            f"auth config '{p}': unknown section(s) {', '.join(unknown)} (known: audit, jwt)"
+            f"auth config '{p}': unknown section(s) {', '.join(unknown)} (known: audit, jwt, "
+            "limits)"
         )
     jwt = _jwt(data["jwt"], f"auth config '{p}': jwt", p.parent) if "jwt" in data else None
     audit = None
@@ -165,4 +172,7 @@ def load_security(path: str | Path) -> SecurityConfig:
         audit = audit_config(data["audit"], f"auth config '{p}': audit")
         if audit.path != "-":
             audit = replace(audit, path=str((p.parent / audit.path).resolve()))
-    return SecurityConfig(jwt=jwt, audit=audit, raw=data)
+    limits = (
+        limits_config(data["limits"], f"auth config '{p}': limits") if "limits" in data else None
+    )
+    return SecurityConfig(jwt=jwt, audit=audit, limits=limits, raw=data)

@@ -17,7 +17,7 @@ import pytest
 from serving import Registry, Store
 from serving.frontend.auth import KeyFile
 from tests import harness
-from tests.harness import TEST_REGISTRY, start_server, stop_server, wait_until
+from tests.harness import TEST_REGISTRY, start_cli, start_server, stop_server, wait_until
 from tests.harness.oidc import AUDIENCE, ISSUER, Issuer
 
 pytestmark = pytest.mark.integration
@@ -330,3 +330,58 @@ def test_audit_lines_for_each_action(env: dict[str, Any]) -> None:
         assert secret not in text
         signature = secret.split(".")[-1]
         assert not signature or signature not in text
+
+
+@pytest.fixture(scope="module")
+def router(env: dict[str, Any]) -> Iterator[Any]:
+    """A router in front of the node, with the same keys file and auth config (it forwards the
+    caller's credential, which the node checks again)."""
+    s, tmp = env["server"], env["tmp"]
+    cmap = tmp / "cluster.yaml"
+    cmap.write_text(
+        "topic_partitions: 1\n"
+        f"shards:\n  0: [{{grpc: '127.0.0.1:{s.grpc}', http: '127.0.0.1:{s.http}'}}]\n"
+    )
+    r = start_cli(
+        ["route", "--config", str(tmp / "features.yaml"), "--cluster-map", str(cmap),
+         "--keys-file", str(tmp / "keys.json"), "--auth-config", str(tmp / "auth.yaml"),
+         "--route-probe-seconds", "0.2"],
+        tmp / "router.log",
+    )  # fmt: skip
+    try:
+        yield r
+    finally:
+        stop_server(r)
+
+
+def test_router_enforces_the_same(env: dict[str, Any], router: Any) -> None:
+    issuer: Issuer = env["issuer"]
+    url = router.url
+    reader = issuer.token(groups=["readers"], sub="via-router")
+    status, body = harness.http(url + "/get-online-features", FEAST_BODY, key=reader)
+    assert status == 200, body
+    assert body["results"][1]["values"] == [0.0]
+    status, body = harness.http(url + "/get-online-features", ITEM_BODY, key=reader)
+    assert status == 403
+    for forged in (issuer.forged("none", groups=["admins"]),
+                   issuer.forged("HS256", groups=["admins"]),
+                   issuer.token(aud="x", groups=["admins"])):  # fmt: skip
+        status, body = harness.http(url + "/get-online-features", FEAST_BODY, key=forged)
+        assert status == 401, body
+    nobody = issuer.token(groups=["other-team"])
+    for path, b in (("/get-online-features", FEAST_BODY), ("/v1/feature-views", None),
+                    ("/push", {"push_source_name": "x", "df": {}})):  # fmt: skip
+        assert harness.http(url + path, b, key=nobody)[0] == 403, path
+        assert harness.http(url + path, b, key=env["keys"]["other"])[0] == 403, path
+    with grpc.insecure_channel(f"127.0.0.1:{router.grpc}") as ch:
+        for token, code in ((reader, grpc.StatusCode.OK),
+                            (nobody, grpc.StatusCode.PERMISSION_DENIED),
+                            (issuer.forged("none"), grpc.StatusCode.UNAUTHENTICATED)):  # fmt: skip
+            try:
+                ch.unary_unary("/feature_serving.v1.FeatureService/ListFeatureViews")(
+                    b"", metadata=(("authorization", f"Bearer {token}"),), timeout=5
+                )
+                got = grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                got = e.code()
+            assert got == code

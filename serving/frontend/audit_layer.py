@@ -111,7 +111,11 @@ def http_middleware(frontend: Frontend, log: audit.AuditLog) -> Middleware:
     ) -> web.StreamResponse:
         event = http_event(request.path)
         if event == "read" and not log.sampled():
-            event = "unsampled"
+            # the common case, kept short: only a refusal gets a line
+            resp = await handler(request)
+            if resp.status in (401, 403):
+                _denied_line(frontend, log, request, str(resp.status))
+            return resp
         noted = audit.Noted()
         token = audit.current.set(noted)
         status = "500"
@@ -147,6 +151,25 @@ def http_middleware(frontend: Frontend, log: audit.AuditLog) -> Middleware:
                 )
 
     return audit_layer
+
+
+def _denied_line(
+    frontend: Frontend, log: audit.AuditLog, request: web.Request, status: str
+) -> None:
+    err = request.get("error")
+    identity, kind, role = _identity(frontend._principal(request), err)
+    log.record(
+        "denied",
+        identity=identity,
+        kind=kind,
+        project=frontend.project_name,
+        role=role,
+        api=request.method,
+        method=request.path,
+        status=status,
+        request_id=request.headers.get("X-Request-Id"),
+        reason=err.message if isinstance(err, FeatureServingError) else None,
+    )
 
 
 def grpc_record(

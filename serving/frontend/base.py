@@ -585,8 +585,24 @@ class Frontend(ABC):
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
-    async def _http_list_views(self, _request: web.Request) -> web.Response:
+    def _listed(self, p: Principal | None) -> tuple[list[Any], list[Any]]:
+        """The views and feature services a caller may see listed: those its read scope
+        covers (a service when it is named or every view it spans is), so that a listing
+        tells a scoped caller no more than a serving request would."""
         reg = self.registry
+        if p is None or p.read_all:
+            return list(reg.feature_views.values()), list(reg.feature_services.values())
+        names = set(p.key.read)
+        views = [v for v in reg.feature_views.values() if v.name in names]
+        services = [
+            s
+            for s in reg.feature_services.values()
+            if s.name in names or all(r.view in names for r in s.features)
+        ]
+        return views, services
+
+    async def _http_list_views(self, request: web.Request) -> web.Response:
+        views, services = self._listed(self._principal(request))
         return web.json_response(
             {
                 "feature_views": [
@@ -598,11 +614,10 @@ class Frontend(ABC):
                         ],
                         "ttl_seconds": v.ttl_seconds,
                     }
-                    for v in reg.feature_views.values()
+                    for v in views
                 ],
                 "feature_services": [
-                    {"name": s.name, "features": [str(r) for r in s.features]}
-                    for s in reg.feature_services.values()
+                    {"name": s.name, "features": [str(r) for r in s.features]} for s in services
                 ],
             }
         )
@@ -734,7 +749,7 @@ class Frontend(ABC):
 
     async def _list_views(self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         resp = v1_pb2.ListFeatureViewsResponse()
-        for v in self.registry.feature_views.values():
+        for v in self._listed(principal.get())[0]:
             info = resp.feature_views.add(name=v.name, ttl_seconds=v.ttl_seconds)
             for k in v.join_keys:
                 info.join_keys.add(name=k.name, dtype=_DTYPE_NAMES[k.dtype])
@@ -746,7 +761,7 @@ class Frontend(ABC):
         self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
         resp = v1_pb2.ListFeatureServicesResponse()
-        for s in self.registry.feature_services.values():
+        for s in self._listed(principal.get())[1]:
             resp.feature_services.add(name=s.name, refs=[str(r) for r in s.features])
         return resp.SerializeToString()
 

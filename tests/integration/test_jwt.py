@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 from serving import Registry, Store
+from serving._proto.feature_serving.v1 import feature_service_pb2 as v1
 from serving.frontend.auth import KeyFile
 from tests import harness
 from tests.harness import TEST_REGISTRY, start_cli, start_server, stop_server, wait_until
@@ -119,10 +120,26 @@ def test_reader_token_reads_its_views_only(env: dict[str, Any]) -> None:
     )
     assert http(env, "/v1/push", PUSH, token)[0] == 403
     assert http(env, "/admin/stats", None, token)[0] == 403
-    # gRPC: ListFeatureViews with an empty body; the token is the same bearer
-    assert grpc_code(env, "/feature_serving.v1.FeatureService/ListFeatureViews", token) == (
-        grpc.StatusCode.OK
+    # listings and the console show the views of the scope only, over HTTP and gRPC
+    status, listed = http(env, "/v1/feature-views", None, token)
+    assert status == 200
+    assert [v["name"] for v in listed["feature_views"]] == ["user_profile"]
+    assert listed["feature_services"] == []
+    status, console = http(env, "/ui/api/registry", None, token)
+    assert status == 200
+    assert [v["name"] for v in console["feature_views"]] == ["user_profile"]
+    status, who = http(env, "/ui/api/whoami", None, token)
+    assert (who["key"]["name"], who["key"]["role"], who["project"]) == (
+        "jwt:alice",
+        "reader",
+        "servetest",
     )
+    with env["server"].channel() as ch:
+        raw = ch.unary_unary("/feature_serving.v1.FeatureService/ListFeatureViews")(
+            b"", metadata=(("authorization", f"Bearer {token}"),), timeout=5
+        )
+    views = v1.ListFeatureViewsResponse.FromString(raw).feature_views
+    assert [v.name for v in views] == ["user_profile"]
 
 
 def test_writer_pushes_and_admin_administers(env: dict[str, Any]) -> None:
@@ -189,7 +206,8 @@ def test_api_keys_of_another_project_are_refused(env: dict[str, Any]) -> None:
     assert http(env, "/get-online-features", FEAST_BODY, k["mine"])[0] == 200
     assert http(env, "/get-online-features", FEAST_BODY, k["legacy"])[0] == 200
     for path, body in (("/get-online-features", FEAST_BODY), ("/v1/feature-views", None),
-                       ("/admin/stats", None), ("/v1/push", PUSH)):  # fmt: skip
+                       ("/admin/stats", None), ("/v1/push", PUSH), ("/ui/api/registry", None),
+                       ("/ui/api/whoami", None), ("/ui/api/views/user_profile", None)):  # fmt: skip
         status, got = http(env, path, body, k["other"])
         assert status == 403, (path, got)
     assert (
@@ -217,7 +235,6 @@ def test_rotation_in_the_served_jwks_is_picked_up_without_restart(env: dict[str,
         lambda: http(env, "/get-online-features", FEAST_BODY, token)[0] == 200, 20, "rotation"
     )
     assert issuer.fetches > fetches
-    issuer.publish(["k2"])
 
 
 def _audit_lines(env: dict[str, Any]) -> list[dict[str, Any]]:

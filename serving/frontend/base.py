@@ -709,6 +709,15 @@ class Frontend(ABC):
 
         async def audited(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             sampled = event != "read" or log.sampled()
+            if not sampled:  # the common case, kept short: only a refusal gets a line
+                try:
+                    return await fn(request, context)
+                except (UnauthenticatedError, PermissionDeniedError) as e:
+                    grpc_record(
+                        self, log, method, status=e.grpc_status, p=principal.get(), err=e,
+                        noted=audit.Noted(), body=None, request_id=_request_id(context),
+                    )  # fmt: skip
+                    raise
             noted = audit.Noted()
             token = audit.current.set(noted)
             err: FeatureServingError | None = None

@@ -86,7 +86,7 @@ class ServingMetrics:
             registry=r,
         )
         self.limited = Counter(
-            f"{NS}_limited_requests_total",
+            f"{NS}_limited_requests",
             "Requests refused by a caller's rate limit or concurrency cap, by project and limit "
             "(rate, concurrency): labels bounded by the projects served (docs/security.md)",
             ["project", "limit"],

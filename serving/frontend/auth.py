@@ -246,7 +246,11 @@ class Principal:
 
     def require_admin(self) -> None:
         if not self.key.admin:
-            raise PermissionDeniedError(f"{self._what()} is not an admin in this project")
+            raise PermissionDeniedError(
+                "this API key is not an admin key"
+                if self.kind == "api_key"
+                else "this token has no admin role in this project"
+            )
 
     def require_write(self, view: str) -> None:
         if ALL not in self.key.write and view not in self.key.write:

@@ -54,6 +54,9 @@ LOADER_ONLY = frozenset(
         # checks them); this registry has no on-demand view
         "feature_serving_transform_duration_seconds",
         "feature_serving_transform_errors",
+        # samples once a caller's limit refused a request (tests/integration/test_limits.py
+        # checks them); this server has no limits
+        "feature_serving_limited_requests",
     }
 )
 #: families only a router (`feature-serving route`) exposes: checked against a router's /metrics

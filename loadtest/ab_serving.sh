@@ -16,10 +16,18 @@
 #
 # Needs the sample (`make sample`). Every variant runs with an API key (add --no-auth to a
 # variant to measure without). Stops what it started on exit.
+#
+# CREDENTIALS names the bearer credential of each variant: `key` (the API key made here, the
+# default) or a literal token, e.g. a JWT of loadtest/jwt_fixture.py for a variant started with
+# its --auth-config:
+#
+#   tok=$(.venv/bin/python loadtest/jwt_fixture.py /tmp/jwt demo)
+#   CREDENTIALS="key $tok" loadtest/ab_serving.sh "" "--auth-config /tmp/jwt/auth.yaml"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=$(realpath -s "${PYTHON:-.venv/bin/python}")
 read -r -a checkouts <<<"${CHECKOUTS:-}"
+read -r -a creds <<<"${CREDENTIALS:-}"
 SAMPLE=${SAMPLE_DIR:-.data/sample}
 ROUNDS=${ROUNDS:-2}
 SECS=${SECONDS_PER_RUN:-10}
@@ -31,6 +39,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 $PY -m serving materialize --config features.yaml --data-dir "$tmp/base" --progress never >/dev/null
 key=$($PY -m serving keys create --name ab --read '*' --data-dir "$tmp/base" --keys-file "$tmp/keys.json" 2>/dev/null)
+cred_of() { local c=${creds[$1]:-key}; if [ "$c" = key ]; then echo "$key"; else echo "$c"; fi; }
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ports=()
 i=0
@@ -45,10 +54,12 @@ for flags in "$@"; do
     $flags) >"$tmp/server$i.log" 2>&1 &
   pids+=($!); ports+=("$port"); i=$((i + 1))
 done
+i=0
 for port in "${ports[@]}"; do
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.2; done
-  FS_API_KEY=$key wrk -t1 -c1 -d3s -s loadtest/get_online_features.lua "http://127.0.0.1:$port" \
+  FS_API_KEY=$(cred_of $i) wrk -t1 -c1 -d3s -s loadtest/get_online_features.lua "http://127.0.0.1:$port" \
     -- w1 "$SAMPLE/ids.txt" >/dev/null
+  i=$((i + 1))
 done
 for w in $WORKLOADS; do
   workload=${w%%:*}; conc=${w##*:}
@@ -56,7 +67,7 @@ for w in $WORKLOADS; do
   for round in $(seq "$ROUNDS"); do
     i=0
     for flags in "$@"; do
-      line=$(FS_API_KEY=$key wrk -t"$threads" -c"$conc" -d"${SECS}s" --latency --timeout 30s \
+      line=$(FS_API_KEY=$(cred_of $i) wrk -t"$threads" -c"$conc" -d"${SECS}s" --latency --timeout 30s \
         -s loadtest/get_online_features.lua "http://127.0.0.1:${ports[$i]}" -- "$workload" \
         "$SAMPLE/ids.txt" | grep WRKJSON)
       label="${checkouts[$i]:+$(basename "${checkouts[$i]}") }$flags"

@@ -347,6 +347,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         write=args.write or (),
         admin=args.admin,
         expires_in_seconds=expires,
+        projects=args.project or (),
+        role=args.role or "",
     )
     print(f"created key '{rec.name}' (id {rec.key_id}); it is shown only now:", file=sys.stderr)
     print(token)
@@ -358,7 +360,10 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{k: v for k, v in r.to_json().items() if k != "sha256"} for r in keys]))
         return 0
-    print(f"{'id':8}  {'name':20}  {'state':8}  {'admin':5}  {'expires (UTC)':16}  read / write")
+    print(
+        f"{'id':8}  {'name':20}  {'state':8}  {'role':6}  {'projects':12}  {'expires (UTC)':16}  "
+        "read / write"
+    )
     for r in keys:
         state = "revoked" if r.revoked else ("expired" if r.expired() else "active")
         expires = (
@@ -367,8 +372,9 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             else datetime.fromtimestamp(r.expires_at, UTC).strftime("%Y-%m-%d %H:%M")
         )
         print(
-            f"{r.key_id:8}  {r.name:20}  {state:8}  {'yes' if r.admin else 'no':5}  "
-            f"{expires:16}  {','.join(r.read) or '-'} / {','.join(r.write) or '-'}"
+            f"{r.key_id:8}  {r.name:20}  {state:8}  {r.effective_role or '-':6}  "
+            f"{','.join(r.projects) or '*':12}  {expires:16}  "
+            f"{','.join(r.read) or '-'} / {','.join(r.write) or '-'}"
         )
     return 0
 
@@ -391,6 +397,18 @@ def _add_key_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     create.add_argument("--write", nargs="+", metavar="VIEW", help="writable views; * = all")
     create.add_argument("--admin", action="store_true", help="admin: jobs, registry, keys")
+    create.add_argument(
+        "--project",
+        nargs="+",
+        metavar="PROJECT",
+        help="projects the key belongs to (default: every project the servers serve)",
+    )
+    create.add_argument(
+        "--role",
+        choices=("reader", "writer", "admin"),
+        help="reader reads, writer also writes, admin also administers; --read / --write "
+        "narrow the views (default: as --read / --write / --admin say)",
+    )
     create.add_argument(
         "--expires", help="lifetime with a unit (s, m, h, d, w), e.g. 90d or 12h (default: never)"
     )

@@ -82,6 +82,9 @@ class ServeSettings:
     no_auth: bool = False
     #: keys file (hashes only); default `<data_dir>.keys.json`
     keys_file: str = ""
+    #: identity sources beyond API keys (JWT bearer tokens against a JWKS): a YAML file,
+    #: docs/security.md; empty = API keys only
+    auth_config: str = ""
     #: health endpoints (/healthz, /readyz, gRPC health, reflection) and /metrics answer
     #: without a key, so load balancers and Prometheus need none
     open_health: bool = True
@@ -280,6 +283,12 @@ def add_frontend_flags(p: argparse.ArgumentParser) -> None:
         help="serve without API keys (local experiments only; logs a warning)",
     )
     p.add_argument("--keys-file", help="API keys file (default <data-dir>.keys.json)")
+    p.add_argument(
+        "--auth-config",
+        metavar="FILE",
+        help="YAML file configuring JWT bearer tokens (JWKS, issuer, audience, claims -> "
+        "project roles); docs/security.md",
+    )
     p.add_argument(
         "--protect-health",
         dest="open_health",

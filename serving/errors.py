@@ -102,6 +102,18 @@ class ResourceExhaustedError(FeatureServingError):
     code = "resource_exhausted"
 
 
+class RateLimitedError(ResourceExhaustedError):
+    """A caller is over its request-rate limit or its concurrent-request cap
+    (docs/security.md, "Limits"): answered 429 / RESOURCE_EXHAUSTED with ``Retry-After``
+    (HTTP header; gRPC trailing metadata ``retry-after``) in whole seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_seconds: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class LimitExceededError(ResourceExhaustedError):
     """A request is over a per-request limit (entities or features per request,
     ``--max-entities`` / ``--max-features``): the same request will always be refused, so it is
@@ -174,6 +186,7 @@ ERROR_CLASSES: tuple[type[FeatureServingError], ...] = (
     PermissionDeniedError,
     ResourceExhaustedError,
     LimitExceededError,
+    RateLimitedError,
     DeadlineExceededError,
     ShardAnswerError,
     TransformError,
@@ -220,6 +233,7 @@ __all__ = [
     "LimitExceededError",
     "NotFoundError",
     "PermissionDeniedError",
+    "RateLimitedError",
     "RegistryError",
     "ResourceExhaustedError",
     "SchemaError",

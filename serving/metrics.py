@@ -85,6 +85,13 @@ class ServingMetrics:
             ["view"],
             registry=r,
         )
+        self.limited = Counter(
+            f"{NS}_limited_requests",
+            "Requests refused by a caller's rate limit or concurrency cap, by project and limit "
+            "(rate, concurrency): labels bounded by the projects served (docs/security.md)",
+            ["project", "limit"],
+            registry=r,
+        )
         self.auth_failures = Counter(
             f"{NS}_auth_failures_total", "Requests with a missing or bad API key", registry=r
         )

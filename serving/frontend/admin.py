@@ -18,6 +18,7 @@ from aiohttp import web
 from serving.errors import InvalidArgumentError
 from serving.frontend.base import Frontend
 from serving.registry import Registry
+from serving.security import audit
 from serving.store import Store
 
 log = logging.getLogger("serving.server")
@@ -63,11 +64,13 @@ class NodeAdmin(Frontend, ABC):
             raise InvalidArgumentError(
                 'expected {"feature_view": name, "rows": {column: [values, ...]}}'
             )
+        audit.note([view])
         p = self._principal(request)
         if self.auth is not None and p is not None:
             p.require_write(view)
         fv = self.store.registry.view(view)
         table = v1_rows_table(self.store.registry, fv, rows)
+        audit.note([view], table.num_rows)
         shard = self.settings.shard()
         if shard is not None and fv.stream_source is not None:
             from serving.frontend.write_shards import check_owned
@@ -175,4 +178,6 @@ class NodeAdmin(Frontend, ABC):
         changes = self.store.apply_registry(registry, force=bool(body.get("force")))
         self._configure_sharding()
         await asyncio.to_thread(self._configure_logging)
+        if self.auth is not None:
+            self.auth.set_project(registry.project)
         return web.json_response({"changes": changes})

@@ -40,6 +40,7 @@ from serving.errors import (
     InvalidArgumentError,
     LimitExceededError,
     PermissionDeniedError,
+    RateLimitedError,
     ResourceExhaustedError,
     UnauthenticatedError,
     error_body,
@@ -58,10 +59,13 @@ from serving.frontend.endpoints import (
     V1_SERVICE,
     Endpoint,
 )
-from serving.frontend.grpc_auth import AuthInterceptor
+from serving.frontend.grpc_auth import AuthInterceptor, principal
 from serving.frontend.tls import server_credentials, server_ssl_context
 from serving.metrics import ServingMetrics
 from serving.registry import Registry
+from serving.security import audit
+from serving.security.config import SecurityConfig, load_security
+from serving.security.limits import Limiter
 
 log = logging.getLogger("serving.server")
 
@@ -72,6 +76,8 @@ def rejection_reason(e: FeatureServingError) -> str | None:
         return "auth"
     if isinstance(e, LimitExceededError):
         return "limit"
+    if isinstance(e, RateLimitedError):
+        return "rate_limit"
     if isinstance(e, ResourceExhaustedError):
         return "overload"
     if isinstance(e, DeadlineExceededError):
@@ -220,6 +226,16 @@ class Frontend(ABC):
         self._health_status: int | None = None
         self._stopping = asyncio.Event()
         self._not_http1 = _NotHttp1Filter(self)
+        #: the --auth-config file's identity sources and audit log (docs/security.md)
+        self.security = (
+            load_security(settings.auth_config) if settings.auth_config else SecurityConfig()
+        )
+        self.audit = audit.AuditLog(self.security.audit) if self.security.audit else None
+
+    @property
+    def project_name(self) -> str:
+        """The project this frontend serves."""
+        return self.auth.project if self.auth is not None else self.registry.project
 
     #: whether this frontend answers the table's ``node_only`` endpoints
     answers_node_only = False
@@ -289,6 +305,11 @@ class Frontend(ABC):
             client_max_size=self.settings.max_message_bytes,
             middlewares=[self._http_metrics, self._http_errors, self._http_auth],
         )
+        if self.audit is not None:
+            from serving.frontend.audit_layer import http_middleware
+
+            # outside the errors middleware: it sees every answer's status and error
+            app.middlewares.insert(1, http_middleware(self, self.audit))
         for e in ENDPOINTS:
             if e.transport == "http" and (self.answers_node_only or not e.node_only):
                 app.router.add_post(e.path, self._http_serving(e))
@@ -303,7 +324,9 @@ class Frontend(ABC):
         """The gRPC server (not bound yet): the serving methods, the listings, health and
         reflection, behind the auth interceptor."""
         interceptors = (
-            [] if self.auth is None else [AuthInterceptor(self.auth, self.settings, self.metrics)]
+            []
+            if self.auth is None
+            else [AuthInterceptor(self.auth, self.settings, self.metrics, self._grpc_denied)]
         )
         server = grpc.aio.server(
             interceptors=interceptors,
@@ -363,6 +386,11 @@ class Frontend(ABC):
     async def _listen(self) -> None:
         """Binds gRPC and HTTP (ports 0: any free one; the bound ports are set)."""
         s = self.settings
+        if self.auth is not None and self.auth.limiter is not None:
+            limited = self.metrics.limited
+            self.auth.limiter.on_limited = lambda kind: limited.labels(
+                self.project_name, kind
+            ).inc()
         await self._set_health(False)
         self._grpc = self._grpc_server()
         address = f"{s.host}:{s.grpc_port}"
@@ -512,7 +540,14 @@ class Frontend(ABC):
             and path not in CONSOLE_OPEN_PATHS
             and not path.startswith(CONSOLE_STATIC_PREFIX)
         ):
-            request["principal"] = self.auth.authenticate(request.headers.get("Authorization"))
+            p = self.auth.authenticate(request.headers.get("Authorization"))
+            request["principal"] = p
+            limiter = self.auth.limiter
+            if limiter is not None and limiter.enter(p.key.name):
+                try:
+                    return await handler(request)
+                finally:
+                    limiter.leave(p.key.name)
         return await handler(request)
 
     @staticmethod
@@ -528,7 +563,10 @@ class Frontend(ABC):
             return await handler(request)
         except FeatureServingError as e:
             request["error"] = e
-            return _json_error(e.http_status, e.code, e.message)
+            resp = _json_error(e.http_status, e.code, e.message)
+            if isinstance(e, RateLimitedError):
+                resp.headers["Retry-After"] = str(e.retry_after_seconds)
+            return resp
         except web.HTTPRequestEntityTooLarge:
             return _json_error(
                 413,
@@ -547,8 +585,24 @@ class Frontend(ABC):
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
-    async def _http_list_views(self, _request: web.Request) -> web.Response:
+    def _listed(self, p: Principal | None) -> tuple[list[Any], list[Any]]:
+        """The views and feature services a caller may see listed: those its read scope
+        covers (a service when it is named or every view it spans is), so that a listing
+        tells a scoped caller no more than a serving request would."""
         reg = self.registry
+        if p is None or p.read_all:
+            return list(reg.feature_views.values()), list(reg.feature_services.values())
+        names = set(p.key.read)
+        views = [v for v in reg.feature_views.values() if v.name in names]
+        services = [
+            s
+            for s in reg.feature_services.values()
+            if s.name in names or all(r.view in names for r in s.features)
+        ]
+        return views, services
+
+    async def _http_list_views(self, request: web.Request) -> web.Response:
+        views, services = self._listed(self._principal(request))
         return web.json_response(
             {
                 "feature_views": [
@@ -560,11 +614,10 @@ class Frontend(ABC):
                         ],
                         "ttl_seconds": v.ttl_seconds,
                     }
-                    for v in reg.feature_views.values()
+                    for v in views
                 ],
                 "feature_services": [
-                    {"name": s.name, "features": [str(r) for r in s.features]}
-                    for s in reg.feature_services.values()
+                    {"name": s.name, "features": [str(r) for r in s.features]} for s in services
                 ],
             }
         )
@@ -577,6 +630,10 @@ class Frontend(ABC):
     ) -> grpc.RpcMethodHandler[Any, Any]:
         """Bytes in, bytes out (no Python protobuf objects), errors mapped and requests
         counted in one place."""
+        if self.auth is not None and self.auth.limiter is not None:
+            fn = self._grpc_capped(fn, self.auth.limiter)
+        if self.audit is not None:
+            fn = self._grpc_audited(fn, method, self.audit)
         metrics = self.metrics
         gauge = metrics.in_flight.labels(api)
         if not self.settings.request_metrics:
@@ -585,6 +642,7 @@ class Frontend(ABC):
                 try:
                     return await fn(request, context)
                 except FeatureServingError as e:
+                    retry_after(context, e)
                     await context.abort(grpc.StatusCode[e.grpc_status], e.message)
                     raise AssertionError("unreachable: abort raises") from None
 
@@ -606,6 +664,7 @@ class Frontend(ABC):
                 reason = rejection_reason(e)
                 if reason is not None:
                     metrics.rejected.labels(api, reason).inc()
+                retry_after(context, e)
                 await context.abort(grpc.StatusCode[e.grpc_status], e.message)
                 raise AssertionError("unreachable: abort raises") from None
             except asyncio.CancelledError:
@@ -619,6 +678,79 @@ class Frontend(ABC):
 
         return grpc.unary_unary_rpc_method_handler(handler)
 
+    @staticmethod
+    def _grpc_capped(
+        fn: Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]],
+        limiter: Limiter,
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]:
+        """``fn`` under the caller's concurrent-request cap."""
+
+        async def capped(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            p = principal.get()
+            if p is None or not limiter.enter(p.key.name):
+                return await fn(request, context)
+            try:
+                return await fn(request, context)
+            finally:
+                limiter.leave(p.key.name)
+
+        return capped
+
+    def _grpc_audited(
+        self,
+        fn: Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]],
+        method: str,
+        log: audit.AuditLog,
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]:
+        """``fn`` writing its audit line (serving.frontend.audit_layer)."""
+        from serving.frontend.audit_layer import GRPC_EVENTS, grpc_record
+
+        event = GRPC_EVENTS.get(method)
+
+        async def audited(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            sampled = event != "read" or log.sampled()
+            if not sampled:  # the common case, kept short: only a refusal gets a line
+                try:
+                    return await fn(request, context)
+                except (UnauthenticatedError, PermissionDeniedError) as e:
+                    grpc_record(
+                        self, log, method, status=e.grpc_status, p=principal.get(), err=e,
+                        noted=audit.Noted(), body=None, request_id=_request_id(context),
+                    )  # fmt: skip
+                    raise
+            noted = audit.Noted()
+            token = audit.current.set(noted)
+            err: FeatureServingError | None = None
+            status = "INTERNAL"
+            try:
+                out = await fn(request, context)
+                status = "OK"
+                return out
+            except FeatureServingError as e:
+                err, status = e, e.grpc_status
+                raise
+            finally:
+                audit.current.reset(token)
+                denied = isinstance(err, UnauthenticatedError | PermissionDeniedError)
+                if event is not None and (sampled or denied):
+                    grpc_record(
+                        self, log, method, status=status, p=principal.get(), err=err,
+                        noted=noted, body=request if event == "read" else None,
+                        request_id=_request_id(context),
+                    )  # fmt: skip
+
+        return audited
+
+    def _grpc_denied(self, method: str, error: FeatureServingError, request_id: str | None) -> None:
+        """The audit line of a call the auth interceptor refused."""
+        if self.audit is not None:
+            from serving.frontend.audit_layer import grpc_record
+
+            grpc_record(
+                self, self.audit, method, status=error.grpc_status, p=None, err=error,
+                noted=audit.Noted(), body=None, request_id=request_id,
+            )  # fmt: skip
+
     async def _serving_info(
         self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
@@ -626,7 +758,7 @@ class Frontend(ABC):
 
     async def _list_views(self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         resp = v1_pb2.ListFeatureViewsResponse()
-        for v in self.registry.feature_views.values():
+        for v in self._listed(principal.get())[0]:
             info = resp.feature_views.add(name=v.name, ttl_seconds=v.ttl_seconds)
             for k in v.join_keys:
                 info.join_keys.add(name=k.name, dtype=_DTYPE_NAMES[k.dtype])
@@ -638,6 +770,19 @@ class Frontend(ABC):
         self, _request: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
         resp = v1_pb2.ListFeatureServicesResponse()
-        for s in self.registry.feature_services.values():
+        for s in self._listed(principal.get())[1]:
             resp.feature_services.add(name=s.name, refs=[str(r) for r in s.features])
         return resp.SerializeToString()
+
+
+def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    for k, v in context.invocation_metadata() or ():
+        if k == "x-request-id":
+            return v if isinstance(v, str) else v.decode()
+    return None
+
+
+def retry_after(context: grpc.aio.ServicerContext[Any, Any], e: FeatureServingError) -> None:
+    """A rate-limited call's ``retry-after`` trailing metadata (whole seconds)."""
+    if isinstance(e, RateLimitedError):
+        context.set_trailing_metadata((("retry-after", str(e.retry_after_seconds)),))

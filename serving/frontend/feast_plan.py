@@ -58,6 +58,11 @@ class PushPlan:
     def online(self) -> bool:
         return self.to != "offline"
 
+    @property
+    def rows(self) -> int:
+        """Rows written, summed over the views (the audit log's entity count)."""
+        return sum(t.num_rows for _, t in self.tables)
+
 
 def push_plan(
     registry: Registry, body: dict[str, Any], authorize: Authorize, *, offline_here: bool = True

@@ -27,6 +27,7 @@ from serving.frontend.feast_plan import Authorize, PushPlan, push_plan, write_pl
 from serving.frontend.feast_publish import TopicPublisher
 from serving.frontend.grpc_auth import principal
 from serving.registry import FeatureView
+from serving.security import audit
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
@@ -89,7 +90,12 @@ class FeastWriteRoutes(Frontend, ABC):
         return await asyncio.get_running_loop().run_in_executor(None, job)
 
     def _authorizer(self, p: Principal | None) -> Authorize:
+        # taken here, on the loop: authorize runs in a worker thread, outside the context
+        noted = audit.current.get()
+
         def authorize(views: tuple[FeatureView, ...]) -> None:
+            if noted is not None:
+                noted.views.extend(v.name for v in views if v.name not in noted.views)
             if self.auth is None:
                 return
             if p is None:
@@ -109,6 +115,7 @@ class FeastWriteRoutes(Frontend, ABC):
         plan = await self._in_worker(
             lambda: push_plan(self.registry, json_object(raw), authorize, **self._plan_options())
         )
+        audit.note(entities=plan.rows)
         views = await self.run_plan(plan, request.headers.get("Authorization"))
         return web.json_response({"push_source_name": plan.source, "to": plan.to, "views": views})
 
@@ -116,6 +123,7 @@ class FeastWriteRoutes(Frontend, ABC):
         raw = await read_body(request)
         authorize = self._authorizer(self._principal(request))
         plan = await self._in_worker(lambda: write_plan(self.registry, json_object(raw), authorize))
+        audit.note(entities=plan.rows)
         (answer,) = await self.run_plan(plan, request.headers.get("Authorization"))
         return web.json_response(answer)
 
@@ -144,7 +152,9 @@ class FeastWriteRoutes(Frontend, ABC):
             except InvalidArgumentError as e:
                 raise _as_grpc_field(e, field) from None
 
-        await self.run_plan(await self._in_worker(plan), self._grpc_authorization(context))
+        checked = await self._in_worker(plan)
+        audit.note(entities=checked.rows)
+        await self.run_plan(checked, self._grpc_authorization(context))
         return push_answer()
 
     async def _grpc_write(
@@ -159,5 +169,7 @@ class FeastWriteRoutes(Frontend, ABC):
             except InvalidArgumentError as e:
                 raise _as_grpc_field(e, field) from None
 
-        await self.run_plan(await self._in_worker(plan), self._grpc_authorization(context))
+        checked = await self._in_worker(plan)
+        audit.note(entities=checked.rows)
+        await self.run_plan(checked, self._grpc_authorization(context))
         return write_answer()

@@ -87,7 +87,9 @@ class FeatureServer(FeastWrites):
         self.auth: Authenticator | None = None
         if not settings.no_auth:
             keys = KeyFile(settings.keys_file or default_keys_file(settings.data_dir))
-            self.auth = Authenticator(keys, self._core)
+            self.auth = Authenticator.for_settings(
+                settings, self._core, keys, store.registry.project, self.security
+            )
         self._health_task: asyncio.Task[None] | None = None
 
     @property

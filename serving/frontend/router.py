@@ -190,7 +190,9 @@ class FeatureRouter(RouterWrites):
                     "route needs the cluster's keys file (--keys-file, env FS_KEYS_FILE) to "
                     "check API keys, or --no-auth"
                 )
-            self.auth = Authenticator(KeyFile(settings.keys_file), self.core)
+            self.auth = Authenticator.for_settings(
+                settings, self.core, KeyFile(settings.keys_file), registry.project, self.security
+            )
         self.timeout = settings.route_timeout_ms / 1000
         self.channels = self._channels_for(cluster)
         self.metrics.add_collector(RouterCollector(lambda: self.channels, self.is_ready))
@@ -267,6 +269,8 @@ class FeatureRouter(RouterWrites):
         self.on_demand = OnDemandRunner(registry, self.metrics.observe_transform)
         self._registry = registry
         await asyncio.to_thread(self._configure_logging)
+        if self.auth is not None:
+            self.auth.set_project(registry.project)
         changed = cluster != self.cluster
         if changed:
             for shard, endpoints in self.cluster.shards.items():

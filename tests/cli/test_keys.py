@@ -110,3 +110,17 @@ def test_the_demo_key_survives_a_restart_of_the_demo(
     # a revoked demo key is replaced, not reused
     assert run_cli("keys", "revoke", "demo", "--data-dir", str(data_dir)).returncode == 0
     assert _demo_key(servers, config, data_dir, "demo-3") != first
+
+
+def test_role_and_project_are_stored_and_listed(tmp_path: Path) -> None:
+    code, stderr = _create(tmp_path, "--role", "writer", "--write", "user_profile",
+                           "--project", "demo", "other")  # fmt: skip
+    assert code == 0, stderr
+    r = run_cli("keys", "list", "--json", "--data-dir", str(tmp_path / "store"))
+    (rec,) = json.loads(r.stdout)
+    assert (rec["role"], rec["projects"], rec["read"], rec["write"], rec["admin"]) == (
+        "writer", ["demo", "other"], ["*"], ["user_profile"], False)  # fmt: skip
+    assert re.search(r"model-server\s+active\s+writer\s+demo,other", _listed(tmp_path))
+    code, stderr = _create(tmp_path, "--role", "boss")
+    assert code != 0
+    assert "invalid choice: 'boss'" in stderr

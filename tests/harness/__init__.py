@@ -9,6 +9,7 @@
 - :mod:`~tests.harness.loading`: a store's Kafka loader run until caught up;
 - :mod:`~tests.harness.http`, :mod:`~tests.harness.metrics`: calls and /metrics readings;
 - :mod:`~tests.harness.ports`, :mod:`~tests.harness.polling`, :mod:`~tests.harness.procfs`;
+- :mod:`~tests.harness.oidc`: a token issuer (RSA keys, its JWKS as a file and over HTTPS);
 - :mod:`~tests.harness.registries`, :mod:`~tests.harness.profile`: shared registries and data;
 - :mod:`~tests.harness.stores`: the type of the ``tmp_store`` fixture, copies of live stores.
 

@@ -59,6 +59,9 @@ LOADER_ONLY = frozenset(
         # is logged (tests/integration/test_feature_log.py checks them); none is logged here
         "feature_serving_feature_log_dropped_rows",
         "feature_serving_feature_log_write_errors",
+        # samples once a caller's limit refused a request (tests/integration/test_limits.py
+        # checks them); this server has no limits
+        "feature_serving_limited_requests",
     }
 )
 #: families only a router (`feature-serving route`) exposes: checked against a router's /metrics

@@ -175,7 +175,13 @@ class Console:
                 "auth": self.frontend.auth is not None,
                 "key": None
                 if p is None
-                else {"name": p.key.name, "read": list(p.key.read), "admin": p.key.admin},
+                else {
+                    "name": p.key.name,
+                    "read": list(p.key.read),
+                    "admin": p.key.admin,
+                    "role": p.role,
+                    "kind": p.kind,
+                },
                 "admin": p is None or p.key.admin,
                 "prometheus_url": settings.prometheus_url or None,
                 "project": self._registry_now.project,

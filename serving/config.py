@@ -65,6 +65,9 @@ class ServeSettings:
     #: per-request metrics (counters, latency histograms, in-flight); off only to measure
     #: their cost: answer-quality counters in Rust stay on
     request_metrics: bool = True
+    #: the serving routes over HTTP on the hot path's own protocol (serving.frontend.hot_http);
+    #: off: aiohttp answers them too (to measure the difference, docs/benchmarks.md)
+    hot_http: bool = True
     #: run the Kafka loaders of the views' stream sources inside the server
     ingest: bool = True
     #: brokers of every stream source, replacing the registry's ``bootstrap_servers``
@@ -267,6 +270,13 @@ def add_frontend_flags(p: argparse.ArgumentParser) -> None:
         action="store_const",
         const=False,
         help="skip per-request metrics (to measure their cost)",
+    )
+    p.add_argument(
+        "--no-hot-http",
+        dest="hot_http",
+        action="store_const",
+        const=False,
+        help="answer the HTTP serving routes through aiohttp too (to measure the hot path)",
     )
     p.add_argument("--log-level", help="debug, info, warning, error (default info)")
     p.add_argument(

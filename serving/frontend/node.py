@@ -30,6 +30,7 @@ from serving.frontend.console import Console, NodeFacts
 from serving.frontend.endpoints import V1_SERVICE, Endpoint
 from serving.frontend.feast_write import FeastWrites
 from serving.frontend.grpc_auth import principal
+from serving.frontend.hot_http import Dispatch
 from serving.metrics import CoreCollector, ServingMetrics
 from serving.registry import Registry
 from serving.sharding import Ownership, sharded_views
@@ -160,6 +161,10 @@ class FeatureServer(FeastWrites):
             return web.Response(body=out, content_type=content_type)
 
         return handle
+
+    def _hot_dispatch(self, endpoint: Endpoint) -> Dispatch | None:
+        # the same core call as _http_serving's handler, without aiohttp's request objects
+        return self.admission.dispatch if self.settings.hot_http else None
 
     def loader_lag(self) -> dict[str, int | None]:
         """Kafka lag per view: None until the first fetch told the log end, and None while the

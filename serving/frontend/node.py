@@ -55,6 +55,7 @@ class FeatureServer(FeastWrites):
             max_entities=settings.max_entities,
             max_features=settings.max_features,
             json_float32_shortest=settings.json_float32_shortest,
+            encode_threads=settings.encode_threads,
         )
         self.metrics = ServingMetrics()
         self.metrics.describe_build(rocksdb=_rust_core.ROCKSDB_BINDING, core=_rust_core.__version__)

@@ -87,6 +87,7 @@ class Store:
         max_entities: int = 1000,
         max_features: int = 1000,
         json_float32_shortest: bool = False,
+        encode_threads: int = 1,
     ) -> None: ...
     def configure_sharding(self, shard: tuple[int, int, dict[str, int]] | None) -> None: ...
     def serve(

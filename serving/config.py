@@ -47,6 +47,10 @@ class ServeSettings:
     #: JSON floats as the shortest float32 text (4.8) instead of Feast's widened double
     #: (4.800000190734863); both parse back to the same float32, the former is ~35 % faster
     json_float32_shortest: bool = False
+    #: threads that may encode one large Feast JSON answer (W2: 20,000 cells), in ranges of
+    #: its columns; 1 = the event loop's thread alone. Worth it only with cores free beside
+    #: the loop: on the shared 2-core machine a second thread made W2 slower (docs/benchmarks.md)
+    encode_threads: int = 1
     #: request batching: coalesce requests arriving within this window (microseconds) into one
     #: Rust call on a worker thread; 0 = off (each request is answered inline on the event
     #: loop). docs/benchmarks.md has the measurement behind the default.
@@ -65,6 +69,9 @@ class ServeSettings:
     #: per-request metrics (counters, latency histograms, in-flight); off only to measure
     #: their cost: answer-quality counters in Rust stay on
     request_metrics: bool = True
+    #: the serving routes over HTTP on the hot path's own protocol (serving.frontend.hot_http);
+    #: off: aiohttp answers them too (to measure the difference, docs/benchmarks.md)
+    hot_http: bool = True
     #: run the Kafka loaders of the views' stream sources inside the server
     ingest: bool = True
     #: brokers of every stream source, replacing the registry's ``bootstrap_servers``
@@ -266,6 +273,11 @@ def add_frontend_flags(p: argparse.ArgumentParser) -> None:
         help="write JSON floats as the shortest float32 text (4.8, not 4.800000190734863)",
     )
     p.add_argument(
+        "--encode-threads",
+        type=int,
+        help="threads that may encode one large Feast JSON answer (default 1: the loop's own)",
+    )
+    p.add_argument(
         "--slow-request-ms", type=float, help="log requests slower than this (default 0 = off)"
     )
     p.add_argument(
@@ -274,6 +286,13 @@ def add_frontend_flags(p: argparse.ArgumentParser) -> None:
         action="store_const",
         const=False,
         help="skip per-request metrics (to measure their cost)",
+    )
+    p.add_argument(
+        "--no-hot-http",
+        dest="hot_http",
+        action="store_const",
+        const=False,
+        help="answer the HTTP serving routes through aiohttp too (to measure the hot path)",
     )
     p.add_argument("--log-level", help="debug, info, warning, error (default info)")
     p.add_argument(

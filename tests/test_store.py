@@ -701,6 +701,49 @@ def test_sample_user_profile_values(
     assert one.column("user_profile:f001") == [4.800000190734863]
 
 
+def test_dense_gather_matches_cell_by_cell(
+    tmp_store: StoreFactory, registry: Registry, sample: SampleInfo
+) -> None:
+    """The dense answer of float32 views (copied run by run from rows whose requested slots
+    are all present, cell by cell otherwise) against `get`'s per-cell answer: slots in order,
+    reversed, repeated, with gaps, rows with a null among them, unknown entities."""
+    store = tmp_store()
+    data = pq.read_table(sample.user_profile_path).slice(0, 50)
+    # user 3 gets a null in f010, user 4 in f199: their rows take the cell-by-cell path
+    f010 = data.column("f010").to_pylist()
+    f010[3] = None
+    f199 = data.column("f199").to_pylist()
+    f199[4] = None
+    data = data.set_column(
+        data.schema.get_field_index("f010"), "f010", pa.array(f010, pa.float32())
+    )
+    data = data.set_column(
+        data.schema.get_field_index("f199"), "f199", pa.array(f199, pa.float32())
+    )
+    store.write("user_profile", data)
+    ids = [0, 3, 4, 7, 10**6, 49]
+    shapes = {
+        "in order": list(range(200)),
+        "reversed": list(range(199, -1, -1)),
+        "repeated": [5, 5, 6, 7, 7],
+        "gaps": [0, 1, 2, 10, 11, 198, 199],
+    }
+    for name, cols in shapes.items():
+        refs = [f"user_profile:f{j:03d}" for j in cols]
+        dense = store.get_dense({"user_id": ids}, refs)
+        typed = store.get({"user_id": ids}, refs)
+        for c, ref in enumerate(refs):
+            values = typed.table.column(1 + c).to_pylist()  # after the user_id column
+            want = np.asarray([np.nan if v is None else v for v in values], np.float32)
+            np.testing.assert_array_equal(dense.values[:, c], want, err_msg=f"{name} {ref}")
+            assert dense.statuses[:, c].tolist() == typed.statuses[:, c].tolist(), name
+    # the rows of each kind were there: whole, a null in f010 / f199, unknown
+    dense = store.get_dense({"user_id": ids}, [f"user_profile:f{j:03d}" for j in range(200)])
+    assert (dense.statuses[[0, 3, 5]] == P).all()
+    assert (dense.statuses[1, 10], dense.statuses[2, 199]) == (NULL, NULL)
+    assert (dense.statuses[4] == NF).all()
+
+
 # --------------------------------------------------------------------------------------------
 # schema evolution
 

@@ -415,12 +415,31 @@ pub fn dense_f32(answer: &Answer, plan: &Plan) -> Result<(Vec<u8>, Vec<u8>)> {
         .map(SlotPos::end)
         .max()
         .unwrap_or(0);
+    // The straight gather: answer columns whose slots lie back to back in a full-width row
+    // form runs (W2: one run of 200 slots, 800 bytes), copied as they are from each row
+    // whose requested slots are all present (one bitmap test per row) instead of a bit test
+    // and a 4-byte copy per value. Stored floats are little-endian, as the answer is.
+    let gather = f32_slots.as_deref().map(|at| {
+        let layout = &plan.views[0].def.layout;
+        let mask = layout.presence_mask(plan.columns.iter().map(|c| c.slot));
+        (gather_runs(at), mask, layout.len())
+    });
+    let present = vec![Status::Present as u8; f];
     for e in 0..n {
         let (vrow, srow) = (
             &mut vals[4 * e * f..4 * (e + 1) * f],
             &mut st[e * f..(e + 1) * f],
         );
-        if let (Some(at), RowState::Live(row)) = (&f32_slots, cells.row(0, e)) {
+        if let (Some(at), Some((runs, mask, n_layout)), RowState::Live(row)) =
+            (&f32_slots, &gather, cells.row(0, e))
+        {
+            if let Some(b) = row.view().full_and_present(mask, *n_layout, end) {
+                for &(c, len, pos) in runs {
+                    vrow[4 * c..4 * (c + len)].copy_from_slice(&b[pos..pos + 4 * len]);
+                }
+                srow.copy_from_slice(&present);
+                continue;
+            }
             let done = row.view().f32_slots(at, end, |c, v| {
                 let (bytes, status) = match v {
                     Some(b) => (b, Status::Present),
@@ -443,6 +462,19 @@ pub fn dense_f32(answer: &Answer, plan: &Plan) -> Result<(Vec<u8>, Vec<u8>)> {
 }
 
 const NAN_BYTES: [u8; 4] = f32::NAN.to_le_bytes();
+
+/// Runs of answer columns whose float32 slots lie back to back in a full-width row: (first
+/// column, columns, byte position of the first slot).
+fn gather_runs(at: &[SlotPos]) -> Vec<(usize, usize, usize)> {
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for (c, a) in at.iter().enumerate() {
+        match runs.last_mut() {
+            Some(r) if r.2 + 4 * r.1 == a.pos() => r.1 += 1,
+            _ => runs.push((c, 1, a.pos())),
+        }
+    }
+    runs
+}
 
 /// The rows of a request-time on-demand view made from its transform's output for `n`
 /// entities: one column per output feature, of the feature's Arrow type (checked, naming the

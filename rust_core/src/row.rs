@@ -481,6 +481,22 @@ impl<'a> RowView<'a> {
         true
     }
 
+    /// The row's bytes when it is full-width for a layout of `n_layout` slots, at least `end`
+    /// bytes long, and every slot of `mask` ([`RowLayout::presence_mask`]) is present: then
+    /// each of those slots' fixed bytes sit at their [`SlotPos`], to be copied as they are
+    /// (the dense gather; `None`: read slot by slot).
+    #[inline]
+    pub fn full_and_present(&self, mask: &[u8], n_layout: usize, end: usize) -> Option<&'a [u8]> {
+        if self.n_slots != n_layout || self.b.len() < end {
+            return None;
+        }
+        let bits = self.b.get(HEADER_LEN..HEADER_LEN + mask.len())?;
+        mask.iter()
+            .zip(bits)
+            .all(|(m, b)| m & b == *m)
+            .then_some(self.b)
+    }
+
     /// How many of the slots in `mask` (from [`RowLayout::presence_mask`] of a layout of
     /// `n_layout` slots) are present, when this row is full-width; `None` otherwise.
     #[inline]
@@ -502,6 +518,11 @@ impl SlotPos {
     /// End of the slot's fixed bytes in a full-width row.
     pub fn end(&self) -> usize {
         self.pos + self.width
+    }
+
+    /// Start of the slot's fixed bytes in a full-width row.
+    pub fn pos(&self) -> usize {
+        self.pos
     }
 }
 

@@ -60,6 +60,7 @@ from serving.frontend.endpoints import (
     Endpoint,
 )
 from serving.frontend.grpc_auth import AuthInterceptor, principal
+from serving.frontend.hot_http import Dispatch, HotPaths, HotSite, hot_routes
 from serving.frontend.tls import server_credentials, server_ssl_context
 from serving.metrics import ServingMetrics
 from serving.registry import Registry
@@ -236,6 +237,8 @@ class Frontend(ABC):
     def project_name(self) -> str:
         """The project this frontend serves."""
         return self.auth.project if self.auth is not None else self.registry.project
+        #: the serving routes answered without aiohttp (serving.frontend.hot_http)
+        self._hot: HotPaths | None = None
 
     #: whether this frontend answers the table's ``node_only`` endpoints
     answers_node_only = False
@@ -249,6 +252,11 @@ class Frontend(ABC):
         self, endpoint: Endpoint
     ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]:
         """The gRPC call of a serving endpoint of the table (wrapped by :meth:`_grpc_unary`)."""
+
+    def _hot_dispatch(self, endpoint: Endpoint) -> Dispatch | None:
+        """The raw core dispatch of a serving endpoint for the hot HTTP path
+        (``serving.frontend.hot_http``); None: aiohttp answers the endpoint."""
+        return None
 
     def _extra_grpc_methods(self) -> dict[tuple[str, str], grpc.RpcMethodHandler[Any, Any]]:
         """gRPC methods only this kind of frontend has: (service, method) -> handler."""
@@ -421,14 +429,21 @@ class Frontend(ABC):
             self._http_app(), access_log=None, shutdown_timeout=s.grace_seconds
         )
         await self._runner.setup()
-        site = web.TCPSite(
-            self._runner,
-            s.host,
-            s.http_port,
-            reuse_address=True,
-            ssl_context=server_ssl_context(s),
-            backlog=s.http_backlog,
-        )
+        site_options: dict[str, Any] = {
+            "reuse_address": True,
+            "ssl_context": server_ssl_context(s),
+            "backlog": s.http_backlog,
+        }
+        routes = hot_routes(self, self._hot_dispatch)
+        assert self._runner.server is not None
+        if routes:
+            self._hot = HotPaths(self, routes, self._runner.server, rejection_reason)
+            self._hot.start(asyncio.get_running_loop())
+            site: web.TCPSite = HotSite(
+                self._runner, s.host, s.http_port, factory=self._hot.protocol, **site_options
+            )
+        else:
+            site = web.TCPSite(self._runner, s.host, s.http_port, **site_options)
         try:
             await site.start()
         except OSError as e:
@@ -453,6 +468,8 @@ class Frontend(ABC):
             tasks.append(self._grpc.stop(self.settings.grace_seconds))
         if self._runner is not None:
             tasks.append(self._runner.cleanup())
+        if self._hot is not None:
+            tasks.append(self._hot.drain(self.settings.grace_seconds))
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def request_stop(self) -> None:

@@ -32,6 +32,7 @@ from serving.frontend.console import Console, NodeFacts
 from serving.frontend.endpoints import V1_SERVICE, Endpoint
 from serving.frontend.feast_write import FeastWrites
 from serving.frontend.grpc_auth import principal
+from serving.frontend.hot_http import Dispatch
 from serving.metrics import CoreCollector, ServingMetrics
 from serving.registry import Registry
 from serving.sharding import Ownership, sharded_views
@@ -56,6 +57,7 @@ class FeatureServer(FeastWrites):
             max_entities=settings.max_entities,
             max_features=settings.max_features,
             json_float32_shortest=settings.json_float32_shortest,
+            encode_threads=settings.encode_threads,
         )
         self.metrics = ServingMetrics()
         self.metrics.describe_build(rocksdb=_rust_core.ROCKSDB_BINDING, core=_rust_core.__version__)
@@ -185,6 +187,16 @@ class FeatureServer(FeastWrites):
             return resp
 
         return handle
+
+    def _hot_dispatch(self, endpoint: Endpoint) -> Dispatch | None:
+        # the same core call as _http_serving's handler, without aiohttp's request objects.
+        # The audit log and the per-identity concurrency cap are aiohttp middlewares
+        # (docs/security.md): a node with either answers every route through aiohttp.
+        if not self.settings.hot_http or self.audit is not None:
+            return None
+        if self.auth is not None and self.auth.limiter is not None:
+            return None
+        return self.admission.dispatch
 
     def loader_lag(self) -> dict[str, int | None]:
         """Kafka lag per view: None until the first fetch told the log end, and None while the

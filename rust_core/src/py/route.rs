@@ -84,7 +84,7 @@ impl PyRouter {
         json_float32_shortest: bool,
     ) {
         self.settings
-            .configure(max_entities, max_features, json_float32_shortest);
+            .configure(max_entities, max_features, json_float32_shortest, 1);
     }
 
     /// Registers the read scope of an API key: `views=None` reads everything.

@@ -20,8 +20,12 @@ impl ServeSettings {
         max_entities: usize,
         max_features: usize,
         json_float32_shortest: bool,
+        encode_threads: usize,
     ) {
-        *self.config.write() = ServeConfig::new(max_entities, max_features, json_float32_shortest);
+        *self.config.write() = ServeConfig {
+            encode_threads,
+            ..ServeConfig::new(max_entities, max_features, json_float32_shortest)
+        };
     }
 
     pub(super) fn config(&self) -> ServeConfig {

@@ -128,15 +128,22 @@ impl PyStore {
     }
 
     /// Limits and encoding options of [`PyStore::serve`].
-    #[pyo3(signature = (*, max_entities = 1000, max_features = 1000, json_float32_shortest = false))]
+    /// `encode_threads`: threads that may encode one large Feast JSON answer (1: the calling
+    /// thread alone).
+    #[pyo3(signature = (*, max_entities = 1000, max_features = 1000, json_float32_shortest = false, encode_threads = 1))]
     fn configure_serving(
         &self,
         max_entities: usize,
         max_features: usize,
         json_float32_shortest: bool,
+        encode_threads: usize,
     ) {
-        self.settings
-            .configure(max_entities, max_features, json_float32_shortest);
+        self.settings.configure(
+            max_entities,
+            max_features,
+            json_float32_shortest,
+            encode_threads,
+        );
     }
 
     /// Makes `serve` refuse entities of other shards: this node is shard `index` of `count`,

@@ -87,7 +87,23 @@ fn json_capacity(p: &Prepared) -> usize {
 }
 
 /// Feast HTTP: the answer in Feast's JSON shape.
-pub(super) fn feast(p: &Prepared, cells: &impl CellSource, shortest: bool) -> Vec<u8> {
+pub(super) fn feast<C: CellSource + Sync>(
+    p: &Prepared,
+    cells: &C,
+    shortest: bool,
+    max_threads: usize,
+) -> Vec<u8> {
+    let threads = encode_threads(cells.num_entities() * p.plan.columns.len(), max_threads);
+    feast_threads(p, cells, shortest, threads)
+}
+
+/// [`feast`] on `threads` threads.
+pub(super) fn feast_threads<C: CellSource + Sync>(
+    p: &Prepared,
+    cells: &C,
+    shortest: bool,
+    threads: usize,
+) -> Vec<u8> {
     let n = cells.num_entities();
     let mut out = Vec::with_capacity(json_capacity(p));
     out.extend_from_slice(b"{\"metadata\":{\"feature_names\":[");
@@ -123,10 +139,60 @@ pub(super) fn feast(p: &Prepared, cells: &impl CellSource, shortest: bool) -> Ve
         repeat_sep(&mut out, b"\"1970-01-01T00:00:00Z\"", n);
         out.extend_from_slice(b"]}");
     }
+    let ncols = p.plan.columns.len();
+    let threads = threads.clamp(1, ncols.max(1));
+    if threads <= 1 {
+        feast_columns(&mut out, cells, 0..ncols, first, shortest);
+    } else {
+        // Large answers: the feature columns in `threads` contiguous ranges, each encoded into
+        // its own buffer on its own thread (the GIL is released around the whole call), then
+        // appended in order. Text is the same byte for byte (tests: parallel_feast_json_*).
+        let per = ncols.div_ceil(threads);
+        let ranges: Vec<_> = (0..ncols)
+            .step_by(per)
+            .map(|c| c..(c + per).min(ncols))
+            .collect();
+        let parts: Vec<Vec<u8>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranges[1..]
+                .iter()
+                .map(|r| {
+                    let r = r.clone();
+                    scope.spawn(move || {
+                        let mut part = Vec::with_capacity(out_capacity_of(n, r.len()));
+                        feast_columns(&mut part, cells, r, false, shortest);
+                        part
+                    })
+                })
+                .collect();
+            feast_columns(&mut out, cells, ranges[0].clone(), first, shortest);
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("an encode thread panicked"))
+                .collect()
+        });
+        out.reserve(parts.iter().map(Vec::len).sum::<usize>() + 2);
+        for part in &parts {
+            out.extend_from_slice(part);
+        }
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// Feast HTTP: the result entries of feature columns `range`, each preceded by a comma unless
+/// `first` (the very first entry of the results).
+fn feast_columns<C: CellSource>(
+    out: &mut Vec<u8>,
+    cells: &C,
+    range: std::ops::Range<usize>,
+    mut first: bool,
+    shortest: bool,
+) {
+    let n = cells.num_entities();
     let mut st = vec![0u8; n];
     let mut ts = vec![0i64; n];
     let mut tstext = TsText::new();
-    for c in 0..p.plan.columns.len() {
+    for c in range {
         let cp = cells.col(c);
         if !std::mem::take(&mut first) {
             out.push(b',');
@@ -143,7 +209,7 @@ pub(super) fn feast(p: &Prepared, cells: &impl CellSource, shortest: bool) -> Ve
             } else {
                 cell.event_ts
             };
-            json_value(&mut out, cell.value, shortest, true);
+            json_value(out, cell.value, shortest, true);
         }
         out.extend_from_slice(b"],\"statuses\":[");
         for (i, s) in st.iter().enumerate() {
@@ -157,12 +223,31 @@ pub(super) fn feast(p: &Prepared, cells: &impl CellSource, shortest: bool) -> Ve
             if i > 0 {
                 out.push(b',');
             }
-            tstext.write(&mut out, *t);
+            tstext.write(out, *t);
         }
         out.extend_from_slice(b"]}");
     }
-    out.extend_from_slice(b"]}");
-    out
+}
+
+/// Rough size of `cols` Feast JSON columns of `n` entities.
+fn out_capacity_of(n: usize, cols: usize) -> usize {
+    cols * (64 + n * 56)
+}
+
+/// Below this many answer cells an answer is encoded on the calling thread: a thread costs
+/// ~15-30 us to start and join, a W1 answer (100 cells) takes ~5 us to encode in all.
+const CELLS_PER_THREAD: usize = 8_000;
+
+/// Threads for encoding an answer of `cells` cells: one per `CELLS_PER_THREAD`, at most
+/// `max_threads` and the machine's cores. Off by default (`--encode-threads 1`): on the
+/// shared 2-core machine, with no core free beside the event loop and the load generator, a
+/// second thread made the W2 encode slower (docs/benchmarks.md, issue 18).
+fn encode_threads(cells: usize, max_threads: usize) -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    (cells / CELLS_PER_THREAD).clamp(1, cores.min(max_threads).max(1))
 }
 
 fn repeat_sep(out: &mut Vec<u8>, item: &[u8], n: usize) {

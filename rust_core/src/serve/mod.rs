@@ -102,6 +102,9 @@ pub struct ServeConfig {
     /// JSON: write float32 as its shortest text (`4.8`) instead of widened to double
     /// (`4.800000190734863`). Both parse back to the same float32.
     pub json_float32_shortest: bool,
+    /// Feast JSON: at most this many threads encode a large answer (ranges of its columns;
+    /// `encode_json::encode_threads`); 0 and 1: the calling thread alone.
+    pub encode_threads: usize,
 }
 
 impl ServeConfig {
@@ -113,6 +116,7 @@ impl ServeConfig {
                 max_features,
             },
             json_float32_shortest,
+            encode_threads: 1,
         }
     }
 }
@@ -258,10 +262,10 @@ impl Prepared {
     /// Encodes the cells of this request (read locally, `answer.cells(plan)`, or gathered from
     /// shards) as the API's response body.
     #[must_use]
-    pub fn encode(&self, cells: &impl CellSource, cfg: &ServeConfig) -> Vec<u8> {
+    pub fn encode(&self, cells: &(impl CellSource + Sync), cfg: &ServeConfig) -> Vec<u8> {
         let shortest = cfg.json_float32_shortest;
         match self.api {
-            Api::FeastHttp => encode_json::feast(self, cells, shortest),
+            Api::FeastHttp => encode_json::feast(self, cells, shortest, cfg.encode_threads),
             Api::FeastGrpc => encode_proto::feast(self, cells),
             Api::V1Grpc if self.v1.dense => encode_proto::v1_dense(self, cells),
             Api::V1Grpc => encode_proto::v1_columns(self, cells),

@@ -1032,3 +1032,50 @@ fn v1_http_shapes() {
         "{e}"
     );
 }
+
+/// The Feast JSON of a request encoded on 1 to 5 threads (ranges of columns on threads of
+/// their own, appended in order): the same bytes every time, for every type and status, for a
+/// W2-sized answer (the one `encode_threads` splits) and with more threads than columns.
+#[test]
+fn parallel_feast_json_is_the_same_text() {
+    let (_d, store) = fixture(120, 200);
+    let ids: Vec<String> = (0..130).map(|i| i.to_string()).collect();
+    let refs: Vec<String> = (0..200)
+        .map(|f| format!("\"user_profile:f{f:03}\""))
+        .collect();
+    let bodies = [
+        format!(
+            r#"{{"features":[{}],"entities":{{"user_id":[{}]}}}}"#,
+            refs.join(","),
+            ids.join(",")
+        ),
+        format!(
+            r#"{{"features":[{}],"entities":{{"user_id":[1,500]}},"full_feature_names":true}}"#,
+            refs[..3].join(",")
+        ),
+        r#"{"features":["kitchen:b","kitchen:i32","kitchen:i64","kitchen:f64","kitchen:s","kitchen:y","kitchen:t","kitchen:emb","kitchen:f32"],"entities":{"sku":["a","b","zz"]}}"#.to_owned(),
+    ];
+    for body in &bodies {
+        let p = prepare(
+            &store.catalog(),
+            Api::FeastHttp,
+            body.as_bytes(),
+            &cfg(),
+            None,
+        )
+        .unwrap();
+        let answer = p.execute(&store, NOW, None).unwrap();
+        let cells = answer.cells(p.plan());
+        for shortest in [false, true] {
+            let one = encode_json::feast_threads(&p, &cells, shortest, 1);
+            for threads in 2..=5 {
+                let many = encode_json::feast_threads(&p, &cells, shortest, threads);
+                assert!(
+                    one == many,
+                    "{threads} threads, shortest {shortest}: {body}"
+                );
+            }
+            assert_eq!(encode_json::feast(&p, &cells, shortest, 4), one);
+        }
+    }
+}

@@ -12,7 +12,7 @@ use crate::partition::ShardCheck;
 use crate::query::{self, Entities, Limits, Selector};
 use crate::scope::Scope;
 use crate::serve::on_demand::Started;
-use crate::serve::{self, Api, Caller, ServeConfig};
+use crate::serve::{self, Caller, ServeConfig};
 use crate::store::{Store, StoreOptions, WriteStats};
 use arrow::array::StructArray;
 use parking_lot::{Mutex, RwLock};
@@ -31,6 +31,25 @@ fn started_to_py(py: Python<'_>, store: &Arc<Store>, cfg: ServeConfig, s: Starte
             Ok(obj) => obj.into_any(),
             Err(e) => e.into_value(py).into_any(),
         },
+    }
+}
+
+/// One serving call: SearchNearest (`v1_search_http`, `v1_search_grpc`, Feast's
+/// `feast_documents`) goes to
+/// [`crate::search::serve::search`], every other API to the feature-vector path.
+fn dispatch(
+    store: &Store,
+    api: &str,
+    body: &[u8],
+    cfg: &ServeConfig,
+    caller: Caller<'_>,
+) -> Result<Started, CoreError> {
+    use crate::search::serve::{search, Wire};
+    match api {
+        "v1_search_http" => search(store, Wire::V1Http, body, cfg, caller).map(Started::Done),
+        "v1_search_grpc" => search(store, Wire::V1Grpc, body, cfg, caller).map(Started::Done),
+        "feast_documents" => search(store, Wire::FeastHttp, body, cfg, caller).map(Started::Done),
+        _ => serve::on_demand::start(store, parse_api(api)?, body, cfg, caller),
     }
 }
 
@@ -161,7 +180,6 @@ impl PyStore {
         body: &[u8],
         scope_id: Option<u64>,
     ) -> PyResult<PyObject> {
-        let api = parse_api(api).map_err(to_py_err)?;
         let store = self.store()?;
         let cfg = self.settings.config();
         let scope = self.settings.scope(scope_id).map_err(to_py_err)?;
@@ -172,7 +190,7 @@ impl PyStore {
                 shard: shard.as_deref(),
                 now_us: query::now_micros(),
             };
-            serve::on_demand::start(&store, api, body, &cfg, caller)
+            dispatch(&store, api, body, &cfg, caller)
         })?;
         Ok(started_to_py(py, &store, cfg, served))
     }
@@ -191,7 +209,7 @@ impl PyStore {
             .iter()
             .map(|(api, body, scope_id)| {
                 (
-                    parse_api(api),
+                    api.as_str(),
                     body.as_bytes(),
                     self.settings.scope(*scope_id),
                 )
@@ -202,14 +220,13 @@ impl PyStore {
             Ok(parsed
                 .into_iter()
                 .map(|(api, body, scope)| {
-                    let api = api?;
                     let scope = scope?;
                     let caller = Caller {
                         scope: scope.as_deref(),
                         shard: shard.as_deref(),
                         now_us: now,
                     };
-                    serve::on_demand::start(&store, api, body, &cfg, caller)
+                    dispatch(&store, api, body, &cfg, caller)
                 })
                 .collect())
         })?;
@@ -431,6 +448,20 @@ impl PyStore {
             rocks.set_item(key, v)?;
         }
         d.set_item("rocksdb", rocks)?;
+        let vectors = PyDict::new(py);
+        for s in store.vectors.stats() {
+            let v = PyDict::new(py);
+            v.set_item("kind", s.kind)?;
+            v.set_item("metric", s.metric)?;
+            v.set_item("dim", s.dim)?;
+            v.set_item("vectors", s.vectors)?;
+            v.set_item("memory_bytes", s.memory_bytes)?;
+            v.set_item("unindexable", s.unindexable)?;
+            v.set_item("failures", s.failures)?;
+            v.set_item("build_seconds", s.build_seconds)?;
+            vectors.set_item(format!("{}:{}", s.view, s.feature), v)?;
+        }
+        d.set_item("vector_indexes", vectors)?;
         Ok(d)
     }
 }
@@ -438,7 +469,7 @@ impl PyStore {
 /// One request of a `serve_many` batch: its API, body and scope, resolved before the GIL is
 /// released.
 type ParsedRequest<'a> = (
-    Result<Api, CoreError>,
+    &'a str,
     &'a [u8],
     Result<Option<Arc<Scope>>, CoreError>,
 );

@@ -15,7 +15,7 @@ import pytest
 from serving import Registry, Store
 from tests.harness import start_server, stop_server
 from tests.harness.feast import FEAST_PY, FEAST_VENV, feast_env, require_feast_venv
-from tests.vector.test_vector_search import DIM, item_table, registry_text, vectors
+from tests.harness.vectors import DIM, item_table, registry_text, vectors
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from serving import Registry
 from serving._proto.feature_serving.v1 import feature_service_pb2 as v1
 from serving.loaders.kafka import PRODUCER_DEFAULTS, produce_rows
 from tests.harness import Broker, http, start_server, stop_server
-from tests.vector.test_vector_search import DIM, NOW, item_table, registry_text, vectors
+from tests.harness.vectors import DIM, NOW, item_table, registry_text, vectors
 
 pytestmark = pytest.mark.integration
 

@@ -60,7 +60,7 @@ feature_views:
     features: [{{name: "s{{00..19}}", dtype: float32}}]
 feature_services:
   - name: rank20
-    features: [item_stats]
+    features: ["item_stats:*"]
 """
 
 

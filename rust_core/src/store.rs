@@ -319,10 +319,9 @@ impl Store {
         let catalog = Arc::new(catalog);
         *self.catalog.write() = catalog.clone();
         // Under the writer lock: no write lands between a rebuild's scan and its index swap.
-        changes.extend(
-            self.vectors
-                .sync(spec, &catalog.views, &|ix, def| self.fill_vector_index(ix, def))?,
-        );
+        changes.extend(self.vectors.sync(spec, &catalog.views, &|ix, def| {
+            self.fill_vector_index(ix, def)
+        })?);
         Ok(changes)
     }
 

@@ -16,7 +16,19 @@ SEED = 7
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
-def registry_text(tmp: Path, bootstrap: str = "127.0.0.1:9") -> str:
+STREAM_VIEW = """
+  - name: item_stream
+    entities: [item]
+    features:
+      - {{name: emb, dtype: float32_array, dim: {DIM}, vector_index: true}}
+    stream_source:
+      {{type: kafka, topic: item_stream, bootstrap_servers: "{bootstrap}", format: json}}
+"""
+
+
+def registry_text(tmp: Path, bootstrap: str | None = None) -> str:
+    """The registry; with ``bootstrap`` also the Kafka-sourced view ``item_stream``."""
+    stream = "" if bootstrap is None else STREAM_VIEW.format(bootstrap=bootstrap, DIM=DIM)
     return f"""
 project: vectors
 entities:
@@ -40,15 +52,9 @@ feature_views:
     ttl: 1h
     features:
       - {{name: emb, dtype: float32_array, dim: {DIM}, vector_index: {{kind: exact}}}}
-  - name: item_stream
-    entities: [item]
-    features:
-      - {{name: emb, dtype: float32_array, dim: {DIM}, vector_index: true}}
-    stream_source:
-      {{type: kafka, topic: item_stream, bootstrap_servers: "{bootstrap}", format: json}}
-feature_services:
+{stream}feature_services:
   - name: rank
-    features: [item_stats, item_vec:price]
+    features: ["item_stats:*", "item_vec:price"]
 """
 
 

@@ -50,6 +50,7 @@ def wait_for(pred: Any, what: str, timeout: float = 20.0) -> None:
 def test_http_grpc_push_and_kafka(broker: Broker, tmp_path: Path) -> None:
     cfg = tmp_path / "features.yaml"
     cfg.write_text(registry_text(tmp_path, broker.bootstrap))
+    broker.create_topic("item_stream", 1)
     reg = Registry.from_yaml(cfg)
     n = 500
     vecs = vectors(n)
@@ -119,7 +120,7 @@ def test_http_grpc_push_and_kafka(broker: Broker, tmp_path: Path) -> None:
 
         # Kafka: a record of the stream-sourced view becomes searchable, a tombstone removes it
         producer = Producer({"bootstrap.servers": broker.bootstrap, **PRODUCER_DEFAULTS})
-        rows = [{"item_id": 7, "event_timestamp": NOW.isoformat(), "emb": q}]
+        rows = [{"item_id": 7, "event_timestamp": NOW, "emb": q}]
         produce_rows(producer, reg.view("item_stream"), rows)
         body = {"view": "item_stream", "feature": "emb", "query": q, "k": 3}
 

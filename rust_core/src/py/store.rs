@@ -468,11 +468,7 @@ impl PyStore {
 
 /// One request of a `serve_many` batch: its API, body and scope, resolved before the GIL is
 /// released.
-type ParsedRequest<'a> = (
-    &'a str,
-    &'a [u8],
-    Result<Option<Arc<Scope>>, CoreError>,
-);
+type ParsedRequest<'a> = (&'a str, &'a [u8], Result<Option<Arc<Scope>>, CoreError>);
 
 fn selector(features: Option<Vec<String>>, service: Option<String>) -> PyResult<Selector> {
     match (features, service) {

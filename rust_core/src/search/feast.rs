@@ -44,7 +44,12 @@ fn metric_matches(asked: &str, metric: crate::vector::Metric) -> bool {
     }
 }
 
-pub fn retrieve(store: &Store, body: &[u8], cfg: &ServeConfig, caller: Caller<'_>) -> Result<Served> {
+pub fn retrieve(
+    store: &Store,
+    body: &[u8],
+    cfg: &ServeConfig,
+    caller: Caller<'_>,
+) -> Result<Served> {
     let r: FeastDocumentsRequest = serde_json::from_slice(body)
         .map_err(|e| invalid!("invalid retrieve-online-documents JSON body: {e}"))?;
     if r.query_string.as_deref().is_some_and(|q| !q.is_empty()) {
@@ -62,7 +67,9 @@ pub fn retrieve(store: &Store, body: &[u8], cfg: &ServeConfig, caller: Caller<'_
         .query
         .ok_or_else(|| invalid!("'query' is required (the query vector)"))?;
     let Some(first) = r.features.first() else {
-        return Err(invalid!("'features' is empty: name the view's features to return"));
+        return Err(invalid!(
+            "'features' is empty: name the view's features to return"
+        ));
     };
     let (view, _) = crate::query::split_ref(first)?;
     let view = view.to_string();
@@ -82,7 +89,11 @@ pub fn retrieve(store: &Store, body: &[u8], cfg: &ServeConfig, caller: Caller<'_
         Some(f) => f,
         None => match store.vectors.features_of(&view).as_slice() {
             [only] => only.clone(),
-            [] => return Err(invalid!("feature view '{view}' has no vector-indexed feature")),
+            [] => {
+                return Err(invalid!(
+                    "feature view '{view}' has no vector-indexed feature"
+                ))
+            }
             many => {
                 return Err(invalid!(
                     "feature view '{view}' has several vector indexes ({}); request the one to \

@@ -84,7 +84,10 @@ fn default_k() -> i64 {
 }
 
 fn selector(features: Option<Vec<String>>, service: Option<String>) -> Result<Option<Selector>> {
-    match (features.filter(|f| !f.is_empty()), service.filter(|s| !s.is_empty())) {
+    match (
+        features.filter(|f| !f.is_empty()),
+        service.filter(|s| !s.is_empty()),
+    ) {
         (None, None) => Ok(None),
         (Some(f), None) => Ok(Some(Selector::Refs(f))),
         (None, Some(s)) => Ok(Some(Selector::Service(s))),
@@ -141,15 +144,15 @@ pub fn parse_json(body: &[u8]) -> Result<SearchRequest> {
             None => None,
             Some(serde_json::Value::Bool(b)) => Some(FilterValue::Bool(b)),
             Some(serde_json::Value::String(s)) => Some(FilterValue::Text(s)),
-            Some(serde_json::Value::Number(n)) => Some(FilterValue::Number(
-                n.as_f64().ok_or_else(|| invalid!("filter[{i}]: 'equals' is not a number"))?,
-            )),
-            Some(other) => {
-                return Err(invalid!(
-                    "filter[{i}] on '{}': 'equals' must be a number, string or boolean, got {other}",
-                    f.feature
-                ))
+            Some(serde_json::Value::Number(n)) => {
+                Some(FilterValue::Number(n.as_f64().ok_or_else(|| {
+                    invalid!("filter[{i}]: 'equals' is not a number")
+                })?))
             }
+            Some(other) => return Err(invalid!(
+                "filter[{i}] on '{}': 'equals' must be a number, string or boolean, got {other}",
+                f.feature
+            )),
         };
         filters.push(filter_of(i, f.feature, equals, f.min, f.max)?);
     }

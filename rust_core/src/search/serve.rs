@@ -149,7 +149,10 @@ fn row_passes(store: &Store, c: &Checked<'_>, key: &[u8]) -> bool {
 }
 
 /// The hits' join keys as entity columns (of the searched view's key types).
-fn key_columns(def: &ViewDef, hits: &[crate::vector::index::Hit]) -> Result<Vec<(String, KeyColumn)>> {
+fn key_columns(
+    def: &ViewDef,
+    hits: &[crate::vector::index::Hit],
+) -> Result<Vec<(String, KeyColumn)>> {
     let types: Vec<KeyType> = def.join_keys.iter().map(|k| k.1).collect();
     let mut cols: Vec<KeyColumn> = types
         .iter()
@@ -186,7 +189,12 @@ fn key_columns(def: &ViewDef, hits: &[crate::vector::index::Hit]) -> Result<Vec<
 }
 
 /// The nearest hits of a checked request.
-fn nearest(store: &Store, c: &Checked<'_>, req: &SearchRequest, now_us: i64) -> Result<Vec<crate::vector::index::Hit>> {
+fn nearest(
+    store: &Store,
+    c: &Checked<'_>,
+    req: &SearchRequest,
+    now_us: i64,
+) -> Result<Vec<crate::vector::index::Hit>> {
     let ix = store
         .vectors
         .get(&req.view, &req.feature)
@@ -224,7 +232,10 @@ pub(super) fn run(
 ) -> Result<Served> {
     let cat = store.catalog();
     if let Some(scope) = caller.scope {
-        scope.check(&cat, &Selector::Refs(vec![format!("{}:{}", req.view, req.feature)]))?;
+        scope.check(
+            &cat,
+            &Selector::Refs(vec![format!("{}:{}", req.view, req.feature)]),
+        )?;
         if let Some(sel) = &req.sel {
             scope.check(&cat, sel)?;
         }
@@ -248,7 +259,11 @@ pub(super) fn run(
                 api,
                 sel.clone(),
                 Entities::new(keys.clone()),
-                (req.include_statuses, req.include_event_timestamps, req.dense),
+                (
+                    req.include_statuses,
+                    req.include_event_timestamps,
+                    req.dense,
+                ),
                 cfg,
                 caller.scope,
             )?;
@@ -273,7 +288,11 @@ pub(super) fn run(
     })
 }
 
-fn encode_json(keys: &[(String, KeyColumn)], distances: &[f32], features: Option<&[u8]>) -> Vec<u8> {
+fn encode_json(
+    keys: &[(String, KeyColumn)],
+    distances: &[f32],
+    features: Option<&[u8]>,
+) -> Vec<u8> {
     let mut k = serde_json::Map::new();
     for (name, col) in keys {
         let v = match col {
@@ -381,7 +400,10 @@ fn encode_feast(
     // no hit: every column empty
     let mut names: Vec<String> = keys.iter().map(|k| k.0.clone()).collect();
     if let Some(Selector::Refs(refs)) = sel {
-        names.extend(refs.iter().map(|r| r.split_once(':').map_or(r.as_str(), |x| x.1).to_string()));
+        names.extend(
+            refs.iter()
+                .map(|r| r.split_once(':').map_or(r.as_str(), |x| x.1).to_string()),
+        );
     }
     names.push("distance".into());
     let empty = serde_json::json!({"values": [], "statuses": [], "event_timestamps": []});

@@ -118,7 +118,8 @@ impl Flat {
         if r != last {
             let moved = self.ids[last];
             self.ids[r] = moved;
-            self.data.copy_within(last * self.dim..(last + 1) * self.dim, r * self.dim);
+            self.data
+                .copy_within(last * self.dim..(last + 1) * self.dim, r * self.dim);
             self.row_of.insert(moved, r);
         }
         self.ids.pop();

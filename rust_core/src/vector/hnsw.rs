@@ -17,7 +17,9 @@ fn err(e: &impl std::fmt::Display) -> CoreError {
 /// Concurrent searches and adds need a usearch thread context each; more than the serving
 /// path ever runs at once (a worker per core plus the writer).
 fn contexts() -> usize {
-    std::thread::available_parallelism().map_or(4, |n| n.get() * 4).max(8)
+    std::thread::available_parallelism()
+        .map_or(4, |n| n.get() * 4)
+        .max(8)
 }
 
 impl Graph {

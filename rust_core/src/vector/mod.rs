@@ -14,5 +14,5 @@ pub mod exact;
 pub mod hnsw;
 pub mod index;
 
-pub use index::{IndexStats, VectorIndex, VectorIndexes};
 pub use crate::catalog::vector_index::{Kind, Metric, VectorIndexSpec};
+pub use index::{IndexStats, VectorIndex, VectorIndexes};

@@ -248,3 +248,40 @@ def test_nan_in_json_is_invalid_argument(loaded: tuple[Store, Registry, np.ndarr
     store, *_ = loaded
     with pytest.raises(InvalidArgumentError, match="invalid SearchNearest JSON body"):
         search(store, {"view": "item_vec", "feature": "emb", "query": [float("nan")] * DIM})
+
+
+@pytest.mark.parametrize(
+    ("index", "message"),
+    [
+        ("{metric: hamming}", "features[0].vector_index.metric: unknown metric 'hamming'"),
+        ("{kind: ivf}", "unknown kind 'ivf'"),
+        ("{kind: exact, m: 8}", "'m' is a parameter of kind hnsw"),
+        ("{m: 1}", "must be between 2 and 128, got 1"),
+        ("{ef_search: fast}", "expected an int"),
+        ("{metric: l2, colour: red}", "unknown key 'colour'"),
+    ],
+)
+def test_registry_refuses_bad_vector_index_with_file_and_line(
+    tmp_path: Path, index: str, message: str
+) -> None:
+    cfg = tmp_path / "features.yaml"
+    cfg.write_text(
+        "project: p\nentities:\n  - {name: item, join_keys: [{name: item_id, dtype: int64}]}\n"
+        "feature_views:\n  - name: v\n    entities: [item]\n    features:\n"
+        f"      - {{name: emb, dtype: float32_array, dim: 4, vector_index: {index}}}\n"
+    )
+    with pytest.raises(InvalidArgumentError) as e:
+        Registry.from_yaml(cfg)
+    assert f"{cfg}:8" in str(e.value)
+    assert message in str(e.value)
+
+
+def test_vector_index_needs_a_float32_array(tmp_path: Path) -> None:
+    cfg = tmp_path / "features.yaml"
+    cfg.write_text(
+        "project: p\nentities:\n  - {name: item, join_keys: [{name: item_id, dtype: int64}]}\n"
+        "feature_views:\n  - name: v\n    entities: [item]\n    features:\n"
+        "      - {name: f, dtype: float32, vector_index: true}\n"
+    )
+    with pytest.raises(InvalidArgumentError, match="needs a float32_array feature, not float32"):
+        Registry.from_yaml(cfg)

@@ -10,7 +10,7 @@
 //! 3. reading and writing: `query` (execute a plan, answer cells), `scope`, `arrow_io`,
 //!    `ingest`;
 //! 4. serving: `cells_codec` (a node's answer to a router), `serve` (one entry point,
-//!    `serve::serve`), `search` (SearchNearest, one entry point `search::serve::search`);
+//!    `serve::serve`), `search` (`SearchNearest`, one entry point `search::serve::search`);
 //! 5. routing: `route`;
 //! 6. the Python binding: `py*`.
 

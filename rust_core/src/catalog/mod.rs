@@ -56,7 +56,7 @@ pub struct FeatureSpec {
     pub dtype: DType,
     #[serde(default)]
     pub dim: Option<u32>,
-    /// A float32_array feature's vector index (kept by `crate::vector`).
+    /// A `float32_array` feature's vector index (kept by `crate::vector`).
     #[serde(default)]
     pub vector_index: Option<vector_index::VectorIndexSpec>,
 }

@@ -34,7 +34,7 @@ fn started_to_py(py: Python<'_>, store: &Arc<Store>, cfg: ServeConfig, s: Starte
     }
 }
 
-/// One serving call: SearchNearest (`v1_search_http`, `v1_search_grpc`, Feast's
+/// One serving call: `SearchNearest` (`v1_search_http`, `v1_search_grpc`, Feast's
 /// `feast_documents`) goes to
 /// [`crate::search::serve::search`], every other API to the feature-vector path.
 fn dispatch(

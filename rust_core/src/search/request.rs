@@ -1,4 +1,4 @@
-//! SearchNearest requests as they arrive: v1 HTTP JSON and v1 gRPC protobuf, both parsed into
+//! `SearchNearest` requests as they arrive: v1 HTTP JSON and v1 gRPC protobuf, both parsed into
 //! one [`SearchRequest`]; the checks every request gets are in `serve.rs`.
 
 use crate::error::Result;
@@ -149,10 +149,12 @@ pub fn parse_json(body: &[u8]) -> Result<SearchRequest> {
                     invalid!("filter[{i}]: 'equals' is not a number")
                 })?))
             }
-            Some(other) => return Err(invalid!(
+            Some(other) => {
+                return Err(invalid!(
                 "filter[{i}] on '{}': 'equals' must be a number, string or boolean, got {other}",
                 f.feature
-            )),
+            ))
+            }
         };
         filters.push(filter_of(i, f.feature, equals, f.min, f.max)?);
     }
@@ -169,7 +171,7 @@ pub fn parse_json(body: &[u8]) -> Result<SearchRequest> {
     })
 }
 
-/// `feature_serving.v1.SearchNearestRequest` (proto/feature_serving/v1/feature_service.proto).
+/// `feature_serving.v1.SearchNearestRequest` (`proto/feature_serving/v1/feature_service.proto`).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SearchNearestRequest {
     #[prost(string, tag = "1")]

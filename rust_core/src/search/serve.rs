@@ -1,4 +1,4 @@
-//! SearchNearest end to end, one call: parse, check, search the index, read the requested
+//! `SearchNearest` end to end, one call: parse, check, search the index, read the requested
 //! features of the hits through the ordinary serving path, encode. The answer holds the hits'
 //! join keys and distances (nearest first) and, when features were asked for, the v1
 //! `GetFeatureVector` answer for the hits (columns or dense) embedded as is.
@@ -16,7 +16,7 @@ use crate::store::Store;
 use crate::types::KeyType;
 use std::collections::BTreeMap;
 
-/// The wire format of a SearchNearest request and its answer.
+/// The wire format of a `SearchNearest` request and its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
     /// `POST /v1/search-nearest`, JSON.
@@ -100,7 +100,7 @@ fn check<'a>(store: &Store, def: &'a ViewDef, req: &'a SearchRequest) -> Result<
     })
 }
 
-/// An unknown view or feature to search is a bad request (INVALID_ARGUMENT), as the other
+/// An unknown view or feature to search is a bad request (`INVALID_ARGUMENT`), as the other
 /// search inputs are.
 fn as_invalid(e: CoreError) -> CoreError {
     match e {
@@ -124,7 +124,7 @@ fn passes(v: ValueRef<'_>, cond: &Cond) -> bool {
     match cond {
         Cond::Equals(FilterValue::Text(t)) => matches!(v, ValueRef::Str(s) if s == t.as_bytes()),
         Cond::Equals(FilterValue::Bool(b)) => matches!(v, ValueRef::Bool(x) if x == *b),
-        Cond::Equals(FilterValue::Number(n)) => as_f64(v).is_some_and(|x| x == *n),
+        Cond::Equals(FilterValue::Number(n)) => as_f64(v).is_some_and(|x| x.total_cmp(n).is_eq()),
         Cond::Range { min, max } => as_f64(v).is_some_and(|x| {
             min.is_none_or(|m| x >= m) && max.is_none_or(|m| x <= m) && !x.is_nan()
         }),
@@ -206,7 +206,7 @@ fn nearest(
     }
 }
 
-/// SearchNearest: `body` of `wire` in, the complete answer out.
+/// `SearchNearest`: `body` of `wire` in, the complete answer out.
 pub fn search(
     store: &Store,
     wire: Wire,
@@ -222,7 +222,7 @@ pub fn search(
     run(store, wire, &req, cfg, caller)
 }
 
-/// A parsed SearchNearest request of `wire`: check, search, fetch, encode.
+/// A parsed `SearchNearest` request of `wire`: check, search, fetch, encode.
 pub(super) fn run(
     store: &Store,
     wire: Wire,

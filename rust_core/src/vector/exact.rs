@@ -177,7 +177,7 @@ mod tests {
         assert_eq!(f.len(), 9);
         let got = f.search(&[0.0, 0.0], 3, &|_| true);
         assert_eq!(got.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 4]);
-        assert_eq!(got[0].1, 1.0);
+        assert!((got[0].1 - 1.0).abs() < 1e-6);
         let odd = f.search(&[0.0, 0.0], 2, &|id| id % 2 == 1);
         assert_eq!(odd.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 5]);
     }

@@ -97,7 +97,7 @@ impl Graph {
         }
         let m = self
             .index
-            .filtered_search(q, k, |id| accept(id))
+            .filtered_search(q, k, accept)
             .map_err(|e| err(&e))?;
         Ok(m.keys.into_iter().zip(m.distances).collect())
     }

@@ -100,7 +100,9 @@ pub fn prepare(metric: Metric, v: &mut [f32]) -> bool {
         if !(n > 0.0 && n.is_finite()) {
             return false;
         }
-        v.iter_mut().for_each(|x| *x /= n);
+        for x in v.iter_mut() {
+            *x /= n;
+        }
     }
     true
 }
@@ -140,14 +142,13 @@ impl VectorIndex {
             let e = &mut st.entries;
             match vector_of(self, view, &row) {
                 Some(v) => {
-                    let id = match e.id_of.get(key) {
-                        Some(&id) => id,
-                        None => {
-                            let id = e.next_id;
-                            e.next_id += 1;
-                            e.id_of.insert(key.into(), id);
-                            id
-                        }
+                    let id = if let Some(&id) = e.id_of.get(key) {
+                        id
+                    } else {
+                        let id = e.next_id;
+                        e.next_id += 1;
+                        e.id_of.insert(key.into(), id);
+                        id
                     };
                     e.by_id.insert(
                         id,
@@ -252,7 +253,8 @@ fn run_ops(body: &mut Body, ops: Vec<Op>) -> std::result::Result<(), u64> {
             if g.reserve(adds.len()).is_err() {
                 return Err(failed + adds.len() as u64);
             }
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let threads =
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
             if adds.len() < PARALLEL_ADDS || threads == 1 {
                 for (id, v) in &adds {
                     failed += u64::from(g.upsert(*id, v).is_err());

@@ -1,6 +1,6 @@
-//! The approximate index: a usearch HNSW graph (chosen by the measured comparison in
-//! docs/vector-search.md: the only one of the three crates with both insert and remove). usearch is internally synchronized: adds, removes
-//! and searches may run from several threads.
+//! The approximate index: a usearch HNSW graph (chosen by the comparison in
+//! docs/vector-search.md: the only one of the three crates with both insert and remove).
+//! usearch is internally synchronized: adds, removes and searches may run from several threads.
 
 use crate::catalog::vector_index::{Metric, VectorIndexSpec};
 use crate::error::{CoreError, Result};

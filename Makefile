@@ -199,6 +199,10 @@ bench-feature-log: sample ## served-feature logging off vs sample_rate 1.0 to De
 bench-scale-out: build ## W2 on one node vs two shards (router, client routing), one run (~9 min; BENCH_ARGS=--quick)
 	$(PY) loadtest/bench_scale_out.py $(BENCH_ARGS)
 
+.PHONY: bench-vector
+bench-vector: build ## vector search: ours vs faiss-cpu HNSW at equal recall, gRPC e2e, build rate, RSS (N=200000; docs/vector-search.md)
+	$(PY) loadtest/bench_vector.py --n $(or $(N),200000) $(BENCH_ARGS)
+
 .PHONY: clean
 clean: ## remove build output inside the clone (keeps the shared cargo cache)
 	rm -rf .data $(DIST) serving/_rust_core*.so serving/_proto/feature_serving serving/_proto/feast

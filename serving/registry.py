@@ -40,6 +40,7 @@ __all__ = [
     "OnDemandFeatureView",
     "Registry",
     "StreamSource",
+    "VectorIndex",
     "parse_ttl",
 ]
 
@@ -55,6 +56,15 @@ FEATURE_DTYPES: tuple[str, ...] = (
     "float32_array",
 )
 JOIN_KEY_DTYPES: tuple[str, ...] = ("int32", "int64", "string", "bytes")
+VECTOR_METRICS: tuple[str, ...] = ("cosine", "l2", "inner_product")
+VECTOR_INDEX_KINDS: tuple[str, ...] = ("exact", "hnsw")
+#: vector_index parameters: (smallest, largest) accepted value; only hnsw reads m / ef_*
+VECTOR_INDEX_INTS: dict[str, tuple[int, int]] = {
+    "m": (2, 128),
+    "ef_construction": (8, 4096),
+    "ef_search": (1, 4096),
+    "max_k": (1, 10_000),
+}
 BATCH_SOURCE_TYPES: tuple[str, ...] = ("parquet", "delta", "iceberg", "hudi")
 STREAM_SOURCE_TYPES: tuple[str, ...] = ("kafka",)
 STREAM_FORMATS: tuple[str, ...] = ("json", "protobuf")
@@ -99,11 +109,38 @@ class Entity:
 
 
 @dataclass(frozen=True)
+class VectorIndex:
+    """``vector_index:`` of a float32_array feature (docs/vector-search.md)."""
+
+    metric: str = "cosine"
+    kind: str = "hnsw"
+    #: HNSW: links per node
+    m: int = 16
+    #: HNSW: candidate list while inserting
+    ef_construction: int = 128
+    #: HNSW: candidate list while searching (at least k is used)
+    ef_search: int = 64
+    #: the largest k a SearchNearest request may ask for
+    max_k: int = 1000
+
+    def to_core(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "kind": self.kind,
+            "m": self.m,
+            "ef_construction": self.ef_construction,
+            "ef_search": self.ef_search,
+            "max_k": self.max_k,
+        }
+
+
+@dataclass(frozen=True)
 class Feature:
     name: str
     dtype: str
     dim: int | None = None
     description: str = ""
+    vector_index: VectorIndex | None = None
 
 
 @dataclass(frozen=True)
@@ -379,9 +416,7 @@ class Registry:
                     "name": v.name,
                     "join_keys": [{"name": k.name, "dtype": k.dtype} for k in v.join_keys],
                     "ttl_seconds": v.ttl_seconds,
-                    "features": [
-                        {"name": f.name, "dtype": f.dtype, "dim": f.dim} for f in v.features
-                    ],
+                    "features": [_feature_core(f) for f in v.features],
                 }
                 for v in self.feature_views.values()
             ],
@@ -426,6 +461,13 @@ _FEATURE_ARROW: Mapping[str, pa.DataType] = {
     "bytes": pa.binary(),
     "timestamp": _UTC_US,
 }
+
+
+def _feature_core(f: Feature) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": f.name, "dtype": f.dtype, "dim": f.dim}
+    if f.vector_index is not None:
+        out["vector_index"] = f.vector_index.to_core()
+    return out
 
 
 def _feature_arrow_type(f: Feature) -> pa.DataType:
@@ -1005,7 +1047,7 @@ class _Parser:
         )
 
     def features(self, loc: _Loc, raw: object) -> list[Feature]:
-        m = self.mapping(loc, raw, ("name", "dtype"), ("dim", "description"))
+        m = self.mapping(loc, raw, ("name", "dtype"), ("dim", "description", "vector_index"))
         name_loc = self.child(loc, m, "name")
         pattern = self.string(name_loc, m["name"])
         try:
@@ -1032,7 +1074,48 @@ class _Parser:
         elif "dim" in m:
             self.fail(dim_loc, f"'dim' is only allowed for float32_array, not {dtype}")
         description = self.opt_str(loc, m, "description")
-        return [Feature(n, dtype, dim, description) for n in names]
+        index = None
+        if m.get("vector_index") is not None:
+            index_loc = self.child(loc, m, "vector_index")
+            if dtype != "float32_array":
+                self.fail(index_loc, f"'vector_index' needs a float32_array feature, not {dtype}")
+            index = self.vector_index(index_loc, m["vector_index"])
+        return [Feature(n, dtype, dim, description, index) for n in names]
+
+    def vector_index(self, loc: _Loc, raw: object) -> VectorIndex:
+        if raw is True:
+            return VectorIndex()
+        m = self.mapping(loc, raw, (), ("metric", "kind", *VECTOR_INDEX_INTS))
+        d = VectorIndex()
+        metric = d.metric
+        if m.get("metric") is not None:
+            metric = self.choice(
+                self.child(loc, m, "metric"), m["metric"], VECTOR_METRICS, "metric"
+            )
+        kind = d.kind
+        if m.get("kind") is not None:
+            kind = self.choice(self.child(loc, m, "kind"), m["kind"], VECTOR_INDEX_KINDS, "kind")
+        ints: dict[str, int] = {}
+        for key, (lo, hi) in VECTOR_INDEX_INTS.items():
+            if m.get(key) is None:
+                continue
+            kloc = self.child(loc, m, key)
+            if kind == "exact" and key != "max_k":
+                self.fail(kloc, f"'{key}' is a parameter of kind hnsw; kind exact has none")
+            value = m[key]
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(kloc, f"expected an int, got {_kind(value)} {value!r}")
+            if not lo <= value <= hi:
+                self.fail(kloc, f"must be between {lo} and {hi}, got {value}")
+            ints[key] = value
+        return VectorIndex(
+            metric=metric,
+            kind=kind,
+            m=ints.get("m", d.m),
+            ef_construction=ints.get("ef_construction", d.ef_construction),
+            ef_search=ints.get("ef_search", d.ef_search),
+            max_k=ints.get("max_k", d.max_k),
+        )
 
     def batch_source(self, loc: _Loc, raw: object) -> BatchSource:
         m = self.mapping(loc, raw, ("type",), ("path", "timestamp_field", "table", "catalog"))

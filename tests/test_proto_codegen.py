@@ -203,6 +203,7 @@ def test_v1_api(gen: SimpleNamespace) -> None:
         "ListFeatureViews",
         "ListFeatureServices",
         "GetNodeInfo",
+        "SearchNearest",
     ]
     assert hasattr(gen.v1_grpc, "FeatureServiceStub")
     # Same numbers as Feast's FieldStatus, so a status byte means the same in both APIs.

@@ -135,14 +135,26 @@ def test_to_core_json_shape(demo: Registry) -> None:
         for key in view["join_keys"]:
             assert set(key) == {"name", "dtype"}
         for feature in view["features"]:
-            assert set(feature) == {"name", "dtype", "dim"}
+            # vector_index only where declared (features.yaml: user_account.embedding)
+            assert set(feature) - {"vector_index"} == {"name", "dtype", "dim"}
+    account = next(v for v in doc["feature_views"] if v["name"] == "user_account")
+    emb = next(f for f in account["features"] if f["name"] == "embedding")
+    assert emb["vector_index"] == {
+        "metric": "cosine", "kind": "hnsw", "m": 16, "ef_construction": 128, "ef_search": 64,
+        "max_k": 1000,
+    }  # fmt: skip
     profile = doc["feature_views"][0]
     assert profile["join_keys"] == [{"name": "user_id", "dtype": "int64"}]
     assert profile["ttl_seconds"] == 0
     assert profile["features"][5] == {"name": "f005", "dtype": "float32", "dim": None}
     account = doc["feature_views"][1]
     assert account["ttl_seconds"] == 315360000
-    assert {"name": "embedding", "dtype": "float32_array", "dim": 8} in account["features"]
+    assert {
+        "name": "embedding",
+        "dtype": "float32_array",
+        "dim": 8,
+        "vector_index": emb["vector_index"],
+    } in account["features"]
     assert [k["name"] for k in doc["feature_views"][3]["join_keys"]] == ["user_id", "item_id"]
     ranking = doc["feature_services"][0]
     assert set(ranking) == {"name", "features"}
@@ -356,7 +368,7 @@ def test_unknown_key_suggests() -> None:
     data["feature_views"][0]["features"][0]["dtpye"] = "float32"
     assert error_of(data) == (
         "feature_views[0].features[0].dtpye: unknown key 'dtpye' "
-        "(allowed: name, dtype, dim, description; did you mean 'dtype'?)"
+        "(allowed: name, dtype, dim, description, vector_index; did you mean 'dtype'?)"
     )
 
 

@@ -6,11 +6,11 @@
 //!
 //! 1. codecs and counters: `types`, `error`, `key`, `row`, `partition`, `proto`, `stats`;
 //! 2. catalog and storage: `catalog` (with request planning, `catalog::plan`, cached in the
-//!    catalog), `hot`, `store`;
+//!    catalog), `hot`, `vector` (the vector indexes, kept by the store), `store`;
 //! 3. reading and writing: `query` (execute a plan, answer cells), `scope`, `arrow_io`,
 //!    `ingest`;
 //! 4. serving: `cells_codec` (a node's answer to a router), `serve` (one entry point,
-//!    `serve::serve`);
+//!    `serve::serve`), `search` (`SearchNearest`, one entry point `search::serve::search`);
 //! 5. routing: `route`;
 //! 6. the Python binding: `py*`.
 
@@ -27,9 +27,11 @@ pub mod query;
 pub mod route;
 pub mod row;
 pub mod scope;
+pub mod search;
 pub mod serve;
 pub mod stats;
 pub mod store;
 pub mod types;
+pub mod vector;
 
 mod py;

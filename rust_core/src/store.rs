@@ -92,6 +92,8 @@ pub struct Store {
     path: PathBuf,
     /// Answer-quality counters of the serving path.
     pub serve_stats: crate::stats::ServeStats,
+    /// Vector indexes of the features that declare one; follow [`Store::write`].
+    pub vectors: crate::vector::VectorIndexes,
 }
 
 /// Column-family options, one place for every RocksDB knob.
@@ -189,6 +191,7 @@ impl Store {
             opts,
             path: path.to_path_buf(),
             serve_stats: crate::stats::ServeStats::default(),
+            vectors: crate::vector::VectorIndexes::default(),
         };
         store.reconcile(&spec, spec_json, force)?;
         Ok(store)
@@ -313,8 +316,45 @@ impl Store {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(batch, &wo)?;
-        *self.catalog.write() = Arc::new(catalog);
+        let catalog = Arc::new(catalog);
+        *self.catalog.write() = catalog.clone();
+        // Under the writer lock: no write lands between a rebuild's scan and its index swap.
+        changes.extend(self.vectors.sync(spec, &catalog.views, &|ix, def| {
+            self.fill_vector_index(ix, def)
+        })?);
         Ok(changes)
+    }
+
+    /// Feeds a new vector index every stored row of its view, in chunks (each chunk's HNSW
+    /// inserts run on every core). Measured rate in docs/vector-search.md.
+    fn fill_vector_index(&self, ix: &crate::vector::VectorIndex, def: &ViewDef) -> Result<()> {
+        const CHUNK: usize = 8192;
+        let cf = self.view_cf(&def.name)?;
+        let mut it = self.db.raw_iterator_cf(&cf);
+        it.seek_to_first();
+        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(CHUNK);
+        let mut rows: Vec<Vec<u8>> = Vec::with_capacity(CHUNK);
+        let flush = |keys: &mut Vec<Vec<u8>>, rows: &mut Vec<Vec<u8>>| {
+            ix.apply(
+                def,
+                keys.iter()
+                    .map(Vec::as_slice)
+                    .zip(rows.iter().map(Vec::as_slice)),
+            );
+            keys.clear();
+            rows.clear();
+        };
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            keys.push(k.to_vec());
+            rows.push(v.to_vec());
+            if keys.len() == CHUNK {
+                flush(&mut keys, &mut rows);
+            }
+            it.next();
+        }
+        it.status()?;
+        flush(&mut keys, &mut rows);
+        Ok(())
     }
 
     /// Applies rows under the merge rule. `keys` are hot-tier keys (the view's 4-byte prefix,
@@ -405,6 +445,11 @@ impl Store {
             let mut wo = WriteOptions::default();
             wo.set_sync(self.opts.sync_writes);
             self.db.write_opt(batch, &wo)?;
+        }
+        if self.vectors.has_view(&view.name) {
+            let k: Vec<&[u8]> = winners.iter().map(|&i| &keys[i][4..]).collect();
+            let r: Vec<&[u8]> = winners.iter().map(|&i| rows[i].as_slice()).collect();
+            self.vectors.on_write(view, &k, &r);
         }
         if let Some(hot) = &self.hot {
             for i in winners {

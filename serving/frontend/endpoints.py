@@ -70,6 +70,29 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint("grpc", V1_SERVICE, "GetFeatureVector", "v1_grpc", "grpc", "GetFeatureVector"),
     Endpoint("grpc", V1_SERVICE, "GetCells", "cells", "grpc", "GetCells", node_only=True),
+    # vector search (docs/vector-search.md): nearest entities and their features in one call.
+    # Nodes only for now: the router's exact top-k merge of the shards is not built yet.
+    Endpoint(
+        "http", "/v1/search-nearest", "", "v1_search_http", "http", "search-nearest", node_only=True
+    ),
+    Endpoint(
+        "grpc",
+        V1_SERVICE,
+        "SearchNearest",
+        "v1_search_grpc",
+        "grpc",
+        "SearchNearest",
+        node_only=True,
+    ),
+    Endpoint(
+        "http",
+        "/retrieve-online-documents",
+        "",
+        "feast_documents",
+        "feast-http",
+        "retrieve-online-documents",
+        node_only=True,
+    ),
 )
 
 #: HTTP path -> its endpoint

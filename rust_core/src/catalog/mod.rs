@@ -3,6 +3,7 @@
 //! plans ([`plan`]) are resolved against it and cached in it.
 
 pub mod plan;
+pub mod vector_index;
 
 use crate::error::{CoreError, Result};
 use crate::row::{RowLayout, Slot};
@@ -55,6 +56,9 @@ pub struct FeatureSpec {
     pub dtype: DType,
     #[serde(default)]
     pub dim: Option<u32>,
+    /// A `float32_array` feature's vector index (kept by `crate::vector`).
+    #[serde(default)]
+    pub vector_index: Option<vector_index::VectorIndexSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -488,6 +492,7 @@ mod tests {
                     name: (*n).into(),
                     dtype: *t,
                     dim: None,
+                    vector_index: None,
                 })
                 .collect(),
         }

@@ -14,7 +14,7 @@ use crate::query::{self, Entities, Limits, Selector};
 use crate::scope::Scope;
 use crate::serve::feature_log::LogTag;
 use crate::serve::on_demand::Started;
-use crate::serve::{self, Api, Caller, ServeConfig};
+use crate::serve::{self, Caller, ServeConfig};
 use crate::store::{Store, StoreOptions, WriteStats};
 use arrow::array::StructArray;
 use parking_lot::{Mutex, RwLock};
@@ -33,6 +33,25 @@ fn started_to_py(py: Python<'_>, store: &Arc<Store>, cfg: ServeConfig, s: Starte
             Ok(obj) => obj.into_any(),
             Err(e) => e.into_value(py).into_any(),
         },
+    }
+}
+
+/// One serving call: `SearchNearest` (`v1_search_http`, `v1_search_grpc`, Feast's
+/// `feast_documents`) goes to
+/// [`crate::search::serve::search`], every other API to the feature-vector path.
+fn dispatch(
+    store: &Store,
+    api: &str,
+    body: &[u8],
+    cfg: &ServeConfig,
+    caller: Caller<'_>,
+) -> Result<Started, CoreError> {
+    use crate::search::serve::{search, Wire};
+    match api {
+        "v1_search_http" => search(store, Wire::V1Http, body, cfg, caller).map(Started::Done),
+        "v1_search_grpc" => search(store, Wire::V1Grpc, body, cfg, caller).map(Started::Done),
+        "feast_documents" => search(store, Wire::FeastHttp, body, cfg, caller).map(Started::Done),
+        _ => serve::on_demand::start(store, parse_api(api)?, body, cfg, caller),
     }
 }
 
@@ -176,7 +195,6 @@ impl PyStore {
         scope_id: Option<u64>,
         request_id: Option<String>,
     ) -> PyResult<PyObject> {
-        let api = parse_api(api).map_err(to_py_err)?;
         let store = self.store()?;
         let cfg = self.settings.config();
         let scope = self.settings.scope(scope_id).map_err(to_py_err)?;
@@ -190,7 +208,7 @@ impl PyStore {
                 now_us,
                 log: log.as_ref(),
             };
-            serve::on_demand::start(&store, api, body, &cfg, caller)
+            dispatch(&store, api, body, &cfg, caller)
         })?;
         Ok(started_to_py(py, &store, cfg, served))
     }
@@ -216,7 +234,7 @@ impl PyStore {
             .iter()
             .map(|(api, body, scope_id)| {
                 (
-                    parse_api(api),
+                    api.as_str(),
                     body.as_bytes(),
                     self.settings.scope(*scope_id),
                 )
@@ -228,7 +246,6 @@ impl PyStore {
                 .into_iter()
                 .zip(&tags)
                 .map(|((api, body, scope), log)| {
-                    let api = api?;
                     let scope = scope?;
                     let caller = Caller {
                         scope: scope.as_deref(),
@@ -236,7 +253,7 @@ impl PyStore {
                         now_us: now,
                         log: log.as_ref(),
                     };
-                    serve::on_demand::start(&store, api, body, &cfg, caller)
+                    dispatch(&store, api, body, &cfg, caller)
                 })
                 .collect())
         })?;
@@ -476,17 +493,27 @@ impl PyStore {
             rocks.set_item(key, v)?;
         }
         d.set_item("rocksdb", rocks)?;
+        let vectors = PyDict::new(py);
+        for s in store.vectors.stats() {
+            let v = PyDict::new(py);
+            v.set_item("kind", s.kind)?;
+            v.set_item("metric", s.metric)?;
+            v.set_item("dim", s.dim)?;
+            v.set_item("vectors", s.vectors)?;
+            v.set_item("memory_bytes", s.memory_bytes)?;
+            v.set_item("unindexable", s.unindexable)?;
+            v.set_item("failures", s.failures)?;
+            v.set_item("build_seconds", s.build_seconds)?;
+            vectors.set_item(format!("{}:{}", s.view, s.feature), v)?;
+        }
+        d.set_item("vector_indexes", vectors)?;
         Ok(d)
     }
 }
 
 /// One request of a `serve_many` batch: its API, body and scope, resolved before the GIL is
 /// released.
-type ParsedRequest<'a> = (
-    Result<Api, CoreError>,
-    &'a [u8],
-    Result<Option<Arc<Scope>>, CoreError>,
-);
+type ParsedRequest<'a> = (&'a str, &'a [u8], Result<Option<Arc<Scope>>, CoreError>);
 
 fn selector(features: Option<Vec<String>>, service: Option<String>) -> PyResult<Selector> {
     match (features, service) {

@@ -277,7 +277,7 @@ impl Prepared {
 
     /// Counts ([`crate::stats`]), logs (when the request's service is logged,
     /// [`feature_log`]) and encodes the answer read for this request.
-    fn finish(
+    pub(crate) fn finish(
         &self,
         store: &Store,
         answer: &Answer,
@@ -328,6 +328,38 @@ pub fn prepare(
         Api::V1Grpc => request_proto::parse_v1(body)?,
         Api::Cells => request_proto::parse_cells(body)?,
     };
+    plan_request(cat, api, req, cfg, scope)
+}
+
+/// The features of given entities (a vector search's hits, `crate::search`) as a v1
+/// request of `api` (`V1Http` or `V1Grpc`) asking for `sel`, planned like a parsed one.
+pub fn prepare_v1_for(
+    cat: &Catalog,
+    api: Api,
+    sel: Selector,
+    entities: Entities,
+    (include_statuses, include_event_timestamps, dense): (bool, bool, bool),
+    cfg: &ServeConfig,
+    scope: Option<&Scope>,
+) -> Result<Prepared> {
+    let req = Request {
+        v1: V1Opts {
+            include_statuses,
+            include_event_timestamps,
+            dense,
+        },
+        ..Request::new(sel, entities)
+    };
+    plan_request(cat, api, req, cfg, scope)
+}
+
+fn plan_request(
+    cat: &Catalog,
+    api: Api,
+    req: Request,
+    cfg: &ServeConfig,
+    scope: Option<&Scope>,
+) -> Result<Prepared> {
     if let Some(scope) = scope {
         match &req.part_of_service {
             Some(service) => scope.check_service_part(cat, service, &req.sel)?,

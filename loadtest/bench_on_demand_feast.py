@@ -43,38 +43,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from bench_on_demand import TRANSFORMS  # the same three functions as in-process
 from bench_push import FEAST_VENV, ROOT, Processes, free_port, wait_http
 
 FEATURES = 200
-
-TRANSFORMS = """
-import numpy as np, pyarrow as pa, pyarrow.compute as pc
-
-def ten(b):
-    a = b["a"]
-    k = pc.cast(b["b"], pa.float64())
-    out = {}
-    for j in range(10):
-        x = pc.add(pc.multiply(pc.cast(b[f"f{2*j:03d}"], pa.float64()), a),
-                   pc.multiply(pc.cast(b[f"f{2*j+1:03d}"], pa.float64()), k))
-        out[f"o{j}"] = pc.cast(x, pa.float32())
-    return out
-
-def ten_numpy(b):
-    a = b["a"].to_numpy(zero_copy_only=False)
-    k = b["b"].to_numpy(zero_copy_only=False).astype(np.float64)
-    return {f"o{j}": (b[f"f{2*j:03d}"].to_numpy(zero_copy_only=False) * a
-                      + b[f"f{2*j+1:03d}"].to_numpy(zero_copy_only=False) * k).astype(np.float32)
-            for j in range(10)}
-
-def ten_pandas(df):
-    import pandas as pd
-    out = pd.DataFrame(index=df.index)
-    for j in range(10):
-        x = df[f"f{2*j:03d}"] * df["a"] + df[f"f{2*j+1:03d}"] * df["b"]
-        out[f"o{j}"] = x.astype("float32")
-    return out
-"""
 
 REGISTRY = """
 project: bench_odfv_feast

@@ -57,7 +57,7 @@ def test_a_held_store_is_asked_of_its_server_on_its_own_port(
     assert (tmp_path / "snap").is_dir()
     stats = run_cli("stats", *data, env=env)
     assert stats.returncode == 0, stats.stderr
-    assert set(json.loads(stats.stdout)) == {"hot_tier", "rocksdb"}
+    assert set(json.loads(stats.stdout)) == {"hot_tier", "rocksdb", "vector_indexes"}
     servers.stop(s)
     assert not recorded.exists()
 
@@ -79,7 +79,7 @@ def test_server_without_a_key_names_the_flag_and_the_variable(
         assert "Bearer" not in errors[0], errors[0]
     ok = run_cli("stats", "--server", s.url, "--api-key", admin, *data)
     assert ok.returncode == 0, ok.stderr
-    assert set(json.loads(ok.stdout)) == {"hot_tier", "rocksdb"}
+    assert set(json.loads(ok.stdout)) == {"hot_tier", "rocksdb", "vector_indexes"}
 
 
 def test_the_error_says_which_server_it_asked(tmp_path: Path) -> None:

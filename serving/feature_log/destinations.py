@@ -13,6 +13,7 @@ import json
 import math
 import os
 import uuid
+from abc import ABC, abstractmethod
 from typing import Any
 
 import pyarrow as pa
@@ -26,16 +27,17 @@ REQUEST_ID = "__request_id"
 LOG_TIMESTAMP = "__log_timestamp"
 
 
-class Destination:
+class Destination(ABC):
     """One destination of one feature service's logs."""
 
     #: label in metrics and /readyz: ``delta:/path``, ``parquet:/path``, ``kafka:topic``
     name: str
 
+    @abstractmethod
     def write(self, table: pa.Table) -> None:
-        raise NotImplementedError
+        """Appends one flushed block of rows; raises on failure (the writer retries)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: only Kafka holds a connection)
         """Releases connections (Kafka)."""
 
 
